@@ -1,0 +1,1 @@
+"""Online forecasters: OneNet-style online ensembling, CARD transformers and baselines."""

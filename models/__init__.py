@@ -1,0 +1,1 @@
+"""Learner contract, checkpoint store and CTR models (DeepFM/DCN with CowClip)."""

@@ -1,0 +1,1 @@
+"""Learning-to-rank with LightGBM and active selection of queries for annotators."""

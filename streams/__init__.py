@@ -1,0 +1,1 @@
+"""Kafka topics, record schemas, the Faust app and agents, HTTP endpoints and the local broker."""
