@@ -1,0 +1,175 @@
+"""Versioned JSON record schemas for every topic, validated on the way in.
+
+Each record carries ``"schema": "<kind>/<version>"``. ``parse_record`` turns raw bytes into a typed
+record or raises :class:`RecordError` with a reason a person can act on; the worker sends such
+events to the dead-letter topic instead of crashing.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class RecordError(ValueError):
+    """An event that cannot be used: not JSON, unknown schema, or out of schema."""
+
+
+class Record(BaseModel):
+    """Base of all records: strict about unknown fields so typos surface as dead letters."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+class Observation(Record):
+    """One time step of a (possibly multivariate) series: the observations topic."""
+
+    schema_: Literal["observation/1"] = Field("observation/1", alias="schema")
+    series: str = Field(min_length=1, max_length=200)
+    ts: float = Field(description="event time, seconds since the epoch")
+    values: list[Finite] = Field(min_length=1, max_length=4096)
+
+
+class Impression(Record):
+    """An ad/item shown to a user: the impressions topic. ``clicked`` absent means not yet known."""
+
+    schema_: Literal["impression/1"] = Field("impression/1", alias="schema")
+    id: str = Field(min_length=1, max_length=200)
+    ts: float
+    categorical: dict[str, str] = Field(default_factory=dict)
+    dense: dict[str, Finite] = Field(default_factory=dict)
+    clicked: Literal[0, 1] | None = None
+
+    @model_validator(mode="after")
+    def _has_features(self) -> Impression:
+        if not self.categorical and not self.dense:
+            raise ValueError("an impression needs at least one categorical or dense feature")
+        return self
+
+
+class Document(Record):
+    """A candidate document of a query with its feature vector."""
+
+    doc_id: str = Field(min_length=1, max_length=200)
+    features: list[Finite] = Field(min_length=1, max_length=4096)
+
+
+class Query(Record):
+    """An unlabeled query with its candidates: the queries topic."""
+
+    schema_: Literal["query/1"] = Field("query/1", alias="schema")
+    query_id: str = Field(min_length=1, max_length=200)
+    ts: float
+    documents: list[Document] = Field(min_length=1, max_length=10_000)
+
+    @field_validator("documents")
+    @classmethod
+    def _same_width(cls, docs: list[Document]) -> list[Document]:
+        widths = {len(d.features) for d in docs}
+        if len(widths) > 1:
+            raise ValueError(f"documents have different feature counts: {sorted(widths)}")
+        ids = [d.doc_id for d in docs]
+        if len(set(ids)) != len(ids):
+            raise ValueError("duplicate doc_id in documents")
+        return docs
+
+
+class LabelingTask(Record):
+    """A query chosen for annotation: the labeling-queue topic."""
+
+    schema_: Literal["labeling_task/1"] = Field("labeling_task/1", alias="schema")
+    task_id: str
+    query_id: str
+    ts: float
+    documents: list[Document]
+    score: Finite
+    selector: str
+
+
+class Label(Record):
+    """Graded judgments for one task's documents: the labels topic."""
+
+    schema_: Literal["label/1"] = Field("label/1", alias="schema")
+    task_id: str
+    query_id: str
+    ts: float
+    grades: dict[str, Annotated[int, Field(ge=0, le=4)]] = Field(min_length=1)
+    annotator: str = "anonymous"
+
+
+class Forecast(Record):
+    """A model's forecast for a series: the forecasts topic."""
+
+    schema_: Literal["forecast/1"] = Field("forecast/1", alias="schema")
+    series: str
+    ts: float
+    horizon: int = Field(ge=1)
+    values: list[list[Finite]] = Field(description="[horizon][channel]")
+    model: str
+    model_version: int
+    weights: dict[str, Any] = Field(default_factory=dict)
+
+
+class DeadLetter(Record):
+    """An event the service could not use, with the reason: the dead-letter topic."""
+
+    schema_: Literal["dead_letter/1"] = Field("dead_letter/1", alias="schema")
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+    payload: str
+    ts: float
+
+
+RECORD_TYPES: dict[str, type[Record]] = {
+    "observation/1": Observation,
+    "impression/1": Impression,
+    "query/1": Query,
+    "labeling_task/1": LabelingTask,
+    "label/1": Label,
+    "forecast/1": Forecast,
+    "dead_letter/1": DeadLetter,
+}
+
+
+def _reason(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "record"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)
+
+
+def parse_record(raw: bytes | str | dict[str, Any], expected: type[Record] | None = None) -> Record:
+    """Decode and validate one event; raise :class:`RecordError` saying what is wrong."""
+    if isinstance(raw, dict):
+        data = raw
+    else:
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RecordError(f"not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise RecordError(f"expected a JSON object, got {type(data).__name__}")
+    schema = data.get("schema")
+    if schema is None and expected is not None:
+        schema = expected.model_fields["schema_"].default
+        data = {**data, "schema": schema}
+    cls = RECORD_TYPES.get(schema) if isinstance(schema, str) else None
+    if cls is None:
+        known = ", ".join(sorted(RECORD_TYPES))
+        raise RecordError(f"unknown schema {schema!r}; known: {known}")
+    if expected is not None and cls is not expected:
+        raise RecordError(f"schema {schema!r} does not belong on this topic (expects {expected.__name__})")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise RecordError(_reason(exc)) from None

@@ -1,0 +1,130 @@
+"""How a model family plugs into the worker, without knowing Faust or Kafka.
+
+A :class:`ModelService` names the topics it consumes, turns a micro-batch of validated records into
+output records, exposes HTTP routes, and round-trips its whole state. The worker
+(:mod:`streams.worker`) owns everything else: consuming in micro-batches, dead-lettering bad events,
+skipping events a checkpoint already holds, producing outputs, checkpointing state together with
+offsets, metrics, and serving the routes.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from streams.schemas import Record
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A topic a service consumes and the record type every event on it must validate as."""
+
+    topic: str
+    record_type: type[Record]
+    batch_size: int = 256
+    batch_window_s: float = 0.5
+
+
+@dataclass
+class Output:
+    """A record to produce once a batch has been applied."""
+
+    topic: str
+    key: str | None
+    record: Record
+
+
+@dataclass
+class BatchResult:
+    """What applying a batch produced: records to send and metrics to export."""
+
+    outputs: list[Output] = field(default_factory=list)
+    #: Progressive metrics measured before the update, e.g. ``{"loss": 0.12, "auc": 0.71}``.
+    metrics: dict[str, float] = field(default_factory=dict)
+    #: Records of the batch the model could not use (index in the batch -> reason); the worker
+    #: dead-letters them. Everything else in the batch counts as applied.
+    rejected: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ApiRequest:
+    """An HTTP request as a route handler sees it."""
+
+    method: str
+    path_params: dict[str, str]
+    query: dict[str, str]
+    body: Any = None
+
+
+class ApiError(Exception):
+    """Raise from a handler to answer with ``status`` and a JSON ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class ApiResponse:
+    """A JSON (or, with ``content_type``, text/HTML) answer."""
+
+    body: Any
+    status: int = 200
+    content_type: str = "application/json"
+
+
+Handler = Callable[[ApiRequest], Awaitable[ApiResponse]]
+
+
+@dataclass(frozen=True)
+class Route:
+    """``method`` and an aiohttp-style ``path`` (``/forecast/{series}``) bound to a handler."""
+
+    method: str
+    path: str
+    handler: Handler
+
+
+class ModelService(ABC):
+    """A model family served from the stream.
+
+    The worker calls :meth:`process` from a worker thread while holding :attr:`lock`; route handlers
+    that read or change model state take the same lock (``with self.lock:``), so a request never
+    sees a half-applied batch.
+    """
+
+    #: Checkpoint directory name and metrics label.
+    name: str = "service"
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        #: Set by the worker: sends extra records (e.g. labels submitted over HTTP) to Kafka.
+        self.emit: Callable[[Output], Awaitable[None]] | None = None
+
+    @abstractmethod
+    def subscriptions(self) -> list[Subscription]:
+        """Topics to consume, each with its record type and micro-batch bounds."""
+
+    @abstractmethod
+    def process(self, topic: str, records: list[Record]) -> BatchResult:
+        """Apply one micro-batch from ``topic`` (already validated, never seen before)."""
+
+    def routes(self) -> list[Route]:
+        """HTTP routes this service serves."""
+        return []
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """The whole service state (models, rolling windows, queues) for a checkpoint."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`."""
+
+    def model_version(self) -> int:
+        """Version reported in metrics and answers; override when the service swaps models."""
+        return 0
