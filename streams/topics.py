@@ -6,6 +6,7 @@ or test runs can share one cluster.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -61,3 +62,29 @@ def spec_for(name: str) -> TopicSpec:
     if short not in TOPICS:
         raise KeyError(f"unknown topic {name!r}; known: {', '.join(TOPICS)}")
     return TOPICS[short]
+
+
+def ensure_topics(bootstrap: str, partitions: int | None = None, timeout_s: float = 30.0) -> list[str]:
+    """Create any missing service topics on the cluster; return the names created.
+
+    Clusters that do not auto-create topics need this; it is idempotent.
+    """
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    try:
+        existing = set(admin.list_topics())
+        wanted = [
+            NewTopic(topic_name(short), partitions or spec.partitions, 1)
+            for short, spec in TOPICS.items()
+            if topic_name(short) not in existing
+        ]
+        if not wanted:
+            return []
+        with contextlib.suppress(TopicAlreadyExistsError):
+            admin.create_topics(wanted)
+        return [t.name for t in wanted]
+    finally:
+        admin.close()

@@ -1,0 +1,72 @@
+"""Service settings: defaults that run everything on one machine, overridable by environment.
+
+Every field maps to ``DRIFTLINE_<FIELD>`` (e.g. ``DRIFTLINE_BOOTSTRAP_SERVERS=kafka:9092`` points the
+service at an existing cluster instead of the embedded broker).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+def _default_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "driftline"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where things live and how to reach Kafka and HTTP."""
+
+    #: Empty means: start and use the embedded broker.
+    bootstrap_servers: str = ""
+    #: Checkpoints, broker log dirs and worker state.
+    home: Path = field(default_factory=lambda: Path("var"))
+    #: Kafka jars and downloaded datasets (shared by every checkout).
+    cache: Path = field(default_factory=_default_cache)
+    kafka_port: int = 9092
+    controller_port: int = 9093
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    #: Faust application id: consumer group and internal topic prefix.
+    app_id: str = "driftline"
+    #: Comma-separated services the worker runs (see ``streams.registry``).
+    services: str = "forecast,ctr,rank"
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        """Defaults, then ``DRIFTLINE_*`` variables, then explicit non-None overrides."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = os.environ.get(f"DRIFTLINE_{f.name.upper()}")
+            if raw is not None:
+                values[f.name] = _coerce(f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return replace(cls(), **{k: _coerce(_field_type(k), v) for k, v in values.items()})
+
+    @property
+    def embedded(self) -> bool:
+        return not self.bootstrap_servers
+
+    @property
+    def bootstrap(self) -> str:
+        """The servers to connect to: the configured cluster or the embedded broker."""
+        return self.bootstrap_servers or f"127.0.0.1:{self.kafka_port}"
+
+
+def _field_type(name: str) -> str:
+    for f in fields(Settings):
+        if f.name == name:
+            return str(f.type)
+    raise TypeError(f"unknown setting {name!r}")
+
+
+def _coerce(kind: Any, value: Any) -> Any:
+    kind = str(kind)
+    if kind == "int":
+        return int(value)
+    if kind == "Path":
+        return Path(value)
+    return str(value)
