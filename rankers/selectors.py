@@ -1,0 +1,163 @@
+"""Which unlabeled queries are worth an annotator's time: informativeness scores behind one interface.
+
+Every selector sees, per query, the committee's scores as an array of shape ``(members, documents)``
+(oldest checkpoint first, the serving model last) and returns one number per query: higher means
+label it sooner.
+
+Definitions (Baidu active LTR, arXiv 2205.10137, re-implemented):
+
+- Ranking Entropy (RE, query-by-committee). Each member ranks the query's documents (descending
+  score, ties by document order). For document d, let ``p_d(r)`` be the fraction of the M members
+  that put d at position r. ``H_d = -sum_r p_d(r) log p_d(r)``; ``RE(q) = mean_d H_d / log M``.
+  So RE lies in [0, 1]: 0 when every member ranks the query identically, 1 when every document's
+  position differs between all members. With one member RE is 0.
+- Prediction Variance (PV): the population variance of the serving model's scores over the query's
+  documents (one document: 0).
+- Combined: ``pct(RE) + alpha * pct(PV)``, where ``pct`` is the percentile rank of a query's value
+  (mid-rank for ties, in [0, 1]) within a reference set: the queries scored in the same call, plus,
+  with ``window > 0``, the last ``window`` values scored before. RE and PV live on unrelated scales
+  (PV in squared model-score units that change with every retrain); percentiles put both in [0, 1],
+  so ``alpha`` is the weight of PV relative to RE (alpha=1: equal weight).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Sequence
+
+import numpy as np
+
+CommitteeScores = Sequence[np.ndarray]
+
+
+class Selector(ABC):
+    """Scores queries by how informative their labels would be."""
+
+    name: str = "selector"
+
+    @abstractmethod
+    def score(self, committee_scores: CommitteeScores) -> np.ndarray:
+        """One informativeness value per query (higher: label sooner)."""
+
+    def select(self, committee_scores: CommitteeScores, k: int, rng: np.random.Generator) -> np.ndarray:
+        """Indices of the ``k`` most informative queries, best first; ties broken at random."""
+        return top_k(self.score(committee_scores), k, rng)
+
+
+def top_k(values: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of the ``k`` largest ``values``, largest first, ties in random order."""
+    order = np.lexsort((rng.random(len(values)), -np.asarray(values, dtype=np.float64)))
+    return order[:k]
+
+
+def _check(members: np.ndarray) -> np.ndarray:
+    members = np.asarray(members, dtype=np.float64)
+    if members.ndim != 2 or members.shape[0] < 1 or members.shape[1] < 1:
+        raise ValueError(f"committee scores must have shape (members>=1, documents>=1), got {members.shape}")
+    return members
+
+
+def rank_positions(members: np.ndarray) -> np.ndarray:
+    """``positions[m, d]``: where member m ranks document d (0 = top; ties by document order)."""
+    order = np.argsort(-members, axis=1, kind="stable")
+    positions = np.empty_like(order)
+    np.put_along_axis(positions, order, np.arange(members.shape[1])[None, :], axis=1)
+    return positions
+
+
+def ranking_entropy(members: np.ndarray) -> float:
+    """RE of one query from its ``(members, documents)`` scores, in [0, 1] (see module doc)."""
+    members = _check(members)
+    m = members.shape[0]
+    if m == 1:
+        return 0.0
+    positions = rank_positions(members).T  # (documents, members)
+    # same[d, i]: how many members put d where member i put it; sum_r c_r log(c_r/M) = sum_i log(c_i/M).
+    same = (positions[:, :, None] == positions[:, None, :]).sum(axis=2)
+    entropy = -np.log(same / m).sum(axis=1) / m
+    return float(entropy.mean() / math.log(m))
+
+
+def prediction_variance(members: np.ndarray) -> float:
+    """PV of one query: variance of the serving (last) member's scores over its documents."""
+    return float(np.var(_check(members)[-1]))
+
+
+class RankingEntropy(Selector):
+    name = "re"
+
+    def score(self, committee_scores: CommitteeScores) -> np.ndarray:
+        return np.array([ranking_entropy(s) for s in committee_scores])
+
+
+class PredictionVariance(Selector):
+    name = "pv"
+
+    def score(self, committee_scores: CommitteeScores) -> np.ndarray:
+        return np.array([prediction_variance(s) for s in committee_scores])
+
+
+class RandomSelector(Selector):
+    """The baseline: every query equally likely, whatever the committee says."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def score(self, committee_scores: CommitteeScores) -> np.ndarray:
+        return self.rng.random(len(committee_scores))
+
+
+class PercentileScale:
+    """Maps values to their mid-rank percentile in [0, 1] among the current call and a recent window."""
+
+    def __init__(self, window: int = 0) -> None:
+        if window < 0:
+            raise ValueError("window must be >= 0")
+        self.history: deque[float] = deque(maxlen=window)
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        values = np.asarray(values, dtype=np.float64)
+        reference = np.sort(np.concatenate([np.fromiter(self.history, dtype=np.float64), values]))
+        below = np.searchsorted(reference, values, side="left")
+        not_above = np.searchsorted(reference, values, side="right")
+        self.history.extend(values.tolist())
+        if len(reference) == 1:
+            return np.full(len(values), 0.5)
+        return (below + not_above - 1) / (2.0 * (len(reference) - 1))
+
+
+class Combined(Selector):
+    """``pct(RE) + alpha * pct(PV)``: percentiles make alpha a relative weight (see module doc)."""
+
+    def __init__(self, alpha: float = 1.0, window: int = 0) -> None:
+        if not math.isfinite(alpha) or alpha < 0:
+            raise ValueError("alpha must be a finite number >= 0")
+        self.alpha = alpha
+        self.name = "re+pv"
+        self._re, self._pv = RankingEntropy(), PredictionVariance()
+        self._re_scale, self._pv_scale = PercentileScale(window), PercentileScale(window)
+
+    def score(self, committee_scores: CommitteeScores) -> np.ndarray:
+        re = self._re_scale(self._re.score(committee_scores))
+        pv = self._pv_scale(self._pv.score(committee_scores))
+        return re + self.alpha * pv
+
+
+SELECTORS = ("re+pv", "re", "pv", "random")
+
+
+def make_selector(name: str, *, alpha: float = 1.0, window: int = 0, seed: int = 0) -> Selector:
+    """A selector by name: ``re+pv``, ``re``, ``pv`` or ``random``."""
+    if name == "re+pv":
+        return Combined(alpha, window)
+    if name == "re":
+        return RankingEntropy()
+    if name == "pv":
+        return PredictionVariance()
+    if name == "random":
+        return RandomSelector(seed)
+    raise ValueError(f"unknown selector {name!r}; known: {', '.join(SELECTORS)}")
