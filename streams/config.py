@@ -70,3 +70,10 @@ def _coerce(kind: Any, value: Any) -> Any:
     if kind == "Path":
         return Path(value)
     return str(value)
+
+
+def shared_data_dir() -> Path:
+    """The real datasets: ``$DRIFTLINE_DATA_DIR``, else ``../shared/data`` beside the project root."""
+    if env := os.environ.get("DRIFTLINE_DATA_DIR"):
+        return Path(env)
+    return Path(__file__).resolve().parents[1].parent / "shared" / "data"

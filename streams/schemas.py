@@ -22,10 +22,10 @@ class RecordError(ValueError):
 class Record(BaseModel):
     """Base of all records: strict about unknown fields so typos surface as dead letters."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     def to_bytes(self) -> bytes:
-        return self.model_dump_json(exclude_none=True).encode()
+        return self.model_dump_json(by_alias=True, exclude_none=True).encode()
 
 
 class Observation(Record):

@@ -1,0 +1,46 @@
+"""The batch every forecaster consumes: look-back windows, optional targets, calendar marks, series ids."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class WindowBatch:
+    """``x`` [B, L, C] look-back windows; ``y`` [B, H, C] targets (needed by ``learn``).
+
+    ``marks`` [B, L, F] are calendar features for models that use them; ``keys`` name the series
+    of each row so learners with per-series state (OneNet's short-term bias) can find it.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor | None = None
+    marks: torch.Tensor | None = None
+    keys: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.x.dim() != 3:
+            raise ValueError(f"x must be [batch, length, channels], got shape {tuple(self.x.shape)}")
+        if self.y is not None and (self.y.dim() != 3 or self.y.shape[::2] != self.x.shape[::2]):
+            raise ValueError(f"y must be [batch, horizon, channels] matching x {tuple(self.x.shape)}, "
+                             f"got {tuple(self.y.shape)}")
+        if self.marks is not None and self.marks.shape[:2] != self.x.shape[:2]:
+            raise ValueError(f"marks must be [batch, length, features] matching x, got {tuple(self.marks.shape)}")
+        if self.keys is not None and len(self.keys) != self.x.shape[0]:
+            raise ValueError(f"{len(self.keys)} keys for a batch of {self.x.shape[0]}")
+
+    @property
+    def target(self) -> torch.Tensor:
+        """``y``, or a clear error for a batch that has none (``learn`` needs it)."""
+        if self.y is None:
+            raise ValueError("this batch has no targets (y); learn needs them")
+        return self.y
+
+    def to(self, device: torch.device) -> WindowBatch:
+        """The same batch with its tensors on ``device``."""
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=True)
+
+        return WindowBatch(self.x.to(device), move(self.y), move(self.marks), self.keys)

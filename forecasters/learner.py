@@ -1,0 +1,90 @@
+"""What every forecaster shares: the learner contract over window batches, error metrics, torch plumbing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from forecasters.batch import WindowBatch
+from models.contract import Learner
+from models.device import default_device
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def forecast_errors(prediction: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """Mean squared and mean absolute error over every step and channel of the batch."""
+    error = prediction.detach() - target
+    return {"mse": float(error.pow(2).mean()), "mae": float(error.abs().mean())}
+
+
+class Forecaster(Learner[WindowBatch, torch.Tensor]):
+    """Predicts [B, H, C] from a :class:`WindowBatch`; ``learn`` scores the pre-update forecast first."""
+
+    horizon: int
+
+    def mixing_weights(self, batch: WindowBatch) -> dict[str, list[list[float]]]:
+        """Per-row ensemble weights to report with a forecast; single models have none."""
+        return {}
+
+
+class StatelessForecaster(Forecaster):
+    """A rule with nothing to learn: ``learn`` only scores it."""
+
+    def learn(self, batch: WindowBatch) -> dict[str, float]:
+        return forecast_errors(self.predict(batch), batch.target)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+
+class NetForecaster(Forecaster):
+    """A torch network ``net(x, marks) -> [B, H, C]`` trained by one Adam step per ``learn``."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        horizon: int,
+        loss_fn: LossFn,
+        lr: float,
+        weight_decay: float = 0.0,
+        device: torch.device | None = None,
+    ) -> None:
+        self.device = device or default_device()
+        self.net = net.to(self.device)
+        self.horizon = horizon
+        self.loss_fn = loss_fn
+        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=weight_decay)
+
+    def predict(self, batch: WindowBatch) -> torch.Tensor:
+        batch = batch.to(self.device)
+        self.net.eval()
+        with torch.no_grad():
+            return self.net(batch.x, batch.marks)
+
+    def learn(self, batch: WindowBatch) -> dict[str, float]:
+        batch = batch.to(self.device)
+        metrics = forecast_errors(self.predict(batch), batch.target)
+        self.net.train()
+        loss = self.loss_fn(self.net(batch.x, batch.marks), batch.target)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {**metrics, "loss": float(loss)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def mse_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return nn.functional.mse_loss(prediction, target)

@@ -1,0 +1,147 @@
+"""OneNet-style online ensembling (Wen et al., NeurIPS 2023) of a cross-time and a cross-variable branch.
+
+Every ``learn`` is test-then-train: score the current mix, then (1) one AdamW step on
+MSE(branch 1) + MSE(branch 2), (2) one step of the short-term bias MLP, (3) an exponentiated-gradient
+update of the per-variable branch weights on each branch's loss at this step. The mix is
+sigma(logit(p) + b) * y1 + (1 - sigma(...)) * y2 where p is the EG weight of branch 1 and b the bias
+the MLP produced at the series' previous step (it needs the truth, so it lags one step).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from forecasters.batch import WindowBatch
+from forecasters.ensemble import ExponentiatedGradient
+from forecasters.learner import Forecaster, forecast_errors
+from models.device import default_device
+
+BRANCHES = ("cross_time", "cross_variable")
+_SINGLE_SERIES = ""
+
+
+class BiasMLP(nn.Module):
+    """Per variable: [p*y1, (1-p)*y2, y] (3H values) -> a scalar logit shift (OneNet's decision MLP)."""
+
+    def __init__(self, horizon: int, hidden: int = 32) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(3 * horizon, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1)
+        )
+
+    def forward(self, part1: torch.Tensor, part2: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        features = torch.cat([part1, part2, truth], 1).transpose(1, 2)  # [B, C, 3H]
+        return self.net(features).squeeze(-1)  # [B, C]
+
+
+class OneNet(Forecaster):
+    """Two branches ``net(x, marks) -> [B, H, C]`` mixed per variable by EG weights plus a learned bias."""
+
+    name = "onenet"
+
+    def __init__(
+        self,
+        cross_time: nn.Module,
+        cross_variable: nn.Module,
+        channels: int,
+        horizon: int,
+        lr: float = 1e-3,
+        bias_lr: float = 1e-3,
+        eta: float = 0.5,
+        device: torch.device | None = None,
+    ) -> None:
+        self.device = device or default_device()
+        self.horizon = horizon
+        self.channels = channels
+        self.branches = nn.ModuleList([cross_time, cross_variable]).to(self.device)
+        self.optimizer = torch.optim.AdamW(self.branches.parameters(), lr=lr)
+        self.bias = BiasMLP(horizon).to(self.device)
+        self.bias_optimizer = torch.optim.Adam(self.bias.parameters(), lr=bias_lr)
+        self.weights = ExponentiatedGradient(len(BRANCHES), channels, eta)
+        #: The bias from each series' previous step: {series: [C] float32}.
+        self.last_bias: dict[str, np.ndarray] = {}
+
+    # -- mixing --------------------------------------------------------------------------------
+    def _branch_outputs(self, batch: WindowBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        self.branches.eval()
+        with torch.no_grad():
+            y1, y2 = (net(batch.x, batch.marks) for net in self.branches)
+        return y1, y2
+
+    def _logit(self) -> torch.Tensor:
+        """logit of branch 1's EG weight, [C]."""
+        log_w = self.weights.weights.log().to(self.device)
+        return log_w[0] - log_w[1]
+
+    def _previous_bias(self, batch: WindowBatch) -> torch.Tensor:
+        keys = batch.keys or (_SINGLE_SERIES,) * batch.x.shape[0]
+        zero = np.zeros(self.channels, np.float32)
+        rows = np.stack([self.last_bias.get(key, zero) for key in keys])
+        return torch.from_numpy(rows).to(self.device)
+
+    def _share(self, batch: WindowBatch) -> torch.Tensor:
+        """sigma(logit(p) + b_prev): branch 1's share per row and variable, [B, C]."""
+        return torch.sigmoid(self._logit()[None, :] + self._previous_bias(batch))
+
+    def predict(self, batch: WindowBatch) -> torch.Tensor:
+        batch = batch.to(self.device)
+        y1, y2 = self._branch_outputs(batch)
+        share = self._share(batch)[:, None, :]
+        return share * y1 + (1 - share) * y2
+
+    def mixing_weights(self, batch: WindowBatch) -> dict[str, list[list[float]]]:
+        share = self._share(batch.to(self.device)).cpu()
+        return {BRANCHES[0]: share.tolist(), BRANCHES[1]: (1 - share).tolist()}
+
+    # -- learning ------------------------------------------------------------------------------
+    def learn(self, batch: WindowBatch) -> dict[str, float]:
+        batch = batch.to(self.device)
+        y = batch.target
+        y1, y2 = self._branch_outputs(batch)
+        share = self._share(batch)[:, None, :]
+        metrics = forecast_errors(share * y1 + (1 - share) * y2, y)
+
+        self.branches.train()
+        branch_loss = sum(F.mse_loss(net(batch.x, batch.marks), y) for net in self.branches)
+        self.optimizer.zero_grad(set_to_none=True)
+        branch_loss.backward()
+        self.optimizer.step()
+
+        p = torch.sigmoid(self._logit())[None, None, :]
+        bias = self.bias(p * y1, (1 - p) * y2, y)
+        mixed_share = torch.sigmoid(self._logit()[None, :] + bias)[:, None, :]
+        bias_loss = F.mse_loss(mixed_share * y1 + (1 - mixed_share) * y2, y)
+        self.bias_optimizer.zero_grad(set_to_none=True)
+        bias_loss.backward()
+        self.bias_optimizer.step()
+
+        keys = batch.keys or (_SINGLE_SERIES,) * y.shape[0]
+        for key, row in zip(keys, bias.detach().cpu().numpy()):
+            self.last_bias[key] = row
+        per_variable = torch.stack([(out - y).pow(2).mean((0, 1)) for out in (y1, y2)])
+        self.weights.update(per_variable)
+        return {**metrics, "loss": float(branch_loss), "bias_loss": float(bias_loss)}
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "branches": self.branches.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "bias": self.bias.state_dict(),
+            "bias_optimizer": self.bias_optimizer.state_dict(),
+            "weights": self.weights.state_dict(),
+            "last_bias": dict(self.last_bias),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.branches.load_state_dict(state["branches"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.bias.load_state_dict(state["bias"])
+        self.bias_optimizer.load_state_dict(state["bias_optimizer"])
+        self.weights.load_state_dict(state["weights"])
+        self.last_bias = dict(state["last_bias"])

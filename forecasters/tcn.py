@@ -1,0 +1,92 @@
+"""A compact dilated TCN encoder (the FSNet/TS2Vec backbone OneNet uses) and the two OneNet branches.
+
+Scaled down for 2 CPU cores: depth 4 (dilations 1..8, receptive field 61 >= the 60-step window)
+instead of 10, hidden 32 instead of 64, representation 64 instead of 320, and no FSNet adapters or
+associative memory: the branches are plain TCNs updated by gradient steps.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SamePadConv(nn.Module):
+    """A dilated 1-d conv whose output has the input's length."""
+
+    def __init__(self, inputs: int, outputs: int, kernel: int, dilation: int) -> None:
+        super().__init__()
+        field = (kernel - 1) * dilation + 1
+        self.conv = nn.Conv1d(inputs, outputs, kernel, padding=field // 2, dilation=dilation)
+        self.trim = 1 if field % 2 == 0 else 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv(x)
+        return out[..., : out.shape[-1] - self.trim]
+
+
+class ConvBlock(nn.Module):
+    """Two GELU + dilated conv layers with a residual (1x1 projection when widths differ)."""
+
+    def __init__(self, inputs: int, outputs: int, kernel: int, dilation: int) -> None:
+        super().__init__()
+        self.conv1 = SamePadConv(inputs, outputs, kernel, dilation)
+        self.conv2 = SamePadConv(outputs, outputs, kernel, dilation)
+        self.project = nn.Conv1d(inputs, outputs, 1) if inputs != outputs else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        residual = x if self.project is None else self.project(x)
+        return self.conv2(F.gelu(self.conv1(F.gelu(x)))) + residual
+
+
+class DilatedTCN(nn.Module):
+    """[N, T, inputs] -> representation of the last step [N, repr_dim]."""
+
+    def __init__(self, inputs: int, hidden: int = 32, repr_dim: int = 64, depth: int = 4, kernel: int = 3) -> None:
+        super().__init__()
+        self.input_fc = nn.Linear(inputs, hidden)
+        widths = [hidden] * depth + [repr_dim]
+        self.blocks = nn.Sequential(
+            *(ConvBlock(w_in, w_out, kernel, 2**i) for i, (w_in, w_out) in enumerate(zip([hidden, *widths], widths)))
+        )
+        self.repr_dim = repr_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.input_fc(x).transpose(1, 2))[..., -1]
+
+
+class CrossTimeTCN(nn.Module):
+    """Channel-independent branch: every variable's window goes through the same TCN and head."""
+
+    def __init__(self, horizon: int, hidden: int = 32, repr_dim: int = 64, depth: int = 4) -> None:
+        super().__init__()
+        self.encoder = DilatedTCN(1, hidden, repr_dim, depth)
+        self.head = nn.Linear(repr_dim, horizon)
+
+    def forward(self, x: torch.Tensor, marks: torch.Tensor | None = None) -> torch.Tensor:
+        b, length, c = x.shape
+        per_variable = x.transpose(1, 2).reshape(b * c, length, 1)
+        return self.head(self.encoder(per_variable)).reshape(b, c, -1).transpose(1, 2)
+
+
+class CrossVariableTCN(nn.Module):
+    """Cross-variable branch: all variables (plus calendar marks) in one TCN, head to C x H."""
+
+    def __init__(
+        self, channels: int, horizon: int, marks: int = 0, hidden: int = 32, repr_dim: int = 64, depth: int = 4
+    ) -> None:
+        super().__init__()
+        self.channels = channels
+        self.marks = marks
+        self.encoder = DilatedTCN(channels + marks, hidden, repr_dim, depth)
+        self.head = nn.Linear(repr_dim, channels * horizon)
+
+    def forward(self, x: torch.Tensor, marks: torch.Tensor | None = None) -> torch.Tensor:
+        if x.shape[-1] != self.channels:
+            raise ValueError(f"cross-variable branch was built for {self.channels} channels, got {x.shape[-1]}")
+        if self.marks:
+            if marks is None or marks.shape[-1] != self.marks:
+                raise ValueError(f"cross-variable branch needs {self.marks} calendar features per step")
+            x = torch.cat([x, marks], -1)
+        return self.head(self.encoder(x)).reshape(x.shape[0], -1, self.channels)

@@ -1,0 +1,1 @@
+"""Click-through-rate models (DeepFM, DCN-v2) trained on impressions with CowClip."""

@@ -1,0 +1,163 @@
+"""Turning impressions into tensors: hashed categorical ids and online-normalised dense values.
+
+Categorical ids are **hashed per field into a fixed number of buckets** (CRC32, stable across
+processes and restarts). A streaming service sees new users and items every minute and cannot stop
+to rebuild a vocabulary; hashing needs no vocabulary state to checkpoint, never grows, and treats a
+brand-new id the same as an old one. The price is collisions, which stay rare while the bucket count
+is well above the number of live ids per field (MovieLens-100K: 1,682 items into 16,383 buckets).
+Bucket 0 of every field is reserved for "field missing".
+
+Dense values are standardised with running mean/variance (Welford, merged batch-wise with Chan's
+formula), so the scale adapts as the stream drifts and the statistics are part of the state.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+
+class FeatureError(ValueError):
+    """A row whose features do not fit the model's feature spec (the message says which field)."""
+
+
+class HasFeatures(Protocol):
+    """Anything with the two feature maps of an impression (an ``Impression`` or a scoring candidate)."""
+
+    @property
+    def categorical(self) -> Mapping[str, str]: ...
+
+    @property
+    def dense(self) -> Mapping[str, float]: ...
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """The fields a model was built for, in a fixed order, and the hash buckets per categorical field."""
+
+    categorical: tuple[str, ...]
+    dense: tuple[str, ...] = ()
+    buckets: int = 16_384
+
+    def __post_init__(self) -> None:
+        if not self.categorical:
+            raise ValueError("a CTR model needs at least one categorical field")
+        if self.buckets < 2:
+            raise ValueError("buckets must be >= 2 (bucket 0 means missing)")
+        names = self.categorical + self.dense
+        if len(set(names)) != len(names):
+            raise ValueError(f"field names repeat: {names}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FeatureSpec:
+        """Inverse of ``dataclasses.asdict`` (lists back to tuples)."""
+        return cls(tuple(data["categorical"]), tuple(data["dense"]), int(data["buckets"]))
+
+    def check(self, row: HasFeatures) -> None:
+        """Raise :class:`FeatureError` naming any field the spec does not know."""
+        unknown = sorted(set(row.categorical) - set(self.categorical))
+        if unknown:
+            raise FeatureError(f"unknown categorical field(s) {unknown}; known: {list(self.categorical)}")
+        unknown = sorted(set(row.dense) - set(self.dense))
+        if unknown:
+            raise FeatureError(f"unknown dense field(s) {unknown}; known: {list(self.dense)}")
+
+
+@dataclass(frozen=True)
+class CtrBatch:
+    """A batch for the CTR learners: bucket ids ``[B, fields]``, raw dense ``[B, dense]`` (NaN = missing)
+    and click labels ``[B]`` (None when scoring)."""
+
+    categorical: torch.Tensor
+    dense: torch.Tensor
+    labels: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.categorical.shape[0])
+
+    def slice(self, start: int, stop: int) -> CtrBatch:
+        labels = None if self.labels is None else self.labels[start:stop]
+        return CtrBatch(self.categorical[start:stop], self.dense[start:stop], labels)
+
+
+def bucket_of(value: str, buckets: int) -> int:
+    """Stable bucket in ``[1, buckets)`` for a categorical value (0 is kept for missing)."""
+    return zlib.crc32(value.encode()) % (buckets - 1) + 1
+
+
+def encode(spec: FeatureSpec, rows: Sequence[HasFeatures], labels: Iterable[int] | None = None) -> CtrBatch:
+    """Hash and stack ``rows`` into a :class:`CtrBatch`; unknown fields raise :class:`FeatureError`."""
+    categorical = torch.zeros((len(rows), len(spec.categorical)), dtype=torch.long)
+    dense = torch.full((len(rows), len(spec.dense)), math.nan, dtype=torch.float32)
+    for i, row in enumerate(rows):
+        spec.check(row)
+        for j, name in enumerate(spec.categorical):
+            value = row.categorical.get(name)
+            if value is not None:
+                categorical[i, j] = bucket_of(value, spec.buckets)
+        for j, name in enumerate(spec.dense):
+            if name in row.dense:
+                dense[i, j] = float(row.dense[name])
+    label_tensor = None if labels is None else torch.tensor(list(labels), dtype=torch.float32)
+    if label_tensor is not None and len(label_tensor) != len(rows):
+        raise ValueError(f"{len(label_tensor)} labels for {len(rows)} rows")
+    return CtrBatch(categorical, dense, label_tensor)
+
+
+class RunningNorm:
+    """Per-column running mean and variance (Welford/Chan), ignoring NaN (missing) entries.
+
+    ``transform`` standardises with the statistics so far and maps missing values to 0 (the mean).
+    """
+
+    def __init__(self, width: int, clip: float = 10.0) -> None:
+        self.count = torch.zeros(width, dtype=torch.float64)
+        self.mean = torch.zeros(width, dtype=torch.float64)
+        self.m2 = torch.zeros(width, dtype=torch.float64)
+        self.clip = clip
+
+    def update(self, values: torch.Tensor) -> None:
+        """Fold a ``[B, width]`` batch into the statistics (Chan et al.'s pairwise merge)."""
+        x = values.detach().to("cpu", torch.float64)
+        present = ~torch.isnan(x)
+        n_b = present.sum(0).to(torch.float64)
+        safe = torch.where(present, x, 0.0)
+        mean_b = safe.sum(0) / n_b.clamp(min=1)
+        m2_b = torch.where(present, (x - mean_b) ** 2, 0.0).sum(0)
+        total = self.count + n_b
+        delta = mean_b - self.mean
+        weight = torch.where(total > 0, n_b / total.clamp(min=1), 0.0)
+        self.mean = self.mean + delta * weight
+        self.m2 = self.m2 + m2_b + delta**2 * self.count * weight
+        self.count = total
+
+    def std(self) -> torch.Tensor:
+        variance = self.m2 / (self.count - 1).clamp(min=1)
+        std = variance.sqrt()
+        return torch.where(std > 1e-12, std, 1.0)
+
+    def transform(self, values: torch.Tensor) -> torch.Tensor:
+        """Standardised float32 copy of ``values``; missing entries become 0."""
+        mean = self.mean.to(values.device, torch.float32)
+        std = self.std().to(values.device, torch.float32)
+        z = ((values - mean) / std).clamp(-self.clip, self.clip)
+        return torch.nan_to_num(z, nan=0.0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "count": self.count.clone(),
+            "mean": self.mean.clone(),
+            "m2": self.m2.clone(),
+            "clip": self.clip,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state["count"].shape != self.count.shape:
+            raise ValueError(f"normaliser width {tuple(state['count'].shape)} != {tuple(self.count.shape)}")
+        self.count, self.mean, self.m2 = (state[k].clone().to(torch.float64) for k in ("count", "mean", "m2"))
+        self.clip = float(state["clip"])
