@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from rankers.active import Curve, active_curve, split_queries  # noqa: E402
-from rankers.data import QueryBatch, load_letor, mslr_path  # noqa: E402
-from rankers.lambdamart import LambdaMARTRanker  # noqa: E402
-from rankers.selectors import SELECTORS, make_selector  # noqa: E402
+from rankers.active import Curve, active_curve, split_queries
+from rankers.data import QueryBatch, load_letor, mslr_path
+from rankers.lambdamart import LambdaMARTRanker
+from rankers.selectors import SELECTORS, make_selector
 
 PAPER_DCG4_GAIN = 1.38  # percent, Baidu active LTR (arXiv 2205.10137), RE+PV vs random
 
@@ -69,7 +66,8 @@ def run_plan(plan: Plan, args: argparse.Namespace) -> dict[str, list[Curve]]:
 
     curves: dict[str, list[Curve]] = {name: [] for name in SELECTORS}
     for seed in range(args.seeds):
-        pool_idx, test_idx = split_queries(plan.data.n_queries, args.test_fraction, np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)
+        pool_idx, test_idx = split_queries(plan.data.n_queries, args.test_fraction, rng)
         pool, test = plan.data.select(pool_idx), plan.data.select(test_idx)
         for name in SELECTORS:
             selector = make_selector(name, alpha=args.alpha, seed=seed)
@@ -96,7 +94,8 @@ def report(plan: Plan, curves: dict[str, list[Curve]], args: argparse.Namespace,
     print(header)
     print("|" + "---|" * (1 + 2 * len(SELECTORS)))
     for b in budgets:
-        cells = [f"{mean_at(curves[n], b, 'ndcg@10'):.4f} | {mean_at(curves[n], b, 'dcg@4'):.3f}" for n in SELECTORS]
+        cells = [f"{mean_at(curves[n], b, 'ndcg@10'):.4f} | {mean_at(curves[n], b, 'dcg@4'):.3f}"
+                 for n in SELECTORS]
         print(f"| {b} | " + " | ".join(cells) + " |")
 
     rounds = budgets[1:]
@@ -106,7 +105,8 @@ def report(plan: Plan, curves: dict[str, list[Curve]], args: argparse.Namespace,
           "| DCG@4 gain averaged over rounds | paper (RE+PV) | queries scored/s |")
     print("|---|---|---|---|---|---|")
     for name in SELECTORS:
-        gain_final = 100 * (mean_at(curves[name], final, "dcg@4") / mean_at(curves["random"], final, "dcg@4") - 1)
+        random_final = mean_at(curves["random"], final, "dcg@4")
+        gain_final = 100 * (mean_at(curves[name], final, "dcg@4") / random_final - 1)
         per_seed = [100 * (c.points[final]["dcg@4"] / r.points[final]["dcg@4"] - 1)
                     for c, r in zip(curves[name], curves["random"], strict=True)]
         gain_area = 100 * (np.mean([mean_at(curves[name], b, "dcg@4") for b in rounds])
@@ -123,7 +123,9 @@ def report(plan: Plan, curves: dict[str, list[Curve]], args: argparse.Namespace,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--datasets", default="mslr,movielens")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="2 seeds and smaller budgets")

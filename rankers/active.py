@@ -34,7 +34,9 @@ class Curve:
         return self.queries_scored / self.scoring_s if self.scoring_s > 0 else float("nan")
 
 
-def split_queries(n_queries: int, test_fraction: float, rng: np.random.Generator) -> tuple[list[int], list[int]]:
+def split_queries(
+    n_queries: int, test_fraction: float, rng: np.random.Generator
+) -> tuple[list[int], list[int]]:
     """Random (pool, test) query indices; the test share is at least one query."""
     order = rng.permutation(n_queries).tolist()
     n_test = max(1, round(n_queries * test_fraction))
