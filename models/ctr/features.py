@@ -90,19 +90,21 @@ def bucket_of(value: str, buckets: int) -> int:
     return zlib.crc32(value.encode()) % (buckets - 1) + 1
 
 
+def _bucket_or_missing(value: str | None, buckets: int) -> int:
+    return 0 if value is None else bucket_of(value, buckets)
+
+
 def encode(spec: FeatureSpec, rows: Sequence[HasFeatures], labels: Iterable[int] | None = None) -> CtrBatch:
     """Hash and stack ``rows`` into a :class:`CtrBatch`; unknown fields raise :class:`FeatureError`."""
-    categorical = torch.zeros((len(rows), len(spec.categorical)), dtype=torch.long)
-    dense = torch.full((len(rows), len(spec.dense)), math.nan, dtype=torch.float32)
-    for i, row in enumerate(rows):
+    buckets: list[list[int]] = []
+    values: list[list[float]] = []
+    for row in rows:
         spec.check(row)
-        for j, name in enumerate(spec.categorical):
-            value = row.categorical.get(name)
-            if value is not None:
-                categorical[i, j] = bucket_of(value, spec.buckets)
-        for j, name in enumerate(spec.dense):
-            if name in row.dense:
-                dense[i, j] = float(row.dense[name])
+        present = row.categorical
+        buckets.append([_bucket_or_missing(present.get(name), spec.buckets) for name in spec.categorical])
+        values.append([float(row.dense.get(name, math.nan)) for name in spec.dense])
+    categorical = torch.tensor(buckets, dtype=torch.long).reshape(len(rows), len(spec.categorical))
+    dense = torch.tensor(values, dtype=torch.float32).reshape(len(rows), len(spec.dense))
     label_tensor = None if labels is None else torch.tensor(list(labels), dtype=torch.float32)
     if label_tensor is not None and len(label_tensor) != len(rows):
         raise ValueError(f"{len(label_tensor)} labels for {len(rows)} rows")
