@@ -51,7 +51,7 @@ def load_plans(args: argparse.Namespace) -> list[Plan]:
             from rankers.movielens import load_ml100k_ranking, ml100k_folder
 
             data = load_ml100k_ranking(ml100k_folder())
-        except (ImportError, OSError) as exc:
+        except (ImportError, OSError, RuntimeError) as exc:
             print(f"MovieLens-100K skipped: cannot load it ({type(exc).__name__}: {exc})")
         else:
             keep = np.sort(np.random.default_rng(0).permutation(data.n_queries)[: args.ml_users])

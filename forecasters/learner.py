@@ -15,6 +15,11 @@ from models.device import default_device
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def behaves_same_in_train_mode(net: nn.Module) -> bool:
+    """True when ``net`` has no dropout or batch norm, so a training forward equals ``predict``'s."""
+    return not any(isinstance(m, (nn.Dropout, nn.modules.batchnorm._BatchNorm)) for m in net.modules())
+
+
 def forecast_errors(prediction: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
     """Mean squared and mean absolute error over every step and channel of the batch."""
     error = prediction.detach() - target
@@ -61,6 +66,7 @@ class NetForecaster(Forecaster):
         self.horizon = horizon
         self.loss_fn = loss_fn
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=weight_decay)
+        self.single_pass = behaves_same_in_train_mode(net)
 
     def predict(self, batch: WindowBatch) -> torch.Tensor:
         batch = batch.to(self.device)
@@ -70,13 +76,15 @@ class NetForecaster(Forecaster):
 
     def learn(self, batch: WindowBatch) -> dict[str, float]:
         batch = batch.to(self.device)
-        metrics = forecast_errors(self.predict(batch), batch.target)
+        before = None if self.single_pass else self.predict(batch)
         self.net.train()
-        loss = self.loss_fn(self.net(batch.x, batch.marks), batch.target)
+        output = self.net(batch.x, batch.marks)
+        metrics = forecast_errors(output if before is None else before, batch.target)
+        loss = self.loss_fn(output, batch.target)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return {**metrics, "loss": float(loss)}
+        return {**metrics, "loss": float(loss.detach())}
 
     def state_dict(self) -> dict[str, Any]:
         return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict()}

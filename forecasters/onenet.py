@@ -18,7 +18,7 @@ from torch import nn
 
 from forecasters.batch import WindowBatch
 from forecasters.ensemble import ExponentiatedGradient
-from forecasters.learner import Forecaster, forecast_errors
+from forecasters.learner import Forecaster, behaves_same_in_train_mode, forecast_errors
 from models.device import default_device
 
 BRANCHES = ("cross_time", "cross_variable")
@@ -60,6 +60,7 @@ class OneNet(Forecaster):
         self.channels = channels
         self.branches = nn.ModuleList([cross_time, cross_variable]).to(self.device)
         self.optimizer = torch.optim.AdamW(self.branches.parameters(), lr=lr)
+        self.single_pass = [behaves_same_in_train_mode(net) for net in self.branches]
         self.bias = BiasMLP(horizon).to(self.device)
         self.bias_optimizer = torch.optim.Adam(self.bias.parameters(), lr=bias_lr)
         self.weights = ExponentiatedGradient(len(BRANCHES), channels, eta)
@@ -102,12 +103,21 @@ class OneNet(Forecaster):
     def learn(self, batch: WindowBatch) -> dict[str, float]:
         batch = batch.to(self.device)
         y = batch.target
-        y1, y2 = self._branch_outputs(batch)
+        outputs, before = [], []
+        for net, single_pass in zip(self.branches, self.single_pass):
+            if not single_pass:  # dropout/batch norm: score what predict would have said
+                net.eval()
+                with torch.no_grad():
+                    before.append(net(batch.x, batch.marks))
+            net.train()
+            outputs.append(net(batch.x, batch.marks))
+            if single_pass:
+                before.append(outputs[-1].detach())
+        y1, y2 = before
         share = self._share(batch)[:, None, :]
         metrics = forecast_errors(share * y1 + (1 - share) * y2, y)
 
-        self.branches.train()
-        branch_loss = sum(F.mse_loss(net(batch.x, batch.marks), y) for net in self.branches)
+        branch_loss = sum(F.mse_loss(out, y) for out in outputs)
         self.optimizer.zero_grad(set_to_none=True)
         branch_loss.backward()
         self.optimizer.step()
@@ -125,7 +135,7 @@ class OneNet(Forecaster):
             self.last_bias[key] = row
         per_variable = torch.stack([(out - y).pow(2).mean((0, 1)) for out in (y1, y2)])
         self.weights.update(per_variable)
-        return {**metrics, "loss": float(branch_loss), "bias_loss": float(bias_loss)}
+        return {**metrics, "loss": float(branch_loss.detach()), "bias_loss": float(bias_loss.detach())}
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

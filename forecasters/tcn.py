@@ -1,5 +1,8 @@
 """A compact dilated TCN encoder (the FSNet/TS2Vec backbone OneNet uses) and the two OneNet branches.
 
+Both branches shift each window by its last value and add it back to the forecast (NLinear's trick,
+not in OneNet): without it the TCNs trail level shifts for hundreds of online steps on ETTh2.
+
 Scaled down for 2 CPU cores: depth 4 (dilations 1..8, receptive field 61 >= the 60-step window)
 instead of 10, hidden 32 instead of 64, representation 64 instead of 320, and no FSNet adapters or
 associative memory: the branches are plain TCNs updated by gradient steps.
@@ -66,8 +69,9 @@ class CrossTimeTCN(nn.Module):
 
     def forward(self, x: torch.Tensor, marks: torch.Tensor | None = None) -> torch.Tensor:
         b, length, c = x.shape
-        per_variable = x.transpose(1, 2).reshape(b * c, length, 1)
-        return self.head(self.encoder(per_variable)).reshape(b, c, -1).transpose(1, 2)
+        last = x[:, -1:, :]
+        per_variable = (x - last).transpose(1, 2).reshape(b * c, length, 1)
+        return self.head(self.encoder(per_variable)).reshape(b, c, -1).transpose(1, 2) + last
 
 
 class CrossVariableTCN(nn.Module):
@@ -85,8 +89,10 @@ class CrossVariableTCN(nn.Module):
     def forward(self, x: torch.Tensor, marks: torch.Tensor | None = None) -> torch.Tensor:
         if x.shape[-1] != self.channels:
             raise ValueError(f"cross-variable branch was built for {self.channels} channels, got {x.shape[-1]}")
+        last = x[:, -1:, :]
+        x = x - last
         if self.marks:
             if marks is None or marks.shape[-1] != self.marks:
                 raise ValueError(f"cross-variable branch needs {self.marks} calendar features per step")
             x = torch.cat([x, marks], -1)
-        return self.head(self.encoder(x)).reshape(x.shape[0], -1, self.channels)
+        return self.head(self.encoder(x)).reshape(x.shape[0], -1, self.channels) + last

@@ -13,15 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from streams.config import shared_data_dir
+
 MAX_GRADE = 4
-
-
-def data_root() -> Path:
-    """The shared real-data folder: ``$DRIFTLINE_DATA_DIR`` or ``../shared/data`` beside the repo."""
-    override = os.environ.get("DRIFTLINE_DATA_DIR")
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @dataclass(frozen=True)
@@ -161,4 +155,4 @@ def load_letor(path: str | os.PathLike[str], n_features: int | None = None) -> Q
 
 def mslr_path() -> Path:
     """The MSLR-WEB slice shipped in shared data."""
-    return data_root() / "ltr" / "msn1.fold1.train.5k.txt"
+    return shared_data_dir() / "ltr" / "msn1.fold1.train.5k.txt"

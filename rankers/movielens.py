@@ -6,7 +6,7 @@ Per (user, movie) features: 19 genre flags, release year, log(1 + history rating
 rating (global mean when unrated), user age, gender, 21 occupation flags.
 
 The files are RecBole's atomic files (``ml-100k.inter``, ``.item``, ``.user``, tab-separated with a
-``name:type`` header); fetching them is the CTR loader's job (:func:`ml100k_folder`).
+``name:type`` header), fetched and read by the CTR loader (:mod:`models.ctr.movielens`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from models.ctr.movielens import _read, fetch  # one downloader and reader of the recbole files
 from rankers.data import QueryBatch
 
 GENRES = (
@@ -26,23 +27,15 @@ GENRES = (
 
 
 def ml100k_folder() -> Path:
-    """The extracted ``ml-100k`` folder, fetched (once, into the cache) by the CTR data loader."""
-    from models.ctr.movielens import ml100k_dir  # the one downloader of the recbole wheel
-
-    return Path(ml100k_dir())
-
-
-def _read_atomic(path: Path) -> pd.DataFrame:
-    frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-    frame.columns = [c.split(":", 1)[0] for c in frame.columns]
-    return frame
+    """The extracted ``ml-100k`` folder, fetched once into the cache by the CTR data loader."""
+    return fetch()
 
 
 def load_ml100k_ranking(folder: Path, history_fraction: float = 0.4, seed: int = 0) -> QueryBatch:
     """Queries (users outside the history share) with their rated movies as graded documents."""
-    ratings = _read_atomic(folder / "ml-100k.inter")
-    items = _read_atomic(folder / "ml-100k.item").set_index("item_id")
-    users = _read_atomic(folder / "ml-100k.user").set_index("user_id")
+    ratings = _read(folder / "ml-100k.inter")
+    items = _read(folder / "ml-100k.item").set_index("item_id")
+    users = _read(folder / "ml-100k.user").set_index("user_id")
     ratings["rating"] = ratings["rating"].astype(float).astype(int)
 
     user_ids = np.array(sorted(ratings["user_id"].unique(), key=int))

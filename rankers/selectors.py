@@ -26,6 +26,7 @@ import math
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -44,6 +45,15 @@ class Selector(ABC):
     def select(self, committee_scores: CommitteeScores, k: int, rng: np.random.Generator) -> np.ndarray:
         """Indices of the ``k`` most informative queries, best first; ties broken at random."""
         return top_k(self.score(committee_scores), k, rng)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the selector remembers between calls (nothing, for a stateless criterion)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        if state:
+            raise ValueError(f"selector {self.name!r} keeps no state, got keys {sorted(state)}")
 
 
 def top_k(values: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -110,6 +120,12 @@ class RandomSelector(Selector):
     def score(self, committee_scores: CommitteeScores) -> np.ndarray:
         return self.rng.random(len(committee_scores))
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+
 
 class PercentileScale:
     """Maps values to their mid-rank percentile in [0, 1] among the current call and a recent window."""
@@ -145,6 +161,14 @@ class Combined(Selector):
         re = self._re_scale(self._re.score(committee_scores))
         pv = self._pv_scale(self._pv.score(committee_scores))
         return re + self.alpha * pv
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"re_history": list(self._re_scale.history), "pv_history": list(self._pv_scale.history)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for scale, key in ((self._re_scale, "re_history"), (self._pv_scale, "pv_history")):
+            scale.history.clear()
+            scale.history.extend(state[key])
 
 
 SELECTORS = ("re+pv", "re", "pv", "random")

@@ -64,6 +64,8 @@ class ServiceRunner:
         self.sink = sink
         self.metrics = metrics
         self.offsets: dict[str, int] = {}
+        #: The checkpoint version the service was restored from at start-up (None: fresh start).
+        self.restored_version: int | None = None
         self._lock = asyncio.Lock()
         service.emit = self.emit
 
@@ -77,6 +79,7 @@ class ServiceRunner:
         with self.service.lock:
             self.service.load_state_dict(checkpoint.state["service"])
         self.offsets = dict(checkpoint.offsets)
+        self.restored_version = checkpoint.version
         self.metrics.checkpoint_version.labels(self.service.name).set(checkpoint.version)
         self.metrics.model_version.labels(self.service.name).set(self.service.model_version())
         log.info(

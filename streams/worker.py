@@ -121,7 +121,11 @@ class Worker:
             "uptime_s": round(time.time() - self.started, 1),
             "bootstrap_servers": self.settings.bootstrap,
             "services": {
-                r.service.name: {"model_version": r.service.model_version(), "partitions": len(r.offsets)}
+                r.service.name: {
+                    "model_version": r.service.model_version(),
+                    "partitions": len(r.offsets),
+                    "restored_checkpoint": r.restored_version,
+                }
                 for r in self.runners
             },
         }
@@ -140,4 +144,6 @@ class Worker:
 
     def run(self, loglevel: str = "warning") -> None:
         """Run until SIGINT/SIGTERM (blocks)."""
-        faust.Worker(self.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+        worker = faust.Worker(self.app, loglevel=loglevel, quiet=True)
+        worker.spinner = None  # terminal escape codes are noise in logs
+        worker.execute_from_commandline()

@@ -59,6 +59,21 @@ class CtrNet(nn.Module):
     embedding: FieldEmbedding
 
 
+def cpu_copy(value: Any) -> Any:
+    """A copy of a (nested) state with every tensor detached and copied to CPU.
+
+    ``state_dict()`` hands out live references; a checkpoint or a version history must not change
+    when training goes on (nor leak onto the GPU).
+    """
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: cpu_copy(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(cpu_copy(item) for item in value)
+    return value
+
+
 def _probabilities(net: CtrNet, normaliser: RunningNorm, batch: CtrBatch, device: torch.device) -> np.ndarray:
     was_training = net.training
     net.eval()
@@ -81,10 +96,7 @@ class CtrScorer:
         return _probabilities(self.net, self.normaliser, batch, self.device)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "net": {k: v.cpu() for k, v in self.net.state_dict().items()},
-            "normaliser": self.normaliser.state_dict(),
-        }
+        return {"net": cpu_copy(self.net.state_dict()), "normaliser": self.normaliser.state_dict()}
 
 
 class CtrLearner(Learner[CtrBatch, np.ndarray]):
@@ -173,10 +185,10 @@ class CtrLearner(Learner[CtrBatch, np.ndarray]):
         return {
             "kind": self.name,
             "spec": asdict(self.spec),
-            "net": {k: v.cpu() for k, v in self.net.state_dict().items()},
+            "net": cpu_copy(self.net.state_dict()),
             "normaliser": self.normaliser.state_dict(),
-            "embed_optimizer": self.embed_optimizer.state_dict(),
-            "dense_optimizer": self.dense_optimizer.state_dict(),
+            "embed_optimizer": cpu_copy(self.embed_optimizer.state_dict()),
+            "dense_optimizer": cpu_copy(self.dense_optimizer.state_dict()),
             "scheduler": self.scheduler.state_dict(),
             "steps": self.steps,
             "samples_seen": self.samples_seen,

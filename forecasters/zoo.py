@@ -1,0 +1,62 @@
+"""Builds any forecaster from a small, serialisable spec (used by the bench, the CLI and the service)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+import torch
+
+from forecasters.baselines import DLinear, LastValue, SeasonalNaive
+from forecasters.card import CARD, CARDConfig, CARDNet
+from forecasters.learner import Forecaster
+from forecasters.onenet import OneNet
+from forecasters.tcn import CrossTimeTCN, CrossVariableTCN
+
+
+@dataclass(frozen=True)
+class ForecasterSpec:
+    """Which model and its shape; ``marks`` is the number of calendar features per step (0 = none)."""
+
+    kind: str = "onenet"
+    seq_len: int = 60
+    horizon: int = 24
+    channels: int = 7
+    marks: int = 0
+    period: int = 24
+    lr: float = 1e-3
+
+    @classmethod
+    def from_dict(cls, values: dict[str, object]) -> ForecasterSpec:
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown forecaster options {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**values)  # type: ignore[arg-type]
+
+    def card_config(self) -> CARDConfig:
+        return CARDConfig(seq_len=self.seq_len, horizon=self.horizon)
+
+
+def _onenet(spec: ForecasterSpec, cross_time: torch.nn.Module, device: torch.device | None) -> OneNet:
+    cross_variable = CrossVariableTCN(spec.channels, spec.horizon, spec.marks)
+    return OneNet(cross_time, cross_variable, spec.channels, spec.horizon, lr=spec.lr, device=device)
+
+
+BUILDERS: dict[str, Callable[[ForecasterSpec, torch.device | None], Forecaster]] = {
+    "last-value": lambda spec, _: LastValue(spec.horizon),
+    "seasonal-naive": lambda spec, _: SeasonalNaive(spec.horizon, spec.period),
+    "dlinear": lambda spec, device: DLinear(spec.seq_len, spec.horizon, spec.lr, device),
+    "card": lambda spec, device: CARD(spec.card_config(), spec.lr, device),
+    "onenet": lambda spec, device: _onenet(spec, CrossTimeTCN(spec.horizon), device),
+    "onenet-card": lambda spec, device: _onenet(spec, CARDNet(spec.card_config()), device),
+}
+
+
+def build_forecaster(spec: ForecasterSpec, device: torch.device | None = None) -> Forecaster:
+    """A fresh forecaster for ``spec`` (raises with the known kinds for an unknown one)."""
+    if spec.kind not in BUILDERS:
+        raise ValueError(f"unknown forecaster kind {spec.kind!r}; known: {', '.join(BUILDERS)}")
+    if spec.seq_len < 1 or spec.horizon < 1 or spec.channels < 1:
+        raise ValueError("seq_len, horizon and channels must be >= 1")
+    return BUILDERS[spec.kind](spec, device)

@@ -1,0 +1,336 @@
+"""Active learning-to-rank on the stream: select queries for annotators, learn from their labels, rank.
+
+- ``queries`` topic (:class:`Query`): each query is scored by the selector with the current committee;
+  a query becomes a :class:`LabelingTask` (produced on ``labeling-queue`` and held in the annotators'
+  queue) when its score's percentile among recent queries reaches ``min_quantile`` and the labeling
+  budget of the current window is not spent. Decisions are made query by query in arrival order, so
+  they do not depend on how the stream was cut into micro-batches. Before the first model exists every
+  query scores 0 and the budget alone decides (``selector="cold-start"`` on the task).
+- ``labels`` topic (:class:`Label`): the labels of one micro-batch are learned together, which is one
+  retrain and so one new committee member.
+- HTTP: annotators take tasks under a lease, skip, and submit grades; an accepted submission is sent to
+  the labels topic through ``emit`` and learned when it comes back, so a crash right after accepting
+  loses nothing. ``POST /rank`` ranks candidates with the serving model; ``GET /labeling`` is the page.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from models.checkpoints import CheckpointStore
+from rankers.budget import BudgetUnit, LabelingBudget
+from rankers.data import MAX_GRADE, QueryBatch
+from rankers.labeling_queue import Entry, LabelingQueue, QueueError
+from rankers.lambdamart import LambdaMARTRanker, NotFittedError, UpdateMode
+from rankers.selectors import PercentileScale, Selector, make_selector
+from streams.schemas import Label, LabelingTask, Query, Record
+from streams.service import (
+    ApiError,
+    ApiRequest,
+    ApiResponse,
+    BatchResult,
+    ModelService,
+    Output,
+    Route,
+    Subscription,
+)
+from streams.topics import topic_name
+
+
+def task_id_for(query: Query) -> str:
+    """Deterministic, so a replayed query maps to the task it created before."""
+    digest = hashlib.sha1(f"{query.query_id}\x00{query.ts!r}".encode()).hexdigest()[:16]
+    return f"t-{digest}"
+
+
+def query_batch(queries: list[Query], grades: list[dict[str, int]] | None = None) -> QueryBatch:
+    """Records to a batch; with ``grades``, each query's documents graded in document order."""
+    return QueryBatch.from_queries(
+        [q.query_id for q in queries],
+        [np.array([d.features for d in q.documents], dtype=np.float32) for q in queries],
+        None
+        if grades is None
+        else [[g[d.doc_id] for d in q.documents] for q, g in zip(queries, grades, strict=True)],
+    )
+
+
+def _grade_problems(grades: Any, doc_ids: list[str]) -> str | None:
+    """Why ``grades`` is not one grade in 0..MAX_GRADE for exactly ``doc_ids``, or None when it is."""
+    if not isinstance(grades, dict) or not grades:
+        return "grades must be a non-empty object {doc_id: grade}"
+    known = set(doc_ids)
+    unknown = sorted(set(grades) - known)
+    if unknown:
+        return f"grades for unknown documents: {', '.join(unknown[:10])}"
+    missing = [d for d in doc_ids if d not in grades]
+    if missing:
+        return f"missing grades for {len(missing)} document(s): {', '.join(missing[:10])}"
+    bad = [d for d, g in grades.items() if type(g) is not int or not 0 <= g <= MAX_GRADE]
+    if bad:
+        return f"grades must be integers 0..{MAX_GRADE}; bad for: {', '.join(sorted(bad)[:10])}"
+    return None
+
+
+class RankService(ModelService):
+    """Selector + annotators' queue + LambdaMART committee, served from the stream."""
+
+    name = "rank"
+
+    def __init__(
+        self,
+        *,
+        selector: str = "re+pv",
+        alpha: float = 1.0,
+        committee_size: int = 4,
+        rounds: int = 100,
+        mode: UpdateMode = "retrain",
+        budget: int = 10,
+        budget_per: BudgetUnit = "queries",
+        budget_window: float = 100,
+        min_quantile: float | None = None,
+        score_window: int = 1024,
+        lease_s: float = 300.0,
+        seed: int = 0,
+        batch_size: int = 64,
+        batch_window_s: float = 0.2,
+        store: CheckpointStore | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__()
+        self.ranker = LambdaMARTRanker(
+            rounds=rounds, mode=mode, committee_size=committee_size, seed=seed, store=store
+        )
+        self.selector: Selector = make_selector(selector, alpha=alpha, window=score_window, seed=seed)
+        self.budget = LabelingBudget(budget, budget_window, budget_per)
+        if min_quantile is None:  # aim at `budget` tasks per window of queries; no threshold per second
+            min_quantile = max(0.0, 1.0 - budget / budget_window) if budget_per == "queries" else 0.0
+        if not 0.0 <= min_quantile <= 1.0:
+            raise ValueError("min_quantile must lie in [0, 1]")
+        self.min_quantile = min_quantile
+        self.score_scale = PercentileScale(score_window)
+        self.queue = LabelingQueue(lease_s, clock)
+        self.clock = clock
+        self.batch_size, self.batch_window_s = batch_size, batch_window_s
+        self.rng = np.random.default_rng(seed)
+
+    # -- stream ------------------------------------------------------------------------------
+    def subscriptions(self) -> list[Subscription]:
+        return [
+            Subscription(topic_name("queries"), Query, self.batch_size, self.batch_window_s),
+            Subscription(topic_name("labels"), Label, self.batch_size, self.batch_window_s),
+        ]
+
+    def process(self, topic: str, records: list[Record]) -> BatchResult:
+        if topic == topic_name("queries"):
+            return self._select([r for r in records if isinstance(r, Query)])
+        if topic == topic_name("labels"):
+            return self._learn([r for r in records if isinstance(r, Label)])
+        reason = f"rank service does not consume {topic}"
+        return BatchResult(rejected=dict.fromkeys(range(len(records)), reason))
+
+    def _select(self, queries: list[Query]) -> BatchResult:
+        result = BatchResult()
+        usable: list[int] = []
+        width = self.ranker.n_features
+        for i, query in enumerate(queries):
+            if self.queue.knows(task_id_for(query)):
+                result.rejected[i] = f"query {query.query_id} at ts {query.ts} already has a task"
+            elif width is not None and len(query.documents[0].features) != width:
+                got = len(query.documents[0].features)
+                result.rejected[i] = f"documents have {got} features, the model expects {width}"
+            else:
+                usable.append(i)
+        if not usable:
+            return result
+        chosen = [queries[i] for i in usable]
+        if self.ranker.fitted:
+            batch = query_batch(chosen)
+            scores = self.selector.score(batch.split_scores(self.ranker.committee_scores(batch)))
+            selector_name = self.selector.name
+        else:
+            scores, selector_name = np.zeros(len(chosen)), "cold-start"
+        queued = 0
+        for query, score in zip(chosen, scores, strict=True):
+            self.budget.arrive(query.ts)
+            too_dull = self.ranker.fitted and self.score_scale(np.array([score]))[0] < self.min_quantile
+            if too_dull or self.budget.left <= 0:
+                continue
+            self.budget.spend()
+            task = LabelingTask(
+                task_id=task_id_for(query), query_id=query.query_id, ts=query.ts,
+                documents=list(query.documents), score=float(score), selector=selector_name,
+            )  # fmt: skip
+            self.queue.push(task)
+            result.outputs.append(Output(topic_name("labeling-queue"), query.query_id, task))
+            queued += 1
+        result.metrics = {"queries_scored": float(len(chosen)), "tasks_queued": float(queued)}
+        return result
+
+    def _learn(self, labels: list[Label]) -> BatchResult:
+        result = BatchResult()
+        accepted: list[tuple[Label, LabelingTask]] = []
+        in_batch: set[str] = set()
+        for i, label in enumerate(labels):
+            entry = self.queue.entries.get(label.task_id)
+            if entry is None or label.task_id in in_batch:
+                seen = label.task_id in self.queue.done or label.task_id in in_batch
+                result.rejected[i] = f"duplicate label for task {label.task_id}" if seen else (
+                    f"label for unknown task {label.task_id}")
+                continue
+            problem = _grade_problems(dict(label.grades), [d.doc_id for d in entry.task.documents])
+            if problem:
+                result.rejected[i] = f"task {label.task_id}: {problem}"
+                continue
+            accepted.append((label, entry.task))
+            in_batch.add(label.task_id)
+        if not accepted:
+            return result
+        queries = [Query(query_id=t.query_id, ts=t.ts, documents=t.documents) for _, t in accepted]
+        result.metrics = self.ranker.learn(query_batch(queries, [dict(lb.grades) for lb, _ in accepted]))
+        for label, _ in accepted:
+            self.queue.finish(label.task_id)
+        return result
+
+    # -- HTTP --------------------------------------------------------------------------------
+    def routes(self) -> list[Route]:
+        return [
+            Route("GET", "/labeling", self._page),
+            Route("GET", "/labeling/next", self._next),
+            Route("GET", "/labeling/status", self._status),
+            Route("POST", "/labeling/{task}/skip", self._skip),
+            Route("POST", "/labeling/{task}", self._submit),
+            Route("POST", "/rank", self._rank),
+        ]
+
+    async def _page(self, request: ApiRequest) -> ApiResponse:
+        page = resources.files("rankers").joinpath("static/labeling.html").read_text(encoding="utf-8")
+        return ApiResponse(page, content_type="text/html")
+
+    async def _next(self, request: ApiRequest) -> ApiResponse:
+        annotator = _annotator(request.query.get("annotator"))
+        with self.lock:
+            entry = self.queue.lease(annotator)
+            if entry is None:
+                return ApiResponse({"task": None, "queue": self.queue.counts()})
+            return ApiResponse(self._task_view(entry))
+
+    async def _status(self, request: ApiRequest) -> ApiResponse:
+        with self.lock:
+            return ApiResponse({
+                "queue": self.queue.counts(),
+                "budget": {"limit": self.budget.limit, "per": self.budget.per, "window": self.budget.window,
+                           "left": self.budget.left},
+                "model_version": self.model_version(),
+                "committee": len(self.ranker.committee()),
+                "labeled_queries": 0 if self.ranker.labeled is None else self.ranker.labeled.n_queries,
+            })  # fmt: skip
+
+    async def _skip(self, request: ApiRequest) -> ApiResponse:
+        annotator = _annotator(_body(request).get("annotator"))
+        with self.lock:
+            try:
+                entry = self.queue.skip(request.path_params["task"], annotator)
+            except QueueError as exc:
+                raise ApiError(exc.status, exc.message) from None
+            return ApiResponse({"task_id": entry.task.task_id, "requeued": True})
+
+    async def _submit(self, request: ApiRequest) -> ApiResponse:
+        body = _body(request)
+        task_id = request.path_params["task"]
+        annotator = _annotator(body.get("annotator"))
+        with self.lock:
+            try:
+                entry = self.queue.holder(task_id, annotator)
+            except QueueError as exc:
+                raise ApiError(exc.status, exc.message) from None
+            problem = _grade_problems(body.get("grades"), [d.doc_id for d in entry.task.documents])
+            if problem:
+                raise ApiError(400, problem)
+            if self.emit is None:
+                raise ApiError(503, "labels cannot be sent: no producer is attached to this service")
+            label = Label(task_id=task_id, query_id=entry.task.query_id, ts=self.clock(),
+                          grades=body["grades"], annotator=annotator)
+            self.queue.mark_submitted(entry)
+        try:
+            await self.emit(Output(topic_name("labels"), entry.task.query_id, label))
+        except Exception as exc:
+            with self.lock:
+                self.queue.unmark_submitted(entry)
+            raise ApiError(503, f"label not sent, try again: {type(exc).__name__}: {exc}") from None
+        answer = {"task_id": task_id, "graded": len(label.grades), "status": "submitted"}
+        return ApiResponse(answer, status=202)
+
+    async def _rank(self, request: ApiRequest) -> ApiResponse:
+        body = _body(request)
+        try:
+            query = Query(query_id="rank", ts=self.clock(), documents=body.get("documents"))
+        except ValidationError as exc:
+            reason = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ApiError(400, f"bad documents: {reason}") from None
+        with self.lock:
+            try:
+                scores = self.ranker.predict(query_batch([query]))
+            except NotFittedError as exc:
+                raise ApiError(503, str(exc)) from None
+            except ValueError as exc:
+                raise ApiError(400, str(exc)) from None
+            version = self.model_version()
+        order = np.argsort(-scores, kind="stable")
+        ranking = [{"doc_id": query.documents[i].doc_id, "score": float(scores[i])} for i in order]
+        return ApiResponse({"ranking": ranking, "model_version": version})
+
+    def _task_view(self, entry: Entry) -> dict[str, Any]:
+        return {
+            "task": entry.task.model_dump(mode="json", by_alias=True),
+            "lease_expires": entry.lease_expires,
+            "lease_s": self.queue.lease_s,
+            "max_grade": MAX_GRADE,
+        }
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "ranker": self.ranker.state_dict(),
+            "selector": self.selector.state_dict(),
+            "score_history": list(self.score_scale.history),
+            "queue": self.queue.state_dict(),
+            "budget": self.budget.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ranker.load_state_dict(state["ranker"])
+        self.selector.load_state_dict(state["selector"])
+        self.score_scale.history.clear()
+        self.score_scale.history.extend(state["score_history"])
+        self.queue.load_state_dict(state["queue"])
+        self.budget.load_state_dict(state["budget"])
+
+    def model_version(self) -> int:
+        return self.ranker.n_updates
+
+
+def _body(request: ApiRequest) -> dict[str, Any]:
+    if not isinstance(request.body, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    return request.body
+
+
+def _annotator(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > 200:
+        raise ApiError(400, "annotator is required (a non-empty name of at most 200 characters)")
+    return value.strip()
+
+
+def build_service(data_dir: Path, **options: Any) -> RankService:
+    """The worker's factory: every retrain is also kept as a versioned checkpoint under ``data_dir``."""
+    committee = int(options.get("committee_size", 4))
+    store = CheckpointStore(data_dir, "lambdamart-committee", keep=max(10, committee))
+    return RankService(store=store, **options)

@@ -1,0 +1,160 @@
+"""The main job: broker, worker, HTTP and a replay of real data, all from one command.
+
+It starts the embedded Kafka (unless a cluster is configured), creates the topics, launches the
+worker as a child process, waits for its HTTP health check, and replays the real datasets in
+``../shared/data`` onto the topics each selected service consumes, printing progress until the
+replay ends and ``duration`` passes (or Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from streams.config import Settings, shared_data_dir
+from streams.producer import make_producer, observations_from_csv, send_all
+from streams.schemas import Record
+
+
+@dataclass
+class Replay:
+    """A real dataset to stream onto a topic."""
+
+    topic: str
+    records: Iterable[Record]
+    total: int | None
+    label: str
+
+
+def _forecast_replays(data: Path) -> list[Replay]:
+    path = data / "timeseries" / "ETTh2.csv"
+    return [Replay("observations", observations_from_csv(path, "ETTh2"), 17420, "ETTh2 (hourly, 7 channels)")]
+
+
+#: service name -> the real data replayed for it.
+REPLAYS: dict[str, Callable[[Path], list[Replay]]] = {
+    "forecast": _forecast_replays,
+    "tally": _forecast_replays,
+}
+
+
+def wait_http(url: str, timeout_s: float = 120.0, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll ``url`` until it answers 200; fail early if ``process`` dies."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"worker exited with code {process.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout_s:.0f}s")
+
+
+def spawn_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+    """Start ``driftline worker`` as a child process bound to the settings' cluster and port."""
+    env = {**os.environ, "DRIFTLINE_BOOTSTRAP_SERVERS": settings.bootstrap}
+    command = [
+        sys.executable, "-m", "streams.cli", "--home", str(settings.home), "worker",
+        "--services", settings.services, "--http-port", str(settings.http_port),
+    ]  # fmt: skip
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _progress_lines(metrics_url: str) -> Iterator[str]:
+    with urllib.request.urlopen(metrics_url, timeout=5) as answer:
+        text = answer.read().decode()
+    for line in text.splitlines():
+        if line.startswith(
+            ("driftline_events_total", "driftline_online_metric", "driftline_dead_letters_total")
+        ):
+            yield line
+
+
+def run_main_job(settings: Settings, duration_s: float = 0.0, rate: float = 200.0) -> int:
+    """Run everything for ``duration_s`` seconds (0: until Ctrl-C or SIGTERM)."""
+    from streams.broker import EmbeddedBroker
+    from streams.registry import parse_names
+    from streams.topics import ensure_topics
+
+    names = parse_names(settings.services)
+    home = Path(settings.home)
+    broker = None
+    if settings.embedded:
+        broker = EmbeddedBroker(home / "kafka", settings.cache, settings.kafka_port, settings.controller_port)
+        started = time.monotonic()
+        broker.start(out=sys.stderr)
+        print(
+            f"[driftline] Kafka ready on {broker.bootstrap} in {time.monotonic() - started:.1f}s", flush=True
+        )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    worker = None
+    try:
+        ensure_topics(settings.bootstrap)
+        worker = spawn_worker(settings, home / "worker.log")
+        base = f"http://{settings.http_host}:{settings.http_port}"
+        wait_http(f"{base}/health", process=worker)
+        print(
+            f"[driftline] worker up: {base}/health  {base}/metrics  (log: {home / 'worker.log'})", flush=True
+        )
+        replays = [r for n in names if n in REPLAYS for r in REPLAYS[n](shared_data_dir())]
+        threads = [
+            threading.Thread(target=_replay, args=(settings, r, rate, stop), daemon=True) for r in replays
+        ]
+        for thread in threads:
+            thread.start()
+        started = time.monotonic()
+        while not stop.wait(min(10.0, duration_s or 10.0)):
+            if worker.poll() is not None:
+                print(f"[driftline] worker exited with code {worker.returncode}; see {home / 'worker.log'}")
+                return 1
+            for line in _progress_lines(f"{base}/metrics"):
+                print(f"[driftline] {line}", flush=True)
+            if duration_s and time.monotonic() - started >= duration_s:
+                break
+        return 0
+    finally:
+        stop.set()
+        if worker is not None:
+            stop_process(worker)
+        if broker is not None:
+            broker.stop()
+        print("[driftline] stopped", flush=True)
+
+
+def _replay(settings: Settings, replay: Replay, rate: float, stop: threading.Event) -> None:
+    producer = make_producer(settings.bootstrap)
+    try:
+        records = (r for r in replay.records if not stop.is_set())
+        report = send_all(producer, replay.topic, records, rate=rate, total=replay.total, progress=False)
+        print(
+            f"[driftline] replayed {report.sent} events of {replay.label} at {report.rate:,.0f}/s", flush=True
+        )
+    finally:
+        producer.close()
