@@ -58,7 +58,9 @@ class Row:
     train_per_s: float
 
 
-def run(kind: str, batch: int, optimiser: str, train: CtrBatch, test: CtrBatch, args: argparse.Namespace) -> Row:
+def run(
+    kind: str, batch: int, optimiser: str, train: CtrBatch, test: CtrBatch, args: argparse.Namespace
+) -> Row:
     config = CtrConfig(
         batch_size=batch,
         embed_lr=args.embed_lr,
@@ -112,11 +114,13 @@ def latency(learner: CtrLearner, candidates: list[Impression], repeats: int) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", default="deepfm", help="comma-separated: deepfm,dcn")
     parser.add_argument("--batches", default="1024,8192,65536")
     parser.add_argument("--optimisers", default=",".join(OPTIMISERS))
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--embed-lr", type=float, default=1e-3)
     parser.add_argument("--dense-lr", type=float, default=1e-3)
     parser.add_argument("--l2", type=float, default=1e-5)
@@ -134,7 +138,8 @@ def main() -> None:
     cut = int(len(data) * 0.9)
     train, test = data.slice(0, cut), data.slice(cut, len(data))
     print(
-        f"MovieLens-100K: {len(train):,} ratings streamed x{args.epochs} in time order, {len(test):,} held out; "
+        f"MovieLens-100K: {len(train):,} ratings streamed x{args.epochs} in time order, "
+        f"{len(test):,} held out; "
         f"click = rating >= 4 (CTR {float(data.labels.mean()):.3f}); base lr embed {args.embed_lr:g} "
         f"dense {args.dense_lr:g} at batch 1024, L2 {args.l2:g}; CPU, torch.set_num_threads(1)",
         flush=True,
@@ -163,7 +168,10 @@ def main() -> None:
         learner.learn(train.slice(0, 1024))
         p50, p99 = latency(learner, candidates, args.repeats)
         latencies[kind] = {"p50_ms": p50, "p99_ms": p99}
-        print(f"{kind}: score {len(candidates)} candidates (encode + forward): p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+        print(
+            f"{kind}: score {len(candidates)} candidates (encode + forward): "
+            f"p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+        )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     report = {"args": {k: str(v) for k, v in vars(args).items()}, "rows": [asdict(r) for r in rows]}
     args.json.write_text(json.dumps({**report, "latency": latencies}, indent=2))
