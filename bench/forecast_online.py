@@ -24,7 +24,10 @@ from forecasters.training import fit
 from forecasters.zoo import BUILDERS, ForecasterSpec, build_forecaster
 
 #: Published online MSE on ETTh2 (OneNet paper, full 10,800-step online part) by horizon.
-PUBLISHED = {"OneNet (published)": {1: 0.380, 24: 0.532, 48: 0.609}, "FSNet (published)": {1: 0.466, 24: 0.687, 48: 0.846}}
+PUBLISHED = {
+    "OneNet (published)": {1: 0.380, 24: 0.532, 48: 0.609},
+    "FSNet (published)": {1: 0.466, 24: 0.687, 48: 0.846},
+}
 DEFAULT_MODELS = ["last-value", "seasonal-naive", "dlinear", "card", "onenet"]
 
 
@@ -34,10 +37,14 @@ def run_one(kind: str, horizon: int, steps: int, epochs: int, seq_len: int) -> d
     series = load_etth2()
     windows, _ = ett_windows(series, seq_len, horizon)
     train_end, val_end, online_end = ETT_SPLIT
-    spec = ForecasterSpec(kind=kind, seq_len=seq_len, horizon=horizon, channels=series.values.shape[1], marks=4)
+    spec = ForecasterSpec(
+        kind=kind, seq_len=seq_len, horizon=horizon, channels=series.values.shape[1], marks=4
+    )
     learner = build_forecaster(spec)
     started = time.perf_counter()
-    report = fit(learner, windows, windows.origins(0, train_end), windows.origins(train_end, val_end), epochs=epochs)
+    report = fit(
+        learner, windows, windows.origins(0, train_end), windows.origins(train_end, val_end), epochs=epochs
+    )
     warmup_s = time.perf_counter() - started
     online = windows.origins(val_end, online_end)
     if steps:
@@ -50,8 +57,14 @@ def run_one(kind: str, horizon: int, steps: int, epochs: int, seq_len: int) -> d
         ab += metrics["mae"]
     online_s = time.perf_counter() - started
     return {
-        "model": kind, "horizon": horizon, "steps": len(online), "mse": sq / len(online), "mae": ab / len(online),
-        "steps_per_s": len(online) / online_s, "warmup_epochs": report.epochs, "warmup_s": warmup_s,
+        "model": kind,
+        "horizon": horizon,
+        "steps": len(online),
+        "mse": sq / len(online),
+        "mae": ab / len(online),
+        "steps_per_s": len(online) / online_s,
+        "warmup_epochs": report.epochs,
+        "warmup_s": warmup_s,
     }
 
 
@@ -71,14 +84,20 @@ def table(rows: list[dict[str, float | int | str]], horizons: list[int]) -> str:
         speed = np.mean([float(c["steps_per_s"]) for c in cells.values()])
         lines.append(line + f"{steps:>8}{speed:>9.1f}")
     for name, mse in PUBLISHED.items():
-        cells_text = "".join(f"{mse[h]:>10.3f}{'-':>7}" if h in mse else f"{'-':>10}{'-':>7}" for h in horizons)
+        cells_text = "".join(
+            f"{mse[h]:>10.3f}{'-':>7}" if h in mse else f"{'-':>10}{'-':>7}" for h in horizons
+        )
         lines.append(f"{name:<22}" + cells_text + f"{'10800':>8}{'-':>9}")
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=1000, help="online steps per horizon (0 = the whole online part)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--steps", type=int, default=1000, help="online steps per horizon (0 = the whole online part)"
+    )
     parser.add_argument("--horizons", type=int, nargs="+", default=[1, 24, 48])
     parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=list(BUILDERS))
     parser.add_argument("--epochs", type=int, default=2, help="warm-up epochs (OneNet: up to 15, patience 3)")
@@ -90,15 +109,23 @@ def main() -> None:
     for horizon in args.horizons:
         for kind in args.models:
             row = run_one(kind, horizon, args.steps, args.epochs, args.seq_len)
-            print(f"  {kind} H={horizon}: {row['steps']} steps, mse {row['mse']:.3f}, "
-                  f"{row['steps_per_s']:.1f} steps/s, warm-up {row['warmup_s']:.0f}s", flush=True)
+            print(
+                f"  {kind} H={horizon}: {row['steps']} steps, mse {row['mse']:.3f}, "
+                f"{row['steps_per_s']:.1f} steps/s, warm-up {row['warmup_s']:.0f}s",
+                flush=True,
+            )
             rows.append(row)
-    print(f"\nETTh2 online (test-then-train, batch 1), look-back {args.seq_len}, warm-up {args.epochs} epochs on "
-          f"rows [0,2880) with early stopping on [2880,3600); online from row 3600; standardised with train "
-          f"statistics; one torch thread.\n")
+    print(
+        f"\nETTh2 online (test-then-train, batch 1), look-back {args.seq_len}, "
+        f"warm-up {args.epochs} epochs on "
+        f"rows [0,2880) with early stopping on [2880,3600); online from row 3600; standardised with train "
+        f"statistics; one torch thread.\n"
+    )
     print(table(rows, args.horizons))
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1))
+    args.json.write_text(
+        json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1)
+    )
 
 
 if __name__ == "__main__":

@@ -58,7 +58,9 @@ class DLinearNet(nn.Module):
         last = x[:, -1:, :] if self.subtract_last else torch.zeros_like(x[:, -1:, :])
         z = (x - last).transpose(1, 2)  # [B, C, L]
         pad = (self.kernel - 1) // 2
-        padded = torch.cat([z[..., :1].expand(-1, -1, pad), z, z[..., -1:].expand(-1, -1, self.kernel - 1 - pad)], -1)
+        padded = torch.cat(
+            [z[..., :1].expand(-1, -1, pad), z, z[..., -1:].expand(-1, -1, self.kernel - 1 - pad)], -1
+        )
         trend = padded.unfold(-1, self.kernel, 1).mean(-1)
         out = self.trend(trend) + self.remainder(z - trend)
         return out.transpose(1, 2) + last
@@ -69,5 +71,7 @@ class DLinear(NetForecaster):
 
     name = "dlinear"
 
-    def __init__(self, seq_len: int, horizon: int, lr: float = 1e-3, device: torch.device | None = None) -> None:
+    def __init__(
+        self, seq_len: int, horizon: int, lr: float = 1e-3, device: torch.device | None = None
+    ) -> None:
         super().__init__(DLinearNet(seq_len, horizon), horizon, mse_loss, lr, device=device)

@@ -24,10 +24,14 @@ class WindowBatch:
         if self.x.dim() != 3:
             raise ValueError(f"x must be [batch, length, channels], got shape {tuple(self.x.shape)}")
         if self.y is not None and (self.y.dim() != 3 or self.y.shape[::2] != self.x.shape[::2]):
-            raise ValueError(f"y must be [batch, horizon, channels] matching x {tuple(self.x.shape)}, "
-                             f"got {tuple(self.y.shape)}")
+            raise ValueError(
+                f"y must be [batch, horizon, channels] matching x {tuple(self.x.shape)}, "
+                f"got {tuple(self.y.shape)}"
+            )
         if self.marks is not None and self.marks.shape[:2] != self.x.shape[:2]:
-            raise ValueError(f"marks must be [batch, length, features] matching x, got {tuple(self.marks.shape)}")
+            raise ValueError(
+                f"marks must be [batch, length, features] matching x, got {tuple(self.marks.shape)}"
+            )
         if self.keys is not None and len(self.keys) != self.x.shape[0]:
             raise ValueError(f"{len(self.keys)} keys for a batch of {self.x.shape[0]}")
 
@@ -40,6 +44,7 @@ class WindowBatch:
 
     def to(self, device: torch.device) -> WindowBatch:
         """The same batch with its tensors on ``device``."""
+
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device, non_blocking=True)
 

@@ -103,7 +103,10 @@ class DualAttention(nn.Module):
 
         def feed_forward() -> nn.Sequential:
             return nn.Sequential(
-                nn.Linear(cfg.d_model, cfg.d_ff), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.d_ff, cfg.d_model)
+                nn.Linear(cfg.d_model, cfg.d_ff),
+                nn.GELU(),
+                nn.Dropout(cfg.dropout),
+                nn.Linear(cfg.d_ff, cfg.d_model),
             )
 
         self.ff_seq = feed_forward()
@@ -128,7 +131,9 @@ class DualAttention(nn.Module):
         along_seq = torch.einsum("bshef,bshfd->bshed", self.dropout(scores.softmax(-1)), v_seq)
         hidden_scores = torch.einsum("bshae,bshaf->bshef", q, k) / math.sqrt(t)
         along_hidden = torch.einsum("bshef,bshaf->bshae", self.dropout(hidden_scores.softmax(-1)), v)
-        out_seq = _batch_norm(self.norm_seq, token_blend(along_seq.reshape(b * s, self.heads, t, -1), self.merge))
+        out_seq = _batch_norm(
+            self.norm_seq, token_blend(along_seq.reshape(b * s, self.heads, t, -1), self.merge)
+        )
         out_hidden = _batch_norm(
             self.norm_hidden, token_blend(along_hidden.reshape(b * s, self.heads, t, -1), self.merge)
         )

@@ -90,7 +90,9 @@ class Windows:
 
     def __init__(self, values: np.ndarray, marks: np.ndarray | None, seq_len: int, horizon: int) -> None:
         self.values = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
-        self.marks = None if marks is None else torch.from_numpy(np.ascontiguousarray(marks, dtype=np.float32))
+        self.marks = (
+            None if marks is None else torch.from_numpy(np.ascontiguousarray(marks, dtype=np.float32))
+        )
         self.seq_len = seq_len
         self.horizon = horizon
 

@@ -31,7 +31,11 @@ class BiasMLP(nn.Module):
     def __init__(self, horizon: int, hidden: int = 32) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(3 * horizon, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1)
+            nn.Linear(3 * horizon, hidden),
+            nn.Tanh(),
+            nn.Linear(hidden, hidden),
+            nn.Tanh(),
+            nn.Linear(hidden, 1),
         )
 
     def forward(self, part1: torch.Tensor, part2: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
@@ -104,7 +108,7 @@ class OneNet(Forecaster):
         batch = batch.to(self.device)
         y = batch.target
         outputs, before = [], []
-        for net, single_pass in zip(self.branches, self.single_pass):
+        for net, single_pass in zip(self.branches, self.single_pass, strict=True):
             if not single_pass:  # dropout/batch norm: score what predict would have said
                 net.eval()
                 with torch.no_grad():
@@ -131,7 +135,7 @@ class OneNet(Forecaster):
         self.bias_optimizer.step()
 
         keys = batch.keys or (_SINGLE_SERIES,) * y.shape[0]
-        for key, row in zip(keys, bias.detach().cpu().numpy()):
+        for key, row in zip(keys, bias.detach().cpu().numpy(), strict=True):
             self.last_bias[key] = row
         per_variable = torch.stack([(out - y).pow(2).mean((0, 1)) for out in (y1, y2)])
         self.weights.update(per_variable)

@@ -46,12 +46,17 @@ class ConvBlock(nn.Module):
 class DilatedTCN(nn.Module):
     """[N, T, inputs] -> representation of the last step [N, repr_dim]."""
 
-    def __init__(self, inputs: int, hidden: int = 32, repr_dim: int = 64, depth: int = 4, kernel: int = 3) -> None:
+    def __init__(
+        self, inputs: int, hidden: int = 32, repr_dim: int = 64, depth: int = 4, kernel: int = 3
+    ) -> None:
         super().__init__()
         self.input_fc = nn.Linear(inputs, hidden)
         widths = [hidden] * depth + [repr_dim]
         self.blocks = nn.Sequential(
-            *(ConvBlock(w_in, w_out, kernel, 2**i) for i, (w_in, w_out) in enumerate(zip([hidden, *widths], widths)))
+            *(
+                ConvBlock(w_in, w_out, kernel, 2**i)
+                for i, (w_in, w_out) in enumerate(zip([hidden, *widths[:-1]], widths, strict=True))
+            )
         )
         self.repr_dim = repr_dim
 
@@ -78,7 +83,13 @@ class CrossVariableTCN(nn.Module):
     """Cross-variable branch: all variables (plus calendar marks) in one TCN, head to C x H."""
 
     def __init__(
-        self, channels: int, horizon: int, marks: int = 0, hidden: int = 32, repr_dim: int = 64, depth: int = 4
+        self,
+        channels: int,
+        horizon: int,
+        marks: int = 0,
+        hidden: int = 32,
+        repr_dim: int = 64,
+        depth: int = 4,
     ) -> None:
         super().__init__()
         self.channels = channels
@@ -88,7 +99,9 @@ class CrossVariableTCN(nn.Module):
 
     def forward(self, x: torch.Tensor, marks: torch.Tensor | None = None) -> torch.Tensor:
         if x.shape[-1] != self.channels:
-            raise ValueError(f"cross-variable branch was built for {self.channels} channels, got {x.shape[-1]}")
+            raise ValueError(
+                f"cross-variable branch was built for {self.channels} channels, got {x.shape[-1]}"
+            )
         last = x[:, -1:, :]
         x = x - last
         if self.marks:

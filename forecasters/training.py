@@ -23,7 +23,9 @@ class FitReport:
     best_epoch: int
 
 
-def validation_mse(learner: Forecaster, windows: Windows, origins: np.ndarray, batch_size: int = 256) -> float:
+def validation_mse(
+    learner: Forecaster, windows: Windows, origins: np.ndarray, batch_size: int = 256
+) -> float:
     """Mean squared error of ``learner.predict`` over ``origins`` (the model does not change)."""
     total, count = 0.0, 0
     for batch in windows.batches(origins, batch_size):

@@ -51,8 +51,14 @@ class Harness:
 
         service.emit = emit
 
-    def call(self, method: str, path: str, params: dict[str, str] | None = None,
-             query: dict[str, str] | None = None, body: Any = None) -> ApiResponse:
+    def call(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str] | None = None,
+        query: dict[str, str] | None = None,
+        body: Any = None,
+    ) -> ApiResponse:
         request = ApiRequest(method, params or {}, query or {}, body)
         return asyncio.run(self.routes[(method, path)](request))
 
@@ -60,8 +66,9 @@ class Harness:
         return self.call("GET", "/labeling/next", query={"annotator": annotator}).body["task"]
 
     def submit(self, task_id: str, grades: dict[str, Any], annotator: str) -> ApiResponse:
-        return self.call("POST", "/labeling/{task}", {"task": task_id},
-                         body={"grades": grades, "annotator": annotator})
+        return self.call(
+            "POST", "/labeling/{task}", {"task": task_id}, body={"grades": grades, "annotator": annotator}
+        )
 
     def deliver_labels(self) -> None:
         """What the worker does with emitted labels: they come back on the labels topic."""

@@ -1,0 +1,277 @@
+"""The forecasting service: learns from every observation on the stream and serves the latest forecasts.
+
+Each micro-batch is applied in rounds (the k-th observation of every series in round k, so a series'
+order holds). In a round every series whose window now holds ``seq_len + horizon`` rows yields one
+training pair (look-back, the ``horizon`` rows that just completed); the pairs of all series go
+through one test-then-train ``learn`` call: the pre-update forecast is scored against the newly
+arrived values, then the model steps. After the last round, all touched series with a full look-back
+are forecast in one batch; the forecasts go to the forecasts topic and into the table that
+``GET /forecast/{series}`` reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from forecasters.batch import WindowBatch
+from forecasters.data import Scaler, calendar_features
+from forecasters.learner import Forecaster
+from forecasters.pretrained import load_pretrained
+from forecasters.windows import RollingWindow, SeriesWindows
+from forecasters.zoo import ForecasterSpec, build_forecaster
+from streams.schemas import Forecast, Observation, Record
+from streams.service import (
+    ApiError,
+    ApiRequest,
+    ApiResponse,
+    BatchResult,
+    ModelService,
+    Output,
+    Route,
+    Subscription,
+)
+from streams.topics import topic_name
+
+CALENDAR_FEATURES = 4
+
+
+@dataclass(slots=True)
+class LatestForecast:
+    """The newest forecast of one series: [horizon, channels] values and per-variable branch weights."""
+
+    ts: float
+    values: np.ndarray
+    weights: dict[str, list[float]]
+
+
+class ForecastService(ModelService):
+    """Online forecaster over the observations topic; see the module docstring for the flow."""
+
+    name = "forecast"
+
+    def __init__(
+        self,
+        spec: ForecasterSpec,
+        learner: Forecaster | None = None,
+        scaler: Scaler | None = None,
+        version: int = 0,
+        batch_size: int = 512,
+    ) -> None:
+        super().__init__()
+        if spec.marks not in (0, CALENDAR_FEATURES):
+            raise ValueError(
+                f"the service derives {CALENDAR_FEATURES} calendar features from ts, or none; "
+                f"spec asks for {spec.marks}"
+            )
+        self.spec = spec
+        self.learner = learner or build_forecaster(spec)
+        self.scaler = scaler or Scaler(
+            np.zeros(spec.channels, np.float32), np.ones(spec.channels, np.float32)
+        )
+        self.version = version
+        self.batch_size = batch_size
+        self.windows = SeriesWindows(spec.seq_len + spec.horizon)
+        self.table: dict[str, LatestForecast] = {}
+        self.updates = 0
+
+    def subscriptions(self) -> list[Subscription]:
+        return [Subscription(topic_name("observations"), Observation, self.batch_size)]
+
+    def model_version(self) -> int:
+        return self.version
+
+    # -- stream ----------------------------------------------------------------------------------
+    def _reject_reason(self, obs: Observation) -> str | None:
+        window = self.windows.get(obs.series)
+        width = len(obs.values)
+        if window is not None and width != window.channels:
+            return f"series {obs.series!r} has {window.channels} channels, this observation has {width}"
+        if width != self.spec.channels:
+            return (
+                f"this forecaster ({self.spec.kind}) serves {self.spec.channels}-channel series, got {width}"
+            )
+        if window is not None and window.last_ts is not None and obs.ts <= window.last_ts:
+            return f"ts {obs.ts} is not after the series' last observation at {window.last_ts}"
+        return None
+
+    def _marks(self, times: np.ndarray) -> torch.Tensor | None:
+        if not self.spec.marks:
+            return None
+        flat = pd.DatetimeIndex(pd.to_datetime(times.reshape(-1), unit="s", utc=True))
+        return torch.from_numpy(calendar_features(flat).reshape(*times.shape, -1))
+
+    def _batch(self, series: list[str], windows: list[RollingWindow], training: bool) -> WindowBatch:
+        """Training pairs (first ``seq_len`` rows -> last ``horizon``) or look-backs (last ``seq_len``)."""
+        seq_len = self.spec.seq_len
+        values = np.stack([w.values for w in windows])
+        times = np.stack([w.times for w in windows])
+        if training:
+            return WindowBatch(
+                torch.from_numpy(values[:, :seq_len]),
+                torch.from_numpy(values[:, seq_len:]),
+                self._marks(times[:, :seq_len]),
+                tuple(series),
+            )
+        return WindowBatch(
+            torch.from_numpy(values[:, -seq_len:]), None, self._marks(times[:, -seq_len:]), tuple(series)
+        )
+
+    def process(self, topic: str, records: list[Record]) -> BatchResult:
+        with self.lock:
+            rejected: dict[int, str] = {}
+            rounds: list[list[tuple[int, Observation]]] = []
+            seen: dict[str, int] = {}
+            for index, record in enumerate(records):
+                if not isinstance(record, Observation):
+                    rejected[index] = f"expected an observation, got {type(record).__name__}"
+                    continue
+                k = seen[record.series] = seen.get(record.series, -1) + 1
+                if k == len(rounds):
+                    rounds.append([])
+                rounds[k].append((index, record))
+            totals: dict[str, float] = {}
+            trained = 0
+            touched: dict[str, RollingWindow] = {}
+            for round_ in rounds:
+                ready: dict[str, RollingWindow] = {}
+                for index, obs in round_:
+                    reason = self._reject_reason(obs)
+                    if reason:
+                        rejected[index] = reason
+                        continue
+                    scaled = self.scaler.transform(np.asarray(obs.values, np.float32))
+                    window = touched[obs.series] = self.windows.append(obs.series, obs.ts, scaled)
+                    if window.has(self.windows.capacity):
+                        ready[obs.series] = window
+                if ready:
+                    metrics = self.learner.learn(
+                        self._batch(list(ready), list(ready.values()), training=True)
+                    )
+                    for key, value in metrics.items():
+                        totals[key] = totals.get(key, 0.0) + value * len(ready)
+                    trained += len(ready)
+                    self.updates += 1
+            outputs = self._forecast({s: w for s, w in touched.items() if w.has(self.spec.seq_len)})
+            metrics = {key: total / trained for key, total in totals.items()} if trained else {}
+            metrics.update(trained_windows=float(trained), forecasts=float(len(outputs)))
+            return BatchResult(outputs, metrics, rejected)
+
+    def _forecast(self, ready: dict[str, RollingWindow]) -> list[Output]:
+        if not ready:
+            return []
+        batch = self._batch(list(ready), list(ready.values()), training=False)
+        scaled = self.learner.predict(batch).cpu().numpy()
+        values = scaled * self.scaler.std + self.scaler.mean
+        weights = self.learner.mixing_weights(batch)
+        outputs = []
+        forecasts_topic = topic_name("forecasts")
+        for row, (series, window) in enumerate(ready.items()):
+            row_weights = {name: rows[row] for name, rows in weights.items()}
+            entry = LatestForecast(float(window.times[-1]), values[row].astype(np.float32), row_weights)
+            self.table[series] = entry
+            outputs.append(Output(forecasts_topic, series, self._record(series, entry, self.spec.horizon)))
+        return outputs
+
+    def _record(self, series: str, entry: LatestForecast, horizon: int) -> Forecast:
+        return Forecast(
+            series=series,
+            ts=entry.ts,
+            horizon=horizon,
+            values=entry.values[:horizon].tolist(),
+            model=self.spec.kind,
+            model_version=self.version,
+            weights=entry.weights,
+        )
+
+    # -- HTTP ------------------------------------------------------------------------------------
+    def routes(self) -> list[Route]:
+        return [Route("GET", "/forecast/{series}", self.get_forecast)]
+
+    def _horizon(self, request: ApiRequest) -> int:
+        raw = request.query.get("horizon", str(self.spec.horizon))
+        limit = self.spec.horizon
+        try:
+            horizon = int(raw)
+        except ValueError:
+            raise ApiError(400, f"horizon must be an integer from 1 to {limit}, got {raw!r}") from None
+        if not 1 <= horizon <= limit:
+            raise ApiError(
+                400, f"horizon must be from 1 to {limit} (this model forecasts {limit} steps), got {horizon}"
+            )
+        return horizon
+
+    async def get_forecast(self, request: ApiRequest) -> ApiResponse:
+        """The latest forecast of a series, cut to ``?horizon=H`` steps."""
+        series = request.path_params["series"]
+        horizon = self._horizon(request)
+        with self.lock:
+            entry = self.table.get(series)
+            if entry is None:
+                window = self.windows.get(series)
+                if window is None:
+                    raise ApiError(404, f"unknown series {series!r}: no observation of it has arrived")
+                raise ApiError(
+                    404,
+                    f"series {series!r} has {window.count} of the {self.spec.seq_len} "
+                    "observations a forecast needs",
+                )
+            body = self._record(series, entry, horizon).model_dump(by_alias=True)
+            body["updates"] = self.updates
+        return ApiResponse(body)
+
+    # -- state -----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "spec": asdict(self.spec),
+                "version": self.version,
+                "updates": self.updates,
+                "scaler": (self.scaler.mean, self.scaler.std),
+                "learner": self.learner.state_dict(),
+                "windows": self.windows.state_dict(),
+                "table": {s: (e.ts, e.values, e.weights) for s, e in self.table.items()},
+            }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = ForecasterSpec.from_dict(state["spec"])
+        if saved != self.spec:
+            raise ValueError(f"checkpoint is for {saved}, this service runs {self.spec}")
+        with self.lock:
+            self.version = int(state["version"])
+            self.updates = int(state["updates"])
+            self.scaler = Scaler(*state["scaler"])
+            self.learner.load_state_dict(state["learner"])
+            self.windows.load_state_dict(state["windows"])
+            self.table = {
+                s: LatestForecast(ts, values, weights) for s, (ts, values, weights) in state["table"].items()
+            }
+
+
+SERVICE_OPTIONS = ("batch_size",)
+
+
+def build_service(data_dir: Path, **options: Any) -> ForecastService:
+    """A service, warm-started from ``<data_dir>/pretrained/<kind>`` if ``forecasters pretrain`` ran.
+
+    ``options`` are :class:`ForecasterSpec` fields (kind, seq_len, horizon, channels, ...) and
+    ``batch_size``. With a pretrained checkpoint its spec wins; an option contradicting it is an error.
+    """
+    service_options = {k: options.pop(k) for k in SERVICE_OPTIONS if k in options}
+    spec = ForecasterSpec.from_dict(options)
+    found = load_pretrained(Path(data_dir), spec.kind)
+    if found is None:
+        return ForecastService(spec, **service_options)
+    saved_spec, learner, scaler, version = found
+    clashes = {k: (v, getattr(saved_spec, k)) for k, v in options.items() if getattr(saved_spec, k) != v}
+    if clashes:
+        raise ValueError(
+            f"options contradict the pretrained {spec.kind} v{version}: "
+            + ", ".join(f"{k}={given} vs saved {saved}" for k, (given, saved) in clashes.items())
+        )
+    return ForecastService(saved_spec, learner, scaler, version, **service_options)

@@ -1,0 +1,74 @@
+"""The HTTP adapter on a real aiohttp server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import ClientSession, web
+
+from streams.http import make_app
+from streams.service import ApiError, ApiRequest, ApiResponse, Route
+from streams.tally import TallyService
+
+
+class Echo(TallyService):
+    name = "echo"
+
+    def routes(self) -> list[Route]:
+        async def echo(request: ApiRequest) -> ApiResponse:
+            if request.body is None:
+                raise ApiError(400, "body required")
+            return ApiResponse({"params": request.path_params, "query": request.query, "body": request.body})
+
+        async def broken(request: ApiRequest) -> ApiResponse:
+            raise ZeroDivisionError("oops")
+
+        async def page(request: ApiRequest) -> ApiResponse:
+            return ApiResponse("<h1>hi</h1>", content_type="text/html")
+
+        return [
+            Route("POST", "/echo/{name}", echo),
+            Route("GET", "/broken", broken),
+            Route("GET", "/page", page),
+        ]
+
+
+async def _exercise() -> dict:
+    app = make_app([Echo()], metrics_text=lambda: b"m 1\n", health=lambda: {"status": "degraded"})
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    out: dict = {}
+    try:
+        async with ClientSession() as http:
+            async with http.post(f"{base}/echo/x?a=1", json={"k": 2}) as r:
+                out["echo"] = (r.status, await r.json())
+            async with http.post(f"{base}/echo/x", data=b"{bad") as r:
+                out["bad_json"] = (r.status, await r.json())
+            async with http.post(f"{base}/echo/x") as r:
+                out["no_body"] = (r.status, await r.json())
+            async with http.get(f"{base}/broken") as r:
+                out["broken"] = (r.status, await r.json())
+            async with http.get(f"{base}/page") as r:
+                out["page"] = (r.status, r.content_type, await r.text())
+            async with http.get(f"{base}/health") as r:
+                out["health"] = (r.status, await r.json())
+            async with http.get(f"{base}/metrics") as r:
+                out["metrics"] = (r.status, await r.text())
+    finally:
+        await runner.cleanup()
+    return out
+
+
+def test_routes_errors_health_and_metrics():
+    out = asyncio.run(_exercise())
+    assert out["echo"] == (200, {"params": {"name": "x"}, "query": {"a": "1"}, "body": {"k": 2}})
+    assert out["bad_json"][0] == 400 and "not valid JSON" in out["bad_json"][1]["error"]
+    assert out["no_body"] == (400, {"error": "body required"})
+    assert out["broken"][0] == 500 and "ZeroDivisionError" in out["broken"][1]["error"]
+    assert out["page"] == (200, "text/html", "<h1>hi</h1>")
+    assert out["health"] == (503, {"status": "degraded"})
+    assert out["metrics"] == (200, "m 1\n")

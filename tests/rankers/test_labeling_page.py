@@ -1,0 +1,108 @@
+"""The labeling page in a real headless Chromium: load, see the task, grade, submit, label emitted."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from streams.http import make_app
+
+from .conftest import synthetic_queries
+from .service_helpers import QUERIES, FakeClock, Harness, as_queries, labels_of
+from .test_service import make
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        CHROMIUM is None or CHROMEDRIVER is None,
+        reason="needs Debian chromium + chromium-driver: apt-get install -y chromium chromium-driver",
+    ),
+]
+webdriver = pytest.importorskip("selenium.webdriver", reason="needs the selenium package (pip install selenium)")
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[Harness, str, dict[str, dict[str, int]]]]:
+    """A RankService with two queued tasks, its routes served by aiohttp on a free loopback port."""
+    harness = make(FakeClock(), budget=2, budget_window=2)
+    queries, truth = as_queries(synthetic_queries(2, docs=4))
+    harness.service.process(QUERIES, queries)
+    app = make_app([harness.service])
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = runner.addresses[0][1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield harness, f"http://127.0.0.1:{port}", truth
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[object]:
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_annotator_grades_a_task_in_the_browser_and_the_service_learns_it(served, browser) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    harness, base, truth = served
+    wait = WebDriverWait(browser, 20)
+    browser.get(f"{base}/labeling?annotator=alice")
+    wait.until(ec.visibility_of_element_located((By.ID, "task")))
+    query_id = browser.find_element(By.ID, "query").text
+    task_id = browser.find_element(By.ID, "task-id").text
+    assert query_id in truth
+    rows = browser.find_elements(By.CSS_SELECTOR, "#docs tr")
+    assert [r.get_attribute("data-doc") for r in rows] == list(truth[query_id])
+
+    browser.find_element(By.ID, "submit").click()  # nothing graded yet: the page refuses
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "Grade every document"))
+    assert labels_of(harness.emitted) == []
+
+    for doc_id, grade in truth[query_id].items():
+        browser.find_element(By.CSS_SELECTOR, f'input[name="grade-{doc_id}"][value="{grade}"]').click()
+    browser.find_element(By.ID, "submit").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "Submitted"))
+
+    [label] = labels_of(harness.emitted)
+    assert (label.task_id, label.query_id, label.annotator) == (task_id, query_id, "alice")
+    assert label.grades == truth[query_id]
+    harness.deliver_labels()
+    assert harness.service.model_version() == 1
+
+    # the other task goes to the next annotator; skipping it leaves alice with nothing to do
+    browser.find_element(By.ID, "load").click()
+    wait.until(ec.visibility_of_element_located((By.ID, "task")))
+    other = browser.find_element(By.ID, "query").text
+    assert other != query_id
+    browser.find_element(By.ID, "skip").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "No task waiting"))
