@@ -25,7 +25,7 @@ pytestmark = [
         reason="needs Debian chromium + chromium-driver: apt-get install -y chromium chromium-driver",
     ),
 ]
-webdriver = pytest.importorskip("selenium.webdriver", reason="needs the selenium package (pip install selenium)")
+webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium: pip install selenium")
 
 
 @pytest.fixture
