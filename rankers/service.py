@@ -27,9 +27,10 @@ from pydantic import ValidationError
 
 from models.checkpoints import CheckpointStore
 from rankers.budget import BudgetUnit, LabelingBudget
-from rankers.data import MAX_GRADE, QueryBatch
+from rankers.data import MAX_GRADE
 from rankers.labeling_queue import Entry, LabelingQueue, QueueError
 from rankers.lambdamart import LambdaMARTRanker, NotFittedError, UpdateMode
+from rankers.records import query_batch
 from rankers.selectors import PercentileScale, Selector, make_selector
 from streams.schemas import Label, LabelingTask, Query, Record
 from streams.service import (
@@ -49,17 +50,6 @@ def task_id_for(query: Query) -> str:
     """Deterministic, so a replayed query maps to the task it created before."""
     digest = hashlib.sha1(f"{query.query_id}\x00{query.ts!r}".encode()).hexdigest()[:16]
     return f"t-{digest}"
-
-
-def query_batch(queries: list[Query], grades: list[dict[str, int]] | None = None) -> QueryBatch:
-    """Records to a batch; with ``grades``, each query's documents graded in document order."""
-    return QueryBatch.from_queries(
-        [q.query_id for q in queries],
-        [np.array([d.features for d in q.documents], dtype=np.float32) for q in queries],
-        None
-        if grades is None
-        else [[g[d.doc_id] for d in q.documents] for q, g in zip(queries, grades, strict=True)],
-    )
 
 
 def _grade_problems(grades: Any, doc_ids: list[str]) -> str | None:

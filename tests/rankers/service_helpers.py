@@ -5,11 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import numpy as np
-
-from rankers.data import QueryBatch
 from rankers.service import RankService
-from streams.schemas import Document, Label, Query
+from streams.schemas import Label
 from streams.service import ApiRequest, ApiResponse, Output
 from streams.topics import topic_name
 
@@ -22,17 +19,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def as_queries(batch: QueryBatch, ts0: float = 0.0) -> tuple[list[Query], dict[str, dict[str, int]]]:
-    """Query records of a labeled batch and, per query id, the true grades by doc id."""
-    records, truth = [], {}
-    grades = batch.split_scores(batch.grades)
-    for i, (qid, feats) in enumerate(zip(batch.query_ids, batch.split_scores(batch.features.T), strict=True)):
-        docs = [Document(doc_id=f"{qid}-d{j}", features=f.tolist()) for j, f in enumerate(feats.T)]
-        records.append(Query(query_id=qid, ts=ts0 + i, documents=docs))
-        truth[qid] = {d.doc_id: int(g) for d, g in zip(docs, grades[i], strict=True)}
-    return records, truth
 
 
 class Harness:
@@ -90,7 +76,3 @@ class Harness:
 
 def labels_of(outputs: list[Output]) -> list[Label]:
     return [o.record for o in outputs if isinstance(o.record, Label)]
-
-
-def grades_array(grades: dict[str, int]) -> np.ndarray:
-    return np.array(list(grades.values()))

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from rankers.records import query_records
 from streams.http import make_app
 
 from .conftest import synthetic_queries
-from .service_helpers import QUERIES, FakeClock, Harness, as_queries, labels_of
+from .service_helpers import QUERIES, FakeClock, Harness, labels_of
 from .test_service import make
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -32,7 +33,7 @@ webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium: pi
 def served() -> Iterator[tuple[Harness, str, dict[str, dict[str, int]]]]:
     """A RankService with two queued tasks, its routes served by aiohttp on a free loopback port."""
     harness = make(FakeClock(), budget=2, budget_window=2)
-    queries, truth = as_queries(synthetic_queries(2, docs=4))
+    queries, truth = query_records(synthetic_queries(2, docs=4))
     harness.service.process(QUERIES, queries)
     app = make_app([harness.service])
     loop = asyncio.new_event_loop()

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 from models.checkpoints import CheckpointStore
+from rankers.records import query_records
 from rankers.service import RankService, build_service
 from streams.schemas import Document, Label, LabelingTask, Query
 from streams.service import ApiError
 
 from .conftest import synthetic_queries
-from .service_helpers import LABELS, QUERIES, QUEUE, FakeClock, Harness, as_queries, labels_of
+from .service_helpers import LABELS, QUERIES, QUEUE, FakeClock, Harness, labels_of
 
 SMALL = {"rounds": 15, "committee_size": 3}
 
@@ -30,7 +31,7 @@ def make(clock: FakeClock, **options: object) -> Harness:
 
 @pytest.fixture
 def data() -> tuple[list[Query], dict[str, dict[str, int]]]:
-    return as_queries(synthetic_queries(16, docs=8))
+    return query_records(synthetic_queries(16, docs=8))
 
 
 def test_cold_start_queues_by_budget_and_produces_tasks(clock: FakeClock, data) -> None:
