@@ -1,0 +1,170 @@
+"""Forecasters on synthetic data: exact baselines, CARD's parts, OneNet's mixing, state round trips."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from forecasters.baselines import LastValue, SeasonalNaive
+from forecasters.batch import WindowBatch
+from forecasters.card import CARDConfig, CARDNet, ema_matrix, signal_decay_l1, token_blend
+from forecasters.data import Windows
+from forecasters.ensemble import ExponentiatedGradient
+from forecasters.learner import forecast_errors
+from forecasters.onenet import BRANCHES, OneNet
+from forecasters.training import fit, validation_mse
+from forecasters.zoo import BUILDERS, ForecasterSpec, build_forecaster
+
+LEARNED = ["dlinear", "card", "onenet", "onenet-card"]
+
+
+def spec(kind: str, channels: int = 3) -> ForecasterSpec:
+    return ForecasterSpec(kind=kind, seq_len=32, horizon=4, channels=channels, period=12)
+
+
+def test_last_value_and_seasonal_naive_copy_the_right_steps() -> None:
+    x = torch.arange(10, dtype=torch.float32).reshape(1, 10, 1).repeat(1, 1, 2)
+    batch = WindowBatch(x)
+    assert LastValue(3).predict(batch)[0, :, 0].tolist() == [9, 9, 9]
+    # period 4 over window 0..9: the last season is 6, 7, 8, 9, repeated
+    assert SeasonalNaive(6, period=4).predict(batch)[0, :, 1].tolist() == [6, 7, 8, 9, 6, 7]
+    with pytest.raises(ValueError, match="longer than the look-back"):
+        SeasonalNaive(2, period=11).predict(batch)
+
+
+def test_window_batch_rejects_mismatched_shapes() -> None:
+    with pytest.raises(ValueError, match="y must be"):
+        WindowBatch(torch.zeros(2, 8, 3), torch.zeros(2, 4, 2))
+    with pytest.raises(ValueError, match="keys"):
+        WindowBatch(torch.zeros(2, 8, 3), keys=("a",))
+    with pytest.raises(ValueError, match="no targets"):
+        LastValue(2).learn(WindowBatch(torch.zeros(1, 8, 3)))
+
+
+def test_windows_cut_lookback_and_targets_by_origin() -> None:
+    values = np.arange(20, dtype=np.float32)[:, None]
+    windows = Windows(values, None, seq_len=5, horizon=2)
+    assert windows.origins(0, 20)[[0, -1]].tolist() == [5, 18]
+    batch = windows.batch(np.array([7]))
+    assert batch.x[0, :, 0].tolist() == [2, 3, 4, 5, 6]
+    assert batch.y is not None and batch.y[0, :, 0].tolist() == [7, 8]
+
+
+def test_ema_matrix_follows_the_recurrence() -> None:
+    x = torch.randn(6)
+    smoothed, state = [], x[0]
+    for i, value in enumerate(x):
+        state = value if i == 0 else 0.3 * value + 0.7 * state
+        smoothed.append(state)
+    assert torch.allclose(ema_matrix(6, 0.3) @ x, torch.stack(smoothed), atol=1e-6)
+
+
+def test_token_blend_merges_adjacent_tokens_of_one_head() -> None:
+    heads, tokens, d_head = 2, 4, 1
+    out = torch.arange(heads * tokens, dtype=torch.float32).reshape(1, heads, tokens, d_head)
+    # head 0 holds tokens 0..3, head 1 holds 4..7; new token i takes entries 2i, 2i+1 of the pair
+    assert token_blend(out, merge=2)[0].tolist() == [[0, 1], [2, 3], [4, 5], [6, 7]]
+
+
+def test_signal_decay_loss_weights_early_steps_more() -> None:
+    target = torch.zeros(1, 4, 1)
+    first, last = target.clone(), target.clone()
+    first[0, 0, 0] = 1.0
+    last[0, 3, 0] = 1.0
+    assert signal_decay_l1(first, target) == pytest.approx(1 / 4)
+    assert signal_decay_l1(last, target) == pytest.approx(1 / 2 / 4)
+
+
+def test_card_is_scale_equivariant_and_channel_count_free() -> None:
+    net = CARDNet(CARDConfig(seq_len=32, horizon=4)).eval()
+    x = torch.randn(2, 32, 5)
+    with torch.no_grad():
+        assert torch.allclose(net(3 * x + 7), 3 * net(x) + 7, atol=1e-3)
+        assert net(torch.randn(2, 32, 9)).shape == (2, 4, 9)
+
+
+@pytest.mark.parametrize("kind", LEARNED)
+def test_learners_beat_last_value_after_online_learning(kind: str, sine_windows: Windows) -> None:
+    learner = build_forecaster(spec(kind))
+    origins = sine_windows.origins(0, 400)
+    for _ in range(2):
+        for batch in sine_windows.batches(origins[:300], 16, np.random.default_rng(0)):
+            learner.learn(batch)
+    held_out = origins[300:]
+    assert validation_mse(learner, sine_windows, held_out) < 0.5 * validation_mse(
+        LastValue(4), sine_windows, held_out
+    )
+
+
+@pytest.mark.parametrize("kind", list(BUILDERS))
+def test_learn_scores_the_pre_update_forecast(kind: str, sine_windows: Windows) -> None:
+    learner = build_forecaster(spec(kind))
+    batch = sine_windows.batch(sine_windows.origins(0, 400)[:8])
+    before = forecast_errors(learner.predict(batch), batch.target)
+    metrics = learner.learn(batch)
+    assert metrics["mse"] == pytest.approx(before["mse"], rel=1e-5)
+    assert metrics["mae"] == pytest.approx(before["mae"], rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", LEARNED)
+def test_state_round_trip_continues_identically(kind: str, sine_windows: Windows) -> None:
+    origins = sine_windows.origins(0, 400)
+    learner = build_forecaster(spec(kind))
+    learner.learn(sine_windows.batch(origins[:8]))
+    twin = build_forecaster(spec(kind))
+    twin.load_state_dict(copy.deepcopy(learner.state_dict()))
+    nxt = sine_windows.batch(origins[8:16])
+    torch.manual_seed(1)
+    learner.learn(nxt)
+    torch.manual_seed(1)
+    twin.learn(nxt)
+    probe = sine_windows.batch(origins[100:110])
+    assert torch.allclose(learner.predict(probe), twin.predict(probe), atol=1e-6)
+
+
+def test_exponentiated_gradient_moves_weight_to_the_better_expert_per_variable() -> None:
+    eg = ExponentiatedGradient(experts=2, variables=2, eta=0.5, share=0.0)
+    for _ in range(10):
+        eg.update(torch.tensor([[0.1, 1.0], [1.0, 0.1]]))
+    assert eg.weights[0, 0] > 0.95 and eg.weights[1, 1] > 0.95
+    assert torch.allclose(eg.weights.sum(0), torch.ones(2))
+    floored = ExponentiatedGradient(experts=2, variables=1, eta=50.0, share=0.01)
+    for _ in range(100):
+        floored.update(torch.tensor([[10.0], [0.0]]))
+    assert floored.weights[0, 0] >= 0.005
+
+
+def test_onenet_mixes_per_variable_and_keeps_a_bias_per_series(sine_windows: Windows) -> None:
+    learner = build_forecaster(spec("onenet"))
+    assert isinstance(learner, OneNet)
+    batch = sine_windows.batch(sine_windows.origins(0, 400)[:2])
+    keyed = WindowBatch(batch.x, batch.y, keys=("a", "b"))
+    learner.learn(keyed)
+    assert set(learner.last_bias) == {"a", "b"}
+    weights = learner.mixing_weights(keyed)
+    assert set(weights) == set(BRANCHES)
+    total = np.array(weights[BRANCHES[0]]) + np.array(weights[BRANCHES[1]])
+    assert total.shape == (2, 3) and np.allclose(total, 1.0)
+    # the previous step's bias shifts series "a" away from the plain EG weight
+    plain = torch.sigmoid(learner._logit()).cpu().numpy()
+    assert not np.allclose(np.array(weights[BRANCHES[0]][0]), plain)
+
+
+def test_fit_keeps_the_best_validation_state(sine_windows: Windows) -> None:
+    learner = build_forecaster(spec("dlinear"))
+    origins = sine_windows.origins(0, 400)
+    report = fit(learner, sine_windows, origins[:250], origins[250:], epochs=4, patience=2)
+    assert 1 <= report.best_epoch <= report.epochs <= 4
+    assert validation_mse(learner, sine_windows, origins[250:]) == pytest.approx(
+        report.best_val_mse, rel=1e-5
+    )
+
+
+def test_unknown_kind_and_options_are_clear_errors() -> None:
+    with pytest.raises(ValueError, match="unknown forecaster kind 'prophet'"):
+        build_forecaster(ForecasterSpec(kind="prophet"))
+    with pytest.raises(ValueError, match="unknown forecaster options"):
+        ForecasterSpec.from_dict({"kind": "card", "depth": 3})
