@@ -44,8 +44,15 @@ class Plan:
 def load_plans(args: argparse.Namespace) -> list[Plan]:
     plans = []
     if "mslr" in args.datasets:
-        plans.append(Plan("MSLR-WEB slice", load_letor(mslr_path(), 136), args.mslr_seed_queries,
-                          args.mslr_step, args.mslr_budget))
+        plans.append(
+            Plan(
+                "MSLR-WEB slice",
+                load_letor(mslr_path(), 136),
+                args.mslr_seed_queries,
+                args.mslr_step,
+                args.mslr_budget,
+            )
+        )
     if "movielens" in args.datasets:
         try:
             from rankers.movielens import load_ml100k_ranking, ml100k_folder
@@ -55,8 +62,15 @@ def load_plans(args: argparse.Namespace) -> list[Plan]:
             print(f"MovieLens-100K skipped: cannot load it ({type(exc).__name__}: {exc})")
         else:
             keep = np.sort(np.random.default_rng(0).permutation(data.n_queries)[: args.ml_users])
-            plans.append(Plan("MovieLens-100K (users as queries)", data.select(keep.tolist()),
-                              args.ml_seed_queries, args.ml_step, args.ml_budget))
+            plans.append(
+                Plan(
+                    "MovieLens-100K (users as queries)",
+                    data.select(keep.tolist()),
+                    args.ml_seed_queries,
+                    args.ml_step,
+                    args.ml_budget,
+                )
+            )
     return plans
 
 
@@ -72,8 +86,16 @@ def run_plan(plan: Plan, args: argparse.Namespace) -> dict[str, list[Curve]]:
         for name in SELECTORS:
             selector = make_selector(name, alpha=args.alpha, seed=seed)
             curves[name].append(
-                active_curve(pool, test, selector, make_ranker, seed_queries=plan.seed_queries,
-                             step=plan.step, budget=plan.budget, rng=np.random.default_rng(1000 + seed))
+                active_curve(
+                    pool,
+                    test,
+                    selector,
+                    make_ranker,
+                    seed_queries=plan.seed_queries,
+                    step=plan.step,
+                    budget=plan.budget,
+                    rng=np.random.default_rng(1000 + seed),
+                )
             )
     return curves
 
@@ -85,40 +107,65 @@ def mean_at(curves: list[Curve], budget: int, metric: str) -> float:
 def report(plan: Plan, curves: dict[str, list[Curve]], args: argparse.Namespace, elapsed: float) -> dict:
     budgets = sorted(curves["random"][0].points)
     n_test = max(1, round(plan.data.n_queries * args.test_fraction))
-    print(f"\n## {plan.name}: {plan.data.n_queries} queries, {len(plan.data.features)} documents, "
-          f"{plan.data.features.shape[1]} features; pool {plan.data.n_queries - n_test} / held-out {n_test}")
-    print(f"seeds {args.seeds}, seed set {plan.seed_queries}, +{plan.step} per round, committee = last "
-          f"{args.committee} checkpoints, LambdaMART {args.rounds} trees, alpha {args.alpha}, 1 thread, "
-          f"{elapsed:.0f} s")
+    print(
+        f"\n## {plan.name}: {plan.data.n_queries} queries, {len(plan.data.features)} documents, "
+        f"{plan.data.features.shape[1]} features; pool {plan.data.n_queries - n_test} / held-out {n_test}"
+    )
+    print(
+        f"seeds {args.seeds}, seed set {plan.seed_queries}, +{plan.step} per round, committee = last "
+        f"{args.committee} checkpoints, LambdaMART {args.rounds} trees, alpha {args.alpha}, 1 thread, "
+        f"{elapsed:.0f} s"
+    )
     header = "| labeled | " + " | ".join(f"{n} NDCG@10 | {n} DCG@4" for n in SELECTORS) + " |"
     print(header)
     print("|" + "---|" * (1 + 2 * len(SELECTORS)))
     for b in budgets:
-        cells = [f"{mean_at(curves[n], b, 'ndcg@10'):.4f} | {mean_at(curves[n], b, 'dcg@4'):.3f}"
-                 for n in SELECTORS]
+        cells = [
+            f"{mean_at(curves[n], b, 'ndcg@10'):.4f} | {mean_at(curves[n], b, 'dcg@4'):.3f}"
+            for n in SELECTORS
+        ]
         print(f"| {b} | " + " | ".join(cells) + " |")
 
     rounds = budgets[1:]
     final = budgets[-1]
     summary = {}
-    print("\n| selector | DCG@4 gain vs random at budget " f"{final} | per-seed gain mean ± sd "
-          "| DCG@4 gain averaged over rounds | paper (RE+PV) | queries scored/s |")
+    print(
+        "\n| selector | DCG@4 gain vs random at budget "
+        f"{final} | per-seed gain mean ± sd "
+        "| DCG@4 gain averaged over rounds | paper (RE+PV) | queries scored/s |"
+    )
     print("|---|---|---|---|---|---|")
     for name in SELECTORS:
         random_final = mean_at(curves["random"], final, "dcg@4")
         gain_final = 100 * (mean_at(curves[name], final, "dcg@4") / random_final - 1)
-        per_seed = [100 * (c.points[final]["dcg@4"] / r.points[final]["dcg@4"] - 1)
-                    for c, r in zip(curves[name], curves["random"], strict=True)]
-        gain_area = 100 * (np.mean([mean_at(curves[name], b, "dcg@4") for b in rounds])
-                           / np.mean([mean_at(curves["random"], b, "dcg@4") for b in rounds]) - 1)
+        per_seed = [
+            100 * (c.points[final]["dcg@4"] / r.points[final]["dcg@4"] - 1)
+            for c, r in zip(curves[name], curves["random"], strict=True)
+        ]
+        gain_area = 100 * (
+            np.mean([mean_at(curves[name], b, "dcg@4") for b in rounds])
+            / np.mean([mean_at(curves["random"], b, "dcg@4") for b in rounds])
+            - 1
+        )
         speed = sum(c.queries_scored for c in curves[name]) / sum(c.scoring_s for c in curves[name])
         paper = f"+{PAPER_DCG4_GAIN:.2f}%" if name == "re+pv" else ""
-        print(f"| {name} | {gain_final:+.2f}% | {np.mean(per_seed):+.2f}% ± {np.std(per_seed):.2f} "
-              f"| {gain_area:+.2f}% | {paper} | {speed:,.0f} |")
-        summary[name] = {"dcg4_gain_final_pct": gain_final, "dcg4_gain_rounds_pct": float(gain_area),
-                         "per_seed_gain_pct": per_seed, "queries_per_s": speed,
-                         "curve": {b: {"ndcg@10": mean_at(curves[name], b, "ndcg@10"),
-                                       "dcg@4": mean_at(curves[name], b, "dcg@4")} for b in budgets}}
+        print(
+            f"| {name} | {gain_final:+.2f}% | {np.mean(per_seed):+.2f}% ± {np.std(per_seed):.2f} "
+            f"| {gain_area:+.2f}% | {paper} | {speed:,.0f} |"
+        )
+        summary[name] = {
+            "dcg4_gain_final_pct": gain_final,
+            "dcg4_gain_rounds_pct": float(gain_area),
+            "per_seed_gain_pct": per_seed,
+            "queries_per_s": speed,
+            "curve": {
+                b: {
+                    "ndcg@10": mean_at(curves[name], b, "ndcg@10"),
+                    "dcg@4": mean_at(curves[name], b, "dcg@4"),
+                }
+                for b in budgets
+            },
+        }
     return {"dataset": plan.name, "seeds": args.seeds, "selectors": summary}
 
 

@@ -6,7 +6,8 @@ tests control time). A skip requeues the task and keeps it away from the annotat
 ``submitted`` means a Label was accepted over HTTP and is travelling through the labels topic; the
 task is ``done`` only when the service has learned from that label, so a crash in between loses
 nothing: the label comes back from Kafka. Plain data, so the whole queue round-trips through a
-checkpoint.
+checkpoint. Refusals are :class:`ApiError` with the HTTP status that says why (404 unknown task, 409
+lease or duplicate conflicts), because annotators meet them over HTTP.
 """
 
 from __future__ import annotations
@@ -17,17 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from streams.schemas import LabelingTask
+from streams.service import ApiError
 
 Status = Literal["queued", "leased", "submitted"]
-
-
-class QueueError(Exception):
-    """A request the queue cannot honour; ``status`` is the HTTP status that says why."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass
@@ -84,7 +77,7 @@ class LabelingQueue:
 
     def push(self, task: LabelingTask) -> None:
         if self.knows(task.task_id):
-            raise QueueError(409, f"task {task.task_id} already exists")
+            raise ApiError(409, f"task {task.task_id} already exists")
         self._seq += 1
         self.entries[task.task_id] = Entry(task, self._seq, self.clock())
 
@@ -103,21 +96,21 @@ class LabelingQueue:
         return best
 
     def holder(self, task_id: str, annotator: str) -> Entry:
-        """The task if ``annotator`` holds a live lease on it; else a QueueError saying why not."""
+        """The task if ``annotator`` holds a live lease on it; else a ApiError saying why not."""
         now = self._expire()
         entry = self.entries.get(task_id)
         if entry is None:
             if task_id in self.done:
-                raise QueueError(409, f"task {task_id} was already labeled")
-            raise QueueError(404, f"no task {task_id}")
+                raise ApiError(409, f"task {task_id} was already labeled")
+            raise ApiError(404, f"no task {task_id}")
         if entry.status == "submitted":
-            raise QueueError(409, f"task {task_id} was already submitted (by {entry.annotator})")
+            raise ApiError(409, f"task {task_id} was already submitted (by {entry.annotator})")
         if entry.status == "leased" and entry.annotator != annotator:
-            raise QueueError(409, f"task {task_id} is leased to another annotator")
+            raise ApiError(409, f"task {task_id} is leased to another annotator")
         if entry.status != "leased":
             expired = entry.annotator == annotator and entry.lease_expires <= now
             why = "your lease expired" if expired else "you hold no lease on it"
-            raise QueueError(409, f"task {task_id}: {why}; take it again with GET /labeling/next")
+            raise ApiError(409, f"task {task_id}: {why}; take it again with GET /labeling/next")
         return entry
 
     def skip(self, task_id: str, annotator: str) -> Entry:

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from models.checkpoints import CheckpointStore
 from rankers.budget import BudgetUnit, LabelingBudget
 from rankers.data import MAX_GRADE
-from rankers.labeling_queue import Entry, LabelingQueue, QueueError
+from rankers.labeling_queue import Entry, LabelingQueue
 from rankers.lambdamart import LambdaMARTRanker, NotFittedError, UpdateMode
 from rankers.records import query_batch
 from rankers.selectors import PercentileScale, Selector, make_selector
@@ -226,10 +226,7 @@ class RankService(ModelService):
     async def _skip(self, request: ApiRequest) -> ApiResponse:
         annotator = _annotator(_body(request).get("annotator"))
         with self.lock:
-            try:
-                entry = self.queue.skip(request.path_params["task"], annotator)
-            except QueueError as exc:
-                raise ApiError(exc.status, exc.message) from None
+            entry = self.queue.skip(request.path_params["task"], annotator)
             return ApiResponse({"task_id": entry.task.task_id, "requeued": True})
 
     async def _submit(self, request: ApiRequest) -> ApiResponse:
@@ -237,10 +234,7 @@ class RankService(ModelService):
         task_id = request.path_params["task"]
         annotator = _annotator(body.get("annotator"))
         with self.lock:
-            try:
-                entry = self.queue.holder(task_id, annotator)
-            except QueueError as exc:
-                raise ApiError(exc.status, exc.message) from None
+            entry = self.queue.holder(task_id, annotator)
             problem = _grade_problems(body.get("grades"), [d.doc_id for d in entry.task.documents])
             if problem:
                 raise ApiError(400, problem)

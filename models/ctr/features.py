@@ -22,6 +22,9 @@ from typing import Any, Protocol
 import torch
 
 
+_GOLDEN = 0x9E3779B1  # Fibonacci hashing multiplier (2^32 / golden ratio)
+
+
 class FeatureError(ValueError):
     """A row whose features do not fit the model's feature spec (the message says which field)."""
 
@@ -87,7 +90,8 @@ class CtrBatch:
 
 def bucket_of(value: str, buckets: int) -> int:
     """Stable bucket in ``[1, buckets)`` for a categorical value (0 is kept for missing)."""
-    return zlib.crc32(value.encode()) % (buckets - 1) + 1
+    mixed = (zlib.crc32(value.encode()) * _GOLDEN) & 0xFFFFFFFF  # CRC32 is linear; spread similar ids
+    return (mixed * (buckets - 1) >> 32) + 1
 
 
 def _bucket_or_missing(value: str | None, buckets: int) -> int:

@@ -7,7 +7,7 @@ import numpy as np
 from models.ctr.features import FeatureSpec
 from streams.schemas import Impression
 
-SPEC = FeatureSpec(categorical=("user", "item"), dense=("x",), buckets=512)
+SPEC = FeatureSpec(categorical=("user", "item"), dense=("x",), buckets=4096)
 
 
 def impressions(n: int, seed: int = 0, labelled: bool = True) -> list[Impression]:

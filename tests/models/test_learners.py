@@ -69,7 +69,7 @@ def test_state_of_another_model_or_spec_is_refused() -> None:
     deepfm = learner_class("deepfm")(SPEC, SMALL)
     with pytest.raises(ValueError, match="deepfm"):
         learner_class("dcn")(SPEC, SMALL).load_state_dict(deepfm.state_dict())
-    other = FeatureSpec(categorical=("user",), dense=("x",), buckets=512)
+    other = FeatureSpec(categorical=("user",), dense=("x",), buckets=4096)
     with pytest.raises(ValueError, match="features"):
         learner_class("deepfm")(other, SMALL).load_state_dict(deepfm.state_dict())
     with pytest.raises(ValueError, match="unknown CTR model"):

@@ -29,6 +29,13 @@ def make(clock: FakeClock, **options: object) -> Harness:
     return Harness(service)
 
 
+def one_leased_task(clock: FakeClock, queries: list[Query]) -> tuple[Harness, dict]:
+    """A service with one queued query, its task leased to alice."""
+    h = make(clock)
+    h.service.process(QUERIES, queries[:1])
+    return h, h.next_task("alice")
+
+
 @pytest.fixture
 def data() -> tuple[list[Query], dict[str, dict[str, int]]]:
     return query_records(synthetic_queries(16, docs=8))
@@ -71,9 +78,7 @@ def test_leases_give_each_annotator_a_different_task_and_expire(clock: FakeClock
 
 def test_skip_requeues_for_others_only(clock: FakeClock, data) -> None:
     queries, _ = data
-    h = make(clock)
-    h.service.process(QUERIES, queries[:1])
-    task = h.next_task("alice")
+    h, task = one_leased_task(clock, queries)
     skipped = h.call("POST", "/labeling/{task}/skip", {"task": task["task_id"]}, body={"annotator": "alice"})
     assert skipped.body["requeued"] is True
     assert h.next_task("alice") is None
@@ -85,9 +90,7 @@ def test_skip_requeues_for_others_only(clock: FakeClock, data) -> None:
 
 def test_submit_validates_then_emits_a_label_that_trains_on_return(clock: FakeClock, data) -> None:
     queries, truth = data
-    h = make(clock)
-    h.service.process(QUERIES, queries[:1])
-    task = h.next_task("alice")
+    h, task = one_leased_task(clock, queries)
     grades = truth[task["query_id"]]
     first_doc = next(iter(grades))
 
@@ -119,9 +122,7 @@ def test_submit_validates_then_emits_a_label_that_trains_on_return(clock: FakeCl
 
 def test_expired_lease_cannot_submit(clock: FakeClock, data) -> None:
     queries, truth = data
-    h = make(clock)
-    h.service.process(QUERIES, queries[:1])
-    task = h.next_task("alice")
+    h, task = one_leased_task(clock, queries)
     clock.now += 61
     with pytest.raises(ApiError, match="lease expired") as err:
         h.submit(task["task_id"], truth[task["query_id"]], "alice")
@@ -130,9 +131,7 @@ def test_expired_lease_cannot_submit(clock: FakeClock, data) -> None:
 
 def test_failed_emit_keeps_the_lease_so_the_annotator_can_retry(clock: FakeClock, data) -> None:
     queries, truth = data
-    h = make(clock)
-    h.service.process(QUERIES, queries[:1])
-    task = h.next_task("alice")
+    h, task = one_leased_task(clock, queries)
     h.fail_emit = True
     with pytest.raises(ApiError) as err:
         h.submit(task["task_id"], truth[task["query_id"]], "alice")
