@@ -21,7 +21,6 @@ from typing import Any, Protocol
 
 import torch
 
-
 _GOLDEN = 0x9E3779B1  # Fibonacci hashing multiplier (2^32 / golden ratio)
 
 

@@ -148,7 +148,7 @@ def test_score_learns_the_signal(tmp_path: Path) -> None:
         ({"candidates": [{"categorical": {"user": 5}}]}, "candidate 0: categorical.user"),
         ({"candidates": [{"categorical": {"user": "u"}, "dense": {"x": math.inf}}]}, "dense.x"),
         ({"candidates": [{}]}, "at least one categorical or dense feature"),
-        ({"candidates": [CANDIDATES[0], {"categorical": {"colour": "r"}}]}, "candidate 1: unknown categorical"),
+        ({"candidates": [CANDIDATES[0], {"categorical": {"hue": "r"}}]}, "candidate 1: unknown categorical"),
     ],
 )
 def test_bad_score_bodies_get_clear_400s(tmp_path: Path, body: Any, message: str) -> None:
