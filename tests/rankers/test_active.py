@@ -25,7 +25,7 @@ def test_active_curve_labels_up_to_the_budget_and_evaluates_every_round() -> Non
                          rng=np.random.default_rng(0))
     assert sorted(curve.points) == [2, 5, 8, 10]
     assert curve.queries_scored == 12 + 9 + 6 and curve.queries_per_s > 0
-    assert all(0.5 < p["ndcg@10"] <= 1.0 for p in curve.points.values())  # learned: chance is ~0.4
+    assert all(0.8 < p["ndcg@10"] <= 1.0 for p in curve.points.values())  # learned: chance is ~0.5
     with pytest.raises(ValueError, match="budget"):
         active_curve(pool, test, selector, LambdaMARTRanker, seed_queries=2, step=1, budget=99,
                      rng=np.random.default_rng(0))

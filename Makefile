@@ -1,0 +1,40 @@
+# driftline: `make run` runs the main job, `make test` runs the tests. Both set everything up first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: run test test-fast lint bench setup system-deps clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+# Java 17 and Maven run the embedded Kafka; Chromium drives the labeling page in a browser test.
+system-deps:
+	@./.ci/system-deps
+
+run: setup system-deps
+	$(BIN)/driftline run
+
+test: setup system-deps
+	$(BIN)/ruff check .
+	$(BIN)/pytest -ra $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/pytest -ra -m "not slow and not kafka and not browser" $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check streams tests bench
+
+bench: setup system-deps
+	$(BIN)/python bench/broker_start.py
+	$(BIN)/python bench/replay_throughput.py
+
+clean:
+	rm -rf var .pytest_cache .ruff_cache
