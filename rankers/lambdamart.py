@@ -127,8 +127,8 @@ class LambdaMARTRanker(Learner[QueryBatch, np.ndarray]):
 
     def _push(self, model_text: str) -> None:
         self.n_updates += 1
-        self._members = [*self._members, model_text][-self.committee_size:]
-        self._boosters = [*self._boosters, lgb.Booster(model_str=model_text)][-self.committee_size:]
+        self._members = [*self._members, model_text][-self.committee_size :]
+        self._boosters = [*self._boosters, lgb.Booster(model_str=model_text)][-self.committee_size :]
         if self.store is not None:
             self.store.save({"model": model_text}, meta={"update": self.n_updates})
 
@@ -149,7 +149,7 @@ class LambdaMARTRanker(Learner[QueryBatch, np.ndarray]):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._members = list(state["members"])[-self.committee_size:]
+        self._members = list(state["members"])[-self.committee_size :]
         self._boosters = [lgb.Booster(model_str=text) for text in self._members]
         self.n_updates = int(state["n_updates"])
         held = state["labeled"]

@@ -172,8 +172,11 @@ class RankService(ModelService):
             entry = self.queue.entries.get(label.task_id)
             if entry is None or label.task_id in in_batch:
                 seen = label.task_id in self.queue.done or label.task_id in in_batch
-                result.rejected[i] = f"duplicate label for task {label.task_id}" if seen else (
-                    f"label for unknown task {label.task_id}")
+                result.rejected[i] = (
+                    f"duplicate label for task {label.task_id}"
+                    if seen
+                    else (f"label for unknown task {label.task_id}")
+                )
                 continue
             problem = _grade_problems(dict(label.grades), [d.doc_id for d in entry.task.documents])
             if problem:
@@ -240,8 +243,13 @@ class RankService(ModelService):
                 raise ApiError(400, problem)
             if self.emit is None:
                 raise ApiError(503, "labels cannot be sent: no producer is attached to this service")
-            label = Label(task_id=task_id, query_id=entry.task.query_id, ts=self.clock(),
-                          grades=body["grades"], annotator=annotator)
+            label = Label(
+                task_id=task_id,
+                query_id=entry.task.query_id,
+                ts=self.clock(),
+                grades=body["grades"],
+                annotator=annotator,
+            )
             self.queue.mark_submitted(entry)
         try:
             await self.emit(Output(topic_name("labels"), entry.task.query_id, label))
