@@ -14,8 +14,13 @@ from typing import Any
 
 from streams.config import Settings
 
-#: Packages that add their own command groups with ``register(subparsers)``.
-PLUGIN_CLIS = ("forecasters.cli", "models.cli", "rankers.cli")
+#: Command groups that packages add with ``register(subparsers)``: name -> (module, help). A
+#: module is imported only when its group is the command being run, so that plain commands
+#: (produce, replay, ...) start without loading torch.
+PLUGIN_CLIS: dict[str, tuple[str, str]] = {
+    "forecasters": ("forecasters.cli", "online forecasters: pretraining for a warm start"),
+    "ctr": ("models.cli", "CTR models: serving versions and rollback"),
+}
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -171,7 +176,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_main_job(settings_from(args), duration_s=args.duration, rate=args.rate)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="driftline", description=__doc__)
     parser.add_argument("--home", help="state directory (checkpoints, broker data); default ./var")
     parser.add_argument("--bootstrap-servers", help="use this Kafka cluster instead of the embedded broker")
@@ -225,19 +230,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=int)
     p.set_defaults(func=cmd_run)
 
-    for module_name in PLUGIN_CLIS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        module.register(sub)
+    wanted = set(sys.argv[1:] if argv is None else argv)
+    for group, (module_name, help_text) in PLUGIN_CLIS.items():
+        if group in wanted:
+            importlib.import_module(module_name).register(sub)
+        else:
+            sub.add_parser(group, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
