@@ -9,6 +9,7 @@ trains on it (progressive validation). Figures:
 - ``test AUC/logloss``: the 10% held-out tail after all passes (the paper's train-then-test figure);
 - ``train/s``: samples per second through ``learn`` (which includes its own progressive scoring), CPU,
   one thread;
+- ``clipped``: share of looked-up embedding rows whose gradient CowClip scaled down, mean over steps;
 - scoring latency: encode + score a request of 100 candidates with a serving copy, p50/p99.
 
 Optimisers: ``adam`` = Adam at the base learning rates at every batch size (no clipping, no scaling);
@@ -56,6 +57,7 @@ class Row:
     test_auc: float
     test_logloss: float
     train_per_s: float
+    clipped: float
 
 
 def run(
@@ -66,20 +68,23 @@ def run(
         embed_lr=args.embed_lr,
         dense_lr=args.dense_lr,
         l2=args.l2,
+        init_std=args.init_std,
         warmup_samples=len(train),
         **OPTIMISERS[optimiser],
     )
     learner = learner_class(kind)(movielens.SPEC, config)
     first_pass: list[np.ndarray] = []
     learn_seconds = 0.0
+    clipped: list[float] = []
     for epoch in range(args.epochs):
         for start in range(0, len(train), batch):
             part = train.slice(start, start + batch)
             if epoch == 0:
                 first_pass.append(learner.predict(part))
             began = time.perf_counter()
-            learner.learn(part)
+            metrics = learner.learn(part)
             learn_seconds += time.perf_counter() - began
+            clipped.append(metrics.get("clipped", math.nan))
     assert train.labels is not None and test.labels is not None
     prog = np.concatenate(first_pass)
     scores = learner.predict(test)
@@ -93,6 +98,7 @@ def run(
         _auc(test.labels.numpy(), scores),
         log_loss(test.labels.numpy(), scores),
         learner.samples_seen / learn_seconds,
+        float(np.mean(clipped)),
     )
 
 
@@ -124,6 +130,7 @@ def main() -> None:
     parser.add_argument("--embed-lr", type=float, default=1e-3)
     parser.add_argument("--dense-lr", type=float, default=1e-3)
     parser.add_argument("--l2", type=float, default=1e-5)
+    parser.add_argument("--init-std", type=float, default=1e-2, help="embedding init (released code: 1e-4)")
     parser.add_argument("--candidates", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=300)
     parser.add_argument("--quick", action="store_true", help="one pass, adam vs cowclip only")
@@ -141,13 +148,14 @@ def main() -> None:
         f"MovieLens-100K: {len(train):,} ratings streamed x{args.epochs} in time order, "
         f"{len(test):,} held out; "
         f"click = rating >= 4 (CTR {float(data.labels.mean()):.3f}); base lr embed {args.embed_lr:g} "
-        f"dense {args.dense_lr:g} at batch 1024, L2 {args.l2:g}; CPU, torch.set_num_threads(1)",
+        f"dense {args.dense_lr:g} at batch 1024, L2 {args.l2:g}, init std {args.init_std:g}; "
+        "CPU, torch.set_num_threads(1)",
         flush=True,
     )
     rows: list[Row] = []
     header = (
         f"{'model':7} {'batch':>6} {'optimiser':10} {'steps':>5} {'prog AUC':>8} {'prog LL':>8} "
-        f"{'test AUC':>8} {'test LL':>8} {'train/s':>8}"
+        f"{'test AUC':>8} {'test LL':>8} {'train/s':>8} {'clipped':>7}"
     )
     print(header, flush=True)
     for kind in args.models.split(","):
@@ -158,7 +166,7 @@ def main() -> None:
                 print(
                     f"{row.model:7} {row.batch:>6} {row.optimiser:10} {row.steps:>5} {row.prog_auc:>8.4f} "
                     f"{row.prog_logloss:>8.4f} {row.test_auc:>8.4f} {row.test_logloss:>8.4f} "
-                    f"{row.train_per_s:>8,.0f}",
+                    f"{row.train_per_s:>8,.0f} {row.clipped:>7.1%}",
                     flush=True,
                 )
     candidates = impressions[cut : cut + args.candidates]

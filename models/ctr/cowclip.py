@@ -25,8 +25,11 @@ from torch import nn
 @torch.no_grad()
 def cowclip_(
     weight: torch.Tensor, grad: torch.Tensor, rows: torch.Tensor, ratio: float, bound: float
-) -> None:
-    """Clip ``grad`` in place, row by row, for the rows listed in ``rows`` (one entry per lookup)."""
+) -> tuple[int, int]:
+    """Clip ``grad`` in place, row by row, for the rows listed in ``rows`` (one entry per lookup).
+
+    Returns how many distinct rows were clipped and how many were looked up.
+    """
     unique, counts = torch.unique(rows.reshape(-1), return_counts=True)
     row_grad = grad[unique]
     threshold = counts.to(grad.dtype) * torch.clamp(ratio * weight[unique].norm(dim=1), min=bound)
@@ -35,6 +38,7 @@ def cowclip_(
         grad_norm > threshold, threshold / grad_norm.clamp(min=torch.finfo(grad.dtype).tiny), 1.0
     )
     grad[unique] = row_grad * scale.unsqueeze(1)
+    return int((scale < 1.0).sum()), len(unique)
 
 
 class CowClip:
@@ -59,6 +63,8 @@ class CowClip:
         self.ratio = ratio
         self.zeta = zeta
         self.dim_scaled_bound = dim_scaled_bound
+        #: Share of the looked-up rows whose gradient the last :meth:`clip` scaled down.
+        self.clipped_fraction = 0.0
 
     def bound(self, table: nn.Parameter) -> float:
         """Lower bound on the clip threshold of one lookup of a row of ``table``."""
@@ -68,9 +74,12 @@ class CowClip:
         """Clip the gradients of :attr:`tables` (``rows[i]`` are the lookups of ``tables[i]``)."""
         if len(rows) != len(self.tables):
             raise ValueError(f"{len(rows)} row tensors for {len(self.tables)} tables")
+        clipped = looked_up_rows = 0
         for table, looked_up in zip(self.tables, rows, strict=True):
             if table.grad is not None:
-                cowclip_(table, table.grad, looked_up, self.ratio, self.bound(table))
+                counts = cowclip_(table, table.grad, looked_up, self.ratio, self.bound(table))
+                clipped, looked_up_rows = clipped + counts[0], looked_up_rows + counts[1]
+        self.clipped_fraction = clipped / max(looked_up_rows, 1)
 
     def step(self, rows: Sequence[torch.Tensor]) -> None:
         self.clip(rows)

@@ -154,7 +154,10 @@ class CtrLearner(Learner[CtrBatch, np.ndarray]):
         return _probabilities(self.net, self.normaliser, batch, self.device)
 
     def learn(self, batch: CtrBatch) -> dict[str, float]:
-        """Score ``batch`` with the current model (progressive metrics), then take one step on it."""
+        """Score ``batch`` with the current model (progressive metrics), then take one step on it.
+
+        With CowClip, ``clipped`` (share of looked-up embedding rows clipped in this step) is added.
+        """
         if batch.labels is None:
             raise ValueError("learn needs a batch with click labels")
         if len(batch) == 0:
@@ -173,6 +176,7 @@ class CtrLearner(Learner[CtrBatch, np.ndarray]):
         loss.backward()
         if self.clipper is not None:
             self.clipper.step([self.net.embedding.rows(categorical)])
+            metrics["clipped"] = self.clipper.clipped_fraction
         else:
             self.embed_optimizer.step()
         self.dense_optimizer.step()

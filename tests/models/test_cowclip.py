@@ -17,7 +17,7 @@ LOOKUPS = torch.tensor([[0, 1], [0, 2]])
 
 def test_clip_matches_hand_computation() -> None:
     grad = torch.tensor(GRAD)
-    cowclip_(torch.tensor(WEIGHT), grad, LOOKUPS, ratio=1.0, bound=0.1)
+    assert cowclip_(torch.tensor(WEIGHT), grad, LOOKUPS, ratio=1.0, bound=0.1) == (2, 3)
     # row 0: cnt 2, ||w|| 5  -> clip 2*5 = 10, ||g|| 20 -> scaled by 1/2
     # row 1: cnt 1, ||w|| 0  -> clip 1*max(0, 0.1) = 0.1, ||g|| 3 -> scaled by 0.1/3
     # row 2: cnt 1, ||w|| 1  -> clip 1, ||g|| 0.5 -> unchanged
@@ -40,6 +40,7 @@ def test_dim_scaled_bound_is_the_released_codes() -> None:
     table.grad = torch.tensor(GRAD)
     clipper = CowClip(torch.optim.SGD([table], lr=0.0), [table], ratio=1.0, zeta=0.1, dim_scaled_bound=True)
     clipper.clip([LOOKUPS])
+    assert clipper.clipped_fraction == 2 / 3
     # row 1 has ||w|| = 0, so its threshold is the bound r*sqrt(d)*zeta = sqrt(2)*0.1
     torch.testing.assert_close(table.grad[1], torch.tensor([0.0, math.sqrt(2) * 0.1]))
 

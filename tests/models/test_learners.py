@@ -33,6 +33,7 @@ def test_progressive_auc_rises_above_chance(kind: str, cowclip: bool, stream: Ct
     assert late > 0.75, f"{kind} progressive AUC only {late:.3f}"
     assert history[-1]["logloss"] < history[0]["logloss"]
     assert learner.steps == 30
+    assert ("clipped" in history[-1]) == cowclip
     assert learner.samples_seen == len(stream)
     assert (learner.clipper is not None) == cowclip
 
