@@ -40,10 +40,26 @@ def _forecast_replays(data: Path) -> list[Replay]:
     return [Replay("observations", observations_from_csv(path, "ETTh2"), 17420, "ETTh2 (hourly, 7 channels)")]
 
 
+def _ctr_replays(data: Path) -> list[Replay]:
+    from models.ctr.movielens import iter_impressions
+
+    return [Replay("impressions", iter_impressions(), 100_000, "MovieLens-100K impressions (rating >= 4 = click)")]
+
+
+def _rank_replays(data: Path) -> list[Replay]:
+    from rankers.data import load_letor
+    from rankers.records import query_records
+
+    queries, _ = query_records(load_letor(data / "ltr" / "msn1.fold1.train.5k.txt"), ts0=time.time())
+    return [Replay("queries", queries, len(queries), "MSLR-WEB queries awaiting labels")]
+
+
 #: service name -> the real data replayed for it.
 REPLAYS: dict[str, Callable[[Path], list[Replay]]] = {
     "forecast": _forecast_replays,
     "tally": _forecast_replays,
+    "ctr": _ctr_replays,
+    "rank": _rank_replays,
 }
 
 
