@@ -43,7 +43,8 @@ def _forecast_replays(data: Path) -> list[Replay]:
 def _ctr_replays(data: Path) -> list[Replay]:
     from models.ctr.movielens import iter_impressions
 
-    return [Replay("impressions", iter_impressions(), 100_000, "MovieLens-100K impressions (rating >= 4 = click)")]
+    label = "MovieLens-100K impressions (rating >= 4 = click)"
+    return [Replay("impressions", iter_impressions(), 100_000, label)]
 
 
 def _rank_replays(data: Path) -> list[Replay]:
