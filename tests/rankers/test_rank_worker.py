@@ -1,0 +1,66 @@
+"""End to end on the real broker: queries -> tasks -> annotator over HTTP -> labels topic -> retrain,
+including a worker killed right after it accepted a label."""
+
+from __future__ import annotations
+
+import pytest
+
+from rankers.records import query_records
+from streams.producer import make_producer, send_all
+from streams.topics import topic_name
+from tests.streams.helpers import get_json, post_json, read_topic, wait_until
+
+from .conftest import synthetic_queries
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+OPTIONS = ["rank.budget=3", "rank.budget_window=3", "rank.rounds=10", "rank.lease_s=30"]
+
+
+def status(worker) -> dict:
+    code, body = get_json(f"{worker.base}/labeling/status")
+    assert code == 200, body
+    return body
+
+
+def submit(worker, task: dict, truth: dict, annotator: str) -> tuple[int, dict]:
+    body = {"grades": truth[task["query_id"]], "annotator": annotator}
+    return post_json(f"{worker.base}/labeling/{task['task_id']}", body)
+
+
+def grade_next(worker, truth: dict, annotator: str) -> dict:
+    code, view = get_json(f"{worker.base}/labeling/next?annotator={annotator}")
+    assert code == 200 and view["task"] is not None, view
+    code, body = submit(worker, view["task"], truth, annotator)
+    assert code == 202, body
+    return view["task"]
+
+
+def test_labels_flow_through_kafka_and_survive_a_crash(kafka, worker_factory) -> None:
+    queries, truth = query_records(synthetic_queries(3, docs=30))
+    worker = worker_factory("rank", OPTIONS).start()
+    producer = make_producer(kafka.bootstrap)
+    try:
+        send_all(producer, "queries", queries, progress=False)
+    finally:
+        producer.close()
+    wait_until(lambda: status(worker)["queue"]["queued"] == 3, what="3 labeling tasks queued")
+    tasks = read_topic(kafka.bootstrap, topic_name("labeling-queue"), 3)
+    assert sorted(t["query_id"] for t in tasks) == ["q0", "q1", "q2"]
+
+    first = grade_next(worker, truth, "alice")
+    wait_until(lambda: status(worker)["model_version"] == 1, what="retrain from the first label")
+    code, body = submit(worker, first, truth, "alice")
+    assert code == 409 and "already labeled" in body["error"]
+
+    grade_next(worker, truth, "bob")
+    worker.kill()  # the label is in Kafka, the worker never learned it
+    worker.start()
+    wait_until(lambda: status(worker)["model_version"] == 2, what="label replayed after the crash")
+    after = status(worker)
+    assert after["queue"]["done"] == 2 and after["labeled_queries"] == 2
+    assert len(read_topic(kafka.bootstrap, topic_name("labels"), 2)) == 2
+
+    docs = [d.model_dump() for d in queries[2].documents]
+    code, body = post_json(f"{worker.base}/rank", {"documents": docs})
+    assert code == 200 and len(body["ranking"]) == 30 and body["model_version"] == 2
