@@ -45,8 +45,9 @@ class LambdaMARTRanker(Learner[QueryBatch, np.ndarray]):
     ``mode="retrain"`` fits ``rounds`` trees on all labels so far (each retrain draws a fresh bagging
     seed, which is what makes consecutive checkpoints differ even on near-identical data);
     ``mode="continue"`` adds ``continue_rounds`` trees to the current model, fitted on the new labels.
-    ``store``, when given, receives every checkpoint too (versioned on disk, :meth:`CheckpointStore.latest`
-    then lists the same committee).
+    ``max_labeled_queries`` bounds the labels kept for retraining (and carried in :meth:`state_dict`,
+    hence in every worker checkpoint) to the most recent ones. ``store``, when given, receives every
+    checkpoint too (versioned on disk; :meth:`CheckpointStore.latest` then lists the same committee).
     """
 
     name = "lambdamart"
@@ -61,6 +62,7 @@ class LambdaMARTRanker(Learner[QueryBatch, np.ndarray]):
         params: dict[str, Any] | None = None,
         seed: int = 0,
         store: CheckpointStore | None = None,
+        max_labeled_queries: int | None = None,
     ) -> None:
         if mode not in ("retrain", "continue"):
             raise ValueError(f"mode must be 'retrain' or 'continue', got {mode!r}")
@@ -73,6 +75,9 @@ class LambdaMARTRanker(Learner[QueryBatch, np.ndarray]):
         self.params = {**DEFAULT_PARAMS, **(params or {})}
         self.seed = seed
         self.store = store
+        if max_labeled_queries is not None and max_labeled_queries < 1:
+            raise ValueError("max_labeled_queries must be >= 1 (or None: keep every label)")
+        self.max_labeled_queries = max_labeled_queries
         self.n_updates = 0
         self.labeled: QueryBatch | None = None
         self._members: list[str] = []
@@ -108,6 +113,9 @@ class LambdaMARTRanker(Learner[QueryBatch, np.ndarray]):
         self._check_width(batch)
         metrics = mean_metrics(batch, self.predict(batch)) if self.fitted else {}
         self.labeled = batch if self.labeled is None else QueryBatch.concat([self.labeled, batch])
+        if self.max_labeled_queries is not None and self.labeled.n_queries > self.max_labeled_queries:
+            keep = range(self.labeled.n_queries - self.max_labeled_queries, self.labeled.n_queries)
+            self.labeled = self.labeled.select(keep)
         started = time.perf_counter()
         booster = self._train(batch)
         self._push(booster.model_to_string())

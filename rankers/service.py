@@ -82,6 +82,7 @@ class RankService(ModelService):
         committee_size: int = 4,
         rounds: int = 100,
         mode: UpdateMode = "retrain",
+        max_labeled_queries: int | None = 2000,
         budget: int = 10,
         budget_per: BudgetUnit = "queries",
         budget_window: float = 100,
@@ -96,8 +97,9 @@ class RankService(ModelService):
     ) -> None:
         super().__init__()
         self.ranker = LambdaMARTRanker(
-            rounds=rounds, mode=mode, committee_size=committee_size, seed=seed, store=store
-        )
+            rounds=rounds, mode=mode, committee_size=committee_size, seed=seed, store=store,
+            max_labeled_queries=max_labeled_queries,
+        )  # fmt: skip
         self.selector: Selector = make_selector(selector, alpha=alpha, window=score_window, seed=seed)
         self.budget = LabelingBudget(budget, budget_window, budget_per)
         if min_quantile is None:  # aim at `budget` tasks per window of queries; no threshold per second

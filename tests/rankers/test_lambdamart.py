@@ -96,3 +96,12 @@ def test_errors_are_clear(queries: QueryBatch) -> None:
         ranker.predict(narrow)
     with pytest.raises(ValueError, match="mode"):
         LambdaMARTRanker(mode="sometimes")  # type: ignore[arg-type]
+
+
+def test_max_labeled_queries_keeps_the_most_recent_labels(queries: QueryBatch) -> None:
+    ranker = make(max_labeled_queries=3)
+    ranker.learn(queries.select([0, 1]))
+    ranker.learn(queries.select([2, 3]))
+    assert ranker.labeled.query_ids == ("q1", "q2", "q3")
+    with pytest.raises(ValueError, match="max_labeled_queries"):
+        make(max_labeled_queries=0)
