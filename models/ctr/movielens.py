@@ -81,8 +81,13 @@ def _read(path: Path) -> pd.DataFrame:
 
 
 def _age_bucket(age: int) -> str:
-    below = [edge for edge in _AGE_EDGES if age < edge]
-    return f"<{below[0]}" if below else f"{_AGE_EDGES[-1]}+"
+    """MovieLens-1M style age ranges: 0-17, 18-24, 25-34, 35-44, 45-49, 50-55, 56+."""
+    lower = 0
+    for edge in _AGE_EDGES:
+        if age < edge:
+            return f"{lower}-{edge - 1}"
+        lower = edge
+    return f"{lower}+"
 
 
 def ratings_frame(directory: Path) -> pd.DataFrame:
