@@ -84,7 +84,7 @@ def run_plan(plan: Plan, args: argparse.Namespace) -> dict[str, list[Curve]]:
         pool_idx, test_idx = split_queries(plan.data.n_queries, args.test_fraction, rng)
         pool, test = plan.data.select(pool_idx), plan.data.select(test_idx)
         for name in SELECTORS:
-            selector = make_selector(name, alpha=args.alpha, seed=seed)
+            selector = make_selector(name, alpha=args.alpha, seed=seed, re_top=args.re_top)
             curves[name].append(
                 active_curve(
                     pool,
@@ -113,8 +113,8 @@ def report(plan: Plan, curves: dict[str, list[Curve]], args: argparse.Namespace,
     )
     print(
         f"seeds {args.seeds}, seed set {plan.seed_queries}, +{plan.step} per round, committee = last "
-        f"{args.committee} checkpoints, LambdaMART {args.rounds} trees, alpha {args.alpha}, 1 thread, "
-        f"{elapsed:.0f} s"
+        f"{args.committee} checkpoints, LambdaMART {args.rounds} trees, alpha {args.alpha}, "
+        f"RE over {args.re_top or 'all'} top positions, 1 thread, {elapsed:.0f} s"
     )
     header = "| labeled | " + " | ".join(f"{n} NDCG@10 | {n} DCG@4" for n in SELECTORS) + " |"
     print(header)
@@ -178,6 +178,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 seeds and smaller budgets")
     parser.add_argument("--alpha", type=float, default=1.0)
     parser.add_argument("--committee", type=int, default=4)
+    parser.add_argument("--re-top", type=int, default=None, help="RE over the top k positions only")
     parser.add_argument("--rounds", type=int, default=100, help="trees per retrain")
     parser.add_argument("--test-fraction", type=float, default=0.3)
     parser.add_argument("--mslr-seed-queries", type=int, default=4)

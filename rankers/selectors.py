@@ -10,7 +10,9 @@ Definitions (Baidu active LTR, arXiv 2205.10137, re-implemented):
   score, ties by document order). For document d, let ``p_d(r)`` be the fraction of the M members
   that put d at position r. ``H_d = -sum_r p_d(r) log p_d(r)``; ``RE(q) = mean_d H_d / log M``.
   So RE lies in [0, 1]: 0 when every member ranks the query identically, 1 when every document's
-  position differs between all members. With one member RE is 0.
+  position differs between all members. With one member RE is 0. Optionally (``re_top=k``) every
+  position from k on counts as one, so RE measures disagreement about the top k only; the default
+  is the whole ranking.
 - Prediction Variance (PV): the population variance of the serving model's scores over the query's
   documents (one document: 0).
 - Combined: ``pct(RE) + alpha * pct(PV)``, where ``pct`` is the percentile rank of a query's value
@@ -77,13 +79,19 @@ def rank_positions(members: np.ndarray) -> np.ndarray:
     return positions
 
 
-def ranking_entropy(members: np.ndarray) -> float:
-    """RE of one query from its ``(members, documents)`` scores, in [0, 1] (see module doc)."""
+def ranking_entropy(members: np.ndarray, top: int | None = None) -> float:
+    """RE of one query from its ``(members, documents)`` scores, in [0, 1] (see module doc).
+
+    With ``top``, positions ``top`` and below count as one position ("not in the top"), so only
+    disagreement about the head of the ranking (what DCG@k sees) adds entropy.
+    """
     members = _check(members)
     m = members.shape[0]
     if m == 1:
         return 0.0
     positions = rank_positions(members).T  # (documents, members)
+    if top is not None:
+        positions = np.minimum(positions, top)
     # same[d, i]: how many members put d where member i put it; sum_r c_r log(c_r/M) = sum_i log(c_i/M).
     same = (positions[:, :, None] == positions[:, None, :]).sum(axis=2)
     entropy = -np.log(same / m).sum(axis=1) / m
@@ -98,8 +106,13 @@ def prediction_variance(members: np.ndarray) -> float:
 class RankingEntropy(Selector):
     name = "re"
 
+    def __init__(self, top: int | None = None) -> None:
+        if top is not None and top < 1:
+            raise ValueError("top must be >= 1 (or None: the whole ranking)")
+        self.top = top
+
     def score(self, committee_scores: CommitteeScores) -> np.ndarray:
-        return np.array([ranking_entropy(s) for s in committee_scores])
+        return np.array([ranking_entropy(s, self.top) for s in committee_scores])
 
 
 class PredictionVariance(Selector):
@@ -149,12 +162,12 @@ class PercentileScale:
 class Combined(Selector):
     """``pct(RE) + alpha * pct(PV)``: percentiles make alpha a relative weight (see module doc)."""
 
-    def __init__(self, alpha: float = 1.0, window: int = 0) -> None:
+    def __init__(self, alpha: float = 1.0, window: int = 0, top: int | None = None) -> None:
         if not math.isfinite(alpha) or alpha < 0:
             raise ValueError("alpha must be a finite number >= 0")
         self.alpha = alpha
         self.name = "re+pv"
-        self._re, self._pv = RankingEntropy(), PredictionVariance()
+        self._re, self._pv = RankingEntropy(top), PredictionVariance()
         self._re_scale, self._pv_scale = PercentileScale(window), PercentileScale(window)
 
     def score(self, committee_scores: CommitteeScores) -> np.ndarray:
@@ -174,12 +187,14 @@ class Combined(Selector):
 SELECTORS = ("re+pv", "re", "pv", "random")
 
 
-def make_selector(name: str, *, alpha: float = 1.0, window: int = 0, seed: int = 0) -> Selector:
-    """A selector by name: ``re+pv``, ``re``, ``pv`` or ``random``."""
+def make_selector(
+    name: str, *, alpha: float = 1.0, window: int = 0, seed: int = 0, re_top: int | None = None
+) -> Selector:
+    """A selector by name: ``re+pv``, ``re``, ``pv`` or ``random``; ``re_top``: see ranking_entropy."""
     if name == "re+pv":
-        return Combined(alpha, window)
+        return Combined(alpha, window, re_top)
     if name == "re":
-        return RankingEntropy()
+        return RankingEntropy(re_top)
     if name == "pv":
         return PredictionVariance()
     if name == "random":

@@ -79,6 +79,7 @@ class RankService(ModelService):
         *,
         selector: str = "re+pv",
         alpha: float = 1.0,
+        re_top: int | None = None,
         committee_size: int = 4,
         rounds: int = 100,
         mode: UpdateMode = "retrain",
@@ -100,7 +101,9 @@ class RankService(ModelService):
             rounds=rounds, mode=mode, committee_size=committee_size, seed=seed, store=store,
             max_labeled_queries=max_labeled_queries,
         )  # fmt: skip
-        self.selector: Selector = make_selector(selector, alpha=alpha, window=score_window, seed=seed)
+        self.selector: Selector = make_selector(
+            selector, alpha=alpha, window=score_window, seed=seed, re_top=re_top
+        )
         self.budget = LabelingBudget(budget, budget_window, budget_per)
         if min_quantile is None:  # aim at `budget` tasks per window of queries; no threshold per second
             min_quantile = max(0.0, 1.0 - budget / budget_window) if budget_per == "queries" else 0.0

@@ -45,6 +45,16 @@ def test_partial_disagreement_matches_hand_computation() -> None:
     assert ranking_entropy(scores) == pytest.approx(2 / 3)
 
 
+def test_top_k_entropy_ignores_disagreement_below_the_top() -> None:
+    # members agree on the first document and swap the last two
+    scores = np.array([[3.0, 2.0, 1.0], [3.0, 1.0, 2.0]])
+    assert ranking_entropy(scores) == pytest.approx(2 / 3)
+    assert ranking_entropy(scores, top=1) == 0.0
+    assert ranking_entropy(scores, top=2) == pytest.approx(2 / 3)  # position 1 vs "below" still differs
+    with pytest.raises(ValueError, match="top"):
+        RankingEntropy(top=0)
+
+
 def test_prediction_variance_uses_the_serving_member() -> None:
     scores = np.array([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0]])
     assert prediction_variance(scores) == pytest.approx(np.var([1.0, 2.0, 3.0]))
