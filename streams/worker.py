@@ -145,5 +145,7 @@ class Worker:
     def run(self, loglevel: str = "warning") -> None:
         """Run until SIGINT/SIGTERM (blocks)."""
         worker = faust.Worker(self.app, loglevel=loglevel, quiet=True)
+        # On shutdown Faust lists every buffered event while the last batch finishes; one line is enough.
+        logging.getLogger("faust.transport.consumer").addFilter(lambda r: "wait_empty" not in r.getMessage())
         worker.spinner = None  # terminal escape codes are noise in logs
         worker.execute_from_commandline()
