@@ -44,7 +44,8 @@ def call(method: str, url: str, timeout: float) -> tuple[int, dict[str, Any]]:
             return error.code, {"error": body.decode(errors="replace")}
 
 
-def _run(method: str, path: str, args: argparse.Namespace) -> tuple[int, dict[str, Any]] | None:
+def _run(method: str, path: str, args: argparse.Namespace) -> dict[str, Any] | None:
+    """The worker's JSON answer, or None after printing why there is none."""
     url = args.url.rstrip("/") + path
     try:
         status, body = call(method, url, args.timeout)
@@ -54,14 +55,13 @@ def _run(method: str, path: str, args: argparse.Namespace) -> tuple[int, dict[st
     if status != 200:
         print(f"{method} {url} answered {status}: {body.get('error', body)}", file=sys.stderr)
         return None
-    return status, body
+    return body
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    answer = _run("POST", "/ctr/rollback", args)
-    if answer is None:
+    body = _run("POST", "/ctr/rollback", args)
+    if body is None:
         return 1
-    body = answer[1]
     print(
         f"CTR model rolled back: now serving version {body['model_version']} (was {body['rolled_back_from']})"
     )
@@ -69,10 +69,9 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
-    answer = _run("GET", "/ctr/versions", args)
-    if answer is None:
+    body = _run("GET", "/ctr/versions", args)
+    if body is None:
         return 1
-    body = answer[1]
     print(
         f"model {body['model']}: serving version {body['serving']}, swap every {body['swap_interval_s']:g}s"
     )
