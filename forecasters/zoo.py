@@ -8,10 +8,10 @@ from dataclasses import dataclass, fields
 import torch
 
 from forecasters.baselines import DLinear, LastValue, SeasonalNaive
+from forecasters.branches import CrossTimeMLP, CrossVariableTCN
 from forecasters.card import CARD, CARDConfig, CARDNet
 from forecasters.learner import Forecaster
 from forecasters.onenet import OneNet
-from forecasters.tcn import CrossTimeTCN, CrossVariableTCN
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ BUILDERS: dict[str, Callable[[ForecasterSpec, torch.device | None], Forecaster]]
     "seasonal-naive": lambda spec, _: SeasonalNaive(spec.horizon, spec.period),
     "dlinear": lambda spec, device: DLinear(spec.seq_len, spec.horizon, spec.lr, device),
     "card": lambda spec, device: CARD(spec.card_config(), spec.lr, device),
-    "onenet": lambda spec, device: _onenet(spec, CrossTimeTCN(spec.horizon), device),
+    "onenet": lambda spec, device: _onenet(spec, CrossTimeMLP(spec.seq_len, spec.horizon), device),
     "onenet-card": lambda spec, device: _onenet(spec, CARDNet(spec.card_config()), device),
 }
 
