@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 
 from models.ctr.features import FeatureSpec
+from models.ctr.service import CtrService, build_service
 from streams.schemas import Impression
 
 SPEC = FeatureSpec(categorical=("user", "item"), dense=("x",), buckets=4096)
+#: Small, fast CtrService options for the synthetic stream.
+OPTIONS: dict[str, Any] = {
+    "categorical_fields": "user,item",
+    "dense_fields": ["x"],
+    "buckets": 4096,
+    "embed_dim": 4,
+    "hidden": [16, 16],
+    "batch_size": 256,
+    "embed_lr": 1e-2,
+    "dense_lr": 1e-2,
+    "swap_interval_s": 60.0,
+    "warmup_samples": 0,
+}
 
 
 def impressions(n: int, seed: int = 0, labelled: bool = True) -> list[Impression]:
@@ -28,3 +45,18 @@ def impressions(n: int, seed: int = 0, labelled: bool = True) -> list[Impression
         )
         for i in range(n)
     ]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_service(tmp_path: Path, **overrides: Any) -> tuple[CtrService, Clock]:
+    service = build_service(tmp_path, **{**OPTIONS, **overrides})
+    clock = Clock()
+    service.clock = clock
+    return service, clock

@@ -13,10 +13,10 @@ import pytest
 from aiohttp import web
 
 from models import cli
-from models.ctr.service import CtrService, build_service
+from models.ctr.service import CtrService
 from streams.http import make_app
 from streams.topics import topic_name
-from tests.models.synthetic import impressions
+from tests.models.synthetic import impressions, make_service
 
 
 def free_port() -> int:
@@ -27,10 +27,7 @@ def free_port() -> int:
 
 @pytest.fixture()
 def served(tmp_path: Path) -> Iterator[tuple[CtrService, str]]:
-    service = build_service(
-        tmp_path, categorical_fields="user,item", dense_fields="x", buckets=1024, embed_dim=4, hidden=[8],
-        swap_interval_s=0.0,
-    )  # fmt: skip
+    service, _ = make_service(tmp_path, swap_interval_s=0.0)
     for seed in range(2):
         service.process(topic_name("impressions"), impressions(64, seed=seed))
     port = free_port()

@@ -15,37 +15,10 @@ from models.ctr.service import NO_LABEL, CtrService, build_service
 from streams.schemas import Observation
 from streams.service import ApiError, ApiRequest, ApiResponse
 from streams.topics import topic_name
-from tests.models.synthetic import impressions
+from tests.models.synthetic import OPTIONS, impressions, make_service
 
 TOPIC = topic_name("impressions")
-OPTIONS: dict[str, Any] = {
-    "categorical_fields": "user,item",
-    "dense_fields": ["x"],
-    "buckets": 4096,
-    "embed_dim": 4,
-    "hidden": [16, 16],
-    "batch_size": 256,
-    "embed_lr": 1e-2,
-    "dense_lr": 1e-2,
-    "swap_interval_s": 60.0,
-    "warmup_samples": 0,
-}
 CANDIDATES = [{"categorical": {"user": "u1", "item": f"i{i}"}, "dense": {"x": 3.0}} for i in range(10)]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def make_service(tmp_path: Path, **overrides: Any) -> tuple[CtrService, Clock]:
-    service = build_service(tmp_path, **{**OPTIONS, **overrides})
-    clock = Clock()
-    service.clock = clock
-    return service, clock
 
 
 def call(service: CtrService, method: str, path: str, body: Any = None) -> ApiResponse:
