@@ -9,13 +9,16 @@ offsets, metrics, and serving the routes.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from streams.schemas import Record
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -92,9 +95,11 @@ class Route:
 class ModelService(ABC):
     """A model family served from the stream.
 
-    The worker calls :meth:`process` from a worker thread while holding :attr:`lock`; route handlers
-    that read or change model state take the same lock (``with self.lock:``), so a request never
-    sees a half-applied batch.
+    The worker calls :meth:`process` from a worker thread while holding :attr:`lock`. Route
+    handlers run on the event loop that also drives Kafka, so they must never wait on that lock
+    there: a handler that needs a consistent view calls ``await self.run_locked(fn, ...)``, which
+    takes the lock in a thread, and a handler that only reads an immutable snapshot (a serving copy,
+    a table entry replaced whole) reads it without the lock.
     """
 
     #: Checkpoint directory name and metrics label.
@@ -116,6 +121,15 @@ class ModelService(ABC):
     def routes(self) -> list[Route]:
         """HTTP routes this service serves."""
         return []
+
+    async def run_locked(self, fn: Callable[..., T], *args: Any) -> T:
+        """Call ``fn(*args)`` holding :attr:`lock`, in a thread, leaving the event loop free."""
+
+        def call() -> T:
+            with self.lock:
+                return fn(*args)
+
+        return await asyncio.to_thread(call)
 
     @abstractmethod
     def state_dict(self) -> dict[str, Any]:

@@ -118,3 +118,32 @@ def test_nothing_is_checkpointed_when_outputs_cannot_be_delivered(tmp_path):
     with pytest.raises(ConnectionError):
         run(runner.apply(service.subscriptions()[0], [event(0, b"bad")]))
     assert runner.store.versions() == []
+
+
+def test_run_locked_waits_for_a_batch_without_blocking_the_event_loop():
+    import threading
+    import time
+
+    service = TallyService()
+    release = threading.Event()
+
+    def long_batch() -> None:
+        with service.lock:
+            release.wait(5)
+
+    batch = threading.Thread(target=long_batch)
+    batch.start()
+    time.sleep(0.05)
+
+    async def scenario() -> tuple[int, float]:
+        started = time.perf_counter()
+        locked = asyncio.ensure_future(service.run_locked(lambda: len(service.counts)))
+        await asyncio.sleep(0.2)  # the loop keeps running while the batch holds the lock
+        ticked = time.perf_counter() - started
+        assert not locked.done()
+        release.set()
+        return await locked, ticked
+
+    result, ticked = asyncio.run(scenario())
+    batch.join()
+    assert result == 0 and ticked < 1.0
