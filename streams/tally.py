@@ -40,15 +40,16 @@ class TallyService(ModelService):
         return [Route("GET", "/tally", self._all), Route("GET", "/tally/{series}", self._one)]
 
     async def _all(self, request: ApiRequest) -> ApiResponse:
-        with self.lock:
-            return ApiResponse({"series": len(self.counts), "events": sum(self.counts.values())})
+        return ApiResponse(
+            await self.run_locked(lambda: {"series": len(self.counts), "events": sum(self.counts.values())})
+        )
 
     async def _one(self, request: ApiRequest) -> ApiResponse:
         series = request.path_params["series"]
-        with self.lock:
-            if series not in self.counts:
-                raise ApiError(404, f"no observations seen for series {series!r}")
-            return ApiResponse({"series": series, "count": self.counts[series], "sum": self.sums[series]})
+        found = await self.run_locked(lambda: (self.counts.get(series), self.sums.get(series)))
+        if found[0] is None:
+            raise ApiError(404, f"no observations seen for series {series!r}")
+        return ApiResponse({"series": series, "count": found[0], "sum": found[1]})
 
     def state_dict(self) -> dict[str, Any]:
         return {"counts": dict(self.counts), "sums": dict(self.sums)}
