@@ -58,3 +58,13 @@ def test_mslr_slice_has_the_documented_shape() -> None:
     batch = load_letor(mslr_path(), 136)
     assert (batch.n_queries, *batch.features.shape) == (43, 5000, 136)
     assert set(np.unique(batch.grades)) == {0, 1, 2, 3, 4}
+
+
+def test_letor_file_becomes_unlabeled_query_records(tmp_path: Path) -> None:
+    from rankers.records import queries_from_letor
+
+    path = tmp_path / "tiny.txt"
+    path.write_text("2 qid:7 1:0.5 3:2\n0 qid:7 2:1\n4 qid:9 1:1 2:1 3:1\n")
+    first, second = queries_from_letor(path)
+    assert (first.query_id, [d.doc_id for d in first.documents]) == ("7", ["7-d0", "7-d1"])
+    assert second.documents[0].features == [1.0, 1.0, 1.0] and second.ts == 1.0
