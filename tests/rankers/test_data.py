@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from rankers.data import LetorFormatError, QueryBatch, load_letor, mslr_path
+from rankers.records import queries_from_letor
 
 
 def test_letor_reader_groups_queries_and_places_sparse_features(tmp_path: Path) -> None:
@@ -61,8 +62,6 @@ def test_mslr_slice_has_the_documented_shape() -> None:
 
 
 def test_letor_file_becomes_unlabeled_query_records(tmp_path: Path) -> None:
-    from rankers.records import queries_from_letor
-
     path = tmp_path / "tiny.txt"
     path.write_text("2 qid:7 1:0.5 3:2\n0 qid:7 2:1\n4 qid:9 1:1 2:1 3:1\n")
     first, second = queries_from_letor(path)
