@@ -207,22 +207,26 @@ class ForecastService(ModelService):
         return horizon
 
     async def get_forecast(self, request: ApiRequest) -> ApiResponse:
-        """The latest forecast of a series, cut to ``?horizon=H`` steps."""
+        """The latest forecast of a series, cut to ``?horizon=H`` steps.
+
+        Lock-free on purpose: the worker holds :attr:`lock` for a whole micro-batch (a forward and
+        backward pass), and a query must not wait for that. A table entry is never mutated, only
+        replaced by one dict assignment, so a reader sees either the old forecast or the new one.
+        """
         series = request.path_params["series"]
         horizon = self._horizon(request)
-        with self.lock:
-            entry = self.table.get(series)
-            if entry is None:
-                window = self.windows.get(series)
-                if window is None:
-                    raise ApiError(404, f"unknown series {series!r}: no observation of it has arrived")
-                raise ApiError(
-                    404,
-                    f"series {series!r} has {window.count} of the {self.spec.seq_len} "
-                    "observations a forecast needs",
-                )
-            body = self._record(series, entry, horizon).model_dump(by_alias=True)
-            body["updates"] = self.updates
+        entry = self.table.get(series)
+        if entry is None:
+            window = self.windows.get(series)
+            if window is None:
+                raise ApiError(404, f"unknown series {series!r}: no observation of it has arrived")
+            raise ApiError(
+                404,
+                f"series {series!r} has {window.count} of the {self.spec.seq_len} "
+                "observations a forecast needs",
+            )
+        body = self._record(series, entry, horizon).model_dump(by_alias=True)
+        body["updates"] = self.updates
         return ApiResponse(body)
 
     # -- state -----------------------------------------------------------------------------------

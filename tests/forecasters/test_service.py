@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -163,3 +165,25 @@ def test_build_service_warm_starts_from_the_pretrained_checkpoint(tmp_path: Path
     assert window is not None and window.values[-1].tolist() == [1.0, -1.0]  # scaled by pretraining stats
     with pytest.raises(ValueError, match="contradict the pretrained onenet v2: horizon=5 vs saved 3"):
         build_service(tmp_path, kind="onenet", horizon=5)
+
+
+def test_queries_do_not_wait_for_a_batch_in_progress() -> None:
+    service = ForecastService(SPEC)
+    service.process(OBSERVATIONS, observations(["a"], 0, 9))
+    held, release = threading.Event(), threading.Event()
+
+    def worker_holding_the_lock() -> None:
+        with service.lock:
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=worker_holding_the_lock)
+    thread.start()
+    try:
+        assert held.wait(5)
+        started = time.perf_counter()
+        assert get(service, "a")["series"] == "a"
+        assert time.perf_counter() - started < 1.0
+    finally:
+        release.set()
+        thread.join()
