@@ -114,7 +114,8 @@ def report(plan: Plan, curves: dict[str, list[Curve]], args: argparse.Namespace,
     print(
         f"seeds {args.seeds}, seed set {plan.seed_queries}, +{plan.step} per round, committee = last "
         f"{args.committee} checkpoints, LambdaMART {args.rounds} trees, alpha {args.alpha}, "
-        f"RE over {args.re_top or 'all'} top positions, 1 thread, {elapsed:.0f} s"
+        f"RE over {f'the top {args.re_top}' if args.re_top else 'the whole ranking'}, "
+        f"1 thread, {elapsed:.0f} s"
     )
     header = "| labeled | " + " | ".join(f"{n} NDCG@10 | {n} DCG@4" for n in SELECTORS) + " |"
     print(header)
