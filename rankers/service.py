@@ -114,7 +114,6 @@ class RankService(ModelService):
         self.queue = LabelingQueue(lease_s, clock)
         self.clock = clock
         self.batch_size, self.batch_window_s = batch_size, batch_window_s
-        self.rng = np.random.default_rng(seed)
 
     # -- stream ------------------------------------------------------------------------------
     def subscriptions(self) -> list[Subscription]:
@@ -177,11 +176,8 @@ class RankService(ModelService):
             entry = self.queue.entries.get(label.task_id)
             if entry is None or label.task_id in in_batch:
                 seen = label.task_id in self.queue.done or label.task_id in in_batch
-                result.rejected[i] = (
-                    f"duplicate label for task {label.task_id}"
-                    if seen
-                    else (f"label for unknown task {label.task_id}")
-                )
+                what = "duplicate label for task" if seen else "label for unknown task"
+                result.rejected[i] = f"{what} {label.task_id}"
                 continue
             problem = _grade_problems(dict(label.grades), [d.doc_id for d in entry.task.documents])
             if problem:
