@@ -74,6 +74,8 @@ def run(
         dense_lr=args.dense_lr,
         l2=args.l2,
         init_std=args.init_std,
+        clip_ratio=args.clip_ratio,
+        zeta=args.zeta,
         warmup_samples=len(train),
         **OPTIMISERS[optimiser],
     )
@@ -156,6 +158,8 @@ def main() -> None:
     parser.add_argument("--embed-lr", type=float, default=1e-3)
     parser.add_argument("--dense-lr", type=float, default=1e-3)
     parser.add_argument("--l2", type=float, default=1e-5)
+    parser.add_argument("--clip-ratio", type=float, default=1.0, help="CowClip r")
+    parser.add_argument("--zeta", type=float, default=1e-5, help="CowClip lower bound")
     parser.add_argument("--init-std", type=float, default=1e-2, help="embedding init (released code: 1e-4)")
     parser.add_argument("--candidates", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=300)
@@ -174,7 +178,9 @@ def main() -> None:
         f"MovieLens-100K: {len(train):,} ratings streamed x{args.epochs} in time order, "
         f"{len(test):,} held out; "
         f"click = rating >= 4 (CTR {float(data.labels.mean()):.3f}); base lr embed {args.embed_lr:g} "
-        f"dense {args.dense_lr:g} at batch 1024, L2 {args.l2:g}, init std {args.init_std:g}; "
+        f"dense {args.dense_lr:g} at batch 1024, L2 {args.l2:g}, init std {args.init_std:g}, "
+        f"CowClip r {args.clip_ratio:g} "
+        f"zeta {args.zeta:g}; "
         "CPU, torch.set_num_threads(1)",
         flush=True,
     )
