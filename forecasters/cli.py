@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from forecasters.data import Scaler, Windows, data_dir, load_csv
 from forecasters.pretrained import save_pretrained
 from forecasters.service import CALENDAR_FEATURES
@@ -34,6 +36,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (these small models run best on 1)")
     p.add_argument("--data-dir", type=Path, help="the forecast service's data dir (default: <home>/forecast)")
     p.set_defaults(func=cmd_pretrain)
 
@@ -42,6 +45,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     """Fit on the first ``fraction`` of the CSV (train statistics scale it) and save a pretrained version."""
     if not 0 < args.fraction <= 1 or not 0 < args.val_share < 1:
         raise ValueError("--fraction must be in (0, 1] and --val-share in (0, 1)")
+    torch.set_num_threads(max(1, args.threads))
     csv = args.csv or data_dir() / "timeseries" / "ETTh2.csv"
     target = args.data_dir or Path(Settings.from_env(home=getattr(args, "home", None)).home) / SERVICE_NAME
     series = load_csv(csv)
