@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streams.broker import EmbeddedBroker, KafkaJars, free_port
+from streams.broker import EmbeddedBroker, KafkaJars
 from streams.config import Settings
 
 
@@ -36,7 +36,7 @@ def main() -> None:
     cold, warm, stop = [], [], []
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory() as tmp:
-            broker = EmbeddedBroker(Path(tmp), cache, port=free_port(), controller_port=free_port())
+            broker = EmbeddedBroker.on_free_ports(Path(tmp), cache)
             cold.append(timed(broker.start))
             stop.append(timed(broker.stop))
             warm.append(timed(broker.start))

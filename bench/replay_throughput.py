@@ -42,7 +42,7 @@ def main() -> None:
     cli = [sys.executable, "-m", "streams.cli"]
 
     with tempfile.TemporaryDirectory() as tmp:
-        broker = EmbeddedBroker(Path(tmp) / "kafka", Settings.from_env().cache, free_port(), free_port())
+        broker = EmbeddedBroker.on_free_ports(Path(tmp) / "kafka", Settings.from_env().cache)
         broker.start()
         env = {
             **os.environ,

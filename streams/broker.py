@@ -105,9 +105,19 @@ class KafkaJars:
 
 def free_port() -> int:
     """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports (all held open while choosing, so never the same twice)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -145,6 +155,12 @@ class EmbeddedBroker:
         self.controller_port = controller_port
         self.heap = heap
         self.process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def on_free_ports(cls, home: Path, cache: Path) -> EmbeddedBroker:
+        """A broker on two distinct loopback ports nothing else listens on (tests, benchmarks)."""
+        port, controller_port = free_ports(2)
+        return cls(home, cache, port, controller_port)
 
     @property
     def bootstrap(self) -> str:

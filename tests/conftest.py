@@ -28,7 +28,7 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
     """A real Apache Kafka 4.1 node started by the project, on free loopback ports."""
     home = tmp_path_factory.mktemp("kafka")
     cache = Settings.from_env().cache
-    broker = EmbeddedBroker(home, cache, port=free_port(), controller_port=free_port())
+    broker = EmbeddedBroker.on_free_ports(home, cache)
     broker.start(timeout=180, out=sys.stderr)
     yield broker
     broker.stop()
