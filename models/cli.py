@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import urllib.error
-import urllib.request
 from typing import Any
+
+from streams.client import call
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -27,33 +26,17 @@ def register(subparsers: Any) -> None:
         command.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the worker")
 
 
-def call(method: str, url: str, timeout: float) -> tuple[int, dict[str, Any]]:
-    """Status and JSON answer of one request; raises OSError when the worker cannot be reached."""
-    data = b"{}" if method == "POST" else None
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
-            return answer.status, json.loads(answer.read() or b"{}")
-    except urllib.error.HTTPError as error:
-        body = error.read()
-        try:
-            return error.code, json.loads(body)
-        except json.JSONDecodeError:
-            return error.code, {"error": body.decode(errors="replace")}
-
-
 def _run(method: str, path: str, args: argparse.Namespace) -> dict[str, Any] | None:
     """The worker's JSON answer, or None after printing why there is none."""
     url = args.url.rstrip("/") + path
     try:
-        status, body = call(method, url, args.timeout)
+        status, body = call(method, url, timeout=args.timeout)
     except OSError as exc:
         print(f"cannot reach the worker at {url}: {exc}", file=sys.stderr)
         return None
     if status != 200:
-        print(f"{method} {url} answered {status}: {body.get('error', body)}", file=sys.stderr)
+        reason = body.get("error", body) if isinstance(body, dict) else body
+        print(f"{method} {url} answered {status}: {reason}", file=sys.stderr)
         return None
     return body
 
