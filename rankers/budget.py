@@ -41,6 +41,10 @@ class LabelingBudget:
             raise RuntimeError("labeling budget exhausted for this window")
         self.used += 1
 
+    def summary(self) -> dict[str, Any]:
+        """The settings and what is left of the current window, for status answers."""
+        return {"limit": self.limit, "per": self.per, "window": self.window, "left": self.left}
+
     def state_dict(self) -> dict[str, Any]:
         return {"window_start": self.window_start, "seen": self.seen, "used": self.used}
 

@@ -82,6 +82,7 @@ class LambdaMARTRanker(Learner[QueryBatch, np.ndarray]):
         self.labeled: QueryBatch | None = None
         self._members: list[str] = []
         self._boosters: list[lgb.Booster] = []
+        self._snapshot: tuple[lgb.Booster, int] | None = None
 
     # -- scoring -----------------------------------------------------------------------------
     @property
@@ -94,12 +95,20 @@ class LambdaMARTRanker(Learner[QueryBatch, np.ndarray]):
 
     def predict(self, batch: QueryBatch) -> np.ndarray:
         """Scores of the newest checkpoint, one per document (higher ranks first)."""
-        return self._score(self._serving(), batch)
+        return self.score_with(self._serving(), batch)
+
+    def snapshot(self) -> tuple[lgb.Booster, int] | None:
+        """The serving model and its update number, or None before the first label.
+
+        The pair is replaced whole on every update, so a reader on another thread can take it without
+        the service lock and score with :meth:`score_with` while the next retrain runs.
+        """
+        return self._snapshot
 
     def committee_scores(self, batch: QueryBatch) -> np.ndarray:
         """Scores of every committee member, shape ``(members, documents)``, oldest member first."""
         self._serving()
-        return np.stack([self._score(b, batch) for b in self._boosters])
+        return np.stack([self.score_with(b, batch) for b in self._boosters])
 
     def committee(self) -> list[str]:
         """The committee's checkpoints as LightGBM model text, oldest first."""
@@ -137,6 +146,7 @@ class LambdaMARTRanker(Learner[QueryBatch, np.ndarray]):
         self.n_updates += 1
         self._members = [*self._members, model_text][-self.committee_size :]
         self._boosters = [*self._boosters, lgb.Booster(model_str=model_text)][-self.committee_size :]
+        self._snapshot = (self._boosters[-1], self.n_updates)
         if self.store is not None:
             self.store.save({"model": model_text}, meta={"update": self.n_updates})
 
@@ -160,6 +170,7 @@ class LambdaMARTRanker(Learner[QueryBatch, np.ndarray]):
         self._members = list(state["members"])[-self.committee_size :]
         self._boosters = [lgb.Booster(model_str=text) for text in self._members]
         self.n_updates = int(state["n_updates"])
+        self._snapshot = (self._boosters[-1], self.n_updates) if self._boosters else None
         held = state["labeled"]
         self.labeled = None
         if held is not None:
@@ -183,7 +194,8 @@ class LambdaMARTRanker(Learner[QueryBatch, np.ndarray]):
         if width is not None and batch.features.shape[1] != width:
             raise ValueError(f"documents have {batch.features.shape[1]} features, the ranker expects {width}")
 
-    def _score(self, booster: lgb.Booster, batch: QueryBatch) -> np.ndarray:
+    def score_with(self, booster: lgb.Booster, batch: QueryBatch) -> np.ndarray:
+        """Scores of ``batch`` by ``booster`` (a committee member or a :meth:`snapshot`)."""
         width = booster.num_feature()
         if batch.features.shape[1] != width:
             raise ValueError(f"documents have {batch.features.shape[1]} features, the model expects {width}")

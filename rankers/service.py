@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from models.checkpoints import CheckpointStore
 from rankers.budget import BudgetUnit, LabelingBudget
 from rankers.data import MAX_GRADE
 from rankers.labeling_queue import Entry, LabelingQueue
-from rankers.lambdamart import LambdaMARTRanker, NotFittedError, UpdateMode
+from rankers.lambdamart import LambdaMARTRanker, UpdateMode
 from rankers.records import query_batch
 from rankers.selectors import PercentileScale, Selector, make_selector
 from streams.schemas import Label, LabelingTask, Query, Record
@@ -210,55 +211,27 @@ class RankService(ModelService):
 
     async def _next(self, request: ApiRequest) -> ApiResponse:
         annotator = _annotator(request.query.get("annotator"))
-        with self.lock:
-            entry = self.queue.lease(annotator)
-            if entry is None:
-                return ApiResponse({"task": None, "queue": self.queue.counts()})
-            return ApiResponse(self._task_view(entry))
+        return ApiResponse(await self.run_locked(self._lease, annotator))
 
     async def _status(self, request: ApiRequest) -> ApiResponse:
-        with self.lock:
-            return ApiResponse({
-                "queue": self.queue.counts(),
-                "budget": {"limit": self.budget.limit, "per": self.budget.per, "window": self.budget.window,
-                           "left": self.budget.left},
-                "model_version": self.model_version(),
-                "committee": len(self.ranker.committee()),
-                "labeled_queries": 0 if self.ranker.labeled is None else self.ranker.labeled.n_queries,
-            })  # fmt: skip
+        return ApiResponse(await self.run_locked(self._status_view))
 
     async def _skip(self, request: ApiRequest) -> ApiResponse:
         annotator = _annotator(_body(request).get("annotator"))
-        with self.lock:
-            entry = self.queue.skip(request.path_params["task"], annotator)
-            return ApiResponse({"task_id": entry.task.task_id, "requeued": True})
+        entry = await self.run_locked(self.queue.skip, request.path_params["task"], annotator)
+        return ApiResponse({"task_id": entry.task.task_id, "requeued": True})
 
     async def _submit(self, request: ApiRequest) -> ApiResponse:
         body = _body(request)
-        task_id = request.path_params["task"]
         annotator = _annotator(body.get("annotator"))
-        with self.lock:
-            entry = self.queue.holder(task_id, annotator)
-            problem = _grade_problems(body.get("grades"), [d.doc_id for d in entry.task.documents])
-            if problem:
-                raise ApiError(400, problem)
-            if self.emit is None:
-                raise ApiError(503, "labels cannot be sent: no producer is attached to this service")
-            label = Label(
-                task_id=task_id,
-                query_id=entry.task.query_id,
-                ts=self.clock(),
-                grades=body["grades"],
-                annotator=annotator,
-            )
-            self.queue.mark_submitted(entry)
+        entry, label = await self.run_locked(self._accept, request.path_params["task"], annotator, body)
+        assert self.emit is not None  # _accept checked it
         try:
-            await self.emit(Output(topic_name("labels"), entry.task.query_id, label))
+            await self.emit(Output(topic_name("labels"), label.query_id, label))
         except Exception as exc:
-            with self.lock:
-                self.queue.unmark_submitted(entry)
+            await self.run_locked(self.queue.unmark_submitted, entry)
             raise ApiError(503, f"label not sent, try again: {type(exc).__name__}: {exc}") from None
-        answer = {"task_id": task_id, "graded": len(label.grades), "status": "submitted"}
+        answer = {"task_id": label.task_id, "graded": len(label.grades), "status": "submitted"}
         return ApiResponse(answer, status=202)
 
     async def _rank(self, request: ApiRequest) -> ApiResponse:
@@ -268,17 +241,51 @@ class RankService(ModelService):
         except ValidationError as exc:
             reason = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             raise ApiError(400, f"bad documents: {reason}") from None
-        with self.lock:
-            try:
-                scores = self.ranker.predict(query_batch([query]))
-            except NotFittedError as exc:
-                raise ApiError(503, str(exc)) from None
-            except ValueError as exc:
-                raise ApiError(400, str(exc)) from None
-            version = self.model_version()
+        snapshot = self.ranker.snapshot()  # no lock: a retrain in progress does not hold up ranking
+        if snapshot is None:
+            raise ApiError(503, "no model yet: it needs at least one labeled query")
+        booster, version = snapshot
+        try:
+            scores = await asyncio.to_thread(self.ranker.score_with, booster, query_batch([query]))
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
         order = np.argsort(-scores, kind="stable")
         ranking = [{"doc_id": query.documents[i].doc_id, "score": float(scores[i])} for i in order]
         return ApiResponse({"ranking": ranking, "model_version": version})
+
+    # -- locked parts of the handlers (run by run_locked in a thread) -----------------------------
+    def _lease(self, annotator: str) -> dict[str, Any]:
+        entry = self.queue.lease(annotator)
+        if entry is None:
+            return {"task": None, "queue": self.queue.counts()}
+        return self._task_view(entry)
+
+    def _status_view(self) -> dict[str, Any]:
+        return {
+            "queue": self.queue.counts(),
+            "budget": self.budget.summary(),
+            "model_version": self.model_version(),
+            "committee": len(self.ranker.committee()),
+            "labeled_queries": 0 if self.ranker.labeled is None else self.ranker.labeled.n_queries,
+        }
+
+    def _accept(self, task_id: str, annotator: str, body: dict[str, Any]) -> tuple[Entry, Label]:
+        """Validate a submission against the lease and the task; mark it submitted; the Label to send."""
+        entry = self.queue.holder(task_id, annotator)
+        problem = _grade_problems(body.get("grades"), [d.doc_id for d in entry.task.documents])
+        if problem:
+            raise ApiError(400, problem)
+        if self.emit is None:
+            raise ApiError(503, "labels cannot be sent: no producer is attached to this service")
+        label = Label(
+            task_id=task_id,
+            query_id=entry.task.query_id,
+            ts=self.clock(),
+            grades=body["grades"],
+            annotator=annotator,
+        )
+        self.queue.mark_submitted(entry)
+        return entry, label
 
     def _task_view(self, entry: Entry) -> dict[str, Any]:
         return {

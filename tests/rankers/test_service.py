@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -194,7 +195,23 @@ def test_rank_route(clock: FakeClock, data) -> None:
     assert err.value.status == 503
     h.service.process(QUERIES, queries[:8])
     h.annotate_all(truth)
-    answer = h.call("POST", "/rank", body={"documents": docs}).body
+    held, release, gave_up = threading.Event(), threading.Event(), threading.Event()
+
+    def retrain_in_progress() -> None:
+        with h.service.lock:
+            held.set()
+            if not release.wait(timeout=5):
+                gave_up.set()
+
+    holder = threading.Thread(target=retrain_in_progress)
+    holder.start()
+    held.wait(timeout=10)
+    try:
+        answer = h.call("POST", "/rank", body={"documents": docs}).body
+        assert not gave_up.is_set(), "/rank waited for the service lock"
+    finally:
+        release.set()
+        holder.join()
     scores = [r["score"] for r in answer["ranking"]]
     assert scores == sorted(scores, reverse=True) and answer["model_version"] == 1
     assert {r["doc_id"] for r in answer["ranking"]} == {d["doc_id"] for d in docs}
@@ -237,6 +254,7 @@ def test_state_round_trip_through_a_checkpoint_loses_nothing(tmp_path: Path, clo
     assert restored.service.queue.counts() == h.service.queue.counts()
     assert restored.next_task("b")["task_id"] == leased["task_id"]  # the lease survived
     assert restored.service.budget.state_dict() == h.service.budget.state_dict()
+    assert restored.service.ranker.snapshot()[1] == h.service.model_version()
     more = [q.model_copy(update={"ts": 100.0 + i}) for i, q in enumerate(queries[6:9])]
     a, b = h.service.process(QUERIES, more), restored.service.process(QUERIES, more)
     assert [o.record for o in a.outputs] == [o.record for o in b.outputs]
