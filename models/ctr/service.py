@@ -120,27 +120,29 @@ class CtrService(ModelService):
         )
 
     async def _rollback(self, request: ApiRequest) -> ApiResponse:
-        with self.lock:
-            previous = self.model_version()
-            try:
-                version = self.history.rollback()
-            except NoOlderVersion as exc:
-                raise ApiError(409, str(exc)) from None
-            self.learner.restore(version.scorer)
-            self._last_swap = self.clock()
-        return ApiResponse({"model_version": version.number, "rolled_back_from": previous})
+        return ApiResponse(await self.run_locked(self._rollback_locked))
+
+    def _rollback_locked(self) -> dict[str, int]:
+        previous = self.model_version()
+        try:
+            version = self.history.rollback()
+        except NoOlderVersion as exc:
+            raise ApiError(409, str(exc)) from None
+        self.learner.restore(version.scorer)
+        self._last_swap = self.clock()
+        return {"model_version": version.number, "rolled_back_from": previous}
 
     async def _versions(self, request: ApiRequest) -> ApiResponse:
-        with self.lock:
-            return ApiResponse(
-                {
-                    "model": self.learner.name,
-                    "serving": self.model_version(),
-                    "swap_interval_s": self.swap_interval_s,
-                    "trained_samples": self.learner.samples_seen,
-                    "versions": [v.info() for v in self.history.versions],
-                }
-            )
+        return ApiResponse(await self.run_locked(self._versions_locked))
+
+    def _versions_locked(self) -> dict[str, Any]:
+        return {
+            "model": self.learner.name,
+            "serving": self.model_version(),
+            "swap_interval_s": self.swap_interval_s,
+            "trained_samples": self.learner.samples_seen,
+            "versions": [v.info() for v in self.history.versions],
+        }
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
