@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-from rankers.data import QueryBatch, load_letor
+from rankers.data import QueryBatch
 from streams.schemas import Document, Query
 
 
@@ -34,9 +32,3 @@ def query_records(batch: QueryBatch, ts0: float = 0.0) -> tuple[list[Query], dic
         if batch.grades is not None:
             truth[qid] = {d.doc_id: int(g) for d, g in zip(docs, batch.grades[a:b], strict=True)}
     return records, truth
-
-
-def queries_from_letor(path: str | os.PathLike[str]) -> list[Query]:
-    """Unlabeled Query records of a LETOR file (grades dropped): what ``driftline run`` can replay."""
-    records, _ = query_records(load_letor(path))
-    return records

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rankers.data import LetorFormatError, QueryBatch, load_letor, mslr_path
-from rankers.records import queries_from_letor
+from rankers.records import query_records
 
 
 def test_letor_reader_groups_queries_and_places_sparse_features(tmp_path: Path) -> None:
@@ -61,9 +61,10 @@ def test_mslr_slice_has_the_documented_shape() -> None:
     assert set(np.unique(batch.grades)) == {0, 1, 2, 3, 4}
 
 
-def test_letor_file_becomes_unlabeled_query_records(tmp_path: Path) -> None:
+def test_letor_file_becomes_query_records_with_true_grades(tmp_path: Path) -> None:
     path = tmp_path / "tiny.txt"
     path.write_text("2 qid:7 1:0.5 3:2\n0 qid:7 2:1\n4 qid:9 1:1 2:1 3:1\n")
-    first, second = queries_from_letor(path)
+    (first, second), truth = query_records(load_letor(path), ts0=10.0)
     assert (first.query_id, [d.doc_id for d in first.documents]) == ("7", ["7-d0", "7-d1"])
-    assert second.documents[0].features == [1.0, 1.0, 1.0] and second.ts == 1.0
+    assert second.documents[0].features == [1.0, 1.0, 1.0] and second.ts == 11.0
+    assert truth == {"7": {"7-d0": 2, "7-d1": 0}, "9": {"9-d0": 4}}
