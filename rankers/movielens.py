@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.ctr.movielens import _read, fetch  # one downloader and reader of the recbole files
+from models.ctr.movielens import fetch, read_atomic  # one downloader and reader of the recbole files
 from rankers.data import QueryBatch
 
 GENRES = (
@@ -33,9 +33,9 @@ def ml100k_folder() -> Path:
 
 def load_ml100k_ranking(folder: Path, history_fraction: float = 0.4, seed: int = 0) -> QueryBatch:
     """Queries (users outside the history share) with their rated movies as graded documents."""
-    ratings = _read(folder / "ml-100k.inter")
-    items = _read(folder / "ml-100k.item").set_index("item_id")
-    users = _read(folder / "ml-100k.user").set_index("user_id")
+    ratings = read_atomic(folder / "ml-100k.inter")
+    items = read_atomic(folder / "ml-100k.item").set_index("item_id")
+    users = read_atomic(folder / "ml-100k.user").set_index("user_id")
     ratings["rating"] = ratings["rating"].astype(float).astype(int)
 
     user_ids = np.array(sorted(ratings["user_id"].unique(), key=int))

@@ -73,7 +73,7 @@ def fetch(cache: Path | None = None) -> Path:
     return target
 
 
-def _read(path: Path) -> pd.DataFrame:
+def read_atomic(path: Path) -> pd.DataFrame:
     """A recbole atomic file: tab-separated, headers like ``user_id:token``."""
     frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     frame.columns = [column.split(":")[0] for column in frame.columns]
@@ -92,9 +92,9 @@ def _age_bucket(age: int) -> str:
 
 def ratings_frame(directory: Path) -> pd.DataFrame:
     """Ratings joined with user and item attributes, in time order (ties keep file order)."""
-    ratings = _read(directory / "ml-100k.inter")
-    users = _read(directory / "ml-100k.user")
-    items = _read(directory / "ml-100k.item")
+    ratings = read_atomic(directory / "ml-100k.inter")
+    users = read_atomic(directory / "ml-100k.user")
+    items = read_atomic(directory / "ml-100k.item")
     frame = ratings.merge(users, on="user_id", how="left").merge(items, on="item_id", how="left")
     frame["timestamp"] = frame["timestamp"].astype(float)
     frame = frame.sort_values("timestamp", kind="mergesort").reset_index(drop=True)
