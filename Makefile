@@ -32,9 +32,16 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check streams tests bench
 
+# Each script prints its own table; see README "Measured" and docs/ for the figures and flags.
 bench: setup system-deps
 	$(BIN)/python bench/broker_start.py
 	$(BIN)/python bench/replay_throughput.py
+	$(BIN)/python bench/stream_services.py
+	$(BIN)/python bench/forecast_online.py
+	$(BIN)/python bench/forecast_memory.py
+	$(BIN)/python bench/ctr_cowclip.py
+	$(BIN)/python bench/rank_active.py --quick
+	$(BIN)/python bench/rank_queue.py
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache
