@@ -71,7 +71,7 @@ def run_one(kind: str, horizon: int, steps: int, epochs: int, seq_len: int) -> d
 def table(rows: list[dict[str, float | int | str]], horizons: list[int]) -> str:
     """Models as rows, MSE/MAE per horizon side by side, steps/s, then the published references."""
     head = f"{'model':<22}" + "".join(f"{'H=' + str(h) + ' MSE':>10}{'MAE':>7}" for h in horizons)
-    lines = [head + f"{'online steps':>16}{'steps/s':>9}", "-" * (len(head) + 25)]
+    lines = [head + f"{'online steps':>20}{'steps/s':>9}", "-" * (len(head) + 29)]
     by_model: dict[str, dict[int, dict[str, float | int | str]]] = {}
     for row in rows:
         by_model.setdefault(str(row["model"]), {})[int(row["horizon"])] = row
@@ -82,12 +82,12 @@ def table(rows: list[dict[str, float | int | str]], horizons: list[int]) -> str:
             line += f"{float(cell['mse']):>10.3f}{float(cell['mae']):>7.3f}" if cell else f"{'-':>10}{'-':>7}"
         steps = "/".join(str(cells[h]["steps"]) for h in horizons if h in cells)
         speed = np.mean([float(c["steps_per_s"]) for c in cells.values()])
-        lines.append(line + f"{steps:>16}{speed:>9.1f}")
+        lines.append(line + f"{steps:>20}{speed:>9.1f}")
     for name, mse in PUBLISHED.items():
         cells_text = "".join(
             f"{mse[h]:>10.3f}{'-':>7}" if h in mse else f"{'-':>10}{'-':>7}" for h in horizons
         )
-        lines.append(f"{name:<22}" + cells_text + f"{'10800-H+1':>16}{'-':>9}")
+        lines.append(f"{name:<22}" + cells_text + f"{'10800-H+1':>20}{'-':>9}")
     return "\n".join(lines)
 
 
