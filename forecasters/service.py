@@ -122,19 +122,25 @@ class ForecastService(ModelService):
             torch.from_numpy(values[:, -seq_len:]), None, self._marks(times[:, -seq_len:]), tuple(series)
         )
 
+    @staticmethod
+    def _rounds(records: list[Record], rejected: dict[int, str]) -> list[list[tuple[int, Observation]]]:
+        """Round k holds the k-th observation of every series in the batch (with its batch index)."""
+        rounds: list[list[tuple[int, Observation]]] = []
+        seen: dict[str, int] = {}
+        for index, record in enumerate(records):
+            if not isinstance(record, Observation):
+                rejected[index] = f"expected an observation, got {type(record).__name__}"
+                continue
+            k = seen[record.series] = seen.get(record.series, -1) + 1
+            if k == len(rounds):
+                rounds.append([])
+            rounds[k].append((index, record))
+        return rounds
+
     def process(self, topic: str, records: list[Record]) -> BatchResult:
         with self.lock:
             rejected: dict[int, str] = {}
-            rounds: list[list[tuple[int, Observation]]] = []
-            seen: dict[str, int] = {}
-            for index, record in enumerate(records):
-                if not isinstance(record, Observation):
-                    rejected[index] = f"expected an observation, got {type(record).__name__}"
-                    continue
-                k = seen[record.series] = seen.get(record.series, -1) + 1
-                if k == len(rounds):
-                    rounds.append([])
-                rounds[k].append((index, record))
+            rounds = self._rounds(records, rejected)
             totals: dict[str, float] = {}
             trained = 0
             touched: dict[str, RollingWindow] = {}

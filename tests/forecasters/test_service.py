@@ -102,9 +102,11 @@ def test_bad_observations_are_rejected_with_reasons_and_the_rest_applied() -> No
         Observation(series="a", ts=1 * HOUR, values=[1.0, 2.0]),  # goes back in time
         Observation(series="new", ts=0.0, values=[1.0]),  # wrong width for the model
         Observation(series="a", ts=4 * HOUR, values=[0.5, 0.5]),
+        Forecast(series="a", ts=0.0, horizon=1, values=[[0.0, 0.0]], model="x", model_version=0),
     ]
     result = service.process(OBSERVATIONS, batch)
-    assert set(result.rejected) == {0, 1, 2}
+    assert set(result.rejected) == {0, 1, 2, 4}
+    assert "expected an observation, got Forecast" in result.rejected[4]
     assert "has 2 channels, this observation has 3" in result.rejected[0]
     assert "not after" in result.rejected[1]
     assert "serves 2-channel series, got 1" in result.rejected[2]
