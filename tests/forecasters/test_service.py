@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from forecasters.zoo import ForecasterSpec, build_forecaster
 from streams.schemas import Forecast, Observation
 from streams.service import ApiError, ApiRequest
 from streams.topics import topic_name
+from tests.locking import lock_held_elsewhere
 
 from .conftest import sine_values
 
@@ -172,20 +172,7 @@ def test_build_service_warm_starts_from_the_pretrained_checkpoint(tmp_path: Path
 def test_queries_do_not_wait_for_a_batch_in_progress() -> None:
     service = ForecastService(SPEC)
     service.process(OBSERVATIONS, observations(["a"], 0, 9))
-    held, release = threading.Event(), threading.Event()
-
-    def worker_holding_the_lock() -> None:
-        with service.lock:
-            held.set()
-            release.wait(10)
-
-    thread = threading.Thread(target=worker_holding_the_lock)
-    thread.start()
-    try:
-        assert held.wait(5)
+    with lock_held_elsewhere(service):
         started = time.perf_counter()
         assert get(service, "a")["series"] == "a"
         assert time.perf_counter() - started < 1.0
-    finally:
-        release.set()
-        thread.join()

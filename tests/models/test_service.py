@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from models.ctr.service import NO_LABEL, CtrService, build_service
 from streams.schemas import Observation
 from streams.service import ApiError, ApiRequest, ApiResponse
 from streams.topics import topic_name
+from tests.locking import lock_held_elsewhere
 from tests.models.synthetic import OPTIONS, impressions, make_service
 
 TOPIC = topic_name("impressions")
@@ -82,22 +82,9 @@ def test_serving_copy_swaps_only_at_the_interval(tmp_path: Path) -> None:
 def test_score_answers_while_training_holds_the_lock(tmp_path: Path) -> None:
     service, _ = make_service(tmp_path)
     service.process(TOPIC, impressions(256, seed=1))
-    held, release = threading.Event(), threading.Event()
-
-    def train_forever() -> None:
-        with service.lock:
-            held.set()
-            release.wait(10)
-
-    trainer = threading.Thread(target=train_forever)
-    trainer.start()
-    try:
-        assert held.wait(5)
+    with lock_held_elsewhere(service):
         answer = score(service)
         assert answer.status == 200 and len(answer.body["scores"]) == len(CANDIDATES)
-    finally:
-        release.set()
-        trainer.join()
 
 
 def test_score_learns_the_signal(tmp_path: Path) -> None:
