@@ -49,6 +49,13 @@ def java_version(java: str) -> int:
     raise BrokerError(f"cannot read the Java version from: {out.strip()!r}")
 
 
+def _run_checked(command: list[str], failure: str) -> None:
+    """Run a tool to completion; on failure raise :class:`BrokerError` with the end of its output."""
+    proc = subprocess.run(command, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise BrokerError(f"{failure}:\n{proc.stdout[-4000:]}{proc.stderr[-2000:]}")
+
+
 class KafkaJars:
     """The broker's classpath, resolved once into ``<cache>/kafka-<version>/lib``."""
 
@@ -74,26 +81,10 @@ class KafkaJars:
                 f"resolving Apache Kafka {self.version} jars from Maven Central into {self.lib} ...", file=out
             )
         started = time.monotonic()
-        proc = subprocess.run(
-            [
-                mvn,
-                "-q",
-                "-B",
-                "-f",
-                str(self.root / "pom.xml"),
-                f"-Dkafka.version={self.version}",
-                "dependency:copy-dependencies",
-                "-DincludeScope=runtime",
-                f"-DoutputDirectory={self.lib}",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if proc.returncode != 0:
-            raise BrokerError(
-                f"Maven could not resolve Kafka {self.version}:\n{proc.stdout[-4000:]}{proc.stderr[-2000:]}"
-            )
+        command = [mvn, "-q", "-B", "-f", str(self.root / "pom.xml"), f"-Dkafka.version={self.version}",
+                   "dependency:copy-dependencies", "-DincludeScope=runtime",
+                   f"-DoutputDirectory={self.lib}"]  # fmt: skip
+        _run_checked(command, f"Maven could not resolve Kafka {self.version}")
         (self.root / "RESOLVED").write_text(f"{time.time()}\n")
         if out:
             print(
@@ -229,18 +220,10 @@ class EmbeddedBroker:
         if (self.log_dir / "meta.properties").exists():
             return
         cluster_id = _base64_uuid()
-        proc = subprocess.run(
-            self._java(
-                "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id, "-c", str(config)
-            ),
-            capture_output=True,
-            text=True,
-            check=False,
+        command = self._java(
+            "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id, "-c", str(config)
         )
-        if proc.returncode != 0:
-            raise BrokerError(
-                f"formatting KRaft storage in {self.log_dir} failed:\n{proc.stdout}{proc.stderr}"
-            )
+        _run_checked(command, f"formatting KRaft storage in {self.log_dir} failed")
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self, timeout: float = 90.0, out: IO[str] | None = None) -> EmbeddedBroker:
