@@ -85,10 +85,10 @@ def ctr_case(impressions: int) -> Case:
 
 
 def rank_case() -> Case:
-    from rankers.data import load_letor
+    from rankers.data import load_letor, mslr_path
     from rankers.records import query_records
 
-    queries, truth = query_records(load_letor(shared_data_dir() / "ltr" / "msn1.fold1.train.5k.txt"))
+    queries, truth = query_records(load_letor(mslr_path()))
     docs = [{"doc_id": d.doc_id, "features": list(d.features)} for d in queries[0].documents]
 
     def annotate(base: str) -> str:

@@ -48,10 +48,10 @@ def _ctr_replays(data: Path) -> list[Replay]:
 
 
 def _rank_replays(data: Path) -> list[Replay]:
-    from rankers.data import load_letor
+    from rankers.data import load_letor, mslr_path
     from rankers.records import query_records
 
-    queries, _ = query_records(load_letor(data / "ltr" / "msn1.fold1.train.5k.txt"), ts0=time.time())
+    queries, _ = query_records(load_letor(mslr_path()), ts0=time.time())
     return [Replay("queries", queries, len(queries), "MSLR-WEB queries awaiting labels")]
 
 
