@@ -40,14 +40,11 @@ def encode(topic: str, value: Record | dict[str, Any] | bytes | str, validate: b
     """Bytes to put on ``topic``; validates dicts/strings against the topic's schema first."""
     if isinstance(value, Record):
         return value.to_bytes()
-    if not validate:
-        return (
-            value
-            if isinstance(value, bytes)
-            else str(value if isinstance(value, str) else json.dumps(value)).encode()
-        )
-    record = parse_record(value, spec_for(topic).record_type)
-    return record.to_bytes()
+    if validate:
+        return parse_record(value, spec_for(topic).record_type).to_bytes()
+    if isinstance(value, bytes):
+        return value
+    return (value if isinstance(value, str) else json.dumps(value)).encode()
 
 
 def key_of(record: Record) -> str | None:

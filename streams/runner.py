@@ -137,10 +137,7 @@ class ServiceRunner:
             return self.store.save(state, self.offsets, {"model_version": self.service.model_version()})
 
     async def _send(self, outputs: list[Output], dead: list[tuple[Incoming, str]]) -> None:
-        sends: list[Awaitable[None]] = []
-        for output in outputs:
-            key = output.key.encode() if output.key is not None else None
-            sends.append(self.sink.send(output.topic, key, output.record.to_bytes()))
+        sends: list[Awaitable[None]] = [self.emit(output) for output in outputs]
         for event, reason in dead:
             letter = DeadLetter(
                 topic=event.topic,
@@ -166,7 +163,7 @@ class ServiceRunner:
             await asyncio.gather(*sends)
 
     async def emit(self, output: Output) -> None:
-        """Produce one record on behalf of the service (e.g. a label submitted over HTTP)."""
+        """Produce one output record; services also call it (e.g. a label submitted over HTTP)."""
         key = output.key.encode() if output.key is not None else None
         await self.sink.send(output.topic, key, output.record.to_bytes())
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import faust
 from aiohttp import web
+from faust.types import TP
 
 from streams.config import Settings
 from streams.http import make_app
@@ -100,8 +101,6 @@ class Worker:
         self.app.agent(topic, name=name)(consume)
 
     def _highwater(self, topic: str, partition: int) -> int | None:
-        from faust.types import TP
-
         try:
             return int(self.app.consumer.highwater(TP(topic, partition)))
         except Exception:  # not assigned yet, or consumer restarting
