@@ -129,6 +129,69 @@ class DeadLetter(Record):
     ts: float
 
 
+class Outcome(Record):
+    """A decision made over HTTP (a lease, a skip, a rollback), made durable on the control topic.
+
+    The owning worker applies it like any stream event. ``seq`` numbers a service's decisions:
+    applying an outcome whose ``seq`` the state already holds is a no-op, so a replayed outcome
+    gives the same state however often it arrives.
+    """
+
+    schema_: Literal["outcome/1"] = Field("outcome/1", alias="schema")
+    service: str = Field(min_length=1, max_length=100)
+    kind: str = Field(min_length=1, max_length=100)
+    key: str = Field(min_length=1, max_length=200)
+    seq: int = Field(ge=1)
+    ts: float
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class Tallied(Record):
+    """The tally service's running count of a series after one event (its witness output)."""
+
+    schema_: Literal["tallied/1"] = Field("tallied/1", alias="schema")
+    series: str
+    count: int = Field(ge=1)
+    sum: float
+    offset: int = Field(description="offset of the observation that made this count")
+
+
+class ServiceStatus(Record):
+    """One row of the live status: a role's view of one service, on the compacted status topic."""
+
+    schema_: Literal["service_status/1"] = Field("service_status/1", alias="schema")
+    instance: str
+    role: str
+    service: str
+    url: str = ""
+    ts: float
+    ready: bool = False
+    status: str = "ok"
+    partitions: list[str] = Field(default_factory=list)
+    events_per_s: float = 0.0
+    lag: int = 0
+    last_batch_ts: float | None = None
+    metric: dict[str, float] = Field(default_factory=dict)
+    model_version: int = 0
+
+
+class ModelUpdate(Record):
+    """A new model version from a trainer, on the compacted model-updates topic (key: service).
+
+    ``weights`` carries the state inline (base64 of ``torch.save`` bytes) when small; otherwise
+    ``uri`` names it in the checkpoint store and ``sha256`` lets a replica check what it loaded.
+    """
+
+    schema_: Literal["model_update/1"] = Field("model_update/1", alias="schema")
+    service: str
+    version: int = Field(ge=1)
+    ts: float
+    sha256: str
+    weights: str | None = None
+    uri: str | None = None
+    info: dict[str, Any] = Field(default_factory=dict)
+
+
 RECORD_TYPES: dict[str, type[Record]] = {
     "observation/1": Observation,
     "impression/1": Impression,
@@ -137,6 +200,10 @@ RECORD_TYPES: dict[str, type[Record]] = {
     "label/1": Label,
     "forecast/1": Forecast,
     "dead_letter/1": DeadLetter,
+    "outcome/1": Outcome,
+    "tallied/1": Tallied,
+    "service_status/1": ServiceStatus,
+    "model_update/1": ModelUpdate,
 }
 
 

@@ -19,10 +19,14 @@ class TallyService(ModelService):
 
     name = "tally"
 
-    def __init__(self, batch_size: int = 1000, batch_window_s: float = 0.2) -> None:
+    def __init__(
+        self, batch_size: int = 1000, batch_window_s: float = 0.2, poison: list[str] | None = None
+    ) -> None:
         super().__init__()
         self.batch_size = batch_size
         self.batch_window_s = batch_window_s
+        #: Series whose events make ``process`` raise: a model bug on demand, for fault tests.
+        self.poison = frozenset(poison or ())
         self.counts: dict[str, int] = {}
         self.sums: dict[str, float] = {}
 
@@ -32,6 +36,8 @@ class TallyService(ModelService):
     def process(self, topic: str, records: list[Record]) -> BatchResult:
         for record in records:
             assert isinstance(record, Observation)
+            if record.series in self.poison:
+                raise RuntimeError(f"poisoned series {record.series!r}")
             self.counts[record.series] = self.counts.get(record.series, 0) + 1
             self.sums[record.series] = self.sums.get(record.series, 0.0) + record.values[0]
         return BatchResult(metrics={"events": float(len(records))})

@@ -16,19 +16,34 @@ from streams.schemas import (
     Impression,
     Label,
     LabelingTask,
+    ModelUpdate,
     Observation,
+    Outcome,
     Query,
     Record,
+    ServiceStatus,
+    Tallied,
 )
+
+#: Partitions of every keyed topic unless ``--partitions`` says otherwise. Sized for growth: keyed
+#: state is partitioned like the topics, so the count can never change once topics exist (it would
+#: remap keys), and 12 lets a deployment grow to 12 workers per service.
+DEFAULT_PARTITIONS = 12
+
+
+class TopicLayoutError(ValueError):
+    """An existing topic's partition count differs from the one asked for."""
 
 
 @dataclass(frozen=True)
 class TopicSpec:
-    """A logical topic: short name, record type and partition count."""
+    """A logical topic: short name, record type, whether it is compacted, fixed partition count."""
 
     short: str
     record_type: type[Record]
-    partitions: int = 4
+    compacted: bool = False
+    #: None: the deployment's count (co-partitioned keyed topics); a number: always that many.
+    partitions: int | None = None
 
 
 TOPICS: dict[str, TopicSpec] = {
@@ -40,7 +55,11 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec("labels", Label),
         TopicSpec("labeling-queue", LabelingTask),
         TopicSpec("forecasts", Forecast),
+        TopicSpec("tallies", Tallied),
+        TopicSpec("control", Outcome),
         TopicSpec("dead-letter", DeadLetter, partitions=1),
+        TopicSpec("status", ServiceStatus, compacted=True, partitions=1),
+        TopicSpec("model-updates", ModelUpdate, compacted=True, partitions=1),
     )
 }
 
@@ -64,20 +83,34 @@ def spec_for(name: str) -> TopicSpec:
     return TOPICS[short]
 
 
+def partition_count(spec: TopicSpec, partitions: int | None) -> int:
+    return spec.partitions or partitions or DEFAULT_PARTITIONS
+
+
 def ensure_topics(bootstrap: str, partitions: int | None = None, timeout_s: float = 30.0) -> list[str]:
     """Create any missing service topics on the cluster; return the names created.
 
-    Clusters that do not auto-create topics need this; it is idempotent.
+    Idempotent. With ``partitions`` given, an existing keyed topic with another count is refused
+    with :class:`TopicLayoutError` (growing a topic remaps keys and breaks keyed state).
     """
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
+    if partitions is not None and partitions < 1:
+        raise ValueError(f"--partitions must be at least 1, got {partitions}")
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
     try:
         existing = set(admin.list_topics())
+        if partitions is not None:
+            _check_counts(admin, existing, partitions)
         wanted = [
-            NewTopic(topic_name(short), partitions or spec.partitions, 1)
+            NewTopic(
+                topic_name(short),
+                partition_count(spec, partitions),
+                1,
+                topic_configs={"cleanup.policy": "compact"} if spec.compacted else {},
+            )
             for short, spec in TOPICS.items()
             if topic_name(short) not in existing
         ]
@@ -88,3 +121,18 @@ def ensure_topics(bootstrap: str, partitions: int | None = None, timeout_s: floa
         return [t.name for t in wanted]
     finally:
         admin.close()
+
+
+def _check_counts(admin: object, existing: set[str], partitions: int) -> None:
+    names = [topic_name(s) for s, spec in TOPICS.items() if spec.partitions is None]
+    present = [n for n in names if n in existing]
+    if not present:
+        return
+    described = admin.describe_topics(present)  # type: ignore[attr-defined]
+    wrong = {d["topic"]: len(d["partitions"]) for d in described if len(d["partitions"]) != partitions}
+    if wrong:
+        have = ", ".join(f"{name} has {count}" for name, count in sorted(wrong.items()))
+        raise TopicLayoutError(
+            f"cannot use {partitions} partitions: {have}. Changing a topic's partition count remaps "
+            "keys and breaks keyed state; use a new DRIFTLINE_TOPIC_PREFIX (and replay) instead"
+        )
