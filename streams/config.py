@@ -34,6 +34,11 @@ class Settings:
     app_id: str = "driftline"
     #: Comma-separated services the worker runs (see ``streams.registry``).
     services: str = "forecast,ctr,rank"
+    #: Checkpoints every worker of a deployment reaches (a directory here); empty: ``<home>/checkpoints``.
+    checkpoint_store: str = ""
+    #: This process's stable name: its static group membership (``group.instance.id``) and status
+    #: key. Empty: ``<hostname>-<http_port>``, stable across restarts of the same process.
+    instance: str = ""
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -45,6 +50,16 @@ class Settings:
                 values[f.name] = _coerce(f.type, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(cls(), **{k: _coerce(_field_type(k), v) for k, v in values.items()})
+
+    @property
+    def checkpoint_root(self) -> Path:
+        return Path(self.checkpoint_store) if self.checkpoint_store else Path(self.home) / "checkpoints"
+
+    @property
+    def instance_id(self) -> str:
+        import socket
+
+        return self.instance or f"{socket.gethostname()}-{self.http_port}"
 
     @property
     def embedded(self) -> bool:

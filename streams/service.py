@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from streams.schemas import Record
+from streams.schemas import Outcome, Record
 
 T = TypeVar("T")
 
@@ -107,8 +107,11 @@ class ModelService(ABC):
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
-        #: Set by the worker: sends extra records (e.g. labels submitted over HTTP) to Kafka.
+        #: Set by the worker: sends extra records (e.g. labels submitted over HTTP) to Kafka and
+        #: returns once the broker has them.
         self.emit: Callable[[Output], Awaitable[None]] | None = None
+        #: Per outcome key, the ``seq`` of the last outcome applied (checkpointed by the runner).
+        self.outcome_seqs: dict[str, int] = {}
 
     @abstractmethod
     def subscriptions(self) -> list[Subscription]:
@@ -130,6 +133,46 @@ class ModelService(ABC):
                 return fn(*args)
 
         return await asyncio.to_thread(call)
+
+    # -- outcomes: HTTP-made changes, durable on the control topic before the answer --------------
+    def apply_outcome(self, outcome: Outcome) -> None:
+        """Change state as ``outcome`` says; a pure function of state and outcome (override)."""
+        raise ApiError(400, f"service {self.name} takes no {outcome.kind!r} outcomes")
+
+    def apply_outcome_once(self, outcome: Outcome) -> bool:
+        """Apply ``outcome`` unless its key already holds that ``seq``; call holding :attr:`lock`."""
+        if outcome.seq <= self.outcome_seqs.get(outcome.key, 0):
+            return False
+        self.apply_outcome(outcome)
+        self.outcome_seqs[outcome.key] = outcome.seq
+        return True
+
+    def new_outcome(self, kind: str, key: str, data: dict[str, Any], ts: float) -> Outcome:
+        """The next outcome for ``key``, applied here at once; call holding :attr:`lock`.
+
+        The handler that decided it then calls :meth:`publish_outcome` and answers only after it
+        returns, so an answered change is in Kafka and survives any crash (the owning worker
+        applies the control topic like any stream; the ``seq`` makes the replay a no-op).
+        """
+        seq = self.outcome_seqs.get(key, 0) + 1
+        outcome = Outcome(service=self.name, kind=kind, key=key, seq=seq, ts=ts, data=data)
+        self.apply_outcome_once(outcome)
+        return outcome
+
+    async def publish_outcome(self, outcome: Outcome) -> None:
+        """Send ``outcome`` to the control topic and wait for the broker; 503 if it cannot."""
+        from streams.topics import topic_name
+
+        if self.emit is None:
+            raise ApiError(503, "no producer is attached to this service: the change cannot be recorded")
+        try:
+            await self.emit(Output(topic_name("control"), outcome.key, outcome))
+        except Exception as exc:
+            raise ApiError(503, f"change not recorded, try again: {type(exc).__name__}: {exc}") from None
+
+    def control_records(self, records: list[Record]) -> list[Outcome]:
+        """The outcomes of a control-topic batch that belong to this service."""
+        return [r for r in records if isinstance(r, Outcome) and r.service == self.name]
 
     @abstractmethod
     def state_dict(self) -> dict[str, Any]:
