@@ -14,7 +14,7 @@ from models.ctr.service import NO_LABEL, CtrService, build_service
 from streams.schemas import Observation
 from streams.service import ApiError, ApiRequest, ApiResponse
 from streams.topics import topic_name
-from tests.locking import lock_held_elsewhere
+from tests.locking import lock_held_elsewhere, returns_within
 from tests.models.synthetic import OPTIONS, impressions, make_service
 
 TOPIC = topic_name("impressions")
@@ -82,9 +82,11 @@ def test_serving_copy_swaps_only_at_the_interval(tmp_path: Path) -> None:
 def test_score_answers_while_training_holds_the_lock(tmp_path: Path) -> None:
     service, _ = make_service(tmp_path)
     service.process(TOPIC, impressions(256, seed=1))
-    with lock_held_elsewhere(service):
-        answer = score(service)
-        assert answer.status == 200 and len(answer.body["scores"]) == len(CANDIDATES)
+    expected = score(service).body
+    # The lock is held for 30 s, far past the 2 s deadline: a score that waits on it fails.
+    with lock_held_elsewhere(service, timeout_s=30.0):
+        answer = returns_within(2.0, lambda: score(service))
+    assert answer.status == 200 and answer.body == expected
 
 
 def test_score_learns_the_signal(tmp_path: Path) -> None:
