@@ -15,6 +15,7 @@ from streams.schemas import Observation
 from streams.service import ApiError, ApiRequest, ApiResponse
 from streams.topics import topic_name
 from tests.locking import lock_held_elsewhere, returns_within
+from tests.models.outputs import record_outputs
 from tests.models.synthetic import OPTIONS, impressions, make_service
 
 TOPIC = topic_name("impressions")
@@ -31,8 +32,8 @@ def score(service: CtrService, candidates: list[dict[str, Any]] = CANDIDATES) ->
 
 
 def test_subscribes_to_impressions_in_large_batches(tmp_path: Path) -> None:
-    (subscription,) = make_service(tmp_path)[0].subscriptions()
-    assert subscription.topic == TOPIC
+    subscription, control = make_service(tmp_path)[0].subscriptions()
+    assert subscription.topic == TOPIC and control.topic == topic_name("control")
     assert subscription.batch_size == 256
 
 
@@ -130,6 +131,7 @@ def test_score_before_any_training_is_503(tmp_path: Path) -> None:
 
 def test_rollback_serves_the_previous_version_and_resets_training(tmp_path: Path) -> None:
     service, _ = make_service(tmp_path, swap_interval_s=0.0)
+    record_outputs(service)
     service.process(TOPIC, impressions(256, seed=1))
     v1 = score(service).body
     service.process(TOPIC, impressions(256, seed=2))
@@ -159,6 +161,8 @@ def test_restart_from_a_checkpoint_loses_nothing(tmp_path: Path) -> None:
     store = CheckpointStore(tmp_path / "checkpoints", "worker-ctr")
     store.save({"service": service.state_dict()}, {"impressions-0": 767})
     restarted, _ = make_service(tmp_path, swap_interval_s=0.0, seed=42)
+    record_outputs(service)
+    record_outputs(restarted)
     restarted.load_state_dict(store.load().state["service"])
     assert score(restarted).body == score(service).body
     assert call(restarted, "GET", "/ctr/versions").body == call(service, "GET", "/ctr/versions").body

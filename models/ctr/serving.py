@@ -1,0 +1,124 @@
+"""The CTR serving part of a replica: scores with the trainer's latest version, never trains.
+
+A replica (``roles/serving.py`` hosts it) feeds every record of the ``model-updates`` topic to
+:meth:`CtrServing.apply_update`, which checks the bytes against the update's sha256, rebuilds the
+frozen scorer and swaps it in by one reference assignment, so a request in flight keeps the version
+it started with. Rollback is the trainer's decision: here ``POST /ctr/rollback`` answers 409 naming
+the trainer, and the trainer's rollback reaches the replica as an update marked ``rollback``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from models.ctr.features import FeatureSpec
+from models.ctr.learner import CtrLearner
+from models.ctr.routes import CtrRoutes, versions_body
+from models.ctr.service import learner_from_options
+from models.ctr.versions import ModelVersion, UpdateError, load_update
+from streams.schemas import ModelUpdate
+from streams.service import Route
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Served:
+    """What a replica serves, replaced whole: the version and the trainer's swap interval."""
+
+    version: ModelVersion
+    swap_interval_s: float
+
+
+class CtrServing:
+    """Serving part for replicas: ``/ctr/score`` and ``GET /ctr/versions`` from model updates."""
+
+    name = "ctr"
+
+    def __init__(self, learner: CtrLearner, checkpoint_root: Path, max_candidates: int = 10_000) -> None:
+        #: Builds the network that loaded weights go into; never trained here.
+        self.learner = learner
+        self.checkpoint_root = checkpoint_root
+        self._served: Served | None = None
+        self.api = CtrRoutes(
+            model=learner.name,
+            spec=learner.spec,
+            max_candidates=max_candidates,
+            serving=self._serving_version,
+            versions=self._versions,
+            not_ready="no CTR model loaded yet: waiting for the trainer's first model update",
+        )
+
+    def routes(self) -> list[Route]:
+        return self.api.routes()
+
+    def ready(self) -> bool:
+        return self._served is not None
+
+    def model_version(self) -> int:
+        served = self._served
+        return served.version.number if served else 0
+
+    def apply_update(self, update: ModelUpdate) -> None:
+        """Load ``update`` and serve it; skip one not newer unless it is a rollback.
+
+        Raises :class:`UpdateError` (nothing changes) when the update is for another service, its
+        bytes do not match its sha256, or it was trained for another model or feature spec.
+        """
+        if update.service != self.name:
+            raise UpdateError(f"model update of service {update.service!r} sent to the {self.name!r} replica")
+        rollback = bool(update.info.get("rollback", False))
+        if update.version <= self.model_version() and not rollback:
+            log.debug("%s: ignoring update v%d, serving v%d", self.name, update.version, self.model_version())
+            return
+        self._check_model(update)
+        state = load_update(update, self.checkpoint_root)
+        try:
+            scorer = self.learner.scorer_from(state)
+            version = ModelVersion.from_info({**update.info, "version": update.version}, scorer)
+            swap_interval_s = float(update.info["swap_interval_s"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise UpdateError(
+                f"model update {self.name} v{update.version} does not fit this replica's model "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
+        self._served = Served(version, swap_interval_s)  # the swap: one reference assignment
+        log.info("%s: serving v%d%s", self.name, update.version, " (rollback)" if rollback else "")
+
+    def _check_model(self, update: ModelUpdate) -> None:
+        model, spec = update.info.get("model"), update.info.get("spec")
+        mine = asdict(self.learner.spec)
+        try:
+            same_spec = isinstance(spec, dict) and FeatureSpec.from_dict(spec) == self.learner.spec
+        except (KeyError, TypeError, ValueError):
+            same_spec = False
+        if model != self.learner.name or not same_spec:
+            raise UpdateError(
+                f"model update {self.name} v{update.version} is a {model!r} model on features {spec}; "
+                f"this replica serves {self.learner.name!r} on {mine} (give it the trainer's ctr options)"
+            )
+
+    def _serving_version(self) -> ModelVersion | None:
+        served = self._served
+        return served.version if served else None
+
+    async def _versions(self) -> dict[str, Any]:
+        served = self._served  # one read: the body describes one version
+        if served is None:
+            return versions_body(self.learner.name, None, [], 0.0, 0)
+        version = served.version
+        trained = version.samples_seen
+        return versions_body(self.learner.name, version, [version], served.swap_interval_s, trained)
+
+
+def build_serving(checkpoint_root: Path, **options: Any) -> CtrServing:
+    """A CTR serving part from the same ``ctr.*`` options as the trainer's ``build_service``.
+
+    Options that only matter for training (learning rates, swap interval, ...) are accepted and
+    ignored, so one option list configures both roles.
+    """
+    learner, service_options = learner_from_options(**options)
+    return CtrServing(learner, checkpoint_root, int(service_options.get("max_candidates", 10_000)))
