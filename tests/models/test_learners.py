@@ -38,6 +38,44 @@ def test_progressive_auc_rises_above_chance(kind: str, cowclip: bool, stream: Ct
     assert (learner.clipper is not None) == cowclip
 
 
+@pytest.mark.parametrize(
+    ("kind", "ratio", "zeta"),
+    # Settings under which CowClip clips part of the rows in each of the first steps on the synthetic
+    # stream (the defaults clip none): DCN's embedding gradients run about 5 times DeepFM's.
+    [("dcn", 0.01, 2e-4), ("deepfm", 0.005, 1e-4)],
+)
+def test_cowclip_bounds_every_looked_up_rows_gradient(
+    kind: str, ratio: float, zeta: float, stream: CtrBatch
+) -> None:
+    """Each step, the embedding gradient Adam gets is the unclipped one clipped as CowClip says.
+
+    ``unclipped`` (no CowClip, synced to ``learner`` before each step) gives the raw gradient; a row
+    ``k`` looked up ``cnt_k`` times must then have ``||g_k|| <= cnt_k * max(r * ||w_k||, zeta)``,
+    with ``w_k`` its weight before the step, and rows under that bound must be left alone.
+    """
+    config = CtrConfig(**{**SMALL.__dict__, "clip_ratio": ratio, "zeta": zeta})
+    learner = learner_class(kind)(SPEC, config)
+    unclipped = learner_class(kind)(SPEC, CtrConfig(**{**config.__dict__, "cowclip": False}))
+    for start in range(0, 128 * 3, 128):
+        batch = stream.slice(start, start + 128)
+        unclipped.load_state_dict(learner.state_dict())
+        weight = learner.net.embedding.weight.detach().cpu().clone()
+        metrics, _ = learner.learn(batch), unclipped.learn(batch)
+        lookups = learner.net.embedding.rows(batch.categorical.to(learner.device)).cpu()
+        rows, counts = torch.unique(lookups, return_counts=True)
+        raw = unclipped.net.embedding.weight.grad[rows].cpu()
+        clipped = learner.net.embedding.weight.grad[rows].cpu()
+        threshold = counts * torch.clamp(ratio * weight[rows].norm(dim=1), min=zeta)
+        over = raw.norm(dim=1) > threshold
+        share = over.float().mean().item()
+        assert 0 < share < 1, f"step {start // 128}: {share:.0%} of rows over the bound, want some"
+        assert metrics["clipped"] == pytest.approx(share)
+        worst = (clipped.norm(dim=1) / threshold).max().item()
+        assert worst <= 1 + 1e-5, f"step {start // 128}: a row's gradient is {worst:.2f} x its bound"
+        scale = torch.where(over, threshold / raw.norm(dim=1), 1.0)
+        torch.testing.assert_close(clipped, raw * scale.unsqueeze(1))
+
+
 @pytest.mark.parametrize("kind", sorted(LEARNERS))
 def test_predict_has_no_side_effects(kind: str, stream: CtrBatch) -> None:
     learner = learner_class(kind)(SPEC, SMALL)
