@@ -20,6 +20,7 @@ from streams.config import Settings
 PLUGIN_CLIS: dict[str, tuple[str, str]] = {
     "forecasters": ("forecasters.cli", "online forecasters: pretraining for a warm start"),
     "ctr": ("models.cli", "CTR models: serving versions and rollback"),
+    "dead-letters": ("streams.dead_letters", "dead letters: send them back to their topics once fixed"),
 }
 
 
