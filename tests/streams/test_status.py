@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 from prometheus_client import CollectorRegistry, Gauge
@@ -174,28 +175,37 @@ def test_status_board_keeps_the_newest_row_per_key_and_drops_stale_ones(kafka, t
         board.close()
 
 
-@pytest.mark.kafka
-def test_watch_prints_plain_tables_when_not_on_a_terminal(kafka, topic_prefix: str) -> None:
+def _watch_until(bootstrap: str, console: Console, done: Callable[[str], bool]) -> str:
+    """Run :func:`watch` in a thread until its output satisfies ``done``; return the output."""
     from streams.topics import ensure_topics, topic_name
 
-    ensure_topics(kafka.bootstrap, partitions=1)
-    _produce(kafka.bootstrap, topic_name("status"), [_row("w1", "ctr", time.time(), ready=True, lag=9)])
-    out = io.StringIO()
-    console = Console(file=out)  # a log: not a terminal, default 80 columns
-    assert not console.is_terminal
+    ensure_topics(bootstrap, partitions=1)
+    _produce(bootstrap, topic_name("status"), [_row("w1", "ctr", time.time(), ready=True, lag=9)])
     stop = threading.Event()
-    thread = threading.Thread(
-        target=watch, args=(kafka.bootstrap, stop, 0.2, console), kwargs={"log_every_s": 0.5}
-    )
+    thread = threading.Thread(target=watch, args=(bootstrap, stop, 0.2, console), kwargs={"log_every_s": 0.5})
     thread.start()
     try:
-        wait_until(lambda: "ctr" in out.getvalue(), 30, "a printed status table")
+        wait_until(lambda: done(console.file.getvalue()), 30, "the status view")  # type: ignore[attr-defined]
     finally:
         stop.set()
         thread.join(10)
-    assert not thread.is_alive()
-    text = out.getvalue()
+    assert not thread.is_alive(), "watch did not return after stop was set"
+    return console.file.getvalue()  # type: ignore[attr-defined]
+
+
+@pytest.mark.kafka
+def test_watch_prints_plain_tables_when_not_on_a_terminal(kafka, topic_prefix: str) -> None:
+    console = Console(file=io.StringIO())  # a log: not a terminal, default 80 columns
+    assert not console.is_terminal
+    text = _watch_until(kafka.bootstrap, console, lambda out: "ctr" in out and out.count("status at") >= 2)
     assert "\x1b[" not in text  # no escape codes in logs
-    assert "[driftline] status at" in text
     assert "online metric" in text  # the header is not wrapped to the 80 columns
     assert _line(text, "ctr")[:4] == ["ctr", "1/1", "0.0", "9"]
+
+
+@pytest.mark.kafka
+def test_watch_keeps_a_live_table_on_a_terminal(kafka, topic_prefix: str) -> None:
+    console = Console(file=io.StringIO(), force_terminal=True, width=100)
+    text = _watch_until(kafka.bootstrap, console, lambda out: "ctr" in out)
+    assert "driftline status" in text and "\x1b[" in text  # drawn with styles, redrawn in place
+    assert "[driftline] status at" not in text
