@@ -1,19 +1,26 @@
 """The forecasting service: learns from every observation on the stream and serves the latest forecasts.
 
-Each micro-batch is applied in rounds (the k-th observation of every series in round k, so a series'
-order holds). In a round every series whose window now holds ``seq_len + horizon`` rows yields one
-training pair (look-back, the ``horizon`` rows that just completed); the pairs of all series go
-through one test-then-train ``learn`` call: the pre-update forecast is scored against the newly
-arrived values, then the model steps. After the last round, all touched series with a full look-back
-are forecast in one batch; the forecasts go to the forecasts topic and into the table that
-``GET /forecast/{series}`` reads.
+Each micro-batch is first appended to the per-series rolling windows in arrival order. Every time a
+series' window holds ``seq_len + horizon`` rows, a copy of it is kept as one training pair (look-back,
+the ``horizon`` rows that just completed). The update cadence then adapts to load:
+
+- caught up (at most one new observation per series): each series has at most one pair, and the pairs
+  of all series go through one test-then-train ``learn`` call, i.e. one update per observation;
+- behind (several observations of a series): a series' consecutive pairs are cut into chunks of at most
+  ``max_train_batch``, and round j trains the j-th chunk of every series in one ``learn`` call. Within
+  a call every pair is scored by the pre-update model, then the model steps once, so each pair is
+  scored before any update has used it and a series' chunks are learnt in order.
+
+After training, all touched series with a full look-back are forecast in one batch; the forecasts go
+to the forecasts topic and into the table that ``GET /forecast/{series}`` reads.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -39,6 +46,27 @@ from streams.service import (
 from streams.topics import topic_name
 
 CALENDAR_FEATURES = 4
+#: Default cap on one series' pairs per update when the worker is behind (see bench/forecast_cadence.py).
+MAX_TRAIN_BATCH = 8
+
+
+class Rows(Protocol):
+    """Rows of one series, oldest first: what a batch is cut from."""
+
+    @property
+    def values(self) -> np.ndarray: ...
+
+    @property
+    def times(self) -> np.ndarray: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingPair:
+    """A copy of a series' window taken when it held look-back + horizon rows (it shifts on)."""
+
+    series: str
+    values: np.ndarray
+    times: np.ndarray
 
 
 @dataclass(slots=True)
@@ -62,6 +90,7 @@ class ForecastService(ModelService):
         scaler: Scaler | None = None,
         version: int = 0,
         batch_size: int = 512,
+        max_train_batch: int = MAX_TRAIN_BATCH,
     ) -> None:
         super().__init__()
         if spec.marks not in (0, CALENDAR_FEATURES):
@@ -69,6 +98,8 @@ class ForecastService(ModelService):
                 f"the service derives {CALENDAR_FEATURES} calendar features from ts, or none; "
                 f"spec asks for {spec.marks}"
             )
+        if isinstance(max_train_batch, bool) or not isinstance(max_train_batch, int) or max_train_batch < 1:
+            raise ValueError(f"max_train_batch must be an integer >= 1, got {max_train_batch!r}")
         self.spec = spec
         self.learner = learner or build_forecaster(spec)
         self.scaler = scaler or Scaler(
@@ -76,6 +107,7 @@ class ForecastService(ModelService):
         )
         self.version = version
         self.batch_size = batch_size
+        self.max_train_batch = max_train_batch
         self.windows = SeriesWindows(spec.seq_len + spec.horizon)
         self.table: dict[str, LatestForecast] = {}
         self.updates = 0
@@ -106,7 +138,7 @@ class ForecastService(ModelService):
         flat = pd.DatetimeIndex(pd.to_datetime(times.reshape(-1), unit="s", utc=True))
         return torch.from_numpy(calendar_features(flat).reshape(*times.shape, -1))
 
-    def _batch(self, series: list[str], windows: list[RollingWindow], training: bool) -> WindowBatch:
+    def _batch(self, series: Sequence[str], windows: Sequence[Rows], training: bool) -> WindowBatch:
         """Training pairs (first ``seq_len`` rows -> last ``horizon``) or look-backs (last ``seq_len``)."""
         seq_len = self.spec.seq_len
         values = np.stack([w.values for w in windows])
@@ -122,50 +154,58 @@ class ForecastService(ModelService):
             torch.from_numpy(values[:, -seq_len:]), None, self._marks(times[:, -seq_len:]), tuple(series)
         )
 
-    @staticmethod
-    def _rounds(records: list[Record], rejected: dict[int, str]) -> list[list[tuple[int, Observation]]]:
-        """Round k holds the k-th observation of every series in the batch (with its batch index)."""
-        rounds: list[list[tuple[int, Observation]]] = []
-        seen: dict[str, int] = {}
-        for index, record in enumerate(records):
-            if not isinstance(record, Observation):
-                rejected[index] = f"expected an observation, got {type(record).__name__}"
+    def _append(
+        self, records: list[Record], rejected: dict[int, str]
+    ) -> tuple[dict[str, list[TrainingPair]], dict[str, RollingWindow]]:
+        """Append every usable observation; return each series' completed pairs and its window."""
+        pairs: dict[str, list[TrainingPair]] = {}
+        touched: dict[str, RollingWindow] = {}
+        for index, obs in enumerate(records):
+            if not isinstance(obs, Observation):
+                rejected[index] = f"expected an observation, got {type(obs).__name__}"
                 continue
-            k = seen[record.series] = seen.get(record.series, -1) + 1
-            if k == len(rounds):
-                rounds.append([])
-            rounds[k].append((index, record))
+            reason = self._reject_reason(obs)
+            if reason:
+                rejected[index] = reason
+                continue
+            scaled = self.scaler.transform(np.asarray(obs.values, np.float32))
+            window = touched[obs.series] = self.windows.append(obs.series, obs.ts, scaled)
+            if window.has(self.windows.capacity):
+                pair = TrainingPair(obs.series, window.values.copy(), window.times.copy())
+                pairs.setdefault(obs.series, []).append(pair)
+        return pairs, touched
+
+    def _rounds(self, pairs: dict[str, list[TrainingPair]]) -> list[list[TrainingPair]]:
+        """Round j holds the j-th chunk (at most ``max_train_batch`` consecutive pairs) of every series."""
+        cap = self.max_train_batch
+        rounds: list[list[TrainingPair]] = []
+        for series_pairs in pairs.values():
+            for j, start in enumerate(range(0, len(series_pairs), cap)):
+                if j == len(rounds):
+                    rounds.append([])
+                rounds[j].extend(series_pairs[start : start + cap])
         return rounds
+
+    def _train(self, rounds: list[list[TrainingPair]]) -> dict[str, float]:
+        """One test-then-train ``learn`` per round; progressive metrics averaged over every pair."""
+        totals: dict[str, float] = {}
+        trained = 0
+        for round_ in rounds:
+            metrics = self.learner.learn(self._batch([p.series for p in round_], round_, training=True))
+            for key, value in metrics.items():
+                totals[key] = totals.get(key, 0.0) + value * len(round_)
+            trained += len(round_)
+        self.updates += len(rounds)
+        averages = {key: total / trained for key, total in totals.items()} if trained else {}
+        return {**averages, "trained_windows": float(trained), "train_steps": float(len(rounds))}
 
     def process(self, topic: str, records: list[Record]) -> BatchResult:
         with self.lock:
             rejected: dict[int, str] = {}
-            rounds = self._rounds(records, rejected)
-            totals: dict[str, float] = {}
-            trained = 0
-            touched: dict[str, RollingWindow] = {}
-            for round_ in rounds:
-                ready: dict[str, RollingWindow] = {}
-                for index, obs in round_:
-                    reason = self._reject_reason(obs)
-                    if reason:
-                        rejected[index] = reason
-                        continue
-                    scaled = self.scaler.transform(np.asarray(obs.values, np.float32))
-                    window = touched[obs.series] = self.windows.append(obs.series, obs.ts, scaled)
-                    if window.has(self.windows.capacity):
-                        ready[obs.series] = window
-                if ready:
-                    metrics = self.learner.learn(
-                        self._batch(list(ready), list(ready.values()), training=True)
-                    )
-                    for key, value in metrics.items():
-                        totals[key] = totals.get(key, 0.0) + value * len(ready)
-                    trained += len(ready)
-                    self.updates += 1
+            pairs, touched = self._append(records, rejected)
+            metrics = self._train(self._rounds(pairs))
             outputs = self._forecast({s: w for s, w in touched.items() if w.has(self.spec.seq_len)})
-            metrics = {key: total / trained for key, total in totals.items()} if trained else {}
-            metrics.update(trained_windows=float(trained), forecasts=float(len(outputs)))
+            metrics["forecasts"] = float(len(outputs))
             return BatchResult(outputs, metrics, rejected)
 
     def _forecast(self, ready: dict[str, RollingWindow]) -> list[Output]:
@@ -263,14 +303,15 @@ class ForecastService(ModelService):
             }
 
 
-SERVICE_OPTIONS = ("batch_size",)
+SERVICE_OPTIONS = ("batch_size", "max_train_batch")
 
 
 def build_service(data_dir: Path, **options: Any) -> ForecastService:
     """A service, warm-started from ``<data_dir>/pretrained/<kind>`` if ``forecasters pretrain`` ran.
 
-    ``options`` are :class:`ForecasterSpec` fields (kind, seq_len, horizon, channels, ...) and
-    ``batch_size``. With a pretrained checkpoint its spec wins; an option contradicting it is an error.
+    ``options`` are :class:`ForecasterSpec` fields (kind, seq_len, horizon, channels, ...),
+    ``batch_size`` and ``max_train_batch``. With a pretrained checkpoint its spec wins; an option
+    contradicting it is an error.
     """
     service_options = {k: options.pop(k) for k in SERVICE_OPTIONS if k in options}
     spec = ForecasterSpec.from_dict(options)
