@@ -128,13 +128,15 @@ def test_main_metric_prefers_the_headline_metric() -> None:
     assert main_metric({}) is None
 
 
-def _produce(bootstrap: str, topic: str, rows: list[ServiceStatus]) -> None:
+def _produce(bootstrap: str, topic: str, rows: list[ServiceStatus | tuple[bytes, bytes | None]]) -> None:
+    """Send status rows (or raw ``(key, value)`` records) in order and wait for the broker."""
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
     try:
         for row in rows:
-            producer.send(topic, key=status_key(row), value=row.to_bytes())
+            key, value = (status_key(row), row.to_bytes()) if isinstance(row, ServiceStatus) else row
+            producer.send(topic, key=key, value=value)
         producer.flush()
     finally:
         producer.close()
@@ -158,6 +160,9 @@ def test_status_board_keeps_the_newest_row_per_key_and_drops_stale_ones(kafka, t
         _row("w1", "ctr", now - 1, events_per_s=10.0, model_version=2),  # newer row, same key
         _row("w1", "forecast", now - 1),
         _row("dead", "ctr", now - 60),  # its process stopped publishing a minute ago
+        (b"w9/ctr", b"{not json"),  # skipped, counted, and the board keeps reading
+        _row("gone", "rank", now - 1),
+        (b"gone/rank", None),  # tombstone: that process left cleanly
     ])  # fmt: skip
     board = StatusBoard(kafka.bootstrap, stale_s=15.0)
     try:
@@ -165,6 +170,7 @@ def test_status_board_keeps_the_newest_row_per_key_and_drops_stale_ones(kafka, t
         rows = board.rows()
         assert _keys(rows) == [("ctr", "w1"), ("ctr", "w2"), ("forecast", "w1")]
         assert (rows[0].events_per_s, rows[0].model_version) == (10.0, 2)
+        assert board.skipped == 1
         # Once w2 stops refreshing its row, it ages out too.
         assert _keys(board.rows(now=now + 13.5)) == [("ctr", "w1"), ("forecast", "w1")]
 
