@@ -1,8 +1,12 @@
 """The annotators' queue: tasks waiting, tasks leased to one annotator, tasks whose label is on its way.
 
-A task moves ``queued -> leased -> submitted -> done``. A lease lasts ``lease_s`` seconds; when it
-runs out the task is queued again (checked lazily on every call, against an injectable clock, so
-tests control time). A skip requeues the task and keeps it away from the annotator who skipped it.
+A task moves ``queued -> leased -> submitted -> done``. A lease lasts until its recorded absolute
+``lease_expires``; past it the task counts as queued again. Expiry is a function of that time and
+the (injectable) clock, never a recorded change, so a replayed lease gives the same state at the same
+time and a read never writes. A skip requeues the task and keeps it away from the annotator who
+skipped it. Leases and skips are decided by the service and applied through :meth:`LabelingQueue.
+apply_lease` / :meth:`LabelingQueue.apply_skip`, plain functions of the queue and the decision, so the
+same decision replayed from the control topic changes nothing more.
 ``submitted`` means a Label was accepted over HTTP and is travelling through the labels topic; the
 task is ``done`` only when the service has learned from that label, so a crash in between loses
 nothing: the label comes back from Kafka. Plain data, so the whole queue round-trips through a
@@ -34,6 +38,13 @@ class Entry:
     annotator: str | None = None
     lease_expires: float = 0.0
     skipped_by: set[str] = field(default_factory=set)
+
+    def state_at(self, now: float) -> Status:
+        """The status at ``now``: a lease past ``lease_expires`` counts as queued (annotator kept, so
+        a late submit hears "your lease expired")."""
+        if self.status == "leased" and self.lease_expires <= now:
+            return "queued"
+        return self.status
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -82,42 +93,46 @@ class LabelingQueue:
         self.entries[task.task_id] = Entry(task, self._seq, self.clock())
 
     # -- annotator side ------------------------------------------------------------------------
-    def lease(self, annotator: str) -> Entry | None:
-        """The annotator's live lease, else the best queued task they have not skipped, leased now."""
-        now = self._expire()
+    def held_by(self, annotator: str) -> Entry | None:
+        """The task ``annotator`` holds a live lease on, if any."""
+        now = self.clock()
         for entry in self.entries.values():
-            if entry.status == "leased" and entry.annotator == annotator:
+            if entry.state_at(now) == "leased" and entry.annotator == annotator:
                 return entry
-        waiting = [e for e in self.entries.values() if e.status == "queued" and annotator not in e.skipped_by]
-        if not waiting:
-            return None
-        best = max(waiting, key=lambda e: (e.task.score, -e.seq))
-        best.status, best.annotator, best.lease_expires = "leased", annotator, now + self.lease_s
-        return best
+        return None
+
+    def best_for(self, annotator: str) -> Entry | None:
+        """The most informative queued task ``annotator`` has not skipped (oldest first on ties)."""
+        now = self.clock()
+        waiting = [
+            e for e in self.entries.values() if e.state_at(now) == "queued" and annotator not in e.skipped_by
+        ]
+        return max(waiting, key=lambda e: (e.task.score, -e.seq), default=None)
 
     def holder(self, task_id: str, annotator: str) -> Entry:
         """The task if ``annotator`` holds a live lease on it; else a ApiError saying why not."""
-        now = self._expire()
-        entry = self.entries.get(task_id)
-        if entry is None:
-            if task_id in self.done:
-                raise ApiError(409, f"task {task_id} was already labeled")
-            raise ApiError(404, f"no task {task_id}")
-        if entry.status == "submitted":
+        entry = self._open(task_id)
+        status = entry.state_at(self.clock())
+        if status == "submitted":
             raise ApiError(409, f"task {task_id} was already submitted (by {entry.annotator})")
-        if entry.status == "leased" and entry.annotator != annotator:
+        if status == "leased" and entry.annotator != annotator:
             raise ApiError(409, f"task {task_id} is leased to another annotator")
-        if entry.status != "leased":
-            expired = entry.annotator == annotator and entry.lease_expires <= now
+        if status != "leased":
+            expired = entry.status == "leased" and entry.annotator == annotator
             why = "your lease expired" if expired else "you hold no lease on it"
             raise ApiError(409, f"task {task_id}: {why}; take it again with GET /labeling/next")
         return entry
 
-    def skip(self, task_id: str, annotator: str) -> Entry:
-        entry = self.holder(task_id, annotator)
+    def apply_lease(self, task_id: str, annotator: str, expires_at: float) -> None:
+        """``annotator`` holds ``task_id`` until ``expires_at`` (absolute, so a replay agrees)."""
+        entry = self._open(task_id)
+        entry.status, entry.annotator, entry.lease_expires = "leased", annotator, expires_at
+
+    def apply_skip(self, task_id: str, annotator: str) -> None:
+        """``task_id`` goes back to the queue, never again offered to ``annotator``."""
+        entry = self._open(task_id)
         entry.status, entry.annotator, entry.lease_expires = "queued", None, 0.0
         entry.skipped_by.add(annotator)
-        return entry
 
     def mark_submitted(self, entry: Entry) -> None:
         entry.status = "submitted"
@@ -134,10 +149,10 @@ class LabelingQueue:
 
     # -- reporting and state ----------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
-        self._expire()
+        now = self.clock()
         counts = {"queued": 0, "leased": 0, "submitted": 0}
         for entry in self.entries.values():
-            counts[entry.status] += 1
+            counts[entry.state_at(now)] += 1
         counts["done"] = len(self.done)
         return counts
 
@@ -154,9 +169,11 @@ class LabelingQueue:
         self.done = set(state["done"])
         self._seq = int(state["seq"])
 
-    def _expire(self) -> float:
-        now = self.clock()
-        for entry in self.entries.values():
-            if entry.status == "leased" and entry.lease_expires <= now:
-                entry.status = "queued"  # annotator kept, so a late submit hears "your lease expired"
-        return now
+    def _open(self, task_id: str) -> Entry:
+        """The open task ``task_id``; 409 when it was already labeled, 404 when it never existed."""
+        entry = self.entries.get(task_id)
+        if entry is None:
+            if task_id in self.done:
+                raise ApiError(409, f"task {task_id} was already labeled")
+            raise ApiError(404, f"no task {task_id}")
+        return entry

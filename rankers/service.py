@@ -8,6 +8,12 @@
   query scores 0 and the budget alone decides (``selector="cold-start"`` on the task).
 - ``labels`` topic (:class:`Label`): the labels of one micro-batch are learned together, which is one
   retrain and so one new committee member.
+- ``control`` topic (:class:`Outcome`): the leases and skips decided over HTTP. A handler decides under
+  the service lock (applied here at once, so no two annotators get the same task), publishes the
+  outcome keyed by task id and answers only once Kafka has it (503 if it cannot). The worker applies
+  the topic like any stream; an outcome whose ``seq`` the state holds is a no-op, so a replay after a
+  crash rebuilds exactly the leases and skips that were answered. Expiry is not an outcome: it follows
+  from the lease's recorded absolute ``expires_at`` and the clock (see :mod:`rankers.labeling_queue`).
 - HTTP: annotators take tasks under a lease, skip, and submit grades; an accepted submission is sent to
   the labels topic through ``emit`` and learned when it comes back, so a crash right after accepting
   loses nothing. ``POST /rank`` ranks candidates with the serving model; ``GET /labeling`` is the page.
@@ -33,7 +39,7 @@ from rankers.labeling_queue import Entry, LabelingQueue
 from rankers.lambdamart import LambdaMARTRanker, UpdateMode
 from rankers.records import query_batch
 from rankers.selectors import PercentileScale, Selector, make_selector
-from streams.schemas import Label, LabelingTask, Query, Record
+from streams.schemas import Label, LabelingTask, Outcome, Query, Record
 from streams.service import (
     ApiError,
     ApiRequest,
@@ -115,12 +121,17 @@ class RankService(ModelService):
         self.queue = LabelingQueue(lease_s, clock)
         self.clock = clock
         self.batch_size, self.batch_window_s = batch_size, batch_window_s
+        #: Per task id, outcomes applied here whose publish has not succeeded yet (seq order). The
+        #: next answer that rests on that task sends them first, so Kafka never lacks an outcome that
+        #: a later one builds on; a crash forgets them, and nobody was told of them.
+        self._unsent: dict[str, list[Outcome]] = {}
 
     # -- stream ------------------------------------------------------------------------------
     def subscriptions(self) -> list[Subscription]:
         return [
             Subscription(topic_name("queries"), Query, self.batch_size, self.batch_window_s),
             Subscription(topic_name("labels"), Label, self.batch_size, self.batch_window_s),
+            Subscription(topic_name("control"), Outcome, self.batch_size, self.batch_window_s),
         ]
 
     def process(self, topic: str, records: list[Record]) -> BatchResult:
@@ -128,6 +139,8 @@ class RankService(ModelService):
             return self._select([r for r in records if isinstance(r, Query)])
         if topic == topic_name("labels"):
             return self._learn([r for r in records if isinstance(r, Label)])
+        if topic == topic_name("control"):
+            return self._apply_control(records)
         reason = f"rank service does not consume {topic}"
         return BatchResult(rejected=dict.fromkeys(range(len(records)), reason))
 
@@ -194,6 +207,33 @@ class RankService(ModelService):
             self.queue.finish(label.task_id)
         return result
 
+    def _apply_control(self, records: list[Record]) -> BatchResult:
+        """Apply this service's outcomes once each; other services' outcomes pass by untouched."""
+        result = BatchResult()
+        position = {id(r): i for i, r in enumerate(records)}
+        applied = 0
+        for outcome in self.control_records(records):
+            try:
+                applied += self.apply_outcome_once(outcome)
+            except ApiError as exc:
+                where = f"{outcome.kind} outcome #{outcome.seq} for {outcome.key}"
+                result.rejected[position[id(outcome)]] = f"{where}: {exc.message}"
+        result.metrics = {"outcomes_applied": float(applied)}
+        return result
+
+    def apply_outcome(self, outcome: Outcome) -> None:
+        """A lease or skip on task ``outcome.key``: a pure function of the queue and the outcome."""
+        annotator = _annotator(outcome.data.get("annotator"))
+        if outcome.kind == "lease":
+            expires_at = outcome.data.get("expires_at")
+            if type(expires_at) not in (int, float):
+                raise ApiError(400, "a lease outcome needs a numeric expires_at")
+            self.queue.apply_lease(outcome.key, annotator, float(expires_at))
+        elif outcome.kind == "skip":
+            self.queue.apply_skip(outcome.key, annotator)
+        else:
+            super().apply_outcome(outcome)
+
     # -- HTTP --------------------------------------------------------------------------------
     def routes(self) -> list[Route]:
         return [
@@ -211,15 +251,18 @@ class RankService(ModelService):
 
     async def _next(self, request: ApiRequest) -> ApiResponse:
         annotator = _annotator(request.query.get("annotator"))
-        return ApiResponse(await self.run_locked(self._lease, annotator))
+        view, outcomes = await self.run_locked(self._lease, annotator)
+        await self._record(outcomes)
+        return ApiResponse(view)
 
     async def _status(self, request: ApiRequest) -> ApiResponse:
         return ApiResponse(await self.run_locked(self._status_view))
 
     async def _skip(self, request: ApiRequest) -> ApiResponse:
         annotator = _annotator(_body(request).get("annotator"))
-        entry = await self.run_locked(self.queue.skip, request.path_params["task"], annotator)
-        return ApiResponse({"task_id": entry.task.task_id, "requeued": True})
+        task_id = request.path_params["task"]
+        await self._record(await self.run_locked(self._skip_locked, task_id, annotator))
+        return ApiResponse({"task_id": task_id, "requeued": True})
 
     async def _submit(self, request: ApiRequest) -> ApiResponse:
         body = _body(request)
@@ -253,12 +296,52 @@ class RankService(ModelService):
         ranking = [{"doc_id": query.documents[i].doc_id, "score": float(scores[i])} for i in order]
         return ApiResponse({"ranking": ranking, "model_version": version})
 
+    async def _record(self, outcomes: list[Outcome]) -> None:
+        """Publish the outcomes an answer rests on, in order, before it is given; 503 if Kafka cannot.
+
+        On failure the change stays applied here and listed as unsent: the caller's retry (or anyone's
+        next change on that task) sends it first. Resending one that did arrive is harmless: same seq.
+        """
+        for outcome in outcomes:
+            await self.publish_outcome(outcome)
+        if outcomes:
+            await self.run_locked(self._mark_sent, outcomes)
+
     # -- locked parts of the handlers (run by run_locked in a thread) -----------------------------
-    def _lease(self, annotator: str) -> dict[str, Any]:
-        entry = self.queue.lease(annotator)
-        if entry is None:
-            return {"task": None, "queue": self.queue.counts()}
-        return self._task_view(entry)
+    def _lease(self, annotator: str) -> tuple[dict[str, Any], list[Outcome]]:
+        """The annotator's live lease, else the best task leased now; plus the outcomes to publish."""
+        held = self.queue.held_by(annotator)
+        if held is not None:
+            return self._task_view(held), list(self._unsent.get(held.task.task_id, []))
+        best = self.queue.best_for(annotator)
+        if best is None:
+            return {"task": None, "queue": self.queue.counts()}, []
+        now = self.clock()
+        data = {"annotator": annotator, "expires_at": now + self.queue.lease_s}
+        outcomes = self._decide("lease", best.task.task_id, data, now)
+        return self._task_view(best), outcomes
+
+    def _skip_locked(self, task_id: str, annotator: str) -> list[Outcome]:
+        """The skip outcome to publish; a retry of a skip still unsent resends it, deciding nothing new."""
+        unsent = self._unsent.get(task_id, [])
+        if unsent and unsent[-1].kind == "skip" and unsent[-1].data.get("annotator") == annotator:
+            return list(unsent)
+        self.queue.holder(task_id, annotator)
+        return self._decide("skip", task_id, {"annotator": annotator}, self.clock())
+
+    def _decide(self, kind: str, task_id: str, data: dict[str, Any], now: float) -> list[Outcome]:
+        """Apply a new outcome on ``task_id`` here; return every unsent outcome of that task, in order."""
+        unsent = self._unsent.setdefault(task_id, [])
+        unsent.append(self.new_outcome(kind, key=task_id, data=data, ts=now))
+        return list(unsent)
+
+    def _mark_sent(self, outcomes: list[Outcome]) -> None:
+        for outcome in outcomes:
+            left = [o for o in self._unsent.get(outcome.key, []) if o.seq > outcome.seq]
+            if left:
+                self._unsent[outcome.key] = left
+            else:
+                self._unsent.pop(outcome.key, None)
 
     def _status_view(self) -> dict[str, Any]:
         return {
@@ -312,6 +395,7 @@ class RankService(ModelService):
         self.score_scale.history.extend(state["score_history"])
         self.queue.load_state_dict(state["queue"])
         self.budget.load_state_dict(state["budget"])
+        self._unsent.clear()  # the loaded state (and its outcome seqs, which the runner restores) rule
 
     def model_version(self) -> int:
         return self.ranker.n_updates

@@ -6,11 +6,12 @@ import asyncio
 from typing import Any
 
 from rankers.service import RankService
-from streams.schemas import Label
+from streams.schemas import Label, Outcome
 from streams.service import ApiRequest, ApiResponse, Output
 from streams.topics import topic_name
 
 QUERIES, LABELS, QUEUE = topic_name("queries"), topic_name("labels"), topic_name("labeling-queue")
+CONTROL = topic_name("control")
 
 
 class FakeClock:
@@ -31,6 +32,7 @@ class Harness:
         self.routes = {(r.method, r.path): r.handler for r in service.routes()}
 
         async def emit(output: Output) -> None:
+            await asyncio.sleep(0)  # a real send yields to the loop: other handlers run meanwhile
             if self.fail_emit:
                 raise ConnectionError("broker unreachable")
             self.emitted.append(output)
@@ -76,3 +78,10 @@ class Harness:
 
 def labels_of(outputs: list[Output]) -> list[Label]:
     return [o.record for o in outputs if isinstance(o.record, Label)]
+
+
+def outcomes_of(outputs: list[Output]) -> list[Outcome]:
+    """The outcomes sent to the control topic, each keyed by its own key as the worker sends it."""
+    found = [o for o in outputs if o.topic == CONTROL]
+    assert all(isinstance(o.record, Outcome) and o.key == o.record.key for o in found), found
+    return [o.record for o in found]  # type: ignore[misc]

@@ -109,7 +109,7 @@ def test_submit_validates_then_emits_a_label_that_trains_on_return(clock: FakeCl
     assert status_of(task["task_id"], {**grades, first_doc: True}) == 400
     assert status_of(task["task_id"], "all good") == 400
     assert status_of(task["task_id"], grades, annotator="mallory") == 409  # foreign lease
-    assert h.emitted == []
+    assert labels_of(h.emitted) == []
     assert status_of(task["task_id"], grades) == 202
     assert status_of(task["task_id"], grades) == 409  # duplicate while the label travels
     [label] = labels_of(h.emitted)
