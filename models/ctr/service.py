@@ -213,16 +213,11 @@ class CtrService(ModelService):
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "learner": self.learner.state_dict(),
-            "history": self.history.state_dict(),
-            "outcome_seqs": dict(self.outcome_seqs),
-        }
+        return {"learner": self.learner.state_dict(), "history": self.history.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.learner.load_state_dict(state["learner"])
         self.history.load_state_dict(state["history"], self.learner.scorer_from)
-        self.outcome_seqs = dict(state.get("outcome_seqs", {}))  # absent in states saved before outcomes
         self._last_swap = self.clock()
 
 
