@@ -7,7 +7,6 @@ checksums each rank appends and the checkpoint rank 0 writes.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import signal
@@ -36,8 +35,16 @@ from tests.models.synthetic import SPEC, impressions, make_service
 ROOT = Path(__file__).resolve().parents[2]
 PARTITIONS = 4
 #: Small model for the torchrun runs: two fields, 4-dim embeddings, a 16-16 MLP.
-MODEL_OPTIONS = ["categorical_fields=user,item", 'dense_fields=["x"]', "buckets=1024", "embed_dim=4",
-                 "hidden=[16,16]", "embed_lr=0.01", "dense_lr=0.01", "warmup_samples=0"]  # fmt: skip
+MODEL_OPTIONS = [
+    "categorical_fields=user,item",
+    'dense_fields=["x"]',
+    "buckets=1024",
+    "embed_dim=4",
+    "hidden=[16,16]",
+    "embed_lr=0.01",
+    "dense_lr=0.01",
+    "warmup_samples=0",
+]
 
 
 # -- exactness: a 2-rank step equals one learn() on the concatenated batch ------------------------
@@ -52,10 +59,12 @@ def _batches() -> list[tuple[CtrBatch, CtrBatch]]:
     rows = impressions(32 + 20 + 32 + 0 + 25 + 32, seed=3)
     cuts = [(0, 32, 52), (52, 84, 84), (84, 109, 141)]
     return [
-        (encode(SPEC, rows[a:b], [r.clicked for r in rows[a:b]]),
-         encode(SPEC, rows[b:c], [r.clicked for r in rows[b:c]]))
+        (
+            encode(SPEC, rows[a:b], [r.clicked for r in rows[a:b]]),
+            encode(SPEC, rows[b:c], [r.clicked for r in rows[b:c]]),
+        )
         for a, b, c in cuts
-    ]  # fmt: skip
+    ]
 
 
 def _rank_main(rank: int, port: int, out: str) -> None:
@@ -129,16 +138,38 @@ def _end_offsets(bootstrap: str) -> dict[str, int]:
 
 
 def _command(store: Path, checksums: Path, *extra: str, restarts: int = 0) -> list[str]:
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
-                f"--master-port={free_port()}", f"--max-restarts={restarts}", "--monitor-interval=0.2"]  # fmt: skip
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=2",
+        "--master-addr=127.0.0.1",
+        f"--master-port={free_port()}",
+        f"--max-restarts={restarts}",
+        "--monitor-interval=0.2",
+    ]
     options = [item for option in MODEL_OPTIONS for item in ("--option", option)]
-    return [*torchrun, "-m", "models.ctr.distributed", "--checkpoint-store", str(store),
-            "--checksums", str(checksums), *options, *extra]  # fmt: skip
+    return [
+        *torchrun,
+        "-m",
+        "models.ctr.distributed",
+        "--checkpoint-store",
+        str(store),
+        "--checksums",
+        str(checksums),
+        *options,
+        *extra,
+    ]
 
 
 def _env(kafka: EmbeddedBroker, prefix: str) -> dict[str, str]:
-    return {**os.environ, "DRIFTLINE_BOOTSTRAP_SERVERS": kafka.bootstrap, "DRIFTLINE_TOPIC_PREFIX": prefix,
-            "DRIFTLINE_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}  # fmt: skip
+    return {
+        **os.environ,
+        "DRIFTLINE_BOOTSTRAP_SERVERS": kafka.bootstrap,
+        "DRIFTLINE_TOPIC_PREFIX": prefix,
+        "DRIFTLINE_DEVICE": "cpu",
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def _run(command: list[str], env: dict[str, str]) -> str:
@@ -167,18 +198,36 @@ def _final(store: Path) -> Checkpoint:
 
 
 @pytest.mark.kafka
-def test_ranks_hold_equal_parameters_after_every_step(kafka: EmbeddedBroker, topic_prefix: str,
-                                                      tmp_path: Path) -> None:  # fmt: skip
+def test_ranks_hold_equal_parameters_after_every_step(
+    kafka: EmbeddedBroker, topic_prefix: str, tmp_path: Path
+) -> None:
     ensure_topics(kafka.bootstrap, partitions=PARTITIONS)
     garbage = [b"not json", b'{"schema": "impression/1", "id": "x"}', b'{"schema": "query/1"}']
     unlabelled = [row.to_bytes() for row in impressions(5, seed=99, labelled=False)]
     # Rank 0 (partitions 0, 2) has 5x the rows of rank 1 (1, 3): rank 1 runs dry and joins with empty batches.
-    _produce(kafka.bootstrap, {0: _labelled(0, 300, 1), 2: _labelled(2, 300, 1),
-                               1: _labelled(1, 60, 1), 3: [*_labelled(3, 30, 1), *garbage, *unlabelled,
-                                                           *_labelled(3, 30, 2)]})  # fmt: skip
+    _produce(
+        kafka.bootstrap,
+        {
+            0: _labelled(0, 300, 1),
+            2: _labelled(2, 300, 1),
+            1: _labelled(1, 60, 1),
+            3: [*_labelled(3, 30, 1), *garbage, *unlabelled, *_labelled(3, 30, 2)],
+        },
+    )
     checksums = tmp_path / "checksums.jsonl"
-    out = _run(_command(tmp_path / "store", checksums, "--batch-size", "16", "--checkpoint-every", "10",
-                        "--max-samples", "500"), _env(kafka, topic_prefix))  # fmt: skip
+    out = _run(
+        _command(
+            tmp_path / "store",
+            checksums,
+            "--batch-size",
+            "16",
+            "--checkpoint-every",
+            "10",
+            "--max-samples",
+            "500",
+        ),
+        _env(kafka, topic_prefix),
+    )
 
     lines = _checksums(checksums)
     _assert_ranks_agree(lines)
@@ -191,14 +240,17 @@ def test_ranks_hold_equal_parameters_after_every_step(kafka: EmbeddedBroker, top
 
 
 @pytest.mark.kafka
-def test_checkpoint_holds_every_partition_once_at_its_end_offset(kafka: EmbeddedBroker, topic_prefix: str,
-                                                                 tmp_path: Path) -> None:  # fmt: skip
+def test_checkpoint_holds_every_partition_once_at_its_end_offset(
+    kafka: EmbeddedBroker, topic_prefix: str, tmp_path: Path
+) -> None:
     ensure_topics(kafka.bootstrap, partitions=PARTITIONS)
     tail = [row.to_bytes() for row in impressions(3, seed=98, labelled=False)]  # read, skipped, still counted
     _produce(kafka.bootstrap, {p: [*_labelled(p, 100 + 10 * p, 2), *tail] for p in range(PARTITIONS)})
     store = tmp_path / "store"
-    out = _run(_command(store, tmp_path / "checksums.jsonl", "--batch-size", "32", "--checkpoint-every", "4"),
-               _env(kafka, topic_prefix))  # fmt: skip
+    out = _run(
+        _command(store, tmp_path / "checksums.jsonl", "--batch-size", "32", "--checkpoint-every", "4"),
+        _env(kafka, topic_prefix),
+    )
 
     final = _final(store)
     assert final.offsets == _end_offsets(kafka.bootstrap)
@@ -215,8 +267,9 @@ def test_killed_rank_restarts_the_group_from_the_checkpoint_without_loss_or_doub
     ensure_topics(kafka.bootstrap, partitions=PARTITIONS)
     _produce(kafka.bootstrap, {p: _labelled(p, 200, 3) for p in range(PARTITIONS)})
     store, checksums = tmp_path / "store", tmp_path / "checksums.jsonl"
-    command = _command(store, checksums, "--batch-size", "16", "--checkpoint-every", "5",
-                       "--idle-timeout", "3", restarts=1)  # fmt: skip
+    command = _command(
+        store, checksums, "--batch-size", "16", "--checkpoint-every", "5", "--idle-timeout", "3", restarts=1
+    )
     log = (tmp_path / "torchrun.log").open("w")
     process = subprocess.Popen(command, env=_env(kafka, topic_prefix), cwd=ROOT, stdout=log, stderr=log)
     try:
