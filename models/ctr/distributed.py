@@ -110,14 +110,21 @@ class PartitionReader:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         from kafka import KafkaConsumer, TopicPartition
+        from kafka.errors import KafkaError
 
         self.topic = topic
         self.spec = spec
         self.idle_timeout_s = idle_timeout_s
         self.clock = clock
-        self.consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
-        )
+        try:
+            self.consumer = KafkaConsumer(
+                bootstrap_servers=bootstrap,
+                group_id=None,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+            )
+        except KafkaError as exc:
+            raise SystemExit(f"cannot reach Kafka at {bootstrap}: {exc}") from None
         partitions = self.consumer.partitions_for_topic(topic)
         if not partitions:
             self.consumer.close()
@@ -508,14 +515,15 @@ def train(
     start_samples, local_samples, bce_sum = learner.samples_seen, 0, 0.0
     started = time.monotonic()
 
-    def checkpoint() -> None:
+    def checkpoint() -> list[RankReport]:
+        """Every rank's report; rank 0 saves them with the state unless nothing changed."""
         reports = gather_reports(reader, local_samples, world)
         offsets = merged_offsets(reports)
-        if learner.steps == progress.steps and offsets == progress.offsets:
-            return
-        if rank == 0:
-            save(store, learner, offsets, skipped_total(progress.skipped, reports), world)
-        progress.steps, progress.offsets = learner.steps, offsets
+        if learner.steps != progress.steps or offsets != progress.offsets:
+            if rank == 0:
+                save(store, learner, offsets, skipped_total(progress.skipped, reports), world)
+            progress.steps, progress.offsets = learner.steps, offsets
+        return reports
 
     while args.max_samples is None or learner.samples_seen < args.max_samples:
         reader.fill(args.batch_size)
@@ -535,8 +543,7 @@ def train(
         if learner.steps % args.checkpoint_every == 0:
             checkpoint()
     elapsed = time.monotonic() - started
-    checkpoint()
-    reports = gather_reports(reader, local_samples, world)
+    reports = checkpoint()
     if checksums is not None:
         checksums.close()
     if rank == 0:
