@@ -7,6 +7,12 @@ events. A ledger on the ``control`` topic (``outcome/1`` records, service ``dead
 ``replayed``, key ``<topic>:<partition>:<offset>`` of the original event) makes a second run skip
 what a first run sent, from any machine. A replayed event that fails again is dead-lettered under
 its new offset, hence a new key, and can be replayed again.
+
+A run that dies between the broker's ack and the ledger record would leave sent events looking
+unsent. So before each chunk a run announces it (kind ``sending``: the chunk's events and the
+time), and every re-sent event carries a header naming the event it replays; the next run looks
+for announced-but-unrecorded events in their source partitions from that time on, records the
+ones it finds and sends only the rest. Two runs at the same moment are not coordinated.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,6 +34,10 @@ from streams.topics import topic_name
 
 LEDGER_SERVICE = "dead-letters"
 LEDGER_KIND = "replayed"
+#: Ledger kind announcing a chunk about to be sent (see the module docstring).
+INTENT_KIND = "sending"
+#: Margin for clock skew when searching a source partition by time for an unrecorded send.
+SKEW_MS = 60_000
 #: Header on every re-sent event naming the event it replays, so its origin stays traceable.
 REPLAY_HEADER = "driftline-replay-of"
 #: Events sent before their ledger records are written; bounds the work a crash leaves unrecorded.
@@ -57,6 +68,22 @@ class Plan:
     matched: list[Letter] = field(default_factory=list)
     to_send: list[Letter] = field(default_factory=list)
     skipped: list[Letter] = field(default_factory=list)
+
+    def confirm(self, sent: dict[str, int]) -> list[tuple[Letter, int]]:
+        """Move letters found already sent (source -> new offset) to skipped; return them with offsets."""
+        confirmed = [(letter, sent[letter.source]) for letter in self.to_send if letter.source in sent]
+        self.to_send = [letter for letter in self.to_send if letter.source not in sent]
+        self.skipped += [letter for letter, _ in confirmed]
+        return confirmed
+
+
+@dataclass
+class Ledger:
+    """What the control topic says: events replayed, and events announced but never recorded."""
+
+    replayed: set[str] = field(default_factory=set)
+    #: source -> epoch ms of the earliest announcement, for events not (yet) recorded as replayed.
+    in_doubt: dict[str, int] = field(default_factory=dict)
 
 
 # -- choosing letters (pure) ------------------------------------------------------------------------
@@ -99,17 +126,25 @@ def letters_from(messages: Iterable[tuple[bytes | None, bytes | None]]) -> tuple
     return letters, unreadable
 
 
-def replayed_sources(values: Iterable[bytes | None]) -> set[str]:
-    """The ledger keys among control-topic values: original events already replayed."""
-    done: set[str] = set()
+def read_ledger(values: Iterable[bytes | None]) -> Ledger:
+    """The ledger from control-topic values; other services' records are ignored."""
+    ledger = Ledger()
+    announced: dict[str, int] = {}
     for value in values:
         try:
             record = parse_record(value or b"", Outcome)
         except RecordError:
-            continue  # other services' control records are no business of the ledger
-        if isinstance(record, Outcome) and record.service == LEDGER_SERVICE and record.kind == LEDGER_KIND:
-            done.add(record.key)
-    return done
+            continue
+        if not isinstance(record, Outcome) or record.service != LEDGER_SERVICE:
+            continue
+        if record.kind == LEDGER_KIND:
+            ledger.replayed.add(record.key)
+        elif record.kind == INTENT_KIND:
+            since_ms = int(record.data.get("since_ms", 0))
+            for source in record.data.get("sources", []):
+                announced[source] = min(announced.get(source, since_ms), since_ms)
+    ledger.in_doubt = {s: ms for s, ms in announced.items() if s not in ledger.replayed}
+    return ledger
 
 
 def plan_replay(
@@ -139,26 +174,70 @@ def ledger_record(letter: Letter, new_offset: int) -> Outcome:
     )
 
 
-# -- Kafka ------------------------------------------------------------------------------------------
-def read_to_end(consumer: KafkaConsumer, topic: str, timeout_s: float = 60.0) -> Iterator[Any]:
-    """Every message of ``topic`` from its beginning up to the end offsets it had when called.
+def intent_record(letters: list[Letter]) -> Outcome:
+    """The control-topic record announcing that ``letters`` are about to be sent."""
+    now = time.time()
+    return Outcome(
+        service=LEDGER_SERVICE,
+        kind=INTENT_KIND,
+        key=f"sending:{uuid.uuid4().hex}",
+        seq=1,
+        ts=now,
+        data={"since_ms": int(now * 1000), "sources": [letter.source for letter in letters]},
+    )
 
-    A missing topic reads as empty (never auto-created by asking for it).
-    """
-    if topic not in consumer.topics():
+
+# -- Kafka ------------------------------------------------------------------------------------------
+def read_until_end(
+    consumer: KafkaConsumer, starts: dict[TopicPartition, int | None], timeout_s: float = 60.0
+) -> Iterator[Any]:
+    """Messages of partitions from a start offset (None: the beginning) up to their end offsets now."""
+    if not starts:
         return
-    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+    partitions = list(starts)
     consumer.assign(partitions)
     ends = consumer.end_offsets(partitions)
-    consumer.seek_to_beginning(*partitions)
+    for tp, start in starts.items():
+        if start is None:
+            consumer.seek_to_beginning(tp)
+        else:
+            consumer.seek(tp, start)
     pending = {tp for tp in partitions if consumer.position(tp) < ends[tp]}
     deadline = time.monotonic() + timeout_s
     while pending:
         if time.monotonic() > deadline:
-            raise ReplayError(f"reading {topic} timed out after {timeout_s:.0f}s; is the cluster reachable?")
+            raise ReplayError(f"reading {sorted(str(tp) for tp in pending)} timed out after {timeout_s:.0f}s")
         for tp, messages in consumer.poll(timeout_ms=1000).items():
             yield from (m for m in messages if m.offset < ends[tp])
         pending = {tp for tp in pending if consumer.position(tp) < ends[tp]}
+
+
+def read_topic_to_end(consumer: KafkaConsumer, topic: str) -> Iterator[Any]:
+    """Every message of ``topic`` up to its end offsets now; a missing topic reads as empty (not created)."""
+    if topic in consumer.topics():
+        partitions = consumer.partitions_for_topic(topic) or set()
+        yield from read_until_end(consumer, {TopicPartition(topic, p): None for p in sorted(partitions)})
+
+
+def find_unrecorded_sends(consumer: KafkaConsumer, in_doubt: dict[str, int]) -> dict[str, int]:
+    """Where announced events landed that no ledger record names: source -> offset, if sent at all.
+
+    Reads each source partition from the earliest announcement (less :data:`SKEW_MS`) for the
+    :data:`REPLAY_HEADER` of a re-sent event.
+    """
+    starts_ms: dict[TopicPartition, int] = {}
+    for source, since_ms in in_doubt.items():
+        topic, partition, _ = source.rsplit(":", 2)
+        tp = TopicPartition(topic, int(partition))
+        starts_ms[tp] = min(starts_ms.get(tp, since_ms), since_ms)
+    found = consumer.offsets_for_times({tp: max(ms - SKEW_MS, 0) for tp, ms in starts_ms.items()})
+    starts = {tp: at.offset for tp, at in found.items() if at is not None}  # None: nothing written since
+    sent: dict[str, int] = {}
+    for message in read_until_end(consumer, starts):
+        for name, value in message.headers or ():
+            if name == REPLAY_HEADER and value.decode() in in_doubt:
+                sent.setdefault(value.decode(), message.offset)
+    return sent
 
 
 def check_sources(consumer: KafkaConsumer, letters: list[Letter]) -> None:
@@ -200,9 +279,31 @@ def _send_event(producer: KafkaProducer, letter: Letter) -> Any:
     )
 
 
-def _send_ledger(producer: KafkaProducer, control: str, letter: Letter, offset: int) -> Any:
-    """Send the ledger record of ``letter``'s event, re-sent at ``offset``; the future of the send."""
-    return producer.send(control, key=letter.source.encode(), value=ledger_record(letter, offset).to_bytes())
+def record_replayed(producer: KafkaProducer, sent: list[tuple[Letter, int]]) -> None:
+    """Write the ledger records of events the broker has taken (letter, new offset); wait for acks."""
+    control = topic_name("control")
+    futures = []
+    for letter, offset in sent:
+        value = ledger_record(letter, offset).to_bytes()
+        futures.append((letter, producer.send(control, key=letter.source.encode(), value=value)))
+    producer.flush()
+    _, unrecorded = _resolve(futures)
+    if unrecorded:
+        raise ReplayError(
+            f"{len(unrecorded)} event(s) were sent but not recorded as replayed; the next run looks for "
+            f"them before sending: {'; '.join(unrecorded[:5])}"
+        )
+
+
+def _announce(producer: KafkaProducer, letters: list[Letter]) -> None:
+    """Write the intent record of a chunk and wait for its ack; nothing is sent if it fails."""
+    intent = intent_record(letters)
+    future = producer.send(topic_name("control"), key=intent.key.encode(), value=intent.to_bytes())
+    producer.flush()
+    try:
+        future.get(timeout=0)
+    except KafkaError as exc:
+        raise ReplayError(f"cannot write to the control topic, nothing more sent: {exc}") from None
 
 
 def send_letters(
@@ -210,30 +311,23 @@ def send_letters(
 ) -> tuple[int, list[str]]:
     """Re-send letters and record each acknowledged one in the ledger; return (sent, errors).
 
-    Per chunk: send the events and wait for the acks, then write the ledger records and wait for
-    theirs, so the ledger never names an event the broker did not take.
+    Per chunk: announce it, send the events and wait for the acks, then write the ledger records
+    and wait for theirs, so the ledger never names an event the broker did not take.
     """
     from tqdm import tqdm
 
-    control = topic_name("control")
     sent = 0
     errors: list[str] = []
     with tqdm(total=len(letters), unit="ev", disable=not progress, desc="replay", file=sys.stderr) as bar:
         for start in range(0, len(letters), CHUNK):
             chunk = letters[start : start + CHUNK]
+            _announce(producer, chunk)
             futures = [(letter, _send_event(producer, letter)) for letter in chunk]
             producer.flush()
             acked, failed = _resolve(futures)
             errors += failed
-            ledger = [(letter, _send_ledger(producer, control, letter, offset)) for letter, offset in acked]
-            producer.flush()
-            recorded, unrecorded = _resolve(ledger)
-            if unrecorded:
-                raise ReplayError(
-                    f"{len(unrecorded)} event(s) were sent but not recorded as replayed (a rerun would send "
-                    f"them again): {'; '.join(unrecorded[:5])}"
-                )
-            sent += len(recorded)
+            record_replayed(producer, acked)
+            sent += len(acked)
             bar.update(len(chunk))
     return sent, errors
 
@@ -271,11 +365,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     try:
         letters, unreadable = letters_from(
-            (m.key, m.value) for m in read_to_end(consumer, topic_name("dead-letter"))
+            (m.key, m.value) for m in read_topic_to_end(consumer, topic_name("dead-letter"))
         )
-        replayed = replayed_sources(m.value for m in read_to_end(consumer, topic_name("control")))
-        plan = plan_replay(letters, replayed, args.since, args.reason)
+        ledger = read_ledger(m.value for m in read_topic_to_end(consumer, topic_name("control")))
+        plan = plan_replay(letters, ledger.replayed, args.since, args.reason)
         check_sources(consumer, plan.to_send)
+        doubts = {x.source: ledger.in_doubt[x.source] for x in plan.to_send if x.source in ledger.in_doubt}
+        confirmed = plan.confirm(find_unrecorded_sends(consumer, doubts) if doubts else {})
     finally:
         consumer.close()
     if unreadable:
@@ -291,6 +387,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return 0
     producer = make_producer(bootstrap)
     try:
+        record_replayed(producer, confirmed)  # sent by a run that died before recording them
         sent, errors = send_letters(producer, plan.to_send, progress=not args.quiet)
     finally:
         producer.close()

@@ -9,15 +9,17 @@ from datetime import UTC, datetime
 import pytest
 
 from streams.dead_letters import (
+    INTENT_KIND,
     LEDGER_KIND,
     LEDGER_SERVICE,
     Letter,
+    intent_record,
     ledger_record,
     letters_from,
     matches,
     parse_since,
     plan_replay,
-    replayed_sources,
+    read_ledger,
 )
 from streams.schemas import DeadLetter, Observation, Outcome
 
@@ -106,11 +108,39 @@ def test_the_ledger_knows_only_its_own_replayed_records():
         LEDGER_SERVICE, LEDGER_KIND, "driftline.observations:3:5", 1, {"offset": 912},
     )  # fmt: skip
     others = [
-        Outcome(service="rank", kind="lease", key="driftline.observations:3:6", seq=1, ts=T0),
+        Outcome(service="rank", kind="replayed", key="driftline.observations:3:6", seq=1, ts=T0),
         Outcome(service=LEDGER_SERVICE, kind="other", key="driftline.observations:3:7", seq=1, ts=T0),
     ]
     values = [done.to_bytes(), b"garbage", None, *(o.to_bytes() for o in others)]
-    assert replayed_sources(values) == {"driftline.observations:3:5"}
+    assert read_ledger(values).replayed == {"driftline.observations:3:5"}
+    assert read_ledger(values).in_doubt == {}
+
+
+def test_announced_events_without_a_ledger_record_are_in_doubt_from_their_earliest_announcement():
+    first = intent_record([letter(1), letter(2)])
+    again = intent_record([letter(2), letter(3)])  # a later run announced 2 again
+    assert first.kind == INTENT_KIND and first.key != again.key, "each announcement has its own key"
+    assert first.data["sources"] == ["driftline.observations:3:1", "driftline.observations:3:2"]
+    assert abs(first.data["since_ms"] / 1000 - first.ts) < 0.001
+    recorded = ledger_record(letter(1), new_offset=40)
+    ledger = read_ledger([first.to_bytes(), again.to_bytes(), recorded.to_bytes()])
+    assert ledger.replayed == {"driftline.observations:3:1"}
+    assert ledger.in_doubt == {
+        "driftline.observations:3:2": first.data["since_ms"],
+        "driftline.observations:3:3": again.data["since_ms"],
+    }
+
+
+def test_confirmed_sends_move_from_to_send_to_skipped():
+    plan = plan_replay([letter(1), letter(2), letter(3)], replayed={"driftline.observations:3:3"})
+    confirmed = plan.confirm({"driftline.observations:3:2": 77, "driftline.observations:3:9": 78})
+    assert [(x.source, offset) for x, offset in confirmed] == [("driftline.observations:3:2", 77)]
+    assert [x.source for x in plan.to_send] == ["driftline.observations:3:1"]
+    assert sorted(x.source for x in plan.skipped) == [
+        "driftline.observations:3:2",
+        "driftline.observations:3:3",
+    ]
+    assert len(plan.matched) == 3
 
 
 # -- Kafka: poisoned events through a real worker, replayed after the fix ----------------------------
@@ -140,6 +170,7 @@ def test_replay_applies_every_dead_lettered_event_once_however_often_it_runs(
 ):
     from kafka import TopicPartition
 
+    from streams import dead_letters
     from streams.cli import main
     from streams.topics import topic_name
     from tests.streams.helpers import get_json, get_text, metric_value, read_topic, wait_until
@@ -202,8 +233,22 @@ def test_replay_applies_every_dead_lettered_event_once_however_often_it_runs(
 
     fixed = worker_factory("tally").start()
     total = len(first) + len(second)
-    assert replay() == f"matched {total}, sent {len(second)}, skipped {len(first)} (already replayed)"
+
+    # This run dies after the broker took the events and before their ledger records: the next
+    # run must find them sent (announcement + replay header) and not send them again.
+    class Crash(Exception):
+        pass
+
+    def crash(*_: object) -> None:
+        raise Crash
+
+    with monkeypatch.context() as patched:
+        patched.setattr(dead_letters, "ledger_record", crash)
+        with pytest.raises(Crash):
+            main(["dead-letters", "replay", "--reason", "poisoned", "--quiet"])
     wait_until(lambda: applied(fixed) == len(events), timeout_s=90, what="replayed events applied")
+    assert replay("--dry-run") == f"matched {total}, would send 0, skipped {total} (already replayed)"
+    assert replay() == f"matched {total}, sent 0, skipped {total} (already replayed)"
     assert_tally(fixed, expected_tally(events))
 
     # A second run sends nothing: the source topic does not grow and the tallies stay exact.
@@ -213,6 +258,6 @@ def test_replay_applies_every_dead_lettered_event_once_however_often_it_runs(
     assert applied(fixed) == len(events)
     assert_tally(fixed, expected_tally(events))
     ledger = read_all("control")
-    assert sorted(x["key"] for x in ledger if x["service"] == LEDGER_SERVICE) == sorted(
+    assert sorted(x["key"] for x in ledger if x["kind"] == LEDGER_KIND) == sorted(
         f"{x['topic']}:{x['partition']}:{x['offset']}" for x in first + second
     )
