@@ -64,3 +64,36 @@ def test_labels_flow_through_kafka_and_survive_a_crash(kafka, worker_factory) ->
     docs = [d.model_dump() for d in queries[2].documents]
     code, body = post_json(f"{worker.base}/rank", {"documents": docs})
     assert code == 200 and len(body["ranking"]) == 30 and body["model_version"] == 2
+
+
+def test_an_answered_lease_is_on_the_control_topic_and_survives_a_crash(kafka, worker_factory) -> None:
+    queries, _ = query_records(synthetic_queries(2, docs=5))
+    worker = worker_factory("rank", ["rank.budget=2", "rank.budget_window=2", "rank.lease_s=600"]).start()
+    producer = make_producer(kafka.bootstrap)
+    try:
+        send_all(producer, "queries", queries, progress=False)
+    finally:
+        producer.close()
+    wait_until(lambda: status(worker)["queue"]["queued"] == 2, what="2 labeling tasks queued")
+
+    code, alice = get_json(f"{worker.base}/labeling/next?annotator=alice")
+    assert code == 200 and alice["task"] is not None, alice
+    [lease] = read_topic(kafka.bootstrap, topic_name("control"), 1)
+    assert (lease["service"], lease["kind"], lease["key"], lease["seq"]) == (
+        "rank",
+        "lease",
+        alice["task"]["task_id"],
+        1,
+    )
+    assert lease["data"] == {"annotator": "alice", "expires_at": alice["lease_expires"]}
+
+    worker.kill()  # SIGKILL: whatever was only in memory is gone
+    worker.start()
+    code, again = get_json(f"{worker.base}/labeling/next?annotator=alice")
+    assert code == 200 and again == alice  # the same task, the same absolute expiry
+    code, bob = get_json(f"{worker.base}/labeling/next?annotator=bob")
+    assert code == 200 and bob["task"]["task_id"] != alice["task"]["task_id"]
+    assert status(worker)["queue"]["leased"] == 2
+    sent = read_topic(kafka.bootstrap, topic_name("control"), 3, timeout_s=5)
+    leases = {(alice["task"]["task_id"], "alice"), (bob["task"]["task_id"], "bob")}
+    assert sorted((o["key"], o["data"]["annotator"]) for o in sent) == sorted(leases)  # none sent twice
