@@ -5,11 +5,18 @@ version that serves. Each version is written to a temporary directory and rename
 a crash mid-write never leaves a half checkpoint that a restart would load. Offsets travel inside
 the same checkpoint as the state, which is what lets a restarted worker skip events it already
 applied and replay the ones it had not.
+
+``meta.json`` carries ``format`` (:data:`FORMAT`); a version without it is format 1, the first
+release's, and still loads. A version that cannot be read (truncated, corrupted) is skipped with a
+warning and the next older one loads instead: its offsets are older too, so the events in between
+are replayed rather than lost.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -20,7 +27,14 @@ from typing import Any
 
 import torch
 
+from streams import faults
+
+log = logging.getLogger(__name__)
+
 _PREFIX = "v"
+#: Checkpoint format written by this release; :meth:`CheckpointStore.load` reads 1 and 2.
+FORMAT = 2
+READABLE_FORMATS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -31,6 +45,7 @@ class Checkpoint:
     state: dict[str, Any]
     offsets: dict[str, int] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    format: int = FORMAT
 
 
 class CheckpointError(RuntimeError):
@@ -87,12 +102,29 @@ class CheckpointStore:
         meta: dict[str, Any] | None = None,
     ) -> int:
         """Write a new version atomically, make it current, prune old ones; return its number."""
+        return self.save_bytes(serialize(state), offsets, meta)
+
+    def save_bytes(
+        self,
+        payload: bytes,
+        offsets: dict[str, int] | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> int:
+        """:meth:`save` for a state already serialized with :func:`serialize` (off the lock)."""
+        faults.check_disk(self.dir)
         versions = self.versions()
         version = (versions[-1] + 1) if versions else 1
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.dir))
         try:
-            torch.save(state, tmp / "state.pt")
+            with open(tmp / "state.pt", "wb") as handle:
+                half = len(payload) // 2
+                handle.write(payload[:half])
+                faults.crash_point("mid_checkpoint")
+                handle.write(payload[half:])
+                handle.flush()
+                os.fsync(handle.fileno())
             record = {
+                "format": FORMAT,
                 "version": version,
                 "created": time.time(),
                 "offsets": dict(offsets or {}),
@@ -103,6 +135,7 @@ class CheckpointStore:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        faults.crash_point("between_version_and_current")
         self._point_to(version)
         self._prune()
         return version
@@ -118,14 +151,38 @@ class CheckpointStore:
 
     # -- reading -----------------------------------------------------------------------------
     def load(self, version: int | None = None, map_location: str | torch.device = "cpu") -> Checkpoint:
-        """Load ``version`` (default: current)."""
-        if version is None:
-            version = self.current_version()
-            if version is None:
-                raise CheckpointError(f"{self.dir.name}: no checkpoint saved yet")
-        record = self.meta(version)
-        state = torch.load(self._path(version) / "state.pt", map_location=map_location, weights_only=False)
-        return Checkpoint(version, state, {k: int(v) for k, v in record["offsets"].items()}, record["meta"])
+        """Load ``version``; by default the current one, else the newest older one that reads."""
+        if version is not None:
+            return self._read(version, map_location)
+        current = self.current_version()
+        if current is None:
+            raise CheckpointError(f"{self.dir.name}: no checkpoint saved yet")
+        candidates = [v for v in reversed(self.versions()) if v <= current]
+        for candidate in candidates:
+            try:
+                return self._read(candidate, map_location)
+            except CheckpointError as exc:
+                log.warning("%s; falling back to the previous version", exc)
+        raise CheckpointError(f"{self.dir}: none of versions {candidates} could be read")
+
+    def _read(self, version: int, map_location: str | torch.device) -> Checkpoint:
+        try:
+            record = self.meta(version)
+            fmt = int(record.get("format", 1))
+            if fmt not in READABLE_FORMATS:
+                raise CheckpointError(
+                    f"{self.dir.name} v{version} has format {fmt}; this release reads {READABLE_FORMATS}"
+                )
+            path = self._path(version) / "state.pt"
+            state = torch.load(path, map_location=map_location, weights_only=False)
+            offsets = {k: int(v) for k, v in record["offsets"].items()}
+            return Checkpoint(version, state, offsets, record["meta"], fmt)
+        except CheckpointError:
+            raise
+        except Exception as exc:  # truncated or corrupted files: torch, json and OS errors alike
+            raise CheckpointError(
+                f"{self.dir.name} v{version} is unreadable ({type(exc).__name__}: {exc})"
+            ) from exc
 
     def latest(self, n: int) -> list[Checkpoint]:
         """The ``n`` newest versions up to the current one, oldest first (a committee, say)."""
@@ -147,3 +204,10 @@ class CheckpointStore:
         for version in self.versions()[: -self.keep]:
             if version != current:
                 shutil.rmtree(self._path(version), ignore_errors=True)
+
+
+def serialize(state: dict[str, Any]) -> bytes:
+    """The bytes :meth:`CheckpointStore.save_bytes` writes (``torch.save`` format)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()

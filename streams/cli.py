@@ -67,7 +67,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
     from streams.topics import TOPICS, ensure_topics, topic_name
 
     settings = settings_from(args)
-    created = ensure_topics(settings.bootstrap)
+    created = ensure_topics(settings.bootstrap, partitions=args.partitions)
     for short in TOPICS:
         name = topic_name(short)
         print(f"{name}{'  (created)' if name in created else ''}")
@@ -91,16 +91,17 @@ def parse_options(pairs: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from roles.worker import WorkerRole, run_until_signalled
     from streams import registry
     from streams.topics import ensure_topics
-    from streams.worker import Worker
 
     settings = settings_from(args)
+    logging.getLogger().setLevel(args.loglevel.upper())
     names = registry.parse_names(settings.services)
     options = parse_options(args.option)
     ensure_topics(settings.bootstrap)
     services = [registry.build(n, Path(settings.home) / n, **options.get(n, {})) for n in names]
-    Worker(settings, services).run(loglevel=args.loglevel)
+    run_until_signalled(WorkerRole(settings, services))
     return 0
 
 
@@ -172,7 +173,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from streams.main_job import run_main_job
+    from roles.main_job import run_main_job
 
     return run_main_job(settings_from(args), duration_s=args.duration, rate=args.rate)
 
@@ -189,9 +190,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("topics", help="create the service's topics if missing")
+    p.add_argument(
+        "--partitions",
+        type=int,
+        help="partitions of each keyed topic (default 12); refused if existing topics have another count",
+    )
     p.set_defaults(func=cmd_topics)
 
-    p = sub.add_parser("worker", help="run the stream worker (Faust) with its HTTP endpoints")
+    p = sub.add_parser("worker", help="run a worker: the services' stream parts with their HTTP endpoints")
     p.add_argument("--services", help="comma-separated: tally, forecast, ctr, rank (default all but tally)")
     p.add_argument("--http-port", type=int, help="HTTP port (default 8080)")
     p.add_argument(
@@ -251,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (BrokerError, RecordError, ValueError, KeyError) as exc:
+    except (BrokerError, RecordError, ValueError, KeyError) as exc:  # TopicLayoutError is a ValueError
         print(f"driftline: error: {exc}", file=sys.stderr)
         return 2
 

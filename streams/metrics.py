@@ -7,6 +7,7 @@ Each worker owns a registry (not the global one) so several workers can live in 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 
@@ -55,9 +56,21 @@ class WorkerMetrics:
         )
         self.lag = Gauge(
             "driftline_consumer_lag",
-            "Events on the topic not yet applied",
-            ["topic", "partition"],
+            "Events on the partition not yet applied (0 when caught up)",
+            ["service", "topic", "partition"],
             registry=r,
+        )
+        self.last_batch = Gauge(
+            "driftline_last_batch_timestamp_seconds",
+            "When the service last applied a batch (epoch seconds)",
+            ["service"],
+            registry=r,
+        )
+        self.checkpoint_bytes = Counter(
+            "driftline_checkpoint_bytes", "Bytes written by checkpoints", ["service"], registry=r
+        )
+        self.checkpoint_failures = Counter(
+            "driftline_checkpoint_failures", "Checkpoints that could not be written", ["service"], registry=r
         )
         self.model_version = Gauge(
             "driftline_model_version", "Serving model version", ["service"], registry=r
@@ -83,6 +96,11 @@ class WorkerMetrics:
     def applied(self, service: str, topic: str, count: int) -> None:
         self.events.labels(service, topic).inc(count)
         self._rates.setdefault(service, RateWindow()).add(count)
+
+    def forget_partition(self, service: str, topic: str, partition: int) -> None:
+        """Drop the per-partition series of a partition this worker no longer owns."""
+        with contextlib.suppress(KeyError):
+            self.lag.remove(service, topic, str(partition))
 
     def render(self) -> bytes:
         for service, window in self._rates.items():

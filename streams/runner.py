@@ -1,24 +1,43 @@
 """Applies micro-batches of one service exactly once to its state, whatever the transport.
 
-For each batch: drop events a checkpoint already holds (redelivery after a crash), validate the
-rest, dead-letter what fails with the reason, let the service process the good records, produce
-its outputs and dead letters and wait until Kafka has them, then checkpoint the service state
-together with the offsets. Only after that does the transport acknowledge the events, so a crash
-at any point either replays a batch whose effect was never saved or skips one that was: model
-state sees every event once; outputs are at least once.
+The protocol, for each batch of raw events (any objects with ``topic``, ``partition``, ``offset``,
+``key`` and ``value``, such as aiokafka's records):
+
+1. drop events at or below the applied offset of their partition (redelivery);
+2. validate the rest; what fails is dead-lettered with the reason;
+3. let the service process the records (a worker thread, holding the service lock). If it raises,
+   the state is restored from the last in-memory snapshot, the batches since then are replayed,
+   and the failed batch is bisected until the records that make it raise are isolated and
+   dead-lettered: a failed batch leaves no trace in state;
+4. send outputs and dead letters and wait until the broker has every one. A send that fails is
+   retried until it succeeds; meanwhile nothing else is consumed and nothing is checkpointed;
+5. advance the applied offsets.
+
+Checkpoints are taken by interval (:class:`CheckpointPolicy`), not per batch: the state is copied
+under the lock (the copy is also the restore point of step 3) and written to disk in a thread
+while the next batches go on. Kafka's committed offsets are set only after a checkpoint is
+durable and are advisory: on assignment the consumer seeks to the offsets the checkpoint holds.
+So after a crash at any step the restarted worker replays exactly the events its state lacks:
+**every event is applied to model state once; outputs are delivered at least once.**
+
+Keyed services (:class:`streams.keyed.KeyedService`) checkpoint one shard per partition number,
+so a partition and its state can move to another worker; shared services checkpoint one state.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import time
-from collections.abc import Awaitable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from models.checkpoints import CheckpointError, CheckpointStore
+from models.checkpoints import Checkpoint, CheckpointError, CheckpointStore, serialize
+from streams import faults
+from streams.keyed import KeyedService
 from streams.metrics import WorkerMetrics
 from streams.schemas import DeadLetter, Record, RecordError, parse_record
 from streams.service import BatchResult, ModelService, Output, Subscription
@@ -27,9 +46,19 @@ from streams.topics import topic_name
 log = logging.getLogger(__name__)
 
 
+class Event(Protocol):
+    """One consumed event; aiokafka's ConsumerRecord fits as it is."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
 @dataclass(frozen=True)
 class Incoming:
-    """One consumed event, transport-neutral."""
+    """An :class:`Event` built by hand (tests, replays)."""
 
     topic: str
     partition: int
@@ -44,12 +73,59 @@ class Sink(Protocol):
     async def send(self, topic: str, key: bytes | None, value: bytes) -> None: ...
 
 
-def _tp(topic: str, partition: int) -> str:
+Commit = Callable[[dict[tuple[str, int], int]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    """When to checkpoint: every ``interval_s`` seconds or ``events`` applied events, whichever first."""
+
+    interval_s: float = 10.0
+    events: int = 100_000
+    #: Versions kept per store (the older ones are the fall-back for a corrupted newest).
+    keep: int = 3
+
+
+def tp_key(topic: str, partition: int) -> str:
     return f"{topic}:{partition}"
 
 
+def split_tp(key: str) -> tuple[str, int]:
+    topic, partition = key.rsplit(":", 1)
+    return topic, int(partition)
+
+
+@dataclass
+class _Item:
+    event: Event
+    record: Record
+
+
+@dataclass
+class _Applied:
+    """What processing a batch gave: outputs, metrics, and events to dead-letter with reasons."""
+
+    outputs: list[Output] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    dead: list[tuple[Event, str]] = field(default_factory=list)
+
+    def merge(self, other: _Applied) -> _Applied:
+        return _Applied(
+            self.outputs + other.outputs, {**self.metrics, **other.metrics}, self.dead + other.dead
+        )
+
+
+@dataclass
+class _Snapshot:
+    """A deep copy of the whole state and the offsets it holds: restore point and checkpoint source."""
+
+    state: dict[str, Any]
+    offsets: dict[str, int]
+    model_version: int
+
+
 class ServiceRunner:
-    """Owns one service's offsets and checkpoints; see the module docstring for the protocol."""
+    """Owns one service's offsets, restore point and checkpoints; see the module docstring."""
 
     def __init__(
         self,
@@ -57,86 +133,307 @@ class ServiceRunner:
         checkpoint_root: Path,
         sink: Sink,
         metrics: WorkerMetrics,
-        keep_checkpoints: int = 3,
+        policy: CheckpointPolicy | None = None,
     ) -> None:
         self.service = service
-        self.store = CheckpointStore(checkpoint_root, f"worker-{service.name}", keep=keep_checkpoints)
+        self.keyed = isinstance(service, KeyedService)
+        self.root = Path(checkpoint_root)
+        self.policy = policy or CheckpointPolicy()
+        self.store = CheckpointStore(self.root, f"worker-{service.name}", keep=self.policy.keep)
         self.sink = sink
         self.metrics = metrics
+        #: Last applied offset per ``topic:partition``.
         self.offsets: dict[str, int] = {}
-        #: The checkpoint version the service was restored from at start-up (None: fresh start).
+        #: The checkpoint version restored at start-up or assignment (None: fresh start).
         self.restored_version: int | None = None
-        self._lock = asyncio.Lock()
+        #: Set by the consumer: commits offsets to Kafka (advisory; never ahead of a checkpoint).
+        self.commit: Commit | None = None
+        #: Why the runner is degraded (a checkpoint or a send failing), or None.
+        self.problem: str | None = None
+        self.checkpoint_bytes = 0
+        self._batch_lock = asyncio.Lock()
+        self._snapshot: _Snapshot | None = None
+        self._journal: list[tuple[str, list[_Item]]] = []
+        self._unsaved_events = 0
+        self._unsaved_shards: set[int] = set()
+        self._last_checkpoint = time.monotonic()
+        self._writing: asyncio.Task[None] | None = None
         service.emit = self.emit
 
-    # -- start-up -----------------------------------------------------------------------------
+    # -- restoring -----------------------------------------------------------------------------
     def restore(self) -> int | None:
-        """Load the last checkpoint (if any) into the service; return its version."""
+        """Load the whole state of a shared service from its newest readable checkpoint."""
+        if self.keyed:
+            raise TypeError("keyed services restore shard by shard on assignment (assign)")
         try:
             checkpoint = self.store.load()
-        except CheckpointError:
+        except CheckpointError as exc:
+            log.info("%s: starting fresh (%s)", self.service.name, exc)
+            self._take_snapshot()
             return None
         with self.service.lock:
             self.service.load_state_dict(checkpoint.state["service"])
+            self.service.outcome_seqs = dict(checkpoint.state.get("outcomes", {}))
         self.offsets = dict(checkpoint.offsets)
+        self._restored(checkpoint)
+        self._take_snapshot()
+        return checkpoint.version
+
+    def _restored(self, checkpoint: Checkpoint) -> None:
         self.restored_version = checkpoint.version
         self.metrics.checkpoint_version.labels(self.service.name).set(checkpoint.version)
         self.metrics.model_version.labels(self.service.name).set(self.service.model_version())
         log.info(
-            "%s: restored checkpoint v%d (%d partitions)",
+            "%s: restored %s v%d",
             self.service.name,
+            checkpoint.meta.get("shard", "state"),
             checkpoint.version,
-            len(self.offsets),
         )
-        return checkpoint.version
+
+    def shard_store(self, partition: int) -> CheckpointStore:
+        return CheckpointStore(
+            self.root, f"worker-{self.service.name}/p{partition:04d}", keep=self.policy.keep
+        )
+
+    async def assign(
+        self, assigned: Iterable[tuple[str, int]], partitions: int
+    ) -> dict[tuple[str, int], int | None]:
+        """Take over partitions: load what their checkpoints hold; return where to seek each.
+
+        The value is the next offset to read (checkpoint offset + 1), or None for "from the
+        beginning" (no checkpoint has seen that partition).
+        """
+        assigned = sorted(set(assigned))
+        async with self._batch_lock:
+            if self.keyed:
+                assert isinstance(self.service, KeyedService)
+                self.service.partitions = partitions
+                new = {p for _, p in assigned} - self.service.shards()
+                await asyncio.to_thread(self._load_shards, new)
+            elif self._snapshot is None:
+                await asyncio.to_thread(self.restore)
+            await asyncio.to_thread(self._take_snapshot)
+        return {
+            (topic, partition): (
+                self.offsets[tp_key(topic, partition)] + 1
+                if tp_key(topic, partition) in self.offsets
+                else None
+            )
+            for topic, partition in assigned
+        }
+
+    def _load_shards(self, partitions: set[int]) -> None:
+        service = self.service
+        assert isinstance(service, KeyedService)
+        legacy: Checkpoint | None = None
+        for partition in sorted(partitions):
+            try:
+                checkpoint = self.shard_store(partition).load()
+            except CheckpointError:
+                if legacy is None:
+                    legacy = self._legacy_checkpoint()
+                shard, offsets = self._shard_from_legacy(legacy, partition)
+            else:
+                shard, offsets = checkpoint.state["shard"], checkpoint.offsets
+                self._restored(checkpoint)
+            with service.lock:
+                service.load_shard(partition, shard)
+            self.offsets.update(offsets)
+
+    def _legacy_checkpoint(self) -> Checkpoint | None:
+        """A whole-service checkpoint of the first release (format 1), if the store holds one."""
+        try:
+            return self.store.load()
+        except CheckpointError:
+            return None
+
+    def _shard_from_legacy(
+        self, legacy: Checkpoint | None, partition: int
+    ) -> tuple[dict[str, Any] | None, dict[str, int]]:
+        if legacy is None:
+            return None, {}
+        service = self.service
+        assert isinstance(service, KeyedService)
+        shard = service.shard_from_state(legacy.state["service"], partition)
+        offsets = {k: v for k, v in legacy.offsets.items() if split_tp(k)[1] == partition}
+        log.info(
+            "%s: shard %d taken from the format-%d checkpoint v%d",
+            service.name,
+            partition,
+            legacy.format,
+            legacy.version,
+        )
+        return shard, offsets
+
+    async def revoke(self, revoked: Iterable[tuple[str, int]]) -> None:
+        """Hand partitions over: checkpoint them now, then forget their state and offsets."""
+        revoked = set(revoked)
+        if not revoked:
+            return
+        async with self._batch_lock:
+            await self._finish_writing()
+            if self._snapshot is not None:
+                await asyncio.to_thread(self._snapshot_for_checkpoint)
+                await self._write_checkpoint(self._snapshot, self._take_unsaved_shards())
+            gone = {tp_key(t, p) for t, p in revoked}
+            for key in gone:
+                self.offsets.pop(key, None)
+            if self.keyed:
+                service = self.service
+                assert isinstance(service, KeyedService)
+                with service.lock:
+                    for partition in {p for _, p in revoked}:
+                        service.drop_shard(partition)
+            else:
+                self._snapshot = None  # another trainer may write newer versions meanwhile
+            if self._snapshot is not None:
+                await asyncio.to_thread(self._take_snapshot)
+            for topic, partition in revoked:
+                self.metrics.forget_partition(self.service.name, topic, partition)
 
     # -- the batch protocol --------------------------------------------------------------------
-    async def apply(self, subscription: Subscription, events: list[Incoming]) -> BatchResult:
-        """Apply one micro-batch; see the module docstring."""
-        async with self._lock:
+    async def apply(self, subscription: Subscription, events: Sequence[Event]) -> BatchResult:
+        """Apply one micro-batch of ``subscription``'s topic; see the module docstring."""
+        async with self._batch_lock:
             started = time.perf_counter()
-            fresh = [e for e in events if e.offset > self.offsets.get(_tp(e.topic, e.partition), -1)]
-            records: list[Record] = []
-            sources: list[Incoming] = []
-            dead: list[tuple[Incoming, str]] = []
-            for event in fresh:
-                try:
-                    if event.value is None:
-                        raise RecordError("empty event (no value)")
-                    records.append(parse_record(event.value, subscription.record_type))
-                    sources.append(event)
+            fresh, last = self._fresh(events)
+            if not fresh:
+                return BatchResult()
+            if self._snapshot is None:
+                await asyncio.to_thread(self._take_snapshot)
+            items, dead = self._parse(subscription, fresh)
+            applied = _Applied(dead=dead)
+            if items:
+                processed = await asyncio.to_thread(self._process_safely, subscription.topic, items)
+                applied = applied.merge(processed)
+            faults.crash_point("after_apply")
+            await self._send(applied.outputs, applied.dead)
+            faults.crash_point("after_send")
+            for (topic, partition), offset in last.items():
+                self.offsets[tp_key(topic, partition)] = offset
+                self._unsaved_shards.add(partition)
+            self._unsaved_events += len(fresh)
+            self._record_metrics(subscription.topic, len(fresh) - len(applied.dead), applied)
+            self.metrics.batch_seconds.labels(self.service.name).observe(time.perf_counter() - started)
+            return BatchResult(applied.outputs, applied.metrics, {})
+
+    def _fresh(self, events: Sequence[Event]) -> tuple[list[Event], dict[tuple[str, int], int]]:
+        """The events not applied yet, and the new last offset of each partition they touch."""
+        applied: dict[tuple[str, int], int] = {}
+        fresh: list[Event] = []
+        for event in events:
+            tp = (event.topic, event.partition)
+            last = applied.get(tp)
+            if last is None:
+                last = self.offsets.get(tp_key(*tp), -1)
+            if event.offset > last:
+                fresh.append(event)
+                last = event.offset
+            applied[tp] = last
+        moved = {tp: o for tp, o in applied.items() if o > self.offsets.get(tp_key(*tp), -1)}
+        return fresh, moved
+
+    def _parse(
+        self, subscription: Subscription, events: list[Event]
+    ) -> tuple[list[_Item], list[tuple[Event, str]]]:
+        record_type = subscription.record_type
+        items: list[_Item] = []
+        dead: list[tuple[Event, str]] = []
+        for event in events:
+            if event.value is None:
+                dead.append((event, "empty event (no value)"))
+                continue
+            try:
+                record = record_type.model_validate_json(event.value)
+            except ValueError:
+                try:  # the slow path says precisely what is wrong
+                    record = parse_record(event.value, record_type)
                 except RecordError as exc:
                     dead.append((event, str(exc)))
-            result = BatchResult()
-            if records:
-                try:
-                    result = await asyncio.to_thread(self._process, subscription.topic, records)
-                except Exception as exc:  # keep the worker alive; the events stay recoverable
-                    log.exception("%s: processing a batch of %d failed", self.service.name, len(records))
-                    reason = f"processing failed: {type(exc).__name__}: {exc}"
-                    result = BatchResult(rejected=dict.fromkeys(range(len(records)), reason))
-                dead.extend((sources[i], reason) for i, reason in sorted(result.rejected.items()))
-            await self._send(result.outputs, dead)
-            for event in fresh:
-                key = _tp(event.topic, event.partition)
-                self.offsets[key] = max(self.offsets.get(key, -1), event.offset)
-            if fresh:
-                version = await asyncio.to_thread(self._checkpoint)
-                self.metrics.checkpoint_version.labels(self.service.name).set(version)
-            self._record_metrics(subscription.topic, len(records) - len(result.rejected), result, dead)
-            self.metrics.batch_seconds.labels(self.service.name).observe(time.perf_counter() - started)
-            return result
+                    continue
+            items.append(_Item(event, record))
+        return items, dead
 
-    def _process(self, topic: str, records: list[Record]) -> BatchResult:
+    def _process_safely(self, topic: str, items: list[_Item]) -> _Applied:
+        """Process under the lock; on an exception restore, replay, and isolate what raised."""
         with self.service.lock:
-            return self.service.process(topic, records)
+            try:
+                applied = self._process(topic, items)
+            except Exception:
+                log.exception("%s: a batch of %d failed; isolating the cause", self.service.name, len(items))
+                self._recover()
+                return self._isolate(topic, items)
+            self._journal.append((topic, items))
+            return applied
 
-    def _checkpoint(self) -> int:
+    def _process(self, topic: str, items: list[_Item]) -> _Applied:
+        service = self.service
+        if not isinstance(service, KeyedService):
+            return self._collect(items, service.process(topic, [i.record for i in items]))
+        by_partition: dict[int, list[_Item]] = {}
+        for item in items:
+            by_partition.setdefault(item.event.partition, []).append(item)
+        applied = _Applied()
+        for partition, group in by_partition.items():
+            result = service.process_shard(topic, partition, [i.record for i in group])
+            applied = applied.merge(self._collect(group, result))
+        return applied
+
+    @staticmethod
+    def _collect(items: list[_Item], result: BatchResult) -> _Applied:
+        dead = [(items[i].event, reason) for i, reason in sorted(result.rejected.items())]
+        return _Applied(list(result.outputs), dict(result.metrics), dead)
+
+    def _recover(self) -> None:
+        """Back to the state just before the failed batch: the snapshot plus the batches since."""
+        assert self._snapshot is not None
+        self._load(self._snapshot)
+        for topic, items in self._journal:
+            self._process(topic, items)
+
+    def _isolate(self, topic: str, items: list[_Item]) -> _Applied:
+        """Apply what applies, bisecting; records that raise alone are dead-lettered."""
+        before = self._full_state()
+        try:
+            applied = self._process(topic, items)
+        except Exception as exc:
+            self._load(_Snapshot(before, dict(self.offsets), 0))
+            if len(items) == 1:
+                reason = f"processing failed: {type(exc).__name__}: {exc}"
+                return _Applied(dead=[(items[0].event, reason)])
+            middle = len(items) // 2
+            return self._isolate(topic, items[:middle]).merge(self._isolate(topic, items[middle:]))
+        self._journal.append((topic, items))
+        return applied
+
+    def _full_state(self) -> dict[str, Any]:
+        return copy.deepcopy(
+            {"service": self.service.state_dict(), "outcomes": dict(self.service.outcome_seqs)}
+        )
+
+    def _load(self, snapshot: _Snapshot) -> None:
+        state = copy.deepcopy(snapshot.state)
+        self.service.load_state_dict(state["service"])
+        self.service.outcome_seqs = state["outcomes"]
+
+    def _take_snapshot(self) -> None:
         with self.service.lock:
-            state: dict[str, Any] = {"service": self.service.state_dict()}
-            return self.store.save(state, self.offsets, {"model_version": self.service.model_version()})
+            self._snapshot = _Snapshot(self._full_state(), dict(self.offsets), self.service.model_version())
+            self._journal = []
 
-    async def _send(self, outputs: list[Output], dead: list[tuple[Incoming, str]]) -> None:
+    async def rewind(self, owned: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """Back to the restore point after a fault of ours; return where to read ``owned`` again from."""
+        async with self._batch_lock:
+            snapshot = self._snapshot
+            assert snapshot is not None
+            with self.service.lock:
+                self._load(snapshot)
+            self._journal = []
+            self.offsets = dict(snapshot.offsets)
+            return {tp: self.offsets.get(tp_key(*tp), -1) + 1 for tp in owned}
+
+    # -- outputs -------------------------------------------------------------------------------
+    async def _send(self, outputs: list[Output], dead: list[tuple[Event, str]]) -> None:
         sends: list[Awaitable[None]] = [self.emit(output) for output in outputs]
         for event, reason in dead:
             letter = DeadLetter(
@@ -152,32 +449,107 @@ class ServiceRunner:
             event, reason = dead[0]
             log.warning(
                 "%s: dead-lettered %d event(s), first %s:%d@%d: %s",
-                self.service.name,
-                len(dead),
-                event.topic,
-                event.partition,
-                event.offset,
-                reason,
-            )
+                self.service.name, len(dead), event.topic, event.partition, event.offset, reason,
+            )  # fmt: skip
         if sends:
             await asyncio.gather(*sends)
 
     async def emit(self, output: Output) -> None:
-        """Produce one output record; services also call it (e.g. a label submitted over HTTP)."""
+        """Produce one output record; services also call it (e.g. an outcome decided over HTTP)."""
         key = output.key.encode() if output.key is not None else None
         await self.sink.send(output.topic, key, output.record.to_bytes())
 
-    def _record_metrics(
-        self,
-        topic: str,
-        applied: int,
-        result: BatchResult,
-        dead: list[tuple[Incoming, str]],
-    ) -> None:
+    # -- checkpoints ---------------------------------------------------------------------------
+    def checkpoint_due(self) -> bool:
+        if self._unsaved_events == 0 or (self._writing is not None and not self._writing.done()):
+            return False
+        waited = time.monotonic() - self._last_checkpoint
+        return self._unsaved_events >= self.policy.events or waited >= self.policy.interval_s
+
+    async def maybe_checkpoint(self) -> None:
+        """Start a background checkpoint when the policy says one is due."""
+        if not self.checkpoint_due():
+            return
+        async with self._batch_lock:
+            await asyncio.to_thread(self._snapshot_for_checkpoint)
+            snapshot, shards = self._snapshot, self._take_unsaved_shards()
+        assert snapshot is not None
+        self._writing = asyncio.create_task(self._write_checkpoint(snapshot, shards))
+
+    async def checkpoint(self) -> None:
+        """Checkpoint now and wait until it is durable (shutdown, hand-over, tests)."""
+        async with self._batch_lock:
+            await self._finish_writing()
+            if self._unsaved_events:
+                await asyncio.to_thread(self._snapshot_for_checkpoint)
+                assert self._snapshot is not None
+                await self._write_checkpoint(self._snapshot, self._take_unsaved_shards())
+
+    async def _finish_writing(self) -> None:
+        if self._writing is not None:
+            await asyncio.shield(self._writing)
+            self._writing = None
+
+    def _snapshot_for_checkpoint(self) -> None:
+        self._take_snapshot()
+        self._unsaved_events = 0
+        self._last_checkpoint = time.monotonic()
+
+    def _take_unsaved_shards(self) -> set[int]:
+        shards, self._unsaved_shards = self._unsaved_shards, set()
+        return shards
+
+    async def _write_checkpoint(self, snapshot: _Snapshot, shards: set[int]) -> None:
+        try:
+            written, version = await asyncio.to_thread(self._write, snapshot, shards)
+        except Exception as exc:  # a full disk, a lost mount: keep going on the in-memory restore point
+            self._unsaved_shards |= shards
+            self._unsaved_events = max(self._unsaved_events, 1)
+            self.problem = f"checkpoint failed: {type(exc).__name__}: {exc}"
+            self.metrics.checkpoint_failures.labels(self.service.name).inc()
+            log.error(
+                "%s: %s; offsets stay uncommitted until a checkpoint succeeds",
+                self.service.name,
+                self.problem,
+            )
+            return
+        self.problem = None
+        self.checkpoint_bytes += written
+        self.metrics.checkpoint_bytes.labels(self.service.name).inc(written)
+        self.metrics.checkpoint_version.labels(self.service.name).set(version)
+        faults.crash_point("after_checkpoint")
+        if self.commit is not None:
+            try:
+                await self.commit({split_tp(k): v + 1 for k, v in snapshot.offsets.items()})
+            except Exception as exc:  # advisory only: the checkpoint holds the truth
+                log.warning("%s: committing offsets failed: %s", self.service.name, exc)
+
+    def _write(self, snapshot: _Snapshot, shards: set[int]) -> tuple[int, int]:
+        """Write the snapshot (keyed: each changed shard); return bytes written and the version."""
+        meta = {"model_version": snapshot.model_version}
+        if not self.keyed:
+            payload = serialize(snapshot.state)
+            return len(payload), self.store.save_bytes(payload, snapshot.offsets, meta)
+        written, version = 0, 0
+        held = snapshot.state["service"]["shards"]
+        for partition in sorted(shards & set(held)):
+            offsets = {k: v for k, v in snapshot.offsets.items() if split_tp(k)[1] == partition}
+            payload = serialize({"shard": held[partition]})
+            version = self.shard_store(partition).save_bytes(payload, offsets, {**meta, "shard": partition})
+            written += len(payload)
+        return written, version
+
+    async def close(self) -> None:
+        """Final checkpoint before a clean stop."""
+        await self.checkpoint()
+
+    # -- metrics -------------------------------------------------------------------------------
+    def _record_metrics(self, topic: str, applied: int, result: _Applied) -> None:
         name = self.service.name
         self.metrics.applied(name, topic, applied)
-        if dead:
-            self.metrics.dead_letters.labels(name, topic).inc(len(dead))
+        if result.dead:
+            self.metrics.dead_letters.labels(name, topic).inc(len(result.dead))
         for metric, value in result.metrics.items():
             self.metrics.online_metric.labels(name, metric).set(value)
         self.metrics.model_version.labels(name).set(self.service.model_version())
+        self.metrics.last_batch.labels(name).set(time.time())

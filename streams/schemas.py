@@ -153,7 +153,6 @@ class Tallied(Record):
     series: str
     count: int = Field(ge=1)
     sum: float
-    offset: int = Field(description="offset of the observation that made this count")
 
 
 class ServiceStatus(Record):

@@ -1,10 +1,10 @@
 """How a model family plugs into the worker, without knowing Faust or Kafka.
 
 A :class:`ModelService` names the topics it consumes, turns a micro-batch of validated records into
-output records, exposes HTTP routes, and round-trips its whole state. The worker
-(:mod:`streams.worker`) owns everything else: consuming in micro-batches, dead-lettering bad events,
-skipping events a checkpoint already holds, producing outputs, checkpointing state together with
-offsets, metrics, and serving the routes.
+output records, exposes HTTP routes, and round-trips its whole state. The runner
+(:mod:`streams.runner`, wired by :mod:`roles.worker`) owns everything else: consuming in
+micro-batches, dead-lettering bad events, skipping events a checkpoint already holds, producing
+outputs, checkpointing state together with offsets, metrics, and serving the routes.
 """
 
 from __future__ import annotations
@@ -69,6 +69,16 @@ class ApiError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class NotOwner(Exception):
+    """Raise from a handler when another worker owns the key's partition: the HTTP layer proxies
+    the request to that worker, or answers 503 with Retry-After while no owner is known."""
+
+    def __init__(self, service: str, partition: int | None) -> None:
+        super().__init__(f"{service}: partition {partition} is owned by another worker")
+        self.service = service
+        self.partition = partition
 
 
 @dataclass

@@ -1,7 +1,10 @@
-"""A service that only counts: per series, how many observations and their sum.
+"""A keyed service that only counts: per series, how many observations and their sum.
 
 It is the no-op worker of the throughput benchmark and the witness of the exactly-once tests:
-after any crash and restart, its counts must equal what was produced.
+after any crash, restart or partition move, its counts must equal what was produced. State is
+one shard per partition (:class:`streams.keyed.KeyedService`), so any number of workers can
+share the observations topic. With ``emit`` on, every applied event also produces a
+``tallied/1`` record (the running count), so crash tests can check that outputs are complete.
 """
 
 from __future__ import annotations
@@ -9,60 +12,109 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from streams.schemas import Observation, Record
-from streams.service import ApiError, ApiRequest, ApiResponse, BatchResult, ModelService, Route, Subscription
+from streams.keyed import KeyedService, partition_for
+from streams.schemas import Observation, Record, Tallied
+from streams.service import (
+    ApiError,
+    ApiRequest,
+    ApiResponse,
+    BatchResult,
+    NotOwner,
+    Output,
+    Route,
+    Subscription,
+)
 from streams.topics import topic_name
 
+#: series -> (count, sum)
+Shard = dict[str, tuple[int, float]]
 
-class TallyService(ModelService):
+
+class TallyService(KeyedService):
     """Counts observations per series (and sums their first value)."""
 
     name = "tally"
 
     def __init__(
-        self, batch_size: int = 1000, batch_window_s: float = 0.2, poison: list[str] | None = None
+        self,
+        batch_size: int = 5000,
+        batch_window_s: float = 0.05,
+        poison: list[str] | None = None,
+        emit: bool = False,
     ) -> None:
         super().__init__()
         self.batch_size = batch_size
         self.batch_window_s = batch_window_s
-        #: Series whose events make ``process`` raise: a model bug on demand, for fault tests.
+        #: Series whose events make processing raise: a model bug on demand, for fault tests.
         self.poison = frozenset(poison or ())
-        self.counts: dict[str, int] = {}
-        self.sums: dict[str, float] = {}
+        self.emit_counts = emit
+        self.tables: dict[int, Shard] = {}
 
     def subscriptions(self) -> list[Subscription]:
         return [Subscription(topic_name("observations"), Observation, self.batch_size, self.batch_window_s)]
 
-    def process(self, topic: str, records: list[Record]) -> BatchResult:
+    def process_shard(self, topic: str, partition: int, records: list[Record]) -> BatchResult:
+        table = self.tables.setdefault(partition, {})
+        outputs: list[Output] = []
         for record in records:
             assert isinstance(record, Observation)
             if record.series in self.poison:
                 raise RuntimeError(f"poisoned series {record.series!r}")
-            self.counts[record.series] = self.counts.get(record.series, 0) + 1
-            self.sums[record.series] = self.sums.get(record.series, 0.0) + record.values[0]
-        return BatchResult(metrics={"events": float(len(records))})
+            count, total = table.get(record.series, (0, 0.0))
+            table[record.series] = count + 1, total + record.values[0]
+            if self.emit_counts:
+                tallied = Tallied(series=record.series, count=count + 1, sum=total + record.values[0])
+                outputs.append(Output(topic_name("tallies"), record.series, tallied))
+        return BatchResult(outputs, {"events": float(len(records))})
 
+    # -- shards ----------------------------------------------------------------------------------
+    def shards(self) -> set[int]:
+        return set(self.tables)
+
+    def shard_state(self, partition: int) -> dict[str, Any]:
+        return {"counts": dict(self.tables.get(partition, {}))}
+
+    def load_shard(self, partition: int, state: dict[str, Any] | None) -> None:
+        self.tables[partition] = dict(state["counts"]) if state else {}
+
+    def drop_shard(self, partition: int) -> None:
+        self.tables.pop(partition, None)
+
+    def shard_from_state(self, state: dict[str, Any], partition: int) -> dict[str, Any]:
+        """A first-release checkpoint held ``counts`` and ``sums`` of every series in one state."""
+        counts = {
+            series: (int(count), float(state["sums"][series]))
+            for series, count in state["counts"].items()
+            if partition_for(series, self.partitions) == partition
+        }
+        return {"counts": counts}
+
+    # -- HTTP ------------------------------------------------------------------------------------
     def routes(self) -> list[Route]:
         return [Route("GET", "/tally", self._all), Route("GET", "/tally/{series}", self._one)]
 
     async def _all(self, request: ApiRequest) -> ApiResponse:
-        return ApiResponse(
-            await self.run_locked(lambda: {"series": len(self.counts), "events": sum(self.counts.values())})
-        )
+        """This worker's own partitions only (``scope: local``): the per-series route is global."""
+
+        def summary() -> dict[str, Any]:
+            tables = list(self.tables.values())
+            return {
+                "scope": "local",
+                "series": sum(len(t) for t in tables),
+                "events": sum(count for t in tables for count, _ in t.values()),
+            }
+
+        return ApiResponse(await self.run_locked(summary))
 
     async def _one(self, request: ApiRequest) -> ApiResponse:
         series = request.path_params["series"]
-        found = await self.run_locked(lambda: (self.counts.get(series), self.sums.get(series)))
-        if found[0] is None:
+        partition = partition_for(series, self.partitions) if self.partitions else None
+        if partition is None or partition not in self.tables:
+            raise NotOwner(self.name, partition)
+        found = self.tables[partition].get(series)
+        if found is None:
             raise ApiError(404, f"no observations seen for series {series!r}")
-        return ApiResponse({"series": series, "count": found[0], "sum": found[1]})
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"counts": dict(self.counts), "sums": dict(self.sums)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.counts = dict(state["counts"])
-        self.sums = dict(state["sums"])
+        return ApiResponse({"series": series, "count": found[0], "sum": found[1], "partition": partition})
 
 
 def build_service(data_dir: Path, **options: Any) -> TallyService:

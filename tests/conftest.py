@@ -61,7 +61,7 @@ class WorkerProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
-        from streams.main_job import wait_http
+        from roles.main_job import wait_http
 
         command = [sys.executable, "-m", "streams.cli", "--home", str(self.home), "worker",
                    "--services", self.services, "--http-port", str(self.port)]  # fmt: skip
@@ -80,7 +80,7 @@ class WorkerProcess:
         self.process.wait()
 
     def stop(self) -> None:
-        from streams.main_job import stop_process
+        from roles.main_job import stop_process
 
         if self.process is not None:
             stop_process(self.process)

@@ -7,7 +7,7 @@ import asyncio
 from aiohttp import ClientSession, web
 
 from streams.http import make_app
-from streams.service import ApiError, ApiRequest, ApiResponse, Route
+from streams.service import ApiError, ApiRequest, ApiResponse, NotOwner, Route
 from streams.tally import TallyService
 
 
@@ -34,7 +34,12 @@ class Echo(TallyService):
 
 
 async def _exercise() -> dict:
-    app = make_app([Echo()], metrics_text=lambda: b"m 1\n", health=lambda: {"status": "degraded"})
+    app = make_app(
+        [Echo()],
+        metrics_text=lambda: b"m 1\n",
+        health=lambda: {"status": "degraded"},
+        ready=lambda: (False, "restoring partitions of echo"),
+    )
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -56,6 +61,8 @@ async def _exercise() -> dict:
                 out["page"] = (r.status, r.content_type, await r.text())
             async with http.get(f"{base}/health") as r:
                 out["health"] = (r.status, await r.json())
+            async with http.get(f"{base}/ready") as r:
+                out["ready"] = (r.status, r.headers.get("Retry-After"), await r.json())
             async with http.get(f"{base}/metrics") as r:
                 out["metrics"] = (r.status, await r.text())
     finally:
@@ -70,5 +77,60 @@ def test_routes_errors_health_and_metrics():
     assert out["no_body"] == (400, {"error": "body required"})
     assert out["broken"][0] == 500 and "ZeroDivisionError" in out["broken"][1]["error"]
     assert out["page"] == (200, "text/html", "<h1>hi</h1>")
-    assert out["health"] == (503, {"status": "degraded"})
+    assert out["health"] == (200, {"status": "degraded"})  # liveness: the process answers
+    assert out["ready"] == (503, "1", {"error": "restoring partitions of echo"})
     assert out["metrics"] == (200, "m 1\n")
+
+
+class Keyed(TallyService):
+    """Answers for partition 0 itself; any other key lives elsewhere."""
+
+    name = "keyed"
+
+    def __init__(self, label: str) -> None:
+        super().__init__()
+        self.label = label
+
+    def routes(self) -> list[Route]:
+        async def one(request: ApiRequest) -> ApiResponse:
+            partition = int(request.path_params["p"])
+            if partition != 0 and self.label == "front":
+                raise NotOwner(self.name, partition)
+            return ApiResponse({"answered_by": self.label, "partition": partition})
+
+        return [Route("GET", "/keyed/{p}", one)]
+
+
+async def _start(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+
+
+async def _ownership() -> dict:
+    owner_runner, owner = await _start(make_app([Keyed("owner")]))
+    owners = {1: owner}
+    front_runner, front = await _start(make_app([Keyed("front")], owner_url=lambda s, p: owners.get(p)))
+    out: dict = {}
+    try:
+        async with ClientSession() as http:
+            for p in (0, 1, 2):
+                async with http.get(f"{front}/keyed/{p}") as r:
+                    out[p] = (r.status, r.headers.get("Retry-After"), await r.json())
+            owners[3] = front  # a stale directory pointing back at a non-owner: no loop, a 503
+            async with http.get(f"{front}/keyed/3") as r:
+                out[3] = (r.status, r.headers.get("Retry-After"), await r.json())
+    finally:
+        await front_runner.cleanup()
+        await owner_runner.cleanup()
+    return out
+
+
+def test_keys_owned_elsewhere_are_proxied_once_or_answered_503():
+    out = asyncio.run(_ownership())
+    assert out[0] == (200, None, {"answered_by": "front", "partition": 0})
+    assert out[1] == (200, None, {"answered_by": "owner", "partition": 1})
+    assert out[2][:2] == (503, "1") and "no owner is known" in out[2][2]["error"]
+    assert out[3][:2] == (503, "1") and "no owner is known" in out[3][2]["error"]

@@ -1,123 +1,277 @@
-"""The exactly-once batch protocol, driven directly (the transport is tested in tests/streams)."""
+"""The exactly-once batch protocol, driven directly (the Kafka transport is tested in tests/streams)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from streams.keyed import partition_for
 from streams.metrics import WorkerMetrics
-from streams.runner import Incoming, ServiceRunner
+from streams.runner import CheckpointPolicy, Incoming, ServiceRunner
 from streams.schemas import Observation, Record
 from streams.service import BatchResult, Output
 from streams.tally import TallyService
 from streams.topics import topic_name
 
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+EVERY_BATCH = CheckpointPolicy(interval_s=0.0, events=1)
+
 
 class ListSink:
-    """Collects what the runner sends, as Kafka would have it."""
+    """Collects what the runner sends, as Kafka would have it; fails the first ``failures`` sends."""
 
-    def __init__(self, fail: bool = False) -> None:
+    def __init__(self, failures: int = 0) -> None:
         self.sent: list[tuple[str, bytes | None, dict]] = []
-        self.fail = fail
+        self.failures = failures
 
     async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
-        if self.fail:
+        if self.failures > 0:
+            self.failures -= 1
             raise ConnectionError("broker unreachable")
         self.sent.append((topic, key, json.loads(value)))
 
-
-def event(offset: int, value: bytes, partition: int = 0) -> Incoming:
-    return Incoming(topic_name("observations"), partition, offset, b"k", value)
+    def on(self, short: str) -> list[dict]:
+        return [value for topic, _, value in self.sent if topic == topic_name(short)]
 
 
 def obs(series: str, value: float) -> bytes:
     return Observation(series=series, ts=0, values=[value]).to_bytes()
 
 
-def run(coro):
+def stream(values: list[tuple[str, float]], partitions: int = 1, start: int = 0) -> list[Incoming]:
+    """Events as Kafka would deliver them: each series on its key's partition, offsets per partition."""
+    offsets = dict.fromkeys(range(partitions), start)
+    events = []
+    for series, value in values:
+        partition = partition_for(series, partitions)
+        events.append(
+            Incoming(
+                topic_name("observations"), partition, offsets[partition], series.encode(), obs(series, value)
+            )
+        )
+        offsets[partition] += 1
+    return events
+
+
+def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
+def tally_runner(
+    root: Path, sink: ListSink | None = None, partitions: int = 1, **options: Any
+) -> ServiceRunner:
+    service = TallyService(**options)
+    runner = ServiceRunner(service, root, sink or ListSink(), WorkerMetrics(), EVERY_BATCH)
+    run(runner.assign([(topic_name("observations"), p) for p in range(partitions)], partitions))
+    return runner
+
+
+def counts(runner: ServiceRunner) -> dict[str, tuple[int, float]]:
+    service = runner.service
+    assert isinstance(service, TallyService)
+    return {series: found for table in service.tables.values() for series, found in table.items()}
+
+
+def apply(runner: ServiceRunner, events: list[Incoming]) -> BatchResult:
+    async def go() -> BatchResult:
+        result = await runner.apply(runner.service.subscriptions()[0], events)
+        await runner.checkpoint()
+        return result
+
+    return run(go())
+
+
 def test_redelivered_events_are_not_applied_twice(tmp_path):
-    service = TallyService()
-    runner = ServiceRunner(service, tmp_path, ListSink(), WorkerMetrics())
-    sub = service.subscriptions()[0]
-    run(runner.apply(sub, [event(0, obs("a", 1)), event(1, obs("a", 2))]))
-    # After a restart from that checkpoint, Kafka redelivers from an older committed offset.
-    restarted = TallyService()
-    runner2 = ServiceRunner(restarted, tmp_path, ListSink(), WorkerMetrics())
-    assert runner2.restore() == 1
-    run(runner2.apply(sub, [event(0, obs("a", 1)), event(1, obs("a", 2)), event(2, obs("a", 4))]))
-    assert restarted.counts == {"a": 3} and restarted.sums == {"a": 7.0}
-    assert runner2.offsets == {f"{topic_name('observations')}:0": 2}
+    events = stream([("a", 1), ("a", 2), ("a", 4)])
+    apply(tally_runner(tmp_path), events[:2])
+    # A restarted worker restores the shard and is told where to seek; redelivery is skipped anyway.
+    restarted = tally_runner(tmp_path)
+    assert restarted.restored_version == 1
+    apply(restarted, events)
+    assert counts(restarted) == {"a": (3, 7.0)}
+    assert restarted.offsets == {f"{topic_name('observations')}:0": 2}
 
 
-def test_offsets_are_tracked_per_partition(tmp_path):
+def test_assignment_seeks_to_the_checkpointed_offsets_not_to_committed_ones(tmp_path):
+    events = stream([("a", 1), ("b", 1), ("c", 1)] * 3, partitions=4)
+    apply(tally_runner(tmp_path, partitions=4), events)
     service = TallyService()
-    runner = ServiceRunner(service, tmp_path, ListSink(), WorkerMetrics())
-    sub = service.subscriptions()[0]
-    run(runner.apply(sub, [event(5, obs("a", 1), partition=0), event(3, obs("b", 1), partition=1)]))
-    run(runner.apply(sub, [event(3, obs("c", 1), partition=0), event(4, obs("b", 1), partition=1)]))
-    assert service.counts == {"a": 1, "b": 2}
+    runner = ServiceRunner(service, tmp_path, ListSink(), WorkerMetrics(), EVERY_BATCH)
+    topic = topic_name("observations")
+    positions = run(runner.assign([(topic, p) for p in range(4)], 4))
+    for partition in range(4):
+        on_it = sum(1 for e in events if e.partition == partition)
+        assert positions[(topic, partition)] == (on_it or None), partition
+
+
+def test_partitions_move_with_their_state(tmp_path):
+    topic = topic_name("observations")
+    events = stream([(f"s{i}", float(i)) for i in range(40)], partitions=4)
+    first = tally_runner(tmp_path, partitions=4)
+    apply(first, events)
+    run(first.revoke([(topic, 2), (topic, 3)]))  # a second worker joins
+    kept = {s for s in counts(first)}
+    second = TallyService()
+    other = ServiceRunner(second, tmp_path, ListSink(), WorkerMetrics(), EVERY_BATCH)
+    run(other.assign([(topic, 2), (topic, 3)], 4))
+    moved = {s for t in second.tables.values() for s in t}
+    assert kept | moved == {f"s{i}" for i in range(40)} and not kept & moved
+    assert all(partition_for(s, 4) in (2, 3) for s in moved)
 
 
 def test_invalid_events_are_dead_lettered_with_reason_and_offset(tmp_path):
     sink = ListSink()
-    service = TallyService()
-    runner = ServiceRunner(service, tmp_path, sink, WorkerMetrics())
-    run(runner.apply(service.subscriptions()[0], [event(0, b"nope"), event(1, obs("a", 1)), event(2, None)]))
-    letters = [value for topic, _, value in sink.sent if topic == topic_name("dead-letter")]
+    runner = tally_runner(tmp_path, sink)
+    topic = topic_name("observations")
+    events = [
+        Incoming(topic, 0, 0, b"a", b"nope"),
+        Incoming(topic, 0, 1, b"a", obs("a", 1)),
+        Incoming(topic, 0, 2, b"a", None),
+    ]
+    apply(runner, events)
+    letters = sink.on("dead-letter")
     assert [(d["offset"], d["payload"]) for d in letters] == [(0, "nope"), (2, "")]
     assert "not valid JSON" in letters[0]["reason"] and "empty event" in letters[1]["reason"]
-    assert service.counts == {"a": 1}
+    assert counts(runner) == {"a": (1, 1.0)}
 
 
-class Exploding(TallyService):
-    name = "exploding"
+class Leaky(TallyService):
+    """Changes state and then raises on a poisoned series, as a model with a normaliser would."""
 
-    def process(self, topic: str, records: list[Record]) -> BatchResult:
-        raise RuntimeError("model diverged")
+    def process_shard(self, topic: str, partition: int, records: list[Record]) -> BatchResult:
+        table = self.tables.setdefault(partition, {})
+        for record in records:
+            assert isinstance(record, Observation)
+            count, total = table.get(record.series, (0, 0.0))
+            table[record.series] = count + 1, total + record.values[0]
+            if record.series in self.poison:
+                raise RuntimeError(f"poisoned series {record.series!r}")
+        return BatchResult()
 
 
-def test_a_failing_service_dead_letters_the_batch_and_survives(tmp_path):
+def test_a_failed_batch_leaves_no_trace_and_only_the_poison_is_dead_lettered(tmp_path):
     sink = ListSink()
-    service = Exploding()
-    runner = ServiceRunner(service, tmp_path, sink, WorkerMetrics())
-    run(runner.apply(service.subscriptions()[0], [event(0, obs("a", 1)), event(1, obs("a", 2))]))
-    letters = [value for topic, _, value in sink.sent if topic == topic_name("dead-letter")]
-    assert len(letters) == 2 and all("model diverged" in d["reason"] for d in letters)
-
-
-class Rejecting(TallyService):
-    name = "rejecting"
-
-    def process(self, topic: str, records: list[Record]) -> BatchResult:
-        forecast = Observation(series="out", ts=0, values=[1.0])
-        return BatchResult(
-            outputs=[Output(topic_name("forecasts"), "out", forecast)],
-            rejected={1: "wrong channel count"},
-        )
+    service = Leaky(poison=["bad"])
+    runner = ServiceRunner(
+        service, tmp_path, sink, WorkerMetrics(), CheckpointPolicy(interval_s=60, events=10**6)
+    )
+    run(runner.assign([(topic_name("observations"), 0)], 1))
+    values = [("a", 1.0), ("b", 2.0), ("a", 3.0)]
+    first = stream(values)
+    run(runner.apply(service.subscriptions()[0], first))  # applied since the restore point
+    second = stream([("a", 10.0), ("bad", 5.0), ("b", 1.0), ("bad", 7.0), ("c", 4.0)], start=3)
+    run(runner.apply(service.subscriptions()[0], second))
+    assert counts(runner) == {"a": (3, 14.0), "b": (2, 3.0), "c": (1, 4.0)}
+    letters = sink.on("dead-letter")
+    assert sorted(d["offset"] for d in letters) == [4, 6]
+    assert all("poisoned series 'bad'" in d["reason"] for d in letters)
 
 
 def test_outputs_are_sent_and_rejections_dead_lettered(tmp_path):
+    class Rejecting(TallyService):
+        def process_shard(self, topic: str, partition: int, records: list[Record]) -> BatchResult:
+            forecast = Observation(series="out", ts=0, values=[1.0])
+            return BatchResult(
+                [Output(topic_name("forecasts"), "out", forecast)], rejected={1: "wrong channel count"}
+            )
+
     sink = ListSink()
-    service = Rejecting()
-    runner = ServiceRunner(service, tmp_path, sink, WorkerMetrics())
-    run(runner.apply(service.subscriptions()[0], [event(0, obs("a", 1)), event(1, obs("b", 2))]))
-    topics = [topic for topic, _, _ in sink.sent]
-    assert topics.count(topic_name("forecasts")) == 1
-    letter = next(v for t, _, v in sink.sent if t == topic_name("dead-letter"))
+    runner = ServiceRunner(Rejecting(), tmp_path, sink, WorkerMetrics(), EVERY_BATCH)
+    apply(runner, stream([("a", 1), ("a", 2)]))
+    assert len(sink.on("forecasts")) == 1
+    (letter,) = sink.on("dead-letter")
     assert letter["offset"] == 1 and letter["reason"] == "wrong channel count"
 
 
-def test_nothing_is_checkpointed_when_outputs_cannot_be_delivered(tmp_path):
-    service = TallyService()
-    runner = ServiceRunner(service, tmp_path, ListSink(fail=True), WorkerMetrics())
+def test_a_failed_send_is_never_acknowledged_past_and_the_rewind_delivers_it(tmp_path):
+    sink = ListSink(failures=1)
+    runner = tally_runner(tmp_path, sink, emit=True)
+    events = [
+        Incoming(topic_name("observations"), 0, 0, b"a", b"{bad"),
+        *stream([("a", 1), ("a", 2)], start=1),
+    ]
     with pytest.raises(ConnectionError):
-        run(runner.apply(service.subscriptions()[0], [event(0, b"bad")]))
-    assert runner.store.versions() == []
+        apply(runner, events)
+    assert runner.offsets == {} and runner.store.versions() == []
+    # What the consumer does next: read again from the restore point.
+    positions = run(runner.rewind([(topic_name("observations"), 0)]))
+    assert positions == {(topic_name("observations"), 0): 0}
+    apply(runner, events)
+    assert counts(runner) == {"a": (2, 3.0)}
+    # At least once: whatever the failed attempt did deliver may come twice, nothing is missing.
+    assert {d["offset"] for d in sink.on("dead-letter")} == {0}
+    assert {t["count"] for t in sink.on("tallies")} == {1, 2}
+
+
+def test_checkpoints_go_by_interval_not_by_batch(tmp_path):
+    topic = topic_name("observations")
+
+    def written(policy: CheckpointPolicy, every_batch: bool) -> int:
+        runner = ServiceRunner(
+            TallyService(), tmp_path / str(every_batch), ListSink(), WorkerMetrics(), policy
+        )
+        run(runner.assign([(topic, 0)], 1))
+
+        async def go() -> None:
+            for batch in range(50):
+                await runner.apply(
+                    runner.service.subscriptions()[0], stream([("a", 1.0)] * 100, start=batch * 100)
+                )
+                # The first release wrote a checkpoint after every batch and waited for it.
+                await (runner.checkpoint() if every_batch else runner.maybe_checkpoint())
+            await runner.checkpoint()
+
+        run(go())
+        return runner.checkpoint_bytes
+
+    per_batch = written(EVERY_BATCH, every_batch=True)
+    by_interval = written(CheckpointPolicy(interval_s=3600, events=2500), every_batch=False)
+    assert by_interval * 10 <= per_batch  # 50 checkpoints against 2 (+1 final at most)
+
+
+def test_a_full_disk_degrades_and_recovers_without_losing_offsets(tmp_path, monkeypatch):
+    switches = tmp_path / "faults"
+    switches.mkdir()
+    monkeypatch.setenv("DRIFTLINE_FAULT_DIR", str(switches))
+    runner = tally_runner(tmp_path / "ckpt")
+    (switches / "disk-full").touch()
+    apply(runner, stream([("a", 1)]))
+    assert runner.problem is not None and "No space left" in runner.problem
+    assert runner.shard_store(0).versions() == []
+    (switches / "disk-full").unlink()
+    apply(runner, stream([("a", 2)], start=1))
+    assert runner.problem is None
+    restarted = tally_runner(tmp_path / "ckpt")
+    assert counts(restarted) == {"a": (2, 3.0)} and restarted.offsets[f"{topic_name('observations')}:0"] == 1
+
+
+def test_a_corrupted_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    runner = tally_runner(tmp_path)
+    apply(runner, stream([("a", 1)]))
+    apply(runner, stream([("a", 2)], start=1))
+    store = runner.shard_store(0)
+    newest = store.dir / f"v{store.current_version():06d}" / "state.pt"
+    newest.write_bytes(newest.read_bytes()[:20])  # truncated
+    restarted = tally_runner(tmp_path)
+    assert counts(restarted) == {"a": (1, 1.0)}  # the older version, with its older offsets
+    assert restarted.offsets[f"{topic_name('observations')}:0"] == 0  # so offset 1 is replayed
+
+
+def test_a_first_release_checkpoint_still_loads(tmp_path):
+    """tests/fixtures/checkpoints-format1 was written by the previous release (format 1)."""
+    shutil.copytree(FIXTURES / "checkpoints-format1", tmp_path / "ckpt")
+    topic = "driftline.observations"
+    service = TallyService()
+    runner = ServiceRunner(service, tmp_path / "ckpt", ListSink(), WorkerMetrics(), EVERY_BATCH)
+    positions = run(runner.assign([(topic, 0), (topic, 1)], 2))
+    assert counts(runner) == {"a": (3, 4.5), "b": (1, -1.0)}
+    assert positions == {(topic, 0): 3, (topic, 1): 1}
+    assert all(partition_for(s, 2) == p for p, t in service.tables.items() for s in t)
 
 
 def test_run_locked_waits_for_a_batch_without_blocking_the_event_loop():
@@ -137,7 +291,7 @@ def test_run_locked_waits_for_a_batch_without_blocking_the_event_loop():
 
     async def scenario() -> tuple[int, float]:
         started = time.perf_counter()
-        locked = asyncio.ensure_future(service.run_locked(lambda: len(service.counts)))
+        locked = asyncio.ensure_future(service.run_locked(lambda: len(service.tables)))
         await asyncio.sleep(0.2)  # the loop keeps running while the batch holds the lock
         ticked = time.perf_counter() - started
         assert not locked.done()

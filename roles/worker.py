@@ -1,0 +1,190 @@
+"""The worker role: keyed workers and trainers, one process, several services.
+
+Each service gets a :class:`~streams.runner.ServiceRunner` fed by its own
+:class:`~streams.consumer.BatchConsumer` in the consumer group ``<app_id>.<service>``: keyed
+services (tally) spread their partitions over every worker of the group; shared-model services
+(forecast, ctr, rank: one trainer per model) run on one member while the others stand by. Beside
+them: HTTP (``/health``, ``/ready``, ``/metrics`` and the services' routes, with requests for keys
+owned elsewhere proxied to their owner), and a status row per service every 2 s on the compacted
+status topic, which is also where this worker learns who owns which partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from typing import Any
+
+from aiohttp import web
+
+from streams.config import Settings
+from streams.consumer import BatchConsumer
+from streams.http import make_app
+from streams.metrics import WorkerMetrics
+from streams.runner import CheckpointPolicy, ServiceRunner
+from streams.schemas import ServiceStatus
+from streams.service import ModelService
+from streams.sink import KafkaSink
+from streams.status import StatusBoard, collect_rows, status_key
+from streams.topics import topic_name
+
+log = logging.getLogger(__name__)
+
+STATUS_INTERVAL_S = 2.0
+
+
+class OwnerDirectory:
+    """Who owns which partition of which service, from the status topic's live rows."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.board = StatusBoard(bootstrap)
+        self._owners: dict[tuple[str, int], str] = {}
+
+    def refresh(self) -> None:
+        """Read new status rows (blocking briefly: call it from a thread)."""
+        self.board.poll(timeout_s=0.5)
+        owners: dict[tuple[str, int], str] = {}
+        for row in self.board.rows():
+            if row.ready and row.url:
+                for tp in row.partitions:
+                    owners[(row.service, int(tp.rsplit(":", 1)[1]))] = row.url
+        self._owners = owners
+
+    def owner_url(self, service: str, partition: int) -> str | None:
+        return self._owners.get((service, partition))
+
+    def close(self) -> None:
+        self.board.close()
+
+
+class WorkerRole:
+    """Runs services from the stream with HTTP beside them until stopped; see the module docstring."""
+
+    role = "worker"
+
+    def __init__(
+        self, settings: Settings, services: list[ModelService], policy: CheckpointPolicy | None = None
+    ) -> None:
+        self.settings = settings
+        self.services = services
+        self.metrics = WorkerMetrics()
+        self.sink = KafkaSink(settings.bootstrap)
+        self.instance = settings.instance_id
+        self.url = f"http://{settings.http_host}:{settings.http_port}"
+        self.runners = [
+            ServiceRunner(s, settings.checkpoint_root, self.sink, self.metrics, policy) for s in services
+        ]
+        self.consumers = [
+            BatchConsumer(
+                r,
+                settings.bootstrap,
+                f"{settings.app_id}.{r.service.name}",
+                f"{self.instance}.{r.service.name}",
+            )
+            for r in self.runners
+        ]
+        self.directory = OwnerDirectory(settings.bootstrap)
+        self.started = time.time()
+
+    # -- probes --------------------------------------------------------------------------------
+    def partitions(self) -> dict[str, list[str]]:
+        return {c.runner.service.name: sorted(f"{t}:{p}" for t, p in c.owned) for c in self.consumers}
+
+    def problems(self) -> list[str]:
+        found = [f"{r.service.name}: {r.problem}" for r in self.runners if r.problem]
+        if self.sink.problem:
+            found.append(self.sink.problem)
+        return found
+
+    def health(self) -> dict[str, Any]:
+        problems = self.problems()
+        partitions = self.partitions()
+        return {
+            "status": "degraded" if problems else "ok",
+            "problems": problems,
+            "instance": self.instance,
+            "role": self.role,
+            "uptime_s": round(time.time() - self.started, 1),
+            "bootstrap_servers": self.settings.bootstrap,
+            "services": {
+                c.runner.service.name: {
+                    "model_version": c.runner.service.model_version(),
+                    "partitions": partitions[c.runner.service.name],
+                    "ready": c.ready,
+                    "restored_checkpoint": c.runner.restored_version,
+                    "applied_offsets": len(c.runner.offsets),
+                }
+                for c in self.consumers
+            },
+        }
+
+    def ready(self) -> tuple[bool, str]:
+        waiting = [c.runner.service.name for c in self.consumers if not c.ready]
+        if waiting:
+            return False, f"restoring partitions of {', '.join(waiting)}"
+        return True, "every service owns and has restored its partitions"
+
+    def status_rows(self) -> list[ServiceStatus]:
+        return collect_rows(
+            self.metrics.registry,
+            instance=self.instance,
+            role=self.role,
+            url=self.url,
+            partitions=self.partitions(),
+            ready={c.runner.service.name: c.ready for c in self.consumers},
+            status="degraded" if self.problems() else "ok",
+        )
+
+    # -- running -------------------------------------------------------------------------------
+    async def _publish_status(self, stop: asyncio.Event) -> None:
+        topic = topic_name("status")
+        while not stop.is_set():
+            self.metrics.render()  # refreshes the events/s gauges the rows read
+            for row in self.status_rows():
+                with contextlib.suppress(Exception):  # status is best effort; the stream is not
+                    await asyncio.wait_for(
+                        self.sink.producer.send_and_wait(topic, row.to_bytes(), key=status_key(row)), 5
+                    )
+            await asyncio.to_thread(self.directory.refresh)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), STATUS_INTERVAL_S)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set, then checkpoint every service and close."""
+        await self.sink.start()
+        app = make_app(self.services, self.metrics.render, self.health, self.ready, self.directory.owner_url)
+        http = web.AppRunner(app, access_log=None)
+        await http.setup()
+        await web.TCPSite(http, self.settings.http_host, self.settings.http_port).start()
+        log.info("%s %s: HTTP on %s", self.role, self.instance, self.url)
+        tasks = [asyncio.create_task(c.run(stop)) for c in self.consumers]
+        tasks.append(asyncio.create_task(self._publish_status(stop)))
+        try:
+            done, _ = await asyncio.wait(
+                [*tasks, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                if task in tasks and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await http.cleanup()
+            await self.sink.stop()
+            self.directory.close()
+
+
+def run_until_signalled(role: WorkerRole) -> None:
+    """Run ``role`` in a fresh event loop until SIGINT or SIGTERM."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await role.run(stop)
+
+    asyncio.run(main())

@@ -1,0 +1,219 @@
+"""The hot path: one aiokafka consumer per service hands large batches of raw records to its runner.
+
+No per-event framework machinery: ``getmany`` returns up to ``batch_size`` raw records that go to
+:class:`streams.runner.ServiceRunner` as they are. The consumer joins the service's consumer group
+(``<app_id>.<service>``) with static membership (``group.instance.id`` = ``<instance>.<service>``)
+and a short session timeout, so a restarted worker gets its partitions back at once and a dead
+one's partitions move after :data:`SESSION_TIMEOUT_MS`. On assignment it seeks to the offsets the
+checkpoint holds; Kafka's committed offsets are never read.
+
+Keyed services spread partitions over the group's members (range assignment keeps co-partitioned
+topics together); a shared service (one model) gives every partition to one member and keeps the
+others as hot standbys (:class:`OneOwnerAssignor`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable, Mapping
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.cluster import ClusterMetadata
+from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment, ConsumerProtocolMemberMetadata
+from aiokafka.errors import KafkaError
+
+from streams.runner import ServiceRunner
+from streams.service import Subscription
+
+log = logging.getLogger(__name__)
+
+#: Chosen once for every role: a restart within it keeps the partitions (static membership); a
+#: dead member's partitions move after it. Kafka's broker minimum is 6 s.
+SESSION_TIMEOUT_MS = 8_000
+HEARTBEAT_INTERVAL_MS = 1_000
+
+
+class OneOwnerAssignor(AbstractPartitionAssignor):
+    """Every partition to one member (the first by member id); the others stand by."""
+
+    name = "driftline-one-owner"
+    version = 0
+
+    @classmethod
+    def assign(
+        cls, cluster: ClusterMetadata, members: Mapping[str, ConsumerProtocolMemberMetadata]
+    ) -> dict[str, ConsumerProtocolMemberAssignment]:
+        owner = min(members)
+        topics = sorted({t for m in members.values() for t in m.subscription})
+        owned = [(t, sorted(cluster.partitions_for_topic(t) or ())) for t in topics]
+        return {
+            member: ConsumerProtocolMemberAssignment(cls.version, owned if member == owner else [], b"")
+            for member in members
+        }
+
+    @classmethod
+    def metadata(cls, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
+        return ConsumerProtocolMemberMetadata(cls.version, list(topics), b"")
+
+    @classmethod
+    def on_assignment(cls, assignment: ConsumerProtocolMemberAssignment) -> None:
+        return None
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, owner: BatchConsumer) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.owner.revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.owner.assigned(assigned)
+
+
+class BatchConsumer:
+    """Feeds one runner from Kafka until stopped; see the module docstring."""
+
+    def __init__(self, runner: ServiceRunner, bootstrap: str, group: str, instance: str) -> None:
+        self.runner = runner
+        self.bootstrap = bootstrap
+        self.group = group
+        self.instance = instance
+        self.subscriptions: dict[str, Subscription] = {s.topic: s for s in runner.service.subscriptions()}
+        first = runner.service.subscriptions()[0]
+        self.batch_size = max(s.batch_size for s in self.subscriptions.values())
+        self.window_s = first.batch_window_s
+        self.consumer: AIOKafkaConsumer | None = None
+        #: Partitions owned and restored (their state loaded, the consumer positioned).
+        self.owned: set[tuple[str, int]] = set()
+        #: True once the first assignment has been restored.
+        self.ready = False
+
+    def _make_consumer(self) -> AIOKafkaConsumer:
+        assignor = RangePartitionAssignor if self.runner.keyed else OneOwnerAssignor
+        return AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group,
+            group_instance_id=self.instance,
+            client_id=self.instance,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+            rebalance_timeout_ms=60_000,
+            max_poll_interval_ms=600_000,
+            max_poll_records=self.batch_size,
+            max_partition_fetch_bytes=4 * 1024**2,
+            fetch_max_bytes=64 * 1024**2,
+            partition_assignment_strategy=(assignor,),
+        )
+
+    # -- rebalance callbacks -------------------------------------------------------------------
+    async def revoked(self, revoked: set[TopicPartition]) -> None:
+        gone = {(tp.topic, tp.partition) for tp in revoked}
+        self.owned -= gone
+        await self.runner.revoke(gone)
+
+    async def assigned(self, assigned: set[TopicPartition]) -> None:
+        consumer = self.consumer
+        assert consumer is not None
+        tps = {(tp.topic, tp.partition) for tp in assigned}
+        counts = {len(consumer.partitions_for_topic(t) or ()) for t, _ in tps} or {0}
+        positions = await self.runner.assign(tps, max(counts))
+        for (topic, partition), offset in positions.items():
+            # No checkpoint has seen the partition: from its first offset (a retention gap resets
+            # to the earliest one still there).
+            consumer.seek(TopicPartition(topic, partition), 0 if offset is None else offset)
+            self.runner.metrics.lag.labels(self.runner.service.name, topic, str(partition)).set(0)
+        self.owned = tps
+        self.ready = True
+        log.info("%s: %s owns %d partition(s)", self.runner.service.name, self.instance, len(self.owned))
+
+    # -- the loop ------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume, apply and checkpoint until ``stop`` is set; then checkpoint and leave."""
+        self.consumer = consumer = self._make_consumer()
+        consumer.subscribe(list(self.subscriptions), listener=_Listener(self))
+        self.runner.commit = self._commit
+        await consumer.start()
+        lag_task = asyncio.create_task(self._track_lag(stop))
+        try:
+            while not stop.is_set():
+                batch = await self._take(consumer, stop)
+                if batch:
+                    await self._apply(batch)
+                await self.runner.maybe_checkpoint()
+        finally:
+            lag_task.cancel()
+            with contextlib.suppress(Exception):
+                await self.runner.close()
+            await consumer.stop()
+
+    async def _take(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> dict[TopicPartition, list]:
+        """Up to ``batch_size`` records: what arrives within ``window_s`` of the first one."""
+        taken: dict[TopicPartition, list] = {}
+        count = 0
+        deadline: float | None = None
+        while count < self.batch_size and not stop.is_set():
+            wait = 0.5 if deadline is None else deadline - time.monotonic()
+            if wait <= 0:
+                break
+            got = await consumer.getmany(timeout_ms=int(wait * 1000), max_records=self.batch_size - count)
+            for tp, records in got.items():
+                taken.setdefault(tp, []).extend(records)
+                count += len(records)
+            if deadline is None:
+                if not got:
+                    break
+                deadline = time.monotonic() + self.window_s
+        return taken
+
+    async def _apply(self, batch: dict[TopicPartition, list]) -> None:
+        by_topic: dict[str, list] = {}
+        for tp, records in batch.items():
+            if (tp.topic, tp.partition) in self.owned:
+                by_topic.setdefault(tp.topic, []).extend(records)
+        for topic, records in by_topic.items():
+            try:
+                await self.runner.apply(self.subscriptions[topic], records)
+            except Exception:
+                # Not a bad event (those are dead-lettered) but a fault of ours: go back to the
+                # restore point and read again from there, rather than skip past anything.
+                log.exception("%s: applying a batch failed; rewinding to the last restore point", topic)
+                for (t, p), offset in (await self.runner.rewind(self.owned)).items():
+                    assert self.consumer is not None
+                    self.consumer.seek(TopicPartition(t, p), offset)
+                return
+
+    async def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        consumer = self.consumer
+        if consumer is None:
+            return
+        owned = {TopicPartition(t, p): o for (t, p), o in offsets.items() if (t, p) in self.owned}
+        if owned:
+            await consumer.commit(owned)
+
+    async def _track_lag(self, stop: asyncio.Event) -> None:
+        """Refresh ``driftline_consumer_lag`` every 2 s from the partitions' end offsets."""
+        name = self.runner.service.name
+        while not stop.is_set():
+            await asyncio.sleep(2.0)
+            consumer = self.consumer
+            owned = sorted(self.owned)
+            if consumer is None or not owned:
+                continue
+            try:
+                ends = await consumer.end_offsets([TopicPartition(t, p) for t, p in owned])
+            except KafkaError as exc:
+                log.debug("%s: end offsets unavailable: %s", name, exc)
+                continue
+            for tp, end in ends.items():
+                applied = self.runner.offsets.get(f"{tp.topic}:{tp.partition}", -1)
+                self.runner.metrics.lag.labels(name, tp.topic, str(tp.partition)).set(
+                    max(end - applied - 1, 0)
+                )
