@@ -4,9 +4,9 @@ A task moves ``queued -> leased -> submitted -> done``. A lease lasts until its 
 ``lease_expires``; past it the task counts as queued again. Expiry is a function of that time and
 the (injectable) clock, never a recorded change, so a replayed lease gives the same state at the same
 time and a read never writes. A skip requeues the task and keeps it away from the annotator who
-skipped it. Leases and skips are decided by the service and applied through :meth:`LabelingQueue.
-apply_lease` / :meth:`LabelingQueue.apply_skip`, plain functions of the queue and the decision, so the
-same decision replayed from the control topic changes nothing more.
+skipped it. Leases and skips are decided by the service and applied through
+:meth:`LabelingQueue.apply_lease` and :meth:`LabelingQueue.apply_skip`, plain functions of the queue
+and the decision, so the same decision replayed from the control topic gives the same queue.
 ``submitted`` means a Label was accepted over HTTP and is travelling through the labels topic; the
 task is ``done`` only when the service has learned from that label, so a crash in between loses
 nothing: the label comes back from Kafka. Plain data, so the whole queue round-trips through a

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
 import time
 from collections.abc import Callable
 from importlib import resources
@@ -123,8 +124,10 @@ class RankService(ModelService):
         self.batch_size, self.batch_window_s = batch_size, batch_window_s
         #: Per task id, outcomes applied here whose publish has not succeeded yet (seq order). The
         #: next answer that rests on that task sends them first, so Kafka never lacks an outcome that
-        #: a later one builds on; a crash forgets them, and nobody was told of them.
+        #: a later one builds on; a crash forgets them, and nobody was told of them. Guarded by its own
+        #: short lock, so a handler marks them sent on the event loop without waiting out a retrain.
         self._unsent: dict[str, list[Outcome]] = {}
+        self._unsent_lock = threading.Lock()
 
     # -- stream ------------------------------------------------------------------------------
     def subscriptions(self) -> list[Subscription]:
@@ -304,15 +307,14 @@ class RankService(ModelService):
         """
         for outcome in outcomes:
             await self.publish_outcome(outcome)
-        if outcomes:
-            await self.run_locked(self._mark_sent, outcomes)
+        self._mark_sent(outcomes)
 
     # -- locked parts of the handlers (run by run_locked in a thread) -----------------------------
     def _lease(self, annotator: str) -> tuple[dict[str, Any], list[Outcome]]:
         """The annotator's live lease, else the best task leased now; plus the outcomes to publish."""
         held = self.queue.held_by(annotator)
         if held is not None:
-            return self._task_view(held), list(self._unsent.get(held.task.task_id, []))
+            return self._task_view(held), self._unsent_of(held.task.task_id)
         best = self.queue.best_for(annotator)
         if best is None:
             return {"task": None, "queue": self.queue.counts()}, []
@@ -323,25 +325,33 @@ class RankService(ModelService):
 
     def _skip_locked(self, task_id: str, annotator: str) -> list[Outcome]:
         """The skip outcome to publish; a retry of a skip still unsent resends it, deciding nothing new."""
-        unsent = self._unsent.get(task_id, [])
+        unsent = self._unsent_of(task_id)
         if unsent and unsent[-1].kind == "skip" and unsent[-1].data.get("annotator") == annotator:
-            return list(unsent)
+            return unsent
         self.queue.holder(task_id, annotator)
         return self._decide("skip", task_id, {"annotator": annotator}, self.clock())
 
     def _decide(self, kind: str, task_id: str, data: dict[str, Any], now: float) -> list[Outcome]:
         """Apply a new outcome on ``task_id`` here; return every unsent outcome of that task, in order."""
-        unsent = self._unsent.setdefault(task_id, [])
-        unsent.append(self.new_outcome(kind, key=task_id, data=data, ts=now))
-        return list(unsent)
+        outcome = self.new_outcome(kind, key=task_id, data=data, ts=now)
+        with self._unsent_lock:
+            self._unsent.setdefault(task_id, []).append(outcome)
+        return self._unsent_of(task_id)
+
+    # -- outcomes not yet sent (their own lock: touched on the event loop too) ---------------------
+    def _unsent_of(self, task_id: str) -> list[Outcome]:
+        with self._unsent_lock:
+            return list(self._unsent.get(task_id, []))
 
     def _mark_sent(self, outcomes: list[Outcome]) -> None:
-        for outcome in outcomes:
-            left = [o for o in self._unsent.get(outcome.key, []) if o.seq > outcome.seq]
-            if left:
-                self._unsent[outcome.key] = left
-            else:
-                self._unsent.pop(outcome.key, None)
+        """The broker has ``outcomes``: they and any older ones of their tasks are unsent no more."""
+        with self._unsent_lock:
+            for outcome in outcomes:
+                left = [o for o in self._unsent.get(outcome.key, []) if o.seq > outcome.seq]
+                if left:
+                    self._unsent[outcome.key] = left
+                else:
+                    self._unsent.pop(outcome.key, None)
 
     def _status_view(self) -> dict[str, Any]:
         return {
@@ -395,7 +405,8 @@ class RankService(ModelService):
         self.score_scale.history.extend(state["score_history"])
         self.queue.load_state_dict(state["queue"])
         self.budget.load_state_dict(state["budget"])
-        self._unsent.clear()  # the loaded state (and its outcome seqs, which the runner restores) rule
+        with self._unsent_lock:
+            self._unsent.clear()  # the loaded state (and its outcome seqs, which the runner restores) rules
 
     def model_version(self) -> int:
         return self.ranker.n_updates
