@@ -235,8 +235,9 @@ def find_unrecorded_sends(consumer: KafkaConsumer, in_doubt: dict[str, int]) -> 
     sent: dict[str, int] = {}
     for message in read_until_end(consumer, starts):
         for name, value in message.headers or ():
-            if name == REPLAY_HEADER and value.decode() in in_doubt:
-                sent.setdefault(value.decode(), message.offset)
+            source = value.decode(errors="replace") if name == REPLAY_HEADER and value else None
+            if source in in_doubt:
+                sent.setdefault(source, message.offset)
     return sent
 
 
@@ -359,9 +360,17 @@ def _describe(letter: Letter) -> str:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from streams.cli import settings_from
-    from streams.producer import make_producer
 
     bootstrap = settings_from(args).bootstrap
+    try:
+        return _replay(args, bootstrap)
+    except KafkaError as exc:
+        raise ReplayError(f"Kafka at {bootstrap} failed: {exc}") from None
+
+
+def _replay(args: argparse.Namespace, bootstrap: str) -> int:
+    from streams.producer import make_producer
+
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     try:
         letters, unreadable = letters_from(
