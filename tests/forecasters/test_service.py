@@ -245,12 +245,12 @@ def test_route_errors_say_what_is_wrong() -> None:
 
 
 def test_state_survives_a_restart() -> None:
-    service = ForecastService(SPEC)
+    service = ForecastService(SPEC, max_train_batch=8)
     service.process(OBSERVATIONS, observations(["a", "b"], 0, 15))
-    restarted = ForecastService(SPEC)
+    restarted = ForecastService(SPEC, max_train_batch=8)
     restarted.load_state_dict(copy.deepcopy(service.state_dict()))
     assert get(restarted, "b") == get(service, "b")
-    more = observations(["a", "b"], 15, 12)  # a backlog: two chunks per series at the default cap 8
+    more = observations(["a", "b"], 15, 12)  # a backlog: two chunks of pairs per series
     first, second = service.process(OBSERVATIONS, more), restarted.process(OBSERVATIONS, more)
     assert first.metrics["train_steps"] == 2 and first.metrics == second.metrics
     assert [o.record for o in first.outputs] == [o.record for o in second.outputs]
