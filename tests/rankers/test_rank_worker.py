@@ -89,6 +89,7 @@ def test_an_answered_lease_is_on_the_control_topic_and_survives_a_crash(kafka, w
 
     worker.kill()  # SIGKILL: whatever was only in memory is gone
     worker.start()
+    wait_until(lambda: status(worker)["queue"]["leased"] == 1, what="alice's lease back after the restart")
     code, again = get_json(f"{worker.base}/labeling/next?annotator=alice")
     assert code == 200 and again == alice  # the same task, the same absolute expiry
     code, bob = get_json(f"{worker.base}/labeling/next?annotator=bob")
