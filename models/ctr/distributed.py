@@ -33,6 +33,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,8 @@ MODEL = "ctr-distributed"
 FETCH_POLL_MS = 1000
 #: Pause between steps when no rank has rows but some still wait for data (no busy loop).
 IDLE_SLEEP_S = 0.1
+#: How long a rank waits for its peers to join the group.
+STORE_TIMEOUT = timedelta(minutes=5)
 
 
 def offset_key(topic: str, partition: int) -> str:
@@ -445,11 +448,31 @@ def _init_process_group() -> tuple[int, int]:
     if device.type == "cuda" and device.index is None:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     backend = "nccl" if device.type == "cuda" else "gloo"
-    if "RANK" in os.environ:
-        dist.init_process_group(backend)
-    else:
+    if "RANK" not in os.environ:
         dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    else:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        dist.init_process_group(backend, store=_attempt_store(rank, world), rank=rank, world_size=world)
     return dist.get_rank(), dist.get_world_size()
+
+
+def _attempt_store(rank: int, world: int) -> dist.Store:
+    """The rendezvous store under a prefix of its own for this restart attempt.
+
+    With static rendezvous (``--master-port``) torchrun keeps one store across restarts, and the
+    plain ``env://`` init reuses its keys: a restarted rank could read the address a killed peer
+    published and fail to connect. A per-attempt prefix gives every attempt fresh keys.
+    """
+    agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world,
+        is_master=rank == 0 and not agent_hosts,
+        timeout=STORE_TIMEOUT,
+        multi_tenant=True,
+    )
+    return dist.PrefixStore(f"{MODEL}/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
