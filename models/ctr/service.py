@@ -15,9 +15,10 @@ outcome names and resets training to it, the same state however often it is appl
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +31,56 @@ from models.ctr.versions import (
     INLINE_LIMIT,
     ModelVersion,
     NoOlderVersion,
-    UnknownVersion,
+    UpdateError,
     VersionHistory,
     encode_update,
     prune_updates,
+    version_from_update,
 )
 from streams.config import Settings
-from streams.schemas import Impression, Outcome, Record
+from streams.schemas import Impression, ModelUpdate, Outcome, Record, RecordError, parse_record
 from streams.service import ApiError, BatchResult, ModelService, Output, Route, Subscription
 from streams.topics import topic_name
 
+log = logging.getLogger(__name__)
+
 NO_LABEL = "impression has no click label ('clicked' missing): it cannot be trained on"
 ROLLBACK = "rollback"
+
+
+@dataclass(frozen=True)
+class Rollback:
+    """A rollback outcome's data: serve ``version`` (weights in ``update``) instead of
+    ``rolled_back_from``, decided after training on ``trained_samples`` samples."""
+
+    version: int
+    rolled_back_from: int
+    trained_samples: int
+    update: ModelUpdate
+
+    @classmethod
+    def of(cls, outcome: Outcome) -> Rollback:
+        """Parse ``outcome.data``; a 400 :class:`ApiError` says what is missing."""
+        data = outcome.data
+        try:
+            update = parse_record(data["update"], ModelUpdate)
+            assert isinstance(update, ModelUpdate)
+            float(update.info["created"])
+            return cls(
+                int(data["version"]), int(data["rolled_back_from"]), int(data["trained_samples"]), update
+            )
+        except (KeyError, TypeError, ValueError, RecordError) as exc:
+            raise ApiError(
+                400, f"malformed rollback outcome {outcome.seq}: {type(exc).__name__}: {exc}"
+            ) from None
+
+    def data(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "rolled_back_from": self.rolled_back_from,
+            "trained_samples": self.trained_samples,
+            "update": self.update.model_dump(mode="json", by_alias=True, exclude_none=True),
+        }
 
 
 class CtrService(ModelService):
@@ -69,9 +108,12 @@ class CtrService(ModelService):
         self.swap_interval_s = swap_interval_s
         self.history = VersionHistory(keep_versions)
         self.clock = clock
-        #: Where model updates too large to travel inline are written (shared with the replicas).
-        root = checkpoint_root or Settings.from_env().checkpoint_root
-        self.update_store = root / "model-updates" / self.name
+        #: The deployment's checkpoint store, shared with the replicas: model updates too large to
+        #: travel inline and rollback targets are written under it.
+        self.checkpoint_root = checkpoint_root or Settings.from_env().checkpoint_root
+        self.update_store = self.checkpoint_root / "model-updates" / self.name
+        #: Rollbacks replayed before training reached their decision point, by seq.
+        self.pending: dict[int, Outcome] = {}
         self.inline_limit = inline_limit
         self._last_swap = clock()
         self.api = CtrRoutes(
@@ -109,6 +151,7 @@ class CtrService(ModelService):
         outputs = []
         if self.history.serving is None or self.clock() - self._last_swap >= self.swap_interval_s:
             outputs.append(self.update_output(self.swap(metrics)))
+        outputs += self._apply_due_rollbacks()
         return BatchResult(outputs=outputs, metrics=metrics, rejected=rejected)
 
     def _unusable(self, record: Record) -> str | None:
@@ -131,19 +174,17 @@ class CtrService(ModelService):
         """
         position = {id(record): index for index, record in enumerate(records)}
         rejected: dict[int, str] = {}
-        rollbacks: list[Outcome] = []
+        rollbacks: list[Rollback] = []
         for outcome in self.control_records(records):
             try:
                 self.apply_outcome_once(outcome)
             except ApiError as exc:
                 rejected[position[id(outcome)]] = exc.message
                 continue
-            if outcome.kind == ROLLBACK:
-                rollbacks.append(outcome)
-        serving = self.history.serving
-        if rollbacks and serving is not None and serving.number == rollbacks[-1].data.get("version"):
-            return BatchResult(outputs=[self.update_output(serving, rollback=True)], rejected=rejected)
-        return BatchResult(rejected=rejected)
+            if outcome.kind == ROLLBACK and outcome.seq not in self.pending:
+                rollbacks.append(Rollback.of(outcome))
+        outputs = [self._announce(rollbacks[-1])] if rollbacks and self._serves(rollbacks[-1]) else []
+        return BatchResult(outputs=outputs, rejected=rejected)
 
     def swap(self, metrics: dict[str, float] | None = None) -> ModelVersion:
         """Freeze the trained model as a new version and make it serve; return it."""
@@ -152,17 +193,22 @@ class CtrService(ModelService):
         self._last_swap = self.clock()
         return version
 
-    def update_output(self, version: ModelVersion, rollback: bool = False) -> Output:
-        """The ``model-updates`` record announcing ``version`` (``rollback``: serve it even though older)."""
-        info = {
+    def update_output(self, version: ModelVersion) -> Output:
+        """The ``model-updates`` record announcing a newly published ``version``."""
+        update = encode_update(
+            self.name, version, self._update_info(False), self.update_store, self.inline_limit
+        )
+        prune_updates(self.update_store, self.history.numbers())
+        return Output(topic_name("model-updates"), self.name, update)
+
+    def _update_info(self, rollback: bool) -> dict[str, Any]:
+        """What a replica needs beside the weights (``rollback``: serve it even though older)."""
+        return {
             "model": self.learner.name,
             "spec": asdict(self.spec),
             "swap_interval_s": self.swap_interval_s,
             "rollback": rollback,
         }
-        update = encode_update(self.name, version, info, self.update_store, self.inline_limit)
-        prune_updates(self.update_store, self.history.numbers())
-        return Output(topic_name("model-updates"), self.name, update)
 
     def model_version(self) -> int:
         serving = self.history.serving
@@ -177,26 +223,71 @@ class CtrService(ModelService):
         return {"model_version": data["version"], "rolled_back_from": data["rolled_back_from"]}
 
     def _decide_rollback(self) -> Outcome:
+        """The rollback outcome, its target's weights written to the checkpoint store first.
+
+        With the weights durable, a replay onto a state that lacks the target (a checkpoint older
+        than the decision, versions renumbered by a re-batched replay) restores the same model.
+        """
         try:
             target = self.history.previous()
         except NoOlderVersion as exc:
             raise ApiError(409, str(exc)) from None
-        data = {"version": target.number, "rolled_back_from": self.model_version()}
-        return self.new_outcome(ROLLBACK, key=self.name, data=data, ts=time.time())
+        update = encode_update(self.name, target, self._update_info(True), self.update_store / "rollbacks", 0)
+        rollback = Rollback(target.number, self.model_version(), self.learner.samples_seen, update)
+        return self.new_outcome(ROLLBACK, key=self.name, data=rollback.data(), ts=time.time())
 
     def apply_outcome(self, outcome: Outcome) -> None:
-        """Serve the version a rollback names and reset training to it (idempotent)."""
+        """Serve the version a rollback names and reset training to it (idempotent).
+
+        On a replay that reaches the control topic before the impressions trained before the
+        decision, the rollback waits (in the state) until training has seen as many samples.
+        """
         if outcome.kind != ROLLBACK:
             super().apply_outcome(outcome)  # refuses kinds this service does not take
-        number = outcome.data.get("version")
-        if not isinstance(number, int):
-            raise ApiError(400, f"a rollback names the version to serve in data.version, got {number!r}")
-        try:
-            version = self.history.serve(number)
-        except UnknownVersion as exc:
-            raise ApiError(409, f"cannot roll back: {exc}") from None
+        rollback = Rollback.of(outcome)
+        if self.learner.samples_seen < rollback.trained_samples:
+            self.pending = {**self.pending, outcome.seq: outcome}
+        else:
+            self._roll_back(rollback)
+
+    def _roll_back(self, rollback: Rollback) -> None:
+        update = rollback.update
+        version = self.history.find(rollback.version, float(update.info["created"]))
+        if version is None:
+            try:
+                version = version_from_update(update, self.checkpoint_root, self.learner.scorer_from)
+            except UpdateError as exc:
+                raise ApiError(409, f"cannot roll back: {exc}") from None
+        self.history.adopt(version, rollback.rolled_back_from)
         self.learner.restore(version.scorer)
         self._last_swap = self.clock()
+
+    def _apply_due_rollbacks(self) -> list[Output]:
+        """Apply waiting rollbacks once training has caught up with them; announce the last one."""
+        waiting = {seq: Rollback.of(outcome) for seq, outcome in sorted(self.pending.items())}
+        due = {seq: r for seq, r in waiting.items() if r.trained_samples <= self.learner.samples_seen}
+        if not due:
+            return []
+        self.pending = {seq: outcome for seq, outcome in self.pending.items() if seq not in due}
+        applied = []
+        for seq, rollback in due.items():
+            try:
+                self._roll_back(rollback)
+            except ApiError as exc:  # its weights are gone: nothing to serve, training goes on
+                log.error("ctr: rollback %d cannot be applied: %s", seq, exc.message)
+            else:
+                applied.append(rollback)
+        return [self._announce(applied[-1])] if applied else []
+
+    def _serves(self, rollback: Rollback) -> bool:
+        serving = self.history.serving
+        return serving is not None and (serving.number, serving.created) == (
+            rollback.version,
+            rollback.update.info["created"],
+        )
+
+    def _announce(self, rollback: Rollback) -> Output:
+        return Output(topic_name("model-updates"), self.name, rollback.update)
 
     # -- HTTP -----------------------------------------------------------------------------------
     def routes(self) -> list[Route]:
@@ -213,11 +304,19 @@ class CtrService(ModelService):
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"learner": self.learner.state_dict(), "history": self.history.state_dict()}
+        return {
+            "learner": self.learner.state_dict(),
+            "history": self.history.state_dict(),
+            "pending_rollbacks": [o.model_dump(mode="json", by_alias=True) for o in self.pending.values()],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.learner.load_state_dict(state["learner"])
         self.history.load_state_dict(state["history"], self.learner.scorer_from)
+        saved = [
+            parse_record(o, Outcome) for o in state.get("pending_rollbacks", [])
+        ]  # absent in older states
+        self.pending = {o.seq: o for o in saved if isinstance(o, Outcome)}
         self._last_swap = self.clock()
 
 

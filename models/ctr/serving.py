@@ -18,7 +18,7 @@ from models.ctr.features import FeatureSpec
 from models.ctr.learner import CtrLearner
 from models.ctr.routes import CtrRoutes, versions_body
 from models.ctr.service import learner_from_options
-from models.ctr.versions import ModelVersion, UpdateError, load_update
+from models.ctr.versions import ModelVersion, UpdateError, version_from_update
 from streams.schemas import ModelUpdate
 from streams.service import Route
 
@@ -75,17 +75,11 @@ class CtrServing:
             log.debug("%s: ignoring update v%d, serving v%d", self.name, update.version, self.model_version())
             return
         self._check_model(update)
-        state = load_update(update, self.checkpoint_root)
-        try:
-            scorer = self.learner.scorer_from(state)
-            version = ModelVersion.from_info({**update.info, "version": update.version}, scorer)
-            swap_interval_s = float(update.info["swap_interval_s"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise UpdateError(
-                f"model update {self.name} v{update.version} does not fit this replica's model "
-                f"({type(exc).__name__}: {exc})"
-            ) from None
-        self._served = Served(version, swap_interval_s)  # the swap: one reference assignment
+        version = version_from_update(update, self.checkpoint_root, self.learner.scorer_from)
+        swap_interval = update.info.get("swap_interval_s")
+        if not isinstance(swap_interval, int | float):
+            raise UpdateError(f"model update {self.name} v{update.version} has no info.swap_interval_s")
+        self._served = Served(version, float(swap_interval))  # the swap: one reference assignment
         log.info("%s: serving v%d%s", self.name, update.version, " (rollback)" if rollback else "")
 
     def _check_model(self, update: ModelUpdate) -> None:

@@ -28,16 +28,14 @@ import torch
 from models.ctr.learner import CtrScorer
 from streams.schemas import ModelUpdate
 
-#: Scorer states below this many bytes travel inside the update; larger ones go to the store.
-INLINE_LIMIT = 1 << 20
+#: Inline weights (base64 text) must stay under this many characters so that the whole record fits
+#: Kafka's default 1 MiB message limit (producer ``max_request_size``, broker ``message.max.bytes``);
+#: larger states go to the checkpoint store. States up to ~750 kB raw travel inline.
+INLINE_LIMIT = 1_000_000
 
 
 class NoOlderVersion(LookupError):
     """Rollback asked for while no older version is kept."""
-
-
-class UnknownVersion(LookupError):
-    """A version asked for by number is not (or no longer) kept."""
 
 
 class UpdateError(ValueError):
@@ -107,13 +105,23 @@ class VersionHistory:
             raise NoOlderVersion(f"no version older than {current} is kept (kept: {self.numbers()})")
         return older[-1]
 
-    def serve(self, number: int) -> ModelVersion:
-        """Make the kept version ``number`` serve (one reference swap); the same call twice is a no-op."""
-        for version in self.versions:
-            if version.number == number:
-                self.serving = version
-                return version
-        raise UnknownVersion(f"version {number} is not kept (kept: {self.numbers()})")
+    def adopt(self, version: ModelVersion, last_number: int) -> None:
+        """Serve ``version`` (one reference swap), a kept one or one loaded from elsewhere.
+
+        It replaces a kept version of the same number; the oldest others go beyond ``keep``; new
+        versions are numbered after ``last_number``. The same call twice is a no-op.
+        """
+        others = [v for v in self.versions if v.number != version.number]
+        kept = sorted([*others, version], key=lambda v: v.number)
+        while len(kept) > self.keep:
+            kept.remove(next(v for v in kept if v is not version))
+        self.versions = kept
+        self.serving = version
+        self.last_number = max(self.last_number, last_number, version.number)
+
+    def find(self, number: int, created: float) -> ModelVersion | None:
+        """The kept version ``number`` published at ``created`` (a replay renumbers other models)."""
+        return next((v for v in self.versions if v.number == number and v.created == created), None)
 
     def numbers(self) -> list[int]:
         return [v.number for v in self.versions]
@@ -160,8 +168,9 @@ def encode_update(
         "sha256": hashlib.sha256(data).hexdigest(),
         "info": {**version.info(), **info},
     }
-    if len(data) < inline_limit:
-        return ModelUpdate(**common, weights=base64.b64encode(data).decode("ascii"))
+    text = base64.b64encode(data).decode("ascii")
+    if len(text) < inline_limit:
+        return ModelUpdate(**common, weights=text)
     path = update_path(store, version.number)
     if not (path.exists() and path.read_bytes() == data):  # a re-sent version keeps its file as is
         _write_atomically(path, data)
@@ -212,6 +221,20 @@ def load_update(update: ModelUpdate, checkpoint_root: Path) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise UpdateError(f"{what}: {source} holds a {type(state).__name__}, not a scorer state")
     return state
+
+
+def version_from_update(
+    update: ModelUpdate, checkpoint_root: Path, rebuild: Callable[[dict[str, Any]], CtrScorer]
+) -> ModelVersion:
+    """The version an update carries, loaded and sha256-checked; raise :class:`UpdateError`."""
+    state = load_update(update, checkpoint_root)
+    try:
+        return ModelVersion.from_info({**update.info, "version": update.version}, rebuild(state))
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise UpdateError(
+            f"model update {update.service} v{update.version} does not fit this model "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

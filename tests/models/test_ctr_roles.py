@@ -74,6 +74,7 @@ def state_of(service: CtrService) -> dict[str, Any]:
         "net": state["learner"]["net"],
         "normaliser": state["learner"]["normaliser"],
         "outcome_seqs": dict(service.outcome_seqs),
+        "pending": dict(service.pending),
     }
 
 
@@ -95,7 +96,12 @@ def test_rollback_is_published_before_the_answer_and_names_the_version(tmp_path:
     service, _ = trained(tmp_path)
     outcome = roll_back(service)
     assert (outcome.service, outcome.kind, outcome.key, outcome.seq) == ("ctr", "rollback", "ctr", 1)
-    assert outcome.data == {"version": 1, "rolled_back_from": 2}
+    data = outcome.data
+    assert (data["version"], data["rolled_back_from"], data["trained_samples"]) == (1, 2, 512)
+    target = parse_record(data["update"], ModelUpdate)  # the target's weights, durable before the answer
+    assert isinstance(target, ModelUpdate) and target.version == 1 and target.info["rollback"] is True
+    assert target.uri == str(tmp_path / "checkpoints/model-updates/ctr/rollbacks/v000001.pt")
+    assert Path(target.uri).exists()
     assert service.model_version() == 1 and service.outcome_seqs == {"ctr": 1}
 
 
@@ -139,6 +145,43 @@ def test_a_replayed_control_batch_is_a_no_op(tmp_path: Path) -> None:
     service.swap()  # a newer version since: a late replay must neither undo it nor announce v2
     result = service.process(CONTROL, [outcome])
     assert service.model_version() == 4 and result.outputs == []
+
+
+def test_a_rollback_replayed_before_the_impressions_waits_for_them(tmp_path: Path) -> None:
+    """A checkpoint older than the decision: the replay may apply control before impressions."""
+    service, _ = trained(tmp_path, versions=2)
+    outcome = roll_back(service)
+    rolled_back = score(service.routes())
+    restarted, _ = make_service(tmp_path / "ctr", swap_interval_s=0.0)
+    assert restarted.process(CONTROL, [outcome]).outputs == []
+    assert restarted.model_version() == 0 and list(restarted.pending) == [1]
+
+    state = restarted.state_dict()  # a checkpoint taken while it waits keeps it waiting
+    restarted.load_state_dict(state)
+    assert list(restarted.pending) == [1]
+    # Re-batched differently than before the crash: versions 1..3 are other models than 1..2 were.
+    for seed, rows in ((0, 100), (1, 256), (2, 156)):
+        result = restarted.process(IMPRESSIONS, impressions(rows, seed=seed))
+    assert restarted.pending == {} and restarted.learner.samples_seen == 512
+    assert restarted.model_version() == 1 and score(restarted.routes()) == rolled_back
+    assert [u.version for u in wire_updates(result.outputs)] == [3, 1]  # its swap, then the rollback
+    assert wire_updates(result.outputs)[1].info["rollback"] is True
+    restarted.swap()
+    assert restarted.model_version() == 4  # numbering goes on after the replayed versions
+
+
+def test_a_rollback_whose_weights_are_gone_is_refused(tmp_path: Path) -> None:
+    service, _ = trained(tmp_path, versions=2)
+    outcome = roll_back(service)
+    target = parse_record(outcome.data["update"], ModelUpdate)
+    assert isinstance(target, ModelUpdate) and target.uri is not None
+    Path(target.uri).unlink()
+    restarted, _ = make_service(tmp_path / "ctr", swap_interval_s=0.0)
+    for seed in range(2):  # the same samples again, but versions published anew: not the kept ones
+        restarted.process(IMPRESSIONS, impressions(256, seed=seed))
+    result = restarted.process(CONTROL, [outcome])
+    assert "cannot roll back" in result.rejected[0] and "cannot read" in result.rejected[0]
+    assert restarted.model_version() == 2 and restarted.outcome_seqs == {}
 
 
 def test_control_batch_after_a_crash_applies_the_rollback(tmp_path: Path) -> None:
@@ -230,7 +273,7 @@ def test_an_update_for_another_model_is_refused(tmp_path: Path) -> None:
     _, (update,) = trained(tmp_path, versions=1)
     with pytest.raises(UpdateError, match="this replica serves 'dcn'"):
         replica(tmp_path, model="dcn").apply_update(update)
-    with pytest.raises(UpdateError, match="does not fit this replica's model"):
+    with pytest.raises(UpdateError, match="does not fit this model"):
         replica(tmp_path, embed_dim=8).apply_update(update)
 
 
@@ -290,11 +333,24 @@ def test_an_answered_rollback_is_on_the_control_topic_and_survives_a_kill(kafka,
     assert code == 200 and rolled == {"model_version": serving - 1, "rolled_back_from": serving}
     (record,) = read_topic(kafka.bootstrap, topic_name("control"), expected=1)
     assert record["schema"] == "outcome/1" and record["kind"] == "rollback"
-    assert record["data"] == {"version": serving - 1, "rolled_back_from": serving}
+    assert (record["data"]["version"], record["data"]["rolled_back_from"]) == (serving - 1, serving)
+
+    scored = lambda: post_json(f"{worker.base}/ctr/score", {"candidates": CANDIDATES})[1]  # noqa: E731
+    rolled_back = scored()
+    assert rolled_back["model_version"] == serving - 1
+
+    def serving_entry() -> tuple[dict[str, Any], int]:
+        """The serving version's entry (its ``created`` tells it from a replayed namesake), samples."""
+        body = versions()
+        (entry,) = [v for v in body["versions"] if v["version"] == body["serving"]]
+        return entry, body["trained_samples"]
+
+    before = serving_entry()
+    assert before[0]["version"] == serving - 1 and before[1] == 512
 
     worker.kill()
     worker.start()
-    wait_until(lambda: versions()["serving"] == serving - 1, timeout_s=60, what="the rollback after restart")
-    assert versions()["trained_samples"] == 512
-    updates = read_topic(kafka.bootstrap, topic_name("model-updates"), expected=serving + 1)
-    assert updates[-1]["version"] == serving - 1 and updates[-1]["info"]["rollback"] is True
+    wait_until(lambda: serving_entry() == before, timeout_s=60, what="the rolled-back version after restart")
+    assert scored()["scores"] == pytest.approx(rolled_back["scores"], rel=1e-6)  # the same model
+    updates = read_topic(kafka.bootstrap, topic_name("model-updates"), expected=1000, timeout_s=5)
+    assert (updates[-1]["version"], updates[-1]["info"]["rollback"]) == (serving - 1, True)
