@@ -75,10 +75,10 @@ class CtrServing:
             log.debug("%s: ignoring update v%d, serving v%d", self.name, update.version, self.model_version())
             return
         self._check_model(update)
-        version = version_from_update(update, self.checkpoint_root, self.learner.scorer_from)
         swap_interval = update.info.get("swap_interval_s")
         if not isinstance(swap_interval, int | float):
             raise UpdateError(f"model update {self.name} v{update.version} has no info.swap_interval_s")
+        version = version_from_update(update, self.checkpoint_root, self.learner.scorer_from)
         self._served = Served(version, float(swap_interval))  # the swap: one reference assignment
         log.info("%s: serving v%d%s", self.name, update.version, " (rollback)" if rollback else "")
 
