@@ -65,7 +65,7 @@ class Rollback:
         try:
             update = parse_record(data["update"], ModelUpdate)
             assert isinstance(update, ModelUpdate)
-            float(update.info["created"])
+            float(update.info["created"])  # how a kept version is told from a replayed namesake
             return cls(
                 int(data["version"]), int(data["rolled_back_from"]), int(data["trained_samples"]), update
             )
