@@ -16,9 +16,11 @@ hand (no consumer group: the checkpoint, not Kafka, owns the offsets). Each step
    of the global batch, clips it with CowClip and steps: the replicas stay identical.
 
 So a step over ``W`` ranks equals one ``CtrLearner.learn`` on the concatenated batch (up to float
-summation order). Rank 0 checkpoints every ``--checkpoint-every`` steps the learner state plus
-every rank's offsets (the next offset to read per partition, Kafka's committed-offset
-convention) and the trained sample count; on (re)start every rank loads the newest checkpoint
+summation order). The run ends once ``--max-samples`` are trained in all, or when every rank has
+read its partitions to their end offsets and seen nothing new for ``--idle-timeout`` seconds
+(default 0: a bounded pass over what is there). Rank 0 checkpoints every ``--checkpoint-every``
+steps the learner state plus every rank's offsets (the next offset to read per partition, Kafka's
+committed-offset convention) and the trained sample count; on (re)start every rank loads the newest checkpoint
 and seeks there, so ``torchrun --max-restarts=K`` resumes without losing or repeating a sample.
 Dead letters are the worker's job: this trainer only counts what it skips.
 """
