@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -354,3 +355,13 @@ def test_an_answered_rollback_is_on_the_control_topic_and_survives_a_kill(kafka,
     assert scored()["scores"] == pytest.approx(rolled_back["scores"], rel=1e-6)  # the same model
     updates = read_topic(kafka.bootstrap, topic_name("model-updates"), expected=1000, timeout_s=5)
     assert (updates[-1]["version"], updates[-1]["info"]["rollback"]) == (serving - 1, True)
+
+
+def test_adopting_an_old_version_keeps_it_and_the_newest(tmp_path: Path) -> None:
+    service, _ = trained(tmp_path, versions=4, keep_versions=3)
+    history = service.history
+    old = replace(history.versions[0], number=1, created=0.0)  # one loaded from the store
+    history.adopt(old, last_number=4)
+    assert history.numbers() == [1, 3, 4] and history.serving is old and history.last_number == 4
+    history.adopt(old, last_number=4)
+    assert history.numbers() == [1, 3, 4] and history.serving is old
