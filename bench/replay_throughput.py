@@ -23,9 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from roles.main_job import stop_process, wait_http  # noqa: E402
 from streams.broker import EmbeddedBroker, free_port  # noqa: E402
 from streams.config import Settings, shared_data_dir  # noqa: E402
-from roles.main_job import stop_process, wait_http  # noqa: E402
 
 
 def applied(base: str) -> int:

@@ -32,10 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.loadgen import HEADER, LoadReport, load  # noqa: E402
+from roles.main_job import stop_process, wait_http  # noqa: E402
 from streams.broker import EmbeddedBroker, free_port  # noqa: E402
 from streams.client import get_json, post_json  # noqa: E402
 from streams.config import Settings, shared_data_dir  # noqa: E402
-from roles.main_job import stop_process, wait_http  # noqa: E402
 from streams.producer import make_producer, observations_from_csv, send_all  # noqa: E402
 from streams.schemas import Observation, Record  # noqa: E402
 

@@ -74,6 +74,7 @@ class WorkerRole:
         self.sink = KafkaSink(settings.bootstrap)
         self.instance = settings.instance_id
         self.url = f"http://{settings.http_host}:{settings.http_port}"
+        policy = policy or CheckpointPolicy(settings.checkpoint_interval_s, settings.checkpoint_events)
         self.runners = [
             ServiceRunner(s, settings.checkpoint_root, self.sink, self.metrics, policy) for s in services
         ]

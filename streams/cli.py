@@ -6,6 +6,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -207,7 +208,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         metavar="SERVICE.KEY=VALUE",
         help="service option, e.g. ctr.swap_interval_s=5 (repeatable)",
     )
-    p.add_argument("--loglevel", default="warning")
+    p.add_argument(
+        "--loglevel",
+        default=os.environ.get("DRIFTLINE_LOGLEVEL", "warning"),
+        help="debug, info, warning (default: $DRIFTLINE_LOGLEVEL, else warning)",
+    )
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("produce", help="send JSON records (arguments, or one per line on stdin)")

@@ -36,6 +36,9 @@ class Settings:
     services: str = "forecast,ctr,rank"
     #: Checkpoints every worker of a deployment reaches (a directory here); empty: ``<home>/checkpoints``.
     checkpoint_store: str = ""
+    #: Checkpoint every this many seconds or applied events per service, whichever comes first.
+    checkpoint_interval_s: float = 10.0
+    checkpoint_events: int = 100_000
     #: This process's stable name: its static group membership (``group.instance.id``) and status
     #: key. Empty: ``<hostname>-<http_port>``, stable across restarts of the same process.
     instance: str = ""
@@ -82,6 +85,8 @@ def _coerce(kind: Any, value: Any) -> Any:
     kind = str(kind)
     if kind == "int":
         return int(value)
+    if kind == "float":
+        return float(value)
     if kind == "Path":
         return Path(value)
     return str(value)

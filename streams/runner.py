@@ -390,6 +390,8 @@ class ServiceRunner:
         self._load(self._snapshot)
         for topic, items in self._journal:
             self._process(topic, items)
+        for outcome in self.service.decided:  # decided over HTTP since the snapshot: keep them
+            self.service.apply_outcome_once(outcome)
 
     def _isolate(self, topic: str, items: list[_Item]) -> _Applied:
         """Apply what applies, bisecting; records that raise alone are dead-lettered."""
@@ -420,6 +422,7 @@ class ServiceRunner:
         with self.service.lock:
             self._snapshot = _Snapshot(self._full_state(), dict(self.offsets), self.service.model_version())
             self._journal = []
+            self.service.decided = []
 
     async def rewind(self, owned: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """Back to the restore point after a fault of ours; return where to read ``owned`` again from."""
@@ -428,6 +431,8 @@ class ServiceRunner:
             assert snapshot is not None
             with self.service.lock:
                 self._load(snapshot)
+                for outcome in self.service.decided:
+                    self.service.apply_outcome_once(outcome)
             self._journal = []
             self.offsets = dict(snapshot.offsets)
             return {tp: self.offsets.get(tp_key(*tp), -1) + 1 for tp in owned}

@@ -122,6 +122,9 @@ class ModelService(ABC):
         self.emit: Callable[[Output], Awaitable[None]] | None = None
         #: Per outcome key, the ``seq`` of the last outcome applied (checkpointed by the runner).
         self.outcome_seqs: dict[str, int] = {}
+        #: Outcomes decided here since the runner's last restore point: a recovery that goes back
+        #: to that point applies them again, so a decision is never lost nor its ``seq`` reused.
+        self.decided: list[Outcome] = []
 
     @abstractmethod
     def subscriptions(self) -> list[Subscription]:
@@ -167,6 +170,7 @@ class ModelService(ABC):
         seq = self.outcome_seqs.get(key, 0) + 1
         outcome = Outcome(service=self.name, kind=kind, key=key, seq=seq, ts=ts, data=data)
         self.apply_outcome_once(outcome)
+        self.decided.append(outcome)
         return outcome
 
     async def publish_outcome(self, outcome: Outcome) -> None:

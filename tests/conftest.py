@@ -45,7 +45,15 @@ def topic_prefix(monkeypatch: pytest.MonkeyPatch) -> str:
 class WorkerProcess:
     """``driftline worker`` in a child process, restartable and killable like in production."""
 
-    def __init__(self, bootstrap: str, home: Path, services: str, options: list[str], prefix: str) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        home: Path,
+        services: str,
+        options: list[str],
+        prefix: str,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.home = home
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -57,10 +65,13 @@ class WorkerProcess:
             "DRIFTLINE_TOPIC_PREFIX": prefix,
             "DRIFTLINE_APP_ID": f"app-{prefix.rstrip('.')}",
             "DRIFTLINE_DEVICE": "cpu",
+            "DRIFTLINE_LOGLEVEL": "info",  # the log is what a failing test shows
+            **(env or {}),
         }
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> WorkerProcess:
+    def start(self, wait: bool = True, **env: str) -> WorkerProcess:
+        """Start the process (``env``: extra variables for this start only, e.g. a crash point)."""
         from roles.main_job import wait_http
 
         command = [sys.executable, "-m", "streams.cli", "--home", str(self.home), "worker",
@@ -68,9 +79,12 @@ class WorkerProcess:
         for option in self.options:
             command += ["--option", option]
         log = open(self.home / "worker.log", "ab")  # noqa: SIM115 - handed to the child
-        self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            command, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT
+        )
         log.close()
-        wait_http(f"{self.base}/health", timeout_s=120, process=self.process)
+        if wait:
+            wait_http(f"{self.base}/ready", timeout_s=120, process=self.process)
         return self
 
     def kill(self) -> None:
@@ -93,10 +107,15 @@ class WorkerProcess:
 def worker_factory(kafka: EmbeddedBroker, topic_prefix: str, tmp_path: Path) -> Iterator:
     workers: list[WorkerProcess] = []
 
-    def make(services: str, options: list[str] | None = None) -> WorkerProcess:
-        home = tmp_path / "worker"
+    def make(
+        services: str,
+        options: list[str] | None = None,
+        name: str = "worker",
+        env: dict[str, str] | None = None,
+    ) -> WorkerProcess:
+        home = tmp_path / name
         home.mkdir(exist_ok=True)
-        worker = WorkerProcess(kafka.bootstrap, home, services, options or [], topic_prefix)
+        worker = WorkerProcess(kafka.bootstrap, home, services, options or [], topic_prefix, env)
         workers.append(worker)
         return worker
 

@@ -16,6 +16,7 @@ from models import cli
 from models.ctr.service import CtrService
 from streams.http import make_app
 from streams.topics import topic_name
+from tests.models.outputs import record_outputs
 from tests.models.synthetic import impressions, make_service
 
 
@@ -28,6 +29,7 @@ def free_port() -> int:
 @pytest.fixture()
 def served(tmp_path: Path) -> Iterator[tuple[CtrService, str]]:
     service, _ = make_service(tmp_path, swap_interval_s=0.0)
+    record_outputs(service)  # a rollback is recorded on the control topic before it answers
     for seed in range(2):
         service.process(topic_name("impressions"), impressions(64, seed=seed))
     port = free_port()
