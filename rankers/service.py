@@ -14,6 +14,12 @@
   the topic like any stream; an outcome whose ``seq`` the state holds is a no-op, so a replay after a
   crash rebuilds exactly the leases and skips that were answered. Expiry is not an outcome: it follows
   from the lease's recorded absolute ``expires_at`` and the clock (see :mod:`rankers.labeling_queue`).
+- A label or outcome for a task not created yet (a replay meets it before its query: Kafka orders
+  nothing across topics) is held back in the state (:mod:`rankers.holdback`) and applied when the
+  query creates the task: the task's outcomes in arrival order, then its labels, the order they were
+  made in. It is dead-lettered only when the hold-back is full (``pending_max``), when it waited past
+  ``pending_ttl_s``, or when its query came and made no task. Those letters name the record's topic
+  but not its offset (-1): the service never sees offsets.
 - HTTP: annotators take tasks under a lease, skip, and submit grades; an accepted submission is sent to
   the labels topic through ``emit`` and learned when it comes back, so a crash right after accepting
   loses nothing. ``POST /rank`` ranks candidates with the serving model; ``GET /labeling`` is the page.
@@ -36,11 +42,12 @@ from pydantic import ValidationError
 from models.checkpoints import CheckpointStore
 from rankers.budget import BudgetUnit, LabelingBudget
 from rankers.data import MAX_GRADE
+from rankers.holdback import Held, HoldBack
 from rankers.labeling_queue import Entry, LabelingQueue
 from rankers.lambdamart import LambdaMARTRanker, UpdateMode
 from rankers.records import query_batch
 from rankers.selectors import PercentileScale, Selector, make_selector
-from streams.schemas import Label, LabelingTask, Outcome, Query, Record
+from streams.schemas import DeadLetter, Label, LabelingTask, Outcome, Query, Record
 from streams.service import (
     ApiError,
     ApiRequest,
@@ -98,6 +105,8 @@ class RankService(ModelService):
         min_quantile: float | None = None,
         score_window: int = 1024,
         lease_s: float = 300.0,
+        pending_max: int = 10_000,
+        pending_ttl_s: float | None = None,
         seed: int = 0,
         batch_size: int = 64,
         batch_window_s: float = 0.2,
@@ -120,6 +129,9 @@ class RankService(ModelService):
         self.min_quantile = min_quantile
         self.score_scale = PercentileScale(score_window)
         self.queue = LabelingQueue(lease_s, clock)
+        #: Labels and outcomes waiting for the query that creates their task; by default they wait a
+        #: few lease lengths, ample for a replay to reach the query.
+        self.held = HoldBack(pending_max, 3 * lease_s if pending_ttl_s is None else pending_ttl_s, clock)
         self.clock = clock
         self.batch_size, self.batch_window_s = batch_size, batch_window_s
         #: Per task id, outcomes applied here whose publish has not succeeded yet (seq order). The
@@ -138,8 +150,17 @@ class RankService(ModelService):
         ]
 
     def process(self, topic: str, records: list[Record]) -> BatchResult:
+        expired = [self._dead_letter(h, self._expiry_reason(h)) for h in self.held.expire()]
+        result = self._dispatch(topic, records)
+        result.outputs[:0] = expired
+        return result
+
+    def _dispatch(self, topic: str, records: list[Record]) -> BatchResult:
         if topic == topic_name("queries"):
-            return self._select([r for r in records if isinstance(r, Query)])
+            queries = [r for r in records if isinstance(r, Query)]
+            result = self._select(queries)
+            self._release(queries, result)
+            return result
         if topic == topic_name("labels"):
             return self._learn([r for r in records if isinstance(r, Label)])
         if topic == topic_name("control"):
@@ -186,6 +207,21 @@ class RankService(ModelService):
         return result
 
     def _learn(self, labels: list[Label]) -> BatchResult:
+        """Learn the labels of known tasks; hold back those whose task is not created yet."""
+        result = BatchResult()
+        known: list[int] = []
+        for i, label in enumerate(labels):
+            if self.queue.knows(label.task_id):
+                known.append(i)
+            elif not self.held.hold(label.task_id, topic_name("labels"), label):
+                result.rejected[i] = f"label for unknown task {label.task_id}: {self._full_reason()}"
+        learned = self._learn_known([labels[i] for i in known])
+        result.rejected.update({known[j]: reason for j, reason in learned.rejected.items()})
+        result.metrics = learned.metrics
+        return result
+
+    def _learn_known(self, labels: list[Label]) -> BatchResult:
+        """One retrain on the labels that fit their open task; the rest rejected (by index) with why."""
         result = BatchResult()
         accepted: list[tuple[Label, LabelingTask]] = []
         in_batch: set[str] = set()
@@ -211,31 +247,94 @@ class RankService(ModelService):
         return result
 
     def _apply_control(self, records: list[Record]) -> BatchResult:
-        """Apply this service's outcomes once each; other services' outcomes pass by untouched."""
+        """Apply this service's outcomes once each (holding back those for tasks not created yet);
+        other services' outcomes pass by untouched."""
         result = BatchResult()
         position = {id(r): i for i, r in enumerate(records)}
         applied = 0
         for outcome in self.control_records(records):
             try:
-                applied += self.apply_outcome_once(outcome)
+                if self.queue.knows(outcome.key):
+                    applied += self.apply_outcome_once(outcome)
+                    continue
+                self._outcome_terms(outcome)  # one that no task could take is refused now, not later
             except ApiError as exc:
-                where = f"{outcome.kind} outcome #{outcome.seq} for {outcome.key}"
-                result.rejected[position[id(outcome)]] = f"{where}: {exc.message}"
+                result.rejected[position[id(outcome)]] = f"{_outcome_name(outcome)}: {exc.message}"
+                continue
+            if not self.held.hold(outcome.key, topic_name("control"), outcome):
+                where = f"{_outcome_name(outcome)}: no task {outcome.key} yet"
+                result.rejected[position[id(outcome)]] = f"{where}; {self._full_reason()}"
         result.metrics = {"outcomes_applied": float(applied)}
         return result
 
     def apply_outcome(self, outcome: Outcome) -> None:
         """A lease or skip on task ``outcome.key``: a pure function of the queue and the outcome."""
-        annotator = _annotator(outcome.data.get("annotator"))
-        if outcome.kind == "lease":
-            expires_at = outcome.data.get("expires_at")
-            if type(expires_at) not in (int, float):
-                raise ApiError(400, "a lease outcome needs a numeric expires_at")
-            self.queue.apply_lease(outcome.key, annotator, float(expires_at))
-        elif outcome.kind == "skip":
+        annotator, expires_at = self._outcome_terms(outcome)
+        if expires_at is None:
             self.queue.apply_skip(outcome.key, annotator)
         else:
-            super().apply_outcome(outcome)
+            self.queue.apply_lease(outcome.key, annotator, expires_at)
+
+    def _outcome_terms(self, outcome: Outcome) -> tuple[str, float | None]:
+        """Who, and until when (None for a skip); ApiError 400 for an outcome no task could take."""
+        annotator = _annotator(outcome.data.get("annotator"))
+        if outcome.kind == "skip":
+            return annotator, None
+        if outcome.kind != "lease":
+            super().apply_outcome(outcome)  # refuses the kinds this service does not take
+        expires_at = outcome.data.get("expires_at")
+        if type(expires_at) not in (int, float):
+            raise ApiError(400, "a lease outcome needs a numeric expires_at")
+        return annotator, float(expires_at)
+
+    # -- records held back until their task exists -------------------------------------------------
+    def _release(self, queries: list[Query], result: BatchResult) -> None:
+        """Apply what waited for the tasks of ``queries``: outcomes, then labels (the order they were
+        made in: a label follows its lease); dead-letter what waited for a query that made no task.
+        Their batches are past, so their refusals go out as dead-letter outputs."""
+        outcomes: list[tuple[Held, Outcome]] = []
+        labels: list[tuple[Held, Label]] = []
+        for query in queries:
+            task_id = task_id_for(query)
+            if task_id not in self.held:
+                continue
+            waiting = self.held.take(task_id)
+            if not self.queue.knows(task_id):
+                why = f"query {query.query_id} at ts {query.ts} did not become a labeling task"
+                result.outputs.extend(self._dead_letter(h, why) for h in waiting)
+                continue
+            outcomes.extend((h, h.record) for h in waiting if isinstance(h.record, Outcome))
+            labels.extend((h, h.record) for h in waiting if isinstance(h.record, Label))
+        if not outcomes and not labels:
+            return
+        applied = 0
+        for held, outcome in outcomes:
+            try:
+                applied += self.apply_outcome_once(outcome)
+            except ApiError as exc:
+                result.outputs.append(self._dead_letter(held, f"{_outcome_name(outcome)}: {exc.message}"))
+        learned = self._learn_known([label for _, label in labels])
+        for i, why in sorted(learned.rejected.items()):
+            result.outputs.append(self._dead_letter(labels[i][0], why))
+        released = {"held_outcomes_applied": float(applied), "held_labels_released": float(len(labels))}
+        result.metrics = {**result.metrics, **learned.metrics, **released}
+
+    def _dead_letter(self, held: Held, reason: str) -> Output:
+        letter = DeadLetter(
+            topic=held.topic, partition=-1, offset=-1, reason=reason,
+            payload=held.record.to_bytes().decode(), ts=self.clock(),
+        )  # fmt: skip
+        return Output(topic_name("dead-letter"), held.task_id, letter)
+
+    def _expiry_reason(self, held: Held) -> str:
+        waited = self.clock() - held.held_at
+        return (
+            f"held back {waited:.0f} s for task {held.task_id}, past pending_ttl_s={self.held.ttl_s:g}: "
+            "the query that creates it never came"
+        )
+
+    def _full_reason(self) -> str:
+        return f"hold-back full ({self.held.max_records} records wait for their tasks; pending_max)"
 
     # -- HTTP --------------------------------------------------------------------------------
     def routes(self) -> list[Route]:
@@ -360,6 +459,7 @@ class RankService(ModelService):
             "model_version": self.model_version(),
             "committee": len(self.ranker.committee()),
             "labeled_queries": 0 if self.ranker.labeled is None else self.ranker.labeled.n_queries,
+            "held_back": len(self.held),
         }
 
     def _accept(self, task_id: str, annotator: str, body: dict[str, Any]) -> tuple[Entry, Label]:
@@ -396,6 +496,7 @@ class RankService(ModelService):
             "score_history": list(self.score_scale.history),
             "queue": self.queue.state_dict(),
             "budget": self.budget.state_dict(),
+            "held": self.held.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -405,6 +506,7 @@ class RankService(ModelService):
         self.score_scale.history.extend(state["score_history"])
         self.queue.load_state_dict(state["queue"])
         self.budget.load_state_dict(state["budget"])
+        self.held.load_state_dict(state.get("held", {"held": []}))  # checkpoints from before hold-back
         with self._unsent_lock:
             self._unsent.clear()  # the loaded state (and its outcome seqs, which the runner restores) rules
 
@@ -416,6 +518,10 @@ def _body(request: ApiRequest) -> dict[str, Any]:
     if not isinstance(request.body, dict):
         raise ApiError(400, "request body must be a JSON object")
     return request.body
+
+
+def _outcome_name(outcome: Outcome) -> str:
+    return f"{outcome.kind} outcome #{outcome.seq} for {outcome.key}"
 
 
 def _annotator(value: Any) -> str:

@@ -7,21 +7,25 @@ import asyncio
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from models.checkpoints import CheckpointStore
 from rankers.labeling_queue import Entry
 from rankers.records import query_records
-from rankers.service import RankService
-from streams.schemas import Outcome, Query
+from rankers.service import RankService, task_id_for
+from streams.schemas import DeadLetter, Label, Outcome, Query
 from streams.service import ApiError, ApiRequest, Output
+from streams.topics import topic_name
 
 from .conftest import synthetic_queries
-from .service_helpers import CONTROL, QUERIES, FakeClock, Harness, outcomes_of
+from .service_helpers import CONTROL, LABELS, QUERIES, QUEUE, FakeClock, Harness, labels_of, outcomes_of
 
 ANNOTATORS = 20
 TASKS = 12
+DEAD_LETTER = topic_name("dead-letter")
 
 
 @pytest.fixture
@@ -29,11 +33,17 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+def fresh_service(clock: FakeClock, n: int, **options: Any) -> RankService:
+    """A cold-start service whose budget makes a task of each of its first ``n`` queries."""
+    return RankService(
+        clock=clock, rounds=5, committee_size=2, budget=n, budget_window=n, lease_s=60.0, **options
+    )
+
+
 def service_with_tasks(clock: FakeClock, queries: list[Query]) -> RankService:
     """A cold-start service that queued one task per query."""
-    n = len(queries)
-    service = RankService(clock=clock, rounds=5, committee_size=2, budget=n, budget_window=n, lease_s=60.0)
-    assert len(service.process(QUERIES, queries).outputs) == n
+    service = fresh_service(clock, len(queries))
+    assert len(service.process(QUERIES, queries).outputs) == len(queries)
     return service
 
 
@@ -249,10 +259,110 @@ def test_control_records_other_services_pass_bad_outcomes_are_rejected(clock: Fa
         outcome("rollback", annotator="x"),
         outcome("lease", annotator="x", expires_at="soon"),
         outcome("lease", annotator="", expires_at=9e9),
+        outcome("lease", key="t-unknown", annotator="x", expires_at="soon"),
     ]
     result = h.service.process(CONTROL, batch)
-    assert set(result.rejected) == {1, 2, 3, 4}
-    assert "no task t-unknown" in result.rejected[1]
+    assert set(result.rejected) == {2, 3, 4, 5}
     assert "no 'rollback' outcomes" in result.rejected[2]
     assert "expires_at" in result.rejected[3] and "annotator" in result.rejected[4]
+    assert "expires_at" in result.rejected[5]  # a bad outcome is refused at once, task or no task
+    assert len(h.service.held) == 1 and "t-unknown" in h.service.held  # it may still get its task
     assert h.service.queue.state_dict() == before and h.service.outcome_seqs == {}
+
+
+# -- labels and outcomes that a replay delivers before their query ------------------------------------
+def answered_history(clock: FakeClock) -> tuple[Harness, list[Query], list[Outcome], list[Label]]:
+    """Task A leased by alice, skipped, leased by bob; task B leased by carol and labeled by her."""
+    queries, truth = query_records(synthetic_queries(2, docs=8))
+    h = Harness(service_with_tasks(clock, queries))
+    a = h.next_task("alice")["task_id"]
+    assert skip(h, a, "alice") == 200
+    assert h.next_task("bob")["task_id"] == a
+    b = h.next_task("carol")
+    assert b["task_id"] != a
+    assert h.submit(b["task_id"], truth[b["query_id"]], "carol").status == 202
+    labels = labels_of(h.emitted)
+    h.deliver_labels()
+    assert h.service.model_version() == 1
+    return h, queries, outcomes_of(h.emitted), labels
+
+
+def dead_letters(outputs: list[Output]) -> list[DeadLetter]:
+    return [o.record for o in outputs if isinstance(o.record, DeadLetter) and o.topic == DEAD_LETTER]
+
+
+@pytest.mark.parametrize("checkpointed", [False, True], ids=["in-memory", "through-a-checkpoint"])
+def test_labels_and_outcomes_before_their_query_wait_for_it(
+    clock: FakeClock, tmp_path: Path, checkpointed: bool
+) -> None:
+    h, queries, outcomes, labels = answered_history(clock)
+    replica = fresh_service(clock, len(queries))
+    early = [replica.process(LABELS, labels), replica.process(CONTROL, outcomes)]  # label first
+    assert [r.rejected for r in early] == [{}, {}] and not any(r.outputs for r in early)
+    assert len(replica.held) == len(outcomes) + 1 and replica.queue.entries == {}
+    if checkpointed:  # the hold-back is service state: a crash now loses none of it
+        store = CheckpointStore(tmp_path, "worker-rank")
+        store.save({"service": replica.state_dict()})
+        replica = fresh_service(clock, len(queries))
+        replica.load_state_dict(store.load().state["service"])
+        assert len(replica.held) == len(outcomes) + 1
+
+    result = replica.process(QUERIES, queries)
+    assert not result.rejected and [o.topic for o in result.outputs] == [QUEUE, QUEUE]  # no dead letter
+    assert result.metrics["held_outcomes_applied"] == len(outcomes)
+    assert result.metrics["held_labels_released"] == 1
+    # in order: A's skip between its two leases, B's lease before its label (else B's lease is refused)
+    assert replica.queue.state_dict() == h.service.queue.state_dict()
+    assert replica.outcome_seqs == h.service.outcome_seqs
+    assert replica.model_version() == h.service.model_version() == 1 and len(replica.held) == 0
+
+    again = [replica.process(CONTROL, outcomes), replica.process(LABELS, labels)]  # a second replay
+    assert again[0].metrics["outcomes_applied"] == 0 and not again[0].rejected
+    assert list(again[1].rejected.values()) == [f"duplicate label for task {labels[0].task_id}"]
+    assert replica.queue.state_dict() == h.service.queue.state_dict() and len(replica.held) == 0
+
+
+def test_a_full_hold_back_dead_letters_what_does_not_fit(clock: FakeClock) -> None:
+    _, queries, outcomes, labels = answered_history(clock)
+    replica = fresh_service(clock, len(queries), pending_max=2)
+    control = replica.process(CONTROL, outcomes)
+    assert sorted(control.rejected) == [2, 3] and len(replica.held) == 2
+    for index, reason in control.rejected.items():
+        outcome = outcomes[index]
+        assert reason.startswith(f"lease outcome #{outcome.seq} for {outcome.key}: no task {outcome.key} yet")
+        assert "hold-back full (2 records wait for their tasks; pending_max)" in reason
+    [reason] = replica.process(LABELS, labels).rejected.values()
+    assert reason.startswith(f"label for unknown task {labels[0].task_id}: hold-back full")
+
+
+def test_a_record_held_past_its_ttl_is_dead_lettered(clock: FakeClock) -> None:
+    _, queries, outcomes, labels = answered_history(clock)
+    replica = fresh_service(clock, len(queries))
+    assert replica.held.ttl_s == 3 * replica.queue.lease_s  # a few lease lengths by default
+    replica.process(LABELS, labels)
+    clock.now += 100
+    replica.process(CONTROL, outcomes)
+    clock.now += 81  # the label has waited 181 s (past 180), the outcomes 81 s
+    result = replica.process(QUERIES, queries)
+    [letter] = dead_letters(result.outputs)
+    assert (letter.topic, letter.partition, letter.offset) == (LABELS, -1, -1)
+    assert Label.model_validate_json(letter.payload) == labels[0]
+    assert letter.reason.startswith(f"held back 181 s for task {labels[0].task_id}, past pending_ttl_s=180")
+    assert replica.queue.entries[labels[0].task_id].annotator == "carol"  # its outcomes still applied
+    assert replica.model_version() == 0 and len(replica.held) == 0
+
+
+def test_records_for_a_query_that_made_no_task_are_dead_lettered(clock: FakeClock) -> None:
+    queries, truth = query_records(synthetic_queries(2, docs=4))
+    service = RankService(clock=clock, rounds=5, budget=1, budget_window=2, lease_s=60.0)
+    orphan = task_id_for(queries[1])  # the budget runs out before this query: it never becomes a task
+    label = Label(task_id=orphan, query_id=queries[1].query_id, ts=clock.now, grades=truth["q1"])
+    lease = Outcome(service="rank", kind="lease", key=orphan, seq=1, ts=0.0,
+                    data={"annotator": "x", "expires_at": 9e9})  # fmt: skip
+    assert not service.process(LABELS, [label]).rejected and not service.process(CONTROL, [lease]).rejected
+    result = service.process(QUERIES, queries)
+    assert [o.topic for o in result.outputs] == [QUEUE, DEAD_LETTER, DEAD_LETTER]
+    letters = dead_letters(result.outputs)
+    assert [d.topic for d in letters] == [LABELS, CONTROL]  # arrival order
+    assert {d.reason for d in letters} == {f"query q1 at ts {queries[1].ts} did not become a labeling task"}
+    assert len(service.held) == 0 and service.outcome_seqs == {} and not service.queue.knows(orphan)
