@@ -12,7 +12,6 @@ status topic, which is also where this worker learns who owns which partition.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import time
@@ -28,8 +27,7 @@ from streams.runner import CheckpointPolicy, ServiceRunner
 from streams.schemas import ServiceStatus
 from streams.service import ModelService
 from streams.sink import KafkaSink
-from streams.status import StatusBoard, collect_rows, status_key
-from streams.topics import topic_name
+from streams.status import StatusBoard, collect_rows, publish_status
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +126,7 @@ class WorkerRole:
             return False, f"restoring partitions of {', '.join(waiting)}"
         return True, "every service owns and has restored its partitions"
 
-    def status_rows(self) -> list[ServiceStatus]:
+    def _rows(self) -> list[ServiceStatus]:
         return collect_rows(
             self.metrics.registry,
             instance=self.instance,
@@ -140,18 +138,12 @@ class WorkerRole:
         )
 
     # -- running -------------------------------------------------------------------------------
-    async def _publish_status(self, stop: asyncio.Event) -> None:
-        topic = topic_name("status")
-        while not stop.is_set():
-            self.metrics.render()  # refreshes the events/s gauges the rows read
-            for row in self.status_rows():
-                with contextlib.suppress(Exception):  # status is best effort; the stream is not
-                    await asyncio.wait_for(
-                        self.sink.producer.send_and_wait(topic, row.to_bytes(), key=status_key(row)), 5
-                    )
-            await asyncio.to_thread(self.directory.refresh)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), STATUS_INTERVAL_S)
+    def status_rows(self) -> list[ServiceStatus]:
+        self.metrics.render()  # refreshes the events/s gauges the rows read
+        return self._rows()
+
+    async def _refresh_directory(self) -> None:
+        await asyncio.to_thread(self.directory.refresh)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then checkpoint every service and close."""
@@ -162,7 +154,10 @@ class WorkerRole:
         await web.TCPSite(http, self.settings.http_host, self.settings.http_port).start()
         log.info("%s %s: HTTP on %s", self.role, self.instance, self.url)
         tasks = [asyncio.create_task(c.run(stop)) for c in self.consumers]
-        tasks.append(asyncio.create_task(self._publish_status(stop)))
+        status = publish_status(
+            self.sink.producer, self.status_rows, stop, STATUS_INTERVAL_S, self._refresh_directory
+        )
+        tasks.append(asyncio.create_task(status))
         try:
             done, _ = await asyncio.wait(
                 [*tasks, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED

@@ -106,6 +106,22 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from roles.serving import ServingRole
+    from roles.worker import run_until_signalled
+    from streams import registry
+    from streams.topics import ensure_topics
+
+    settings = settings_from(args)
+    logging.getLogger().setLevel(args.loglevel.upper())
+    options = parse_options(args.option)
+    ensure_topics(settings.bootstrap)
+    names = [n.strip() for n in (args.services or "ctr").split(",") if n.strip()]
+    parts = [registry.build_serving(n, settings.checkpoint_root, **options.get(n, {})) for n in names]
+    run_until_signalled(ServingRole(settings, parts))
+    return 0
+
+
 def cmd_produce(args: argparse.Namespace) -> int:
     from streams.producer import encode, make_producer
     from streams.schemas import RecordError
@@ -214,6 +230,15 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         help="debug, info, warning (default: $DRIFTLINE_LOGLEVEL, else warning)",
     )
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("serve", help="run a serving replica: queries from model-updates, no training")
+    p.add_argument("--services", help="comma-separated services to serve (default ctr)")
+    p.add_argument("--http-port", type=int, help="HTTP port (default 8080)")
+    p.add_argument(
+        "--option", action="append", default=[], metavar="SERVICE.KEY=VALUE", help="serving option"
+    )
+    p.add_argument("--loglevel", default=os.environ.get("DRIFTLINE_LOGLEVEL", "warning"))
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("produce", help="send JSON records (arguments, or one per line on stdin)")
     p.add_argument("--topic", required=True, help="observations, impressions, queries, labels, ...")

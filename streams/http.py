@@ -77,6 +77,8 @@ def adapt(handler: Handler, owner_url: OwnerLookup | None = None) -> Callable[[w
         try:
             answer: ApiResponse = await handler(api_request)
         except ApiError as exc:
+            if exc.status == 503:  # nothing to serve yet: say when to come back
+                return unavailable(exc.message)
             return _json({"error": exc.message}, exc.status)
         except NotOwner as exc:
             url = None

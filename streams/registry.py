@@ -17,6 +17,13 @@ SERVICES: dict[str, str] = {
 }
 
 
+#: service name -> "module:factory" of its serving part for replicas; a factory takes
+#: (checkpoint_root, **options) and returns a part with routes, ready, model_version, apply_update.
+SERVING: dict[str, str] = {
+    "ctr": "models.ctr.serving:build_serving",
+}
+
+
 def parse_names(spec: str) -> list[str]:
     """``"forecast, ctr"`` -> ``["forecast", "ctr"]``, rejecting unknown names clearly."""
     names = [n.strip() for n in spec.split(",") if n.strip()]
@@ -30,6 +37,16 @@ def parse_names(spec: str) -> list[str]:
 
 def build(name: str, data_dir: Path, **options: Any) -> ModelService:
     """Import and construct the service ``name``."""
-    module_name, factory = SERVICES[name].split(":")
-    module = importlib.import_module(module_name)
-    return getattr(module, factory)(data_dir, **options)
+    return _call(SERVICES[name], data_dir, **options)
+
+
+def build_serving(name: str, checkpoint_root: Path, **options: Any) -> Any:
+    """Import and construct the serving part of ``name`` (for a replica)."""
+    if name not in SERVING:
+        raise ValueError(f"service {name!r} has no serving part; replicas serve: {', '.join(SERVING)}")
+    return _call(SERVING[name], checkpoint_root, **options)
+
+
+def _call(target: str, path: Path, **options: Any) -> Any:
+    module_name, factory = target.split(":")
+    return getattr(importlib.import_module(module_name), factory)(path, **options)

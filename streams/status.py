@@ -13,14 +13,16 @@ freely as long as the exported families keep their names and labels.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
 from rich import box
@@ -320,3 +322,29 @@ def watch(
             if stop.wait(refresh_s):
                 return
             board.poll()
+
+
+async def publish_status(
+    producer: Any,
+    make_rows: Callable[[], list[ServiceStatus]],
+    stop: asyncio.Event,
+    interval_s: float = 2.0,
+    after: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Send ``make_rows()`` to the status topic every ``interval_s`` until ``stop`` (best effort).
+
+    ``producer`` is an aiokafka producer; ``after`` runs after each round (e.g. reading the board).
+    """
+    from streams.topics import topic_name
+
+    topic = topic_name("status")
+    while not stop.is_set():
+        for row in make_rows():
+            try:
+                await asyncio.wait_for(producer.send_and_wait(topic, row.to_bytes(), key=status_key(row)), 5)
+            except Exception as exc:  # status must never stop the stream
+                log.debug("status row not sent: %s", exc)
+        if after is not None:
+            await after()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)

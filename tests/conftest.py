@@ -53,8 +53,10 @@ class WorkerProcess:
         options: list[str],
         prefix: str,
         env: dict[str, str] | None = None,
+        command: str = "worker",
     ) -> None:
         self.home = home
+        self.command = command
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.services = services
@@ -74,7 +76,7 @@ class WorkerProcess:
         """Start the process (``env``: extra variables for this start only, e.g. a crash point)."""
         from roles.main_job import wait_http
 
-        command = [sys.executable, "-m", "streams.cli", "--home", str(self.home), "worker",
+        command = [sys.executable, "-m", "streams.cli", "--home", str(self.home), self.command,
                    "--services", self.services, "--http-port", str(self.port)]  # fmt: skip
         for option in self.options:
             command += ["--option", option]
@@ -112,10 +114,12 @@ def worker_factory(kafka: EmbeddedBroker, topic_prefix: str, tmp_path: Path) -> 
         options: list[str] | None = None,
         name: str = "worker",
         env: dict[str, str] | None = None,
+        command: str = "worker",
     ) -> WorkerProcess:
+        """A ``driftline worker`` (or ``serve``) process with its own home ``tmp_path/name``."""
         home = tmp_path / name
         home.mkdir(exist_ok=True)
-        worker = WorkerProcess(kafka.bootstrap, home, services, options or [], topic_prefix, env)
+        worker = WorkerProcess(kafka.bootstrap, home, services, options or [], topic_prefix, env, command)
         workers.append(worker)
         return worker
 

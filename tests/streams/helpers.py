@@ -12,7 +12,15 @@ from kafka import KafkaConsumer
 
 from streams.client import get_json, post_json
 
-__all__ = ["get_json", "get_text", "metric_value", "post_json", "read_topic", "wait_until"]
+__all__ = ["get_json", "get_text", "metric_value", "post_json", "read_topic", "try_get_json", "wait_until"]
+
+
+def try_get_json(url: str) -> tuple[int, Any]:
+    """``get_json``, with (0, {}) while the server is not listening yet (or no longer)."""
+    try:
+        return get_json(url)
+    except (OSError, ValueError):
+        return 0, {}
 
 
 def get_text(url: str) -> str:

@@ -1,0 +1,166 @@
+"""Several processes on one machine, sharing only Kafka and the checkpoint store, as machines would.
+
+Three keyed ``tally`` workers split the observations partitions; one is killed mid-stream and the
+others take its partitions with their state; any worker answers for any key. A CTR trainer
+publishes versions that two serving replicas pick up, and they keep serving while it is down.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+
+import pytest
+from kafka import KafkaAdminClient
+
+from streams.producer import make_producer, send_all
+from streams.schemas import Observation
+from streams.topics import ensure_topics
+from tests.streams.helpers import post_json, try_get_json, wait_until
+
+pytestmark = pytest.mark.kafka
+
+PARTITIONS = 12
+SERIES = 30
+
+
+def observations(n: int, seed: int) -> list[Observation]:
+    rng = random.Random(seed)
+    return [
+        Observation(series=f"k{rng.randrange(SERIES)}", ts=float(i), values=[round(rng.uniform(-5, 5), 3)])
+        for i in range(n)
+    ]
+
+
+def produce(bootstrap: str, records: list) -> None:
+    producer = make_producer(bootstrap)
+    try:
+        send_all(
+            producer,
+            "observations" if isinstance(records[0], Observation) else "impressions",
+            records,
+            progress=False,
+        )
+    finally:
+        producer.close()
+
+
+def owned(worker) -> set[str]:
+    status, body = try_get_json(f"{worker.base}/health")
+    return set(body["services"]["tally"]["partitions"]) if status == 200 else set()
+
+
+def split_evenly(workers) -> bool:
+    sets = [owned(w) for w in workers]
+    union = set().union(*sets)
+    return len(union) == PARTITIONS and sum(len(s) for s in sets) == PARTITIONS and all(sets)
+
+
+def expected(records: list[Observation]) -> dict[str, tuple[int, float]]:
+    out: dict[str, tuple[int, float]] = {}
+    for r in records:
+        count, total = out.get(r.series, (0, 0.0))
+        out[r.series] = (count + 1, total + r.values[0])
+    return out
+
+
+def answers(worker, series: str) -> tuple[int, float] | None:
+    status, body = try_get_json(f"{worker.base}/tally/{series}")
+    return (body["count"], round(body["sum"], 6)) if status == 200 else None
+
+
+def test_three_workers_split_partitions_fail_over_and_answer_for_any_key(kafka, worker_factory, tmp_path):
+    ensure_topics(kafka.bootstrap, partitions=PARTITIONS)
+    shared = {"DRIFTLINE_CHECKPOINT_STORE": str(tmp_path / "store"), "DRIFTLINE_CHECKPOINT_INTERVAL_S": "1"}
+    workers = [worker_factory("tally", name=f"w{i}", env=shared) for i in range(3)]
+    for worker in workers:
+        worker.start(wait=False)
+    wait_until(lambda: split_evenly(workers), timeout_s=90, what="12 partitions split over 3 workers")
+    group = f"{workers[0].env['DRIFTLINE_APP_ID']}.tally"
+    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+    try:
+        description = admin.describe_groups([group])[group]
+        assert len(description["members"]) == 3, description
+    finally:
+        admin.close()
+
+    first = observations(6000, seed=1)
+    produce(kafka.bootstrap, first)
+    victim, survivors = workers[0], workers[1:]
+    time.sleep(0.5)  # mid-stream: some of it applied, some not
+    victim.kill()
+    killed = time.monotonic()
+    second = observations(3000, seed=2)
+    produce(kafka.bootstrap, second)
+    wait_until(lambda: split_evenly(survivors), timeout_s=60, what="survivors own every partition")
+    takeover_s = time.monotonic() - killed
+    assert takeover_s < 30, f"partitions moved after {takeover_s:.1f}s"
+
+    want = expected(first + second)
+    wait_until(
+        lambda: all(
+            answers(survivors[0], s) is not None and answers(survivors[0], s)[0] == c
+            for s, (c, _) in want.items()
+        ),
+        timeout_s=90,
+        what="every key applied",
+    )
+    for series, (count, total) in want.items():
+        for worker in survivors:  # whoever owns the key: the other one proxies
+            assert answers(worker, series) == (count, round(total, 6)), (worker.base, series)
+    print(f"takeover after kill -9: {takeover_s:.1f}s")
+
+
+def test_a_trainer_feeds_two_serving_replicas_that_outlive_it(kafka, worker_factory, tmp_path):
+    from models.ctr.movielens import iter_impressions
+
+    ensure_topics(kafka.bootstrap, partitions=PARTITIONS)
+    shared = {"DRIFTLINE_CHECKPOINT_STORE": str(tmp_path / "store"), "DRIFTLINE_CHECKPOINT_INTERVAL_S": "1"}
+    swap_s = 2.0
+    options = ["ctr.batch_size=500", "ctr.batch_window_s=0.2", f"ctr.swap_interval_s={swap_s}"]
+    trainer = worker_factory("ctr", options, name="trainer", env=shared).start()
+    replicas = [worker_factory("ctr", name=f"replica{i}", env=shared, command="serve") for i in range(2)]
+    for replica in replicas:
+        replica.start(wait=False)
+    impressions = list(itertools.islice(iter_impressions(), 4000))
+    produce(kafka.bootstrap, impressions[:1000])
+
+    def serving(base: str) -> int:
+        status, body = try_get_json(f"{base}/ctr/versions")
+        return body.get("serving", 0) if status == 200 else 0
+
+    wait_until(lambda: all(serving(r.base) >= 1 for r in replicas), timeout_s=120, what="replicas up")
+    before = serving(trainer.base)
+    time.sleep(swap_s)  # so the next batch is due for a swap
+    produce(kafka.bootstrap, impressions[1000:2000])
+    wait_until(
+        lambda: serving(trainer.base) > before, timeout_s=60, what="the trainer published a new version"
+    )
+    since = time.monotonic()  # polled every 0.25 s: the trainer swapped at most that long ago
+    published = serving(trainer.base)
+    wait_until(
+        lambda: all(serving(r.base) >= published for r in replicas), timeout_s=60, what="replicas converge"
+    )
+    lag_s = time.monotonic() - since
+    assert lag_s <= swap_s + 2, f"replicas took {lag_s:.1f}s to serve v{published}"
+
+    candidates = [{"categorical": dict(r.categorical), "dense": dict(r.dense)} for r in impressions[:20]]
+    trainer.kill()
+    for replica in replicas:  # serving goes on without the trainer
+        code, scored = post_json(f"{replica.base}/ctr/score", {"candidates": candidates})
+        assert code == 200 and len(scored["scores"]) == 20 and scored["model_version"] >= published
+
+    produce(kafka.bootstrap, impressions[2000:])
+    trainer.start()
+
+    def trained() -> int:
+        status, body = try_get_json(f"{trainer.base}/ctr/versions")
+        return body["trained_samples"] if status == 200 else -1
+
+    wait_until(
+        lambda: trained() >= len(impressions), timeout_s=120, what="all impressions trained after restart"
+    )
+    time.sleep(1.0)
+    assert trained() == len(impressions)  # every labelled impression once: none lost, none twice
+    print(f"replicas served v{published} {lag_s:.1f}s after the trainer")
