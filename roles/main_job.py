@@ -1,9 +1,11 @@
 """The main job: broker, worker, HTTP and a replay of real data, all from one command.
 
 It starts the embedded Kafka (unless a cluster is configured), creates the topics, launches the
-worker as a child process, waits for its HTTP health check, and replays the real datasets in
-``../shared/data`` onto the topics each selected service consumes, printing progress until the
-replay ends and ``duration`` passes (or Ctrl-C).
+worker role as a child process (the same ``driftline worker`` a deployment runs, so the same code
+paths), waits until it is ready, and replays the real datasets in ``../shared/data`` onto the
+topics each selected service consumes. Meanwhile it shows the live status every role publishes
+(:mod:`streams.status`: one row per service with events/s, lag, last batch, online metric, model
+version) until the replay ends and ``duration`` passes (or Ctrl-C).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,20 +104,18 @@ def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> N
             process.wait()
 
 
-def _progress_lines(metrics_url: str) -> Iterator[str]:
-    with urllib.request.urlopen(metrics_url, timeout=5) as answer:
-        text = answer.read().decode()
-    for line in text.splitlines():
-        if line.startswith(
-            ("driftline_events_total", "driftline_online_metric", "driftline_dead_letters_total")
-        ):
-            yield line
+def _watch_worker(worker: subprocess.Popen[bytes], stop: threading.Event, exited: threading.Event) -> None:
+    while not stop.wait(1.0):
+        if worker.poll() is not None:
+            exited.set()
+            stop.set()
 
 
 def run_main_job(settings: Settings, duration_s: float = 0.0, rate: float = 200.0) -> int:
     """Run everything for ``duration_s`` seconds (0: until Ctrl-C or SIGTERM)."""
     from streams.broker import EmbeddedBroker
     from streams.registry import parse_names
+    from streams.status import watch
     from streams.topics import ensure_topics
 
     names = parse_names(settings.services)
@@ -136,25 +136,25 @@ def run_main_job(settings: Settings, duration_s: float = 0.0, rate: float = 200.
         ensure_topics(settings.bootstrap)
         worker = spawn_worker(settings, home / "worker.log")
         base = f"http://{settings.http_host}:{settings.http_port}"
-        wait_http(f"{base}/health", process=worker)
+        wait_http(f"{base}/ready", process=worker)
         print(
-            f"[driftline] worker up: {base}/health  {base}/metrics  (log: {home / 'worker.log'})", flush=True
+            f"[driftline] worker ready: {base}/health  {base}/metrics  (log: {home / 'worker.log'})",
+            flush=True,
         )
         replays = [r for n in names if n in REPLAYS for r in REPLAYS[n](shared_data_dir())]
         threads = [
             threading.Thread(target=_replay, args=(settings, r, rate, stop), daemon=True) for r in replays
         ]
+        exited = threading.Event()
+        threads.append(threading.Thread(target=_watch_worker, args=(worker, stop, exited), daemon=True))
+        if duration_s:
+            threads.append(threading.Thread(target=lambda: stop.wait(duration_s) or stop.set(), daemon=True))
         for thread in threads:
             thread.start()
-        started = time.monotonic()
-        while not stop.wait(min(10.0, duration_s or 10.0)):
-            if worker.poll() is not None:
-                print(f"[driftline] worker exited with code {worker.returncode}; see {home / 'worker.log'}")
-                return 1
-            for line in _progress_lines(f"{base}/metrics"):
-                print(f"[driftline] {line}", flush=True)
-            if duration_s and time.monotonic() - started >= duration_s:
-                break
+        watch(settings.bootstrap, stop)
+        if exited.is_set():
+            print(f"[driftline] worker exited with code {worker.returncode}; see {home / 'worker.log'}")
+            return 1
         return 0
     finally:
         stop.set()
