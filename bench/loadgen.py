@@ -1,7 +1,12 @@
-"""A bounded HTTP load generator for loopback benchmarks: latency percentiles under concurrency.
+"""A bounded HTTP load generator for loopback benchmarks: latency percentiles that do not hide the tail.
 
-Every run is bounded by both a request count and a time limit, and only ever targets the URL it is
-given (the benchmarks pass 127.0.0.1).
+``open_loop`` (the default for latency numbers) schedules request k at ``start + k / rate`` whatever
+the answers do, and measures each latency from that scheduled time: a stalled server makes the
+requests behind it late, and that lateness is counted (no coordinated omission). ``load`` is the
+closed loop (a fixed number of clients, each waiting for its answer), kept for
+``bench/stream_services.py``, whose numbers are throughput under concurrency.
+
+Every run is bounded by a time limit and only ever targets loopback URLs.
 """
 
 from __future__ import annotations
@@ -10,11 +15,14 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from aiohttp import ClientSession, ClientTimeout, TCPConnector
+
+Target = str | Callable[[int], str]
+JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 @dataclass
@@ -23,6 +31,8 @@ class LoadReport:
     errors: int
     seconds: float
     latencies_ms: np.ndarray
+    #: Open loop only: how late the generator itself sent each request (its own saturation).
+    send_lag_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @property
     def rate(self) -> float:
@@ -32,18 +42,78 @@ class LoadReport:
         return float(np.percentile(self.latencies_ms, q)) if len(self.latencies_ms) else float("nan")
 
     def row(self, label: str) -> str:
+        late = float(np.percentile(self.send_lag_ms, 99)) if len(self.send_lag_ms) else float("nan")
         return (
             f"{label:<44}{self.requests:>8}{self.errors:>7}{self.rate:>10,.0f}"
-            f"{self.percentile(50):>9.2f}{self.percentile(99):>9.2f}"
+            f"{self.percentile(50):>9.2f}{self.percentile(99):>9.2f}{self.latencies_ms.max(initial=0):>9.1f}"
+            f"{late:>11.2f}"
         )
 
 
-HEADER = f"{'load':<44}{'requests':>8}{'errors':>7}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+HEADER = (
+    f"{'load':<44}{'requests':>8}{'errors':>7}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+    f"{'gen lag99':>11}"
+)
 
 
-async def _run(
+def _check_loopback(url: Target) -> None:
+    if not (url(0) if callable(url) else url).startswith(("http://127.", "http://localhost")):
+        raise ValueError("the load generator only targets loopback addresses")
+
+
+async def _request(http: ClientSession, method: str, target: str, payload: bytes | None) -> bool:
+    """One request; True if it failed (connection error, timeout or a 5xx answer)."""
+    try:
+        async with http.request(method, target, data=payload, headers=JSON_HEADERS) as answer:
+            await answer.read()
+            return answer.status >= 500
+    except Exception:
+        return True
+
+
+async def _open(method: str, url: Target, body: bytes | None, rate: float, seconds: float) -> LoadReport:
+    count = max(int(rate * seconds), 1)
+    latencies = np.full(count, np.nan)
+    send_lag = np.zeros(count)
+    failed = np.zeros(count, bool)
+
+    async def one(http: ClientSession, k: int, scheduled: float) -> None:
+        send_lag[k] = (time.perf_counter() - scheduled) * 1000
+        failed[k] = await _request(http, method, url(k) if callable(url) else url, body)
+        latencies[k] = (time.perf_counter() - scheduled) * 1000
+
+    connector = TCPConnector(limit=0)  # no client-side queue: lateness shows up as latency
+    async with ClientSession(connector=connector, timeout=ClientTimeout(total=10)) as http:
+        started = time.perf_counter()
+        tasks = []
+        for k in range(count):
+            scheduled = started + k / rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(http, k, scheduled)))
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - started
+    return LoadReport(count, int(failed.sum()), elapsed, latencies, send_lag)
+
+
+def open_loop(
+    method: str, url: Target, body: Any = None, rate: float = 200.0, seconds: float = 10.0
+) -> LoadReport:
+    """Send ``rate`` requests/s for ``seconds`` on a fixed schedule; latency counts from the schedule.
+
+    ``body`` is JSON-encoded once (the same payload every request, so the client's own cost is small).
+    """
+    _check_loopback(url)
+    if rate <= 0 or seconds <= 0:
+        raise ValueError(f"rate and seconds must be positive, got {rate} and {seconds}")
+    payload = None if body is None else json.dumps(body).encode()
+    return asyncio.run(_open(method, url, payload, rate, seconds))
+
+
+async def _closed(
     method: str,
-    url: str | Callable[[int], str],
+    url: Target,
     body: Callable[[int], Any] | None,
     concurrency: int,
     requests: int,
@@ -59,18 +129,9 @@ async def _run(
         while issued < requests and time.perf_counter() < deadline:
             i = issued
             issued += 1
-            target = url(i) if callable(url) else url
             payload = None if body is None else json.dumps(body(i)).encode()
             started = time.perf_counter()
-            try:
-                async with http.request(
-                    method, target, data=payload, headers={"Content-Type": "application/json"}
-                ) as answer:
-                    await answer.read()
-                    if answer.status >= 500:
-                        errors += 1
-            except Exception:
-                errors += 1
+            errors += await _request(http, method, url(i) if callable(url) else url, payload)
             latencies.append((time.perf_counter() - started) * 1000)
 
     started = time.perf_counter()
@@ -82,13 +143,12 @@ async def _run(
 
 def load(
     method: str,
-    url: str | Callable[[int], str],
+    url: Target,
     body: Callable[[int], Any] | None = None,
     concurrency: int = 8,
     requests: int = 2000,
     time_limit_s: float = 30.0,
 ) -> LoadReport:
-    """Send at most ``requests`` requests from ``concurrency`` clients within ``time_limit_s``."""
-    if not (url(0) if callable(url) else url).startswith(("http://127.", "http://localhost")):
-        raise ValueError("the load generator only targets loopback addresses")
-    return asyncio.run(_run(method, url, body, concurrency, requests, time_limit_s))
+    """Closed loop: at most ``requests`` requests from ``concurrency`` clients within ``time_limit_s``."""
+    _check_loopback(url)
+    return asyncio.run(_closed(method, url, body, concurrency, requests, time_limit_s))

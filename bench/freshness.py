@@ -1,0 +1,284 @@
+"""Freshness: how long after it is produced an event is learned, and then served, per service.
+
+For each service (tally as the baseline, forecast, ctr) a fresh ``driftline worker`` first drains a
+burst sent flat out (its max rate here), then gets a paced stream at ``--load`` (default 50%) of
+that rate. Every paced event's send time (its Kafka CreateTime, to the millisecond) is kept, and
+pollers record when the worker shows it:
+
+  learned  ``driftline_events_total{service}`` (advanced right after the applied offsets) covers
+           the event's position in the stream: polled from /metrics every 20 ms;
+  served   tally: ``GET /tally/{series}`` counts it; forecast: a forecast of the series with
+           ts >= the event's ts arrives on the ``forecasts`` topic; ctr: the version ``GET
+           /ctr/versions`` says is serving has ``samples_seen`` >= its position (polled every 50 ms).
+
+A poll's time is when its answer arrived, so each figure is an upper bound within the poll period.
+CTR serves a new version every ``swap_interval_s`` (a publish interval): its served figures only
+count events sent at least an interval + 5 s before the stream stops (later ones wait for a swap
+that only the next batch triggers). Targets (issue 9): learned < 1 s, served < interval + 1 s.
+
+Usage: flock /tmp/driftline-bench.lock python bench/freshness.py [--services tally,forecast,ctr]
+       [--option ctr.batch_window_s=0.2 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kafka import KafkaConsumer, KafkaProducer
+
+from bench.procs import Role, loadavg, scrape, start_role, total, wait_ready
+from streams.broker import EmbeddedBroker
+from streams.client import get_json
+from streams.config import Settings, shared_data_dir
+from streams.producer import key_of, make_producer, observations_from_csv
+from streams.schemas import Observation, Record
+
+
+class Poller:
+    """Calls ``probe`` every ``period_s`` in a thread, keeping (answer time, value) pairs."""
+
+    def __init__(self, probe: Callable[[], float | None], period_s: float) -> None:
+        self.probe, self.period_s = probe, period_s
+        self.times: list[float] = []
+        self.values: list[float] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.period_s):
+            try:
+                value = self.probe()
+            except (OSError, ValueError, KeyError):
+                continue
+            if value is not None:
+                self.times.append(time.time())
+                self.values.append(value)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def delays(self, sent: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """Per event: the first answer after its send reaching its target, minus the send (NaN: none)."""
+        times = np.array(self.times)
+        reached = np.maximum.accumulate(np.array(self.values)) if self.values else np.zeros(0)
+        first = np.maximum(np.searchsorted(reached, targets, "left"), np.searchsorted(times, sent, "left"))
+        found = first < len(times)
+        out = np.full(len(sent), np.nan)
+        out[found] = times[first[found]] - sent[found]
+        return out
+
+
+class TopicArrivals:
+    """Records when each forecast of ``series`` arrives on the forecasts topic, as (arrival, ts)."""
+
+    def __init__(self, bootstrap: str, topic: str, series: str) -> None:
+        self.consumer = KafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=20,
+        )
+        self.series = series
+        self.poller = Poller(self._poll, 0.0)
+
+    def _poll(self) -> float | None:
+        newest = None
+        for records in self.consumer.poll(timeout_ms=50).values():
+            for record in records:
+                body = json.loads(record.value)
+                if body["series"] == self.series:
+                    newest = max(newest or body["ts"], body["ts"])
+        return newest
+
+    def close(self) -> None:
+        self.poller.close()
+        self.consumer.close()
+
+
+@dataclass
+class Case:
+    """A service, its records in stream order, what it is served by, and the max-rate burst size."""
+
+    service: str
+    topic: str
+    records: Iterator[Record]
+    burst: int
+    #: Served probe for a worker: (worker, bootstrap, prefix) -> (poller-like, target of each record).
+    served: Callable[[Role, str, str], tuple[Poller | TopicArrivals, Callable[[int, Record], float]]]
+    #: Seconds before the end of the stream after which served figures are not counted.
+    serve_wait_s: float = 0.0
+
+
+def tally_case() -> Case:
+    records = (Observation(series="fresh", ts=float(i), values=[1.0]) for i in itertools.count())
+
+    def served(worker: Role, bootstrap: str, prefix: str) -> tuple[Poller, Callable[[int, Record], float]]:
+        probe = Poller(lambda: float(get_json(f"{worker.base}/tally/fresh")[1]["count"]), 0.05)
+        return probe, lambda position, record: position + 1
+
+    return Case("tally", "observations", records, 20_000, served)
+
+
+def forecast_case() -> Case:
+    records = observations_from_csv(shared_data_dir() / "timeseries" / "ETTh2.csv", "ETTh2")
+
+    def served(
+        worker: Role, bootstrap: str, prefix: str
+    ) -> tuple[TopicArrivals, Callable[[int, Record], float]]:
+        arrivals = TopicArrivals(bootstrap, f"{prefix}forecasts", "ETTh2")
+        return arrivals, lambda position, record: record.ts  # type: ignore[attr-defined]
+
+    return Case("forecast", "observations", records, 3_000, served)
+
+
+def ctr_case(swap_interval_s: float) -> Case:
+    from models.ctr.movielens import iter_impressions
+
+    def serving_samples(base: str) -> float | None:
+        _, body = get_json(f"{base}/ctr/versions")
+        versions = [v for v in body["versions"] if v["version"] == body["serving"]]
+        return float(versions[0]["samples_seen"]) if versions else None
+
+    def served(worker: Role, bootstrap: str, prefix: str) -> tuple[Poller, Callable[[int, Record], float]]:
+        return Poller(lambda: serving_samples(worker.base), 0.05), lambda position, record: position + 1
+
+    return Case("ctr", "impressions", iter_impressions(), 20_000, served, swap_interval_s + 5)
+
+
+def applied(worker: Role, service: str) -> float:
+    return total(scrape(worker.base), "driftline_events_total", service=service)
+
+
+def send(producer: KafkaProducer, topic: str, records: list[Record], rate: float = 0.0) -> np.ndarray:
+    """Send in order, paced to ``rate``/s (0: flat out); each record's send time (epoch seconds)."""
+    sent = np.zeros(len(records))
+    started = time.perf_counter()
+    for i, record in enumerate(records):
+        if rate:
+            ahead = started + i / rate - time.perf_counter()
+            if ahead > 0:
+                time.sleep(ahead)
+        key = key_of(record)
+        sent[i] = time.time()
+        producer.send(topic, value=record.to_bytes(), key=key.encode() if key else None)
+    producer.flush()
+    return sent
+
+
+def wait_applied(worker: Role, service: str, count: int, timeout_s: float) -> float:
+    deadline = time.monotonic() + timeout_s
+    while applied(worker, service) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{service} did not apply {count} events within {timeout_s:.0f}s")
+        time.sleep(0.05)
+    return time.time()
+
+
+def run_case(case: Case, bootstrap: str, home: Path, options: list[str], load: float, seconds: float) -> str:
+    prefix = f"fresh{int(time.time() * 1000) % 10**8}."
+    own = [o for o in options if o.startswith(case.service + ".")]
+    worker = start_role("worker", case.service, home / prefix, bootstrap, prefix, own)
+    producer = make_producer(bootstrap)
+    topic = prefix + case.topic
+    try:
+        wait_ready(worker)
+        burst = list(itertools.islice(case.records, case.burst))
+        started = time.time()
+        send(producer, topic, burst)
+        max_rate = case.burst / (wait_applied(worker, case.service, case.burst, 600) - started)
+        rate = max_rate * load
+        paced = list(itertools.islice(case.records, int(rate * seconds)))
+        learned = Poller(lambda: applied(worker, case.service), 0.02)
+        served, target = case.served(worker, bootstrap, prefix)
+        sent = send(producer, topic, paced, rate)
+        wait_applied(worker, case.service, case.burst + len(paced), 120)
+        time.sleep(3.0)  # the last forecasts and tallies reach their readers
+        for poller in (learned, served):
+            poller.close()
+        positions = np.arange(case.burst, case.burst + len(paced))
+        learn = learned.delays(sent, positions + 1.0)
+        counted = sent <= sent[-1] - case.serve_wait_s
+        targets = np.array([target(p, r) for p, r in zip(positions, paced, strict=True)])
+        serve_poller = served.poller if isinstance(served, TopicArrivals) else served
+        serve = serve_poller.delays(sent[counted], targets[counted])
+        return (
+            f"{case.service:<9}{max_rate:>9,.0f}{rate:>9,.0f}{len(paced):>8}"
+            f"{_ms(learn, 50):>9}{_ms(learn, 99):>9}{int(counted.sum()):>8}"
+            f"{_ms(serve, 50):>9}{_ms(serve, 99):>9}"
+            f"{int(np.isnan(serve).sum()):>7}  {loadavg()}"
+        )
+    finally:
+        producer.close()
+        worker.stop()
+
+
+def _ms(delays: np.ndarray, q: float) -> str:
+    known = delays[~np.isnan(delays)]
+    return f"{np.percentile(known, q) * 1000:,.0f}" if len(known) else "-"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--services", default="tally,forecast,ctr")
+    parser.add_argument("--load", type=float, default=0.5, help="paced rate as a fraction of the max rate")
+    parser.add_argument(
+        "--seconds", type=float, default=30.0, help="paced stream length (ctr: + interval + 5)"
+    )
+    parser.add_argument("--option", action="append", default=[], metavar="SERVICE.KEY=VALUE")
+    args = parser.parse_args()
+    swap = next(
+        (float(o.split("=", 1)[1]) for o in args.option if o.startswith("ctr.swap_interval_s=")), 30.0
+    )
+    builders: dict[str, Callable[[], Case]] = {
+        "tally": tally_case, "forecast": forecast_case, "ctr": lambda: ctr_case(swap),
+    }  # fmt: skip
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        broker = EmbeddedBroker.on_free_ports(Path(tmp) / "kafka", Settings.from_env().cache)
+        broker.start()
+        try:
+            for name in args.services.split(","):
+                case = builders[name]()
+                rows.append(
+                    run_case(
+                        case,
+                        broker.bootstrap,
+                        Path(tmp),
+                        args.option,
+                        args.load,
+                        seconds=args.seconds + case.serve_wait_s,
+                    )
+                )
+        finally:
+            broker.stop()
+    print(
+        f"Freshness at {args.load:.0%} of each service's max rate, CPU only; "
+        f"options: {args.option or 'defaults'}; ctr publish interval {swap:g} s"
+    )
+    print(f"{'service':<9}{'max ev/s':>9}{'rate':>9}{'events':>8}{'learn50':>9}{'learn99':>9}"
+          f"{'counted':>8}{'serve50':>9}{'serve99':>9}{'never':>7}  (ms)")  # fmt: skip
+    for row in rows:
+        print(row)
+    print(f"targets: learned < 1,000 ms; served < interval + 1,000 ms (ctr: {swap * 1000 + 1000:,.0f} ms)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Does the main job keep up? Consumer lag of each service while ``driftline run`` replays real data.
+
+Runs ``driftline run --rate R --duration S --http-port P`` (default services forecast,ctr,rank on
+their real data sets; its home in a temp dir, its embedded broker on free ports, a unique topic
+prefix), samples ``driftline_consumer_lag`` from the worker's /metrics every ``--interval`` seconds
+and keeps, per service, the summed lag of the samples taken while that service's replay was still
+producing. Prints max and p99 of it and whether it stayed under the target (200 events) throughout,
+then what explains it: per service the applied events/s, the batch times (``driftline_batch_seconds``)
+and the last online metrics.
+
+Usage: flock /tmp/driftline-bench.lock python bench/main_job_lag.py [--duration 300] [--rate 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.procs import ROOT, Samples, loadavg, scrape, total
+from roles.main_job import stop_process
+from streams.broker import free_ports
+
+TARGET_LAG = 200
+#: The label ``driftline run`` prints for each replay (``replayed N events of <label>``) -> service.
+REPLAY_LABELS = {"ETTh2": "forecast", "MovieLens": "ctr", "MSLR": "rank"}
+
+
+class JobOutput:
+    """Reads the main job's stdout: when the worker was ready and when each service's replay ended."""
+
+    def __init__(self, process: subprocess.Popen[str], log: Path) -> None:
+        self.ready_at: float | None = None
+        self.replay_done: dict[str, float] = {}
+        self.thread = threading.Thread(target=self._read, args=(process, log), daemon=True)
+        self.thread.start()
+
+    def _read(self, process: subprocess.Popen[str], log: Path) -> None:
+        assert process.stdout is not None
+        with open(log, "w") as out:
+            for line in process.stdout:
+                out.write(line)
+                if "worker ready" in line and self.ready_at is None:
+                    self.ready_at = time.monotonic()
+                found = re.search(r"replayed \d+ events of (\S+)", line)
+                if found:
+                    for prefix, service in REPLAY_LABELS.items():
+                        if found.group(1).startswith(prefix):
+                            self.replay_done[service] = time.monotonic()
+
+
+def histogram_row(samples: Samples, service: str) -> str:
+    """Mean and p99 (bucket upper bound) batch time, from the driftline_batch_seconds histogram."""
+    count = total(samples, "driftline_batch_seconds_count", service=service)
+    if not count:
+        return "no batch applied"
+    mean = total(samples, "driftline_batch_seconds_sum", service=service) / count
+    buckets = sorted(
+        (float(dict(ls)["le"]), v)
+        for (n, ls), v in samples.items()
+        if n == "driftline_batch_seconds_bucket" and dict(ls).get("service") == service
+    )
+    p99 = next(le for le, v in buckets if v >= 0.99 * count)
+    return f"{int(count)} batches, mean {mean * 1000:.0f} ms, p99 <= {p99:g} s"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rate", type=float, default=200.0, help="replay rate, events/s per data set")
+    parser.add_argument("--duration", type=float, default=300.0, help="seconds the main job runs")
+    parser.add_argument("--services", default="forecast,ctr,rank")
+    parser.add_argument("--interval", type=float, default=2.0, help="seconds between lag samples")
+    args = parser.parse_args()
+    services = args.services.split(",")
+    kafka_port, controller_port, http_port = free_ports(3)
+    tag = f"lag{os.getpid()}"
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        env = {
+            **os.environ,
+            "DRIFTLINE_KAFKA_PORT": str(kafka_port),
+            "DRIFTLINE_CONTROLLER_PORT": str(controller_port),
+            "DRIFTLINE_TOPIC_PREFIX": f"{tag}.",
+            "DRIFTLINE_APP_ID": tag,
+            "PYTHONUNBUFFERED": "1",
+        }
+        env.pop("DRIFTLINE_BOOTSTRAP_SERVERS", None)  # the job's own embedded broker
+        command = [
+            sys.executable, "-m", "streams.cli", "--home", str(home), "run", "--rate", str(args.rate),
+            "--duration", str(args.duration), "--http-port", str(http_port), "--services", args.services,
+        ]  # fmt: skip
+        job = subprocess.Popen(
+            command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        output = JobOutput(job, ROOT / "var" / f"main_job_lag-{tag}.log")
+        base = f"http://127.0.0.1:{http_port}"
+        lags: dict[str, list[float]] = {s: [] for s in services}
+        last: Samples = {}
+        try:
+            while job.poll() is None:
+                time.sleep(args.interval)
+                if output.ready_at is None:
+                    continue
+                try:
+                    samples = scrape(base)
+                except (urllib.error.URLError, OSError):
+                    continue
+                last = samples
+                now = time.monotonic()
+                for service in services:
+                    if service not in output.replay_done or now <= output.replay_done[service]:
+                        lags[service].append(total(samples, "driftline_consumer_lag", service=service))
+        finally:
+            stop_process(job)  # type: ignore[arg-type]
+            output.thread.join(5)
+        print(f"driftline run --rate {args.rate:g} --duration {args.duration:g} ({args.services}); "
+              f"lag sampled every {args.interval:g} s while each replay produced; {loadavg()}")  # fmt: skip
+        print(f"{'service':<10}{'samples':>8}{'max lag':>9}{'p99 lag':>9}  < {TARGET_LAG} throughout")
+        for service in services:
+            values = np.array(lags[service])
+            if not len(values):
+                print(f"{service:<10}{0:>8}  no sample (the worker never became ready?)")
+                continue
+            ok = "yes" if values.max() < TARGET_LAG else "NO"
+            print(f"{service:<10}{len(values):>8}{values.max():>9.0f}{np.percentile(values, 99):>9.0f}  {ok}")
+        print("\nwhy (the worker's last /metrics before it stopped):")
+        for service in services:
+            applied = total(last, "driftline_events_total", service=service)
+            dead = total(last, "driftline_dead_letters_total", service=service)
+            online = {
+                dict(ls)["metric"]: v
+                for (n, ls), v in last.items()
+                if n == "driftline_online_metric" and dict(ls)["service"] == service
+            }
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in online.items())
+            print(f"  {service}: applied {applied:.0f}, dead letters {dead:.0f}, "
+                  f"{total(last, 'driftline_events_per_second', service=service):.0f} ev/s (10 s window); "
+                  f"{histogram_row(last, service)}; online: {shown}")  # fmt: skip
+        print(f"  main job log: var/main_job_lag-{tag}.log")
+
+
+if __name__ == "__main__":
+    main()
