@@ -1,0 +1,233 @@
+"""Helpers the stream benches share: an embedded broker, worker processes, metrics and exact tallies.
+
+Every bench starts its own broker on free ports and its own ``driftline worker`` processes, so it
+measures the real path (Kafka, aiokafka, HTTP) and never touches another run's topics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from roles.main_job import stop_process, wait_http  # noqa: E402
+from streams.broker import EmbeddedBroker, free_port  # noqa: E402
+from streams.client import get_json  # noqa: E402
+from streams.config import Settings  # noqa: E402
+from streams.producer import make_producer, send_all  # noqa: E402
+from streams.schemas import Observation, Record  # noqa: E402
+from streams.topics import ensure_topics  # noqa: E402
+
+PREFIX = "bench."
+
+
+def load() -> str:
+    """The 1/5/15-minute load averages, printed beside every timing (the machine is shared)."""
+    return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+
+
+def say(message: str) -> None:
+    """Progress on stderr, so the tables on stdout stay clean."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message} ({load()})", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def broker(partitions: int = 12) -> Iterator[tuple[EmbeddedBroker, Path]]:
+    """A fresh embedded broker with the project's topics, and a scratch directory beside it."""
+    with tempfile.TemporaryDirectory(prefix="driftline-bench-") as tmp:
+        node = EmbeddedBroker.on_free_ports(Path(tmp) / "kafka", Settings.from_env().cache)
+        say("starting the embedded broker")
+        node.start(timeout=180)
+        try:
+            os.environ["DRIFTLINE_TOPIC_PREFIX"] = PREFIX  # topic_name() in this process
+            ensure_topics(node.bootstrap, partitions=partitions)
+            yield node, Path(tmp)
+        finally:
+            node.stop()
+
+
+class Worker:
+    """One ``driftline worker`` process on a fixed HTTP port: a restart is the same static member."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        home: Path,
+        services: str,
+        options: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        app_id: str = "bench",
+    ) -> None:
+        self.home = home
+        home.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.command = [
+            sys.executable, "-m", "streams.cli", "--home", str(home), "worker",
+            "--services", services, "--http-port", str(self.port),
+        ]  # fmt: skip
+        for option in options or []:
+            self.command += ["--option", option]
+        self.env = {
+            **os.environ,
+            "DRIFTLINE_BOOTSTRAP_SERVERS": bootstrap,
+            "DRIFTLINE_TOPIC_PREFIX": PREFIX,
+            "DRIFTLINE_APP_ID": app_id,
+            "DRIFTLINE_DEVICE": "cpu",
+            **(env or {}),
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: bool = True) -> Worker:
+        with open(self.home / "worker.log", "ab") as log:
+            self.process = subprocess.Popen(
+                self.command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        wait_http(f"{self.base}/ready", timeout_s=timeout_s, process=self.process)
+
+    def kill(self) -> None:
+        """SIGKILL: no final checkpoint, no commit, no leave-group."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            stop_process(self.process)
+
+    def json(self, path: str) -> tuple[int, dict]:
+        """GET ``path``; (0, {}) while the process is not listening."""
+        try:
+            return get_json(f"{self.base}{path}")
+        except (OSError, ValueError):
+            return 0, {}
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of ``name`` carrying ``labels`` on ``/metrics`` (0 if absent)."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.base}/metrics", timeout=10) as answer:
+            text = answer.read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def applied(self, service: str = "tally") -> int:
+        try:
+            return int(self.metric("driftline_events_total", service=service))
+        except OSError:
+            return 0
+
+    def partitions(self, service: str = "tally") -> list[str]:
+        status, body = self.json("/health")
+        return body["services"][service]["partitions"] if status == 200 else []
+
+    def log_tail(self, chars: int = 2000) -> str:
+        return (self.home / "worker.log").read_text(errors="replace")[-chars:]
+
+
+@contextlib.contextmanager
+def running(workers: list[Worker], wait: bool = True) -> Iterator[list[Worker]]:
+    """Start ``workers`` (all at once, then wait for each), stop them whatever happens."""
+    try:
+        for worker in workers:
+            worker.start(wait=False)
+        if wait:
+            for worker in workers:
+                worker.wait_ready()
+        yield workers
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.1) -> float:
+    """Seconds until ``predicate`` holds; raise if it does not within ``timeout_s``."""
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(poll_s)
+    return time.monotonic() - started
+
+
+def observations(n: int, series: int = 30, seed: int = 0, start: int = 0) -> list[Observation]:
+    """Synthetic observations (seeded): ``series`` keys, one value each, timestamps ``start..``."""
+    rng = random.Random(seed)
+    return [
+        Observation(
+            series=f"k{rng.randrange(series)}", ts=float(start + i), values=[round(rng.uniform(-5, 5), 3)]
+        )
+        for i in range(n)
+    ]
+
+
+def produce(bootstrap: str, topic: str, records: list[Record], progress: bool = True) -> float:
+    """Send ``records`` in order and flush; return the seconds it took."""
+    producer = make_producer(bootstrap)
+    try:
+        return send_all(producer, topic, records, total=len(records), progress=progress).seconds
+    finally:
+        producer.close()
+
+
+def expected_tallies(records: list[Observation]) -> dict[str, tuple[int, float]]:
+    out: dict[str, tuple[int, float]] = {}
+    for record in records:
+        count, total = out.get(record.series, (0, 0.0))
+        out[record.series] = (count + 1, total + record.values[0])
+    return out
+
+
+def tally_mismatches(worker: Worker, want: dict[str, tuple[int, float]]) -> list[str]:
+    """Series whose ``/tally/{series}`` (proxied to the owner) differs from ``want``."""
+    wrong = []
+    for series, (count, total) in sorted(want.items()):
+        status, body = worker.json(f"/tally/{series}")
+        if status != 200 or body["count"] != count or abs(body["sum"] - total) > 1e-6:
+            wrong.append(f"{series}: want {count}, got {body.get('count') if status == 200 else status}")
+    return wrong
+
+
+def tallies_exact(worker: Worker, want: dict[str, tuple[int, float]], timeout_s: float = 120.0) -> list[str]:
+    """Wait until every tally is exact (empty list) or the timeout passes (the mismatches)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        wrong = tally_mismatches(worker, want)
+        if not wrong or time.monotonic() > deadline:
+            return wrong
+        time.sleep(0.5)
+
+
+def table(title: str, header: list[str], rows: list[list[object]]) -> None:
+    """Print a fixed-width table with the load average under its title."""
+    print(f"\n{title}  [{load()}]")
+    cells = [[str(h) for h in header], *([_fmt(v) for v in row] for row in rows)]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
+    for line in cells:
+        padded = [c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))]
+        print("  ".join(padded))
+    sys.stdout.flush()
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:,.2f}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)

@@ -1,0 +1,225 @@
+"""Stream engine figures (issues 8 and 10): throughput, scaling, checkpoint bytes, recovery, CTR overhead.
+
+All on one embedded Kafka broker this script starts on free ports, with real ``driftline worker``
+processes. Sections (``--sections``, default all):
+
+  throughput  no-op ``tally`` worker draining a backlog of ``--events`` SYNTHETIC observations
+              produced before it starts; events/s counted from ``/ready`` (group joined, partitions
+              restored) until every event is applied, and steady state between 10% and 90%;
+              the same backlog with 1, 2 and 3 workers (fresh consumer groups): events/s, speed-up
+              and per-core efficiency (speed-up / min(workers, cores))
+  checkpoint  checkpoint bytes per event, "before" (a checkpoint after every batch, as the first
+              release did: DRIFTLINE_CHECKPOINT_EVENTS=1, DRIFTLINE_CHECKPOINT_INTERVAL_S=0) and
+              "after" (the defaults), from ``driftline_checkpoint_bytes_total`` and
+              ``driftline_events_total``, for tally (synthetic) and ctr (MovieLens-100K); the ctr
+              "after" run also gives CTR samples/s through Kafka, compared with ``CtrService.process``
+              on the same batches in this process
+  recovery    SIGKILL a tally worker mid-stream and restart it at once on the same port (same
+              static member); seconds from restart to ``/ready`` and until applied events grow
+
+Usage: python bench/runner_throughput.py [--events 1000000] [--impressions 50000] [--sections ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import (
+    Worker,
+    broker,
+    load,
+    observations,
+    produce,
+    running,
+    say,
+    table,
+    wait_for,
+)
+
+BEFORE = {"DRIFTLINE_CHECKPOINT_EVENTS": "1", "DRIFTLINE_CHECKPOINT_INTERVAL_S": "0"}
+CORES = os.cpu_count() or 1
+
+
+def drain(workers: list[Worker], total: int) -> dict[str, float]:
+    """Start tally ``workers`` on a backlog of ``total`` events and time them draining it.
+
+    Counted from ``/ready`` of every worker (the group joined, partitions restored): events
+    applied before that moment are subtracted, so the rate is the joined group's alone.
+    """
+    with running(workers):
+        ready = time.monotonic()
+        before = sum(w.applied() for w in workers)
+        marks: dict[float, float] = {}
+        applied = before
+        last_report = ready
+        while applied < total:
+            time.sleep(0.25)
+            applied = sum(w.applied() for w in workers)
+            now = time.monotonic()
+            for share in (0.1, 0.9):
+                if share not in marks and applied >= share * total:
+                    marks[share] = now
+            if now - last_report > 5:
+                say(f"  {len(workers)} worker(s): {applied:,}/{total:,} applied")
+                last_report = now
+        seconds = time.monotonic() - ready
+    span = marks[0.9] - marks[0.1]
+    return {
+        "before": before,
+        "seconds": seconds,
+        "rate": (total - before) / seconds,
+        "steady": 0.8 * total / span if span > 0 else float("nan"),
+    }
+
+
+def throughput(bootstrap: str, tmp: Path, events: int, counts: list[int]) -> None:
+    rows = []
+    base: float | None = None
+    for n in counts:
+        say(f"throughput: {n} tally worker(s) draining {events:,} events")
+        store = {"DRIFTLINE_CHECKPOINT_STORE": str(tmp / f"store-scale{n}")}
+        workers = [
+            Worker(bootstrap, tmp / f"scale{n}-w{i}", "tally", env=store, app_id=f"scale{n}")
+            for i in range(n)
+        ]
+        got = drain(workers, events)
+        base = base or got["rate"]
+        speedup = got["rate"] / base
+        efficiency = speedup / min(n, CORES)
+        figures = [got["seconds"], got["rate"], got["steady"], speedup, efficiency]
+        rows.append([n, events, int(got["before"]), *figures, load()])
+    table(
+        f"no-op tally worker(s), SYNTHETIC observations (30 series, 12 partitions), {CORES} cores",
+        ["workers", "events", "applied before ready", "s ready->all", "events/s after ready",
+         "steady 10-90% ev/s", "speed-up", "per-core eff.", "load after"],
+        rows,
+    )  # fmt: skip
+
+
+def policy_run(bootstrap: str, tmp: Path, service: str, policy: str, total: int) -> list[object]:
+    """One worker of ``service`` with ``policy`` draining ``total`` events; its checkpoint figures."""
+    before = policy.startswith("before")
+    name = f"{service}-{'before' if before else 'after'}"
+    env = {**(BEFORE if before else {}), "DRIFTLINE_CHECKPOINT_STORE": str(tmp / f"store-{name}")}
+    say(f"checkpoint bytes: {service}, {policy}")
+    worker = Worker(bootstrap, tmp / name, service, env=env, app_id=name)
+    with running([worker]):
+        ready = time.monotonic()
+        wait_for(lambda: worker.applied(service) >= total, 900, f"{service} applies {total}", 0.25)
+        seconds = time.monotonic() - ready
+        version = worker.metric("driftline_checkpoint_version", service=service)
+        if before:  # the checkpoint of the last batch is written in the background: let it land
+            time.sleep(2.0)
+        else:  # a steady stream reaches the interval too: let the time-based checkpoint land
+            wait_for(
+                lambda: worker.metric("driftline_checkpoint_version", service=service) > version,
+                60, "the interval checkpoint", 0.5,
+            )  # fmt: skip
+        written = worker.metric("driftline_checkpoint_bytes_total", service=service)
+        applied = worker.metric("driftline_events_total", service=service)
+    return [service, policy, int(applied), int(written), written / applied, total / seconds, load()]
+
+
+def checkpoint_bytes(bootstrap: str, tmp: Path, events: int, impressions: int) -> None:
+    from models.ctr.movielens import iter_impressions
+
+    records = list(itertools.islice(iter_impressions(), impressions))
+    say(f"producing {len(records):,} MovieLens impressions")
+    produce(bootstrap, "impressions", records)
+    rows = [
+        policy_run(bootstrap, tmp, service, policy, total)
+        for service, total in (("tally", events), ("ctr", len(records)))
+        for policy in ("before: every batch", "after: defaults")
+    ]
+    table(
+        "checkpoint bytes per event (tally: SYNTHETIC observations; ctr: MovieLens-100K impressions)",
+        ["service", "policy", "events", "checkpoint bytes", "bytes/event", "ev/s ready->all", "load after"],
+        rows,
+    )
+    ctr_kafka = float(rows[-1][5])  # type: ignore[arg-type]
+    in_process = ctr_in_process(tmp, records)
+    table(
+        "CTR samples/s, MovieLens-100K, default ctr options (DeepFM, batch 4096), CPU",
+        ["path", "samples", "samples/s", "ratio", "load"],
+        [
+            ["in process: CtrService.process", len(records), in_process, 1.0, load()],
+            ["through Kafka: worker, ready->all", len(records), ctr_kafka, ctr_kafka / in_process, ""],
+        ],
+    )
+
+
+def ctr_in_process(tmp: Path, records: list) -> float:
+    """``CtrService.process`` on the worker's batches (default options), samples/s."""
+    from models.ctr.service import build_service
+    from streams.topics import topic_name
+
+    os.environ["DRIFTLINE_CHECKPOINT_STORE"] = str(tmp / "store-inprocess")
+    service = build_service(tmp / "inprocess" / "ctr")
+    size = service.batch_size
+    say(f"ctr in process: {len(records):,} impressions in batches of {size}")
+    started = time.perf_counter()
+    for start in range(0, len(records), size):
+        with service.lock:
+            service.process(topic_name("impressions"), records[start : start + size])
+    return len(records) / (time.perf_counter() - started)
+
+
+def recovery(bootstrap: str, tmp: Path, events: int, kills: int) -> None:
+    store = {"DRIFTLINE_CHECKPOINT_STORE": str(tmp / "store-recovery")}
+    worker = Worker(bootstrap, tmp / "recovery", "tally", env=store, app_id="recovery")
+    rows = []
+    with running([worker]):
+        for attempt in range(1, kills + 1):
+            wait_for(lambda: worker.applied() >= min(50_000, events // (2 * kills)), 120, "mid-stream", 0.1)
+            worker.kill()
+            restarted = time.monotonic()
+            worker.start(wait=False)
+            worker.wait_ready()
+            to_ready = time.monotonic() - restarted
+            wait_for(lambda: worker.applied() > 0, 120, "applied events grow", 0.05)
+            to_apply = time.monotonic() - restarted
+            say(f"recovery {attempt}: ready {to_ready:.2f}s, applying {to_apply:.2f}s")
+            rows.append([attempt, to_ready, to_apply, load()])
+    medians = [statistics.median(float(r[i]) for r in rows) for i in (1, 2)]
+    rows.append(["median", *medians, load()])
+    table(
+        "recovery after kill -9 and immediate restart (same static member), tally, SYNTHETIC backlog",
+        ["kill", "s to /ready", "s to applied events grow", "load"],
+        rows,
+    )
+
+
+def main() -> None:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
+    parser.add_argument("--events", type=int, default=1_000_000, help="synthetic observations in the backlog")
+    parser.add_argument("--impressions", type=int, default=50_000, help="MovieLens impressions for ctr")
+    parser.add_argument("--workers", default="1,2,3", help="worker counts for the scaling runs")
+    parser.add_argument("--kills", type=int, default=3)
+    parser.add_argument("--sections", default="throughput,checkpoint,recovery")
+    args = parser.parse_args()
+    sections = set(args.sections.split(","))
+    print(f"stream engine bench, Kafka embedded, {CORES} cores, start {load()}")
+    with broker(partitions=12) as (node, tmp):
+        say(f"producing {args.events:,} SYNTHETIC observations before any worker starts")
+        seconds = produce(node.bootstrap, "observations", observations(args.events))
+        rate = args.events / seconds
+        print(f"produced {args.events:,} SYNTHETIC observations in {seconds:.1f}s ({rate:,.0f}/s) [{load()}]")
+        if "throughput" in sections:
+            throughput(node.bootstrap, tmp, args.events, [int(n) for n in args.workers.split(",")])
+        if "checkpoint" in sections:
+            checkpoint_bytes(node.bootstrap, tmp, args.events, args.impressions)
+        if "recovery" in sections:
+            recovery(node.bootstrap, tmp, args.events, args.kills)
+
+
+if __name__ == "__main__":
+    main()
