@@ -44,10 +44,10 @@ class HoldBack:
     """Labels and outcomes by the task id they wait for, oldest first, bounded in count and age."""
 
     def __init__(self, max_records: int, ttl_s: float, clock: Callable[[], float] = time.time) -> None:
-        if max_records < 0:
-            raise ValueError("pending_max must be >= 0")
-        if ttl_s <= 0:
-            raise ValueError("pending_ttl_s must be > 0")
+        if type(max_records) is not int or max_records < 0:
+            raise ValueError(f"pending_max must be an integer >= 0, got {max_records!r}")
+        if type(ttl_s) not in (int, float) or not ttl_s > 0:
+            raise ValueError(f"pending_ttl_s must be a number of seconds > 0, got {ttl_s!r}")
         self.max_records, self.ttl_s, self.clock = max_records, ttl_s, clock
         self._held: dict[str, list[Held]] = {}
         self._count = 0

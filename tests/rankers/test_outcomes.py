@@ -366,3 +366,13 @@ def test_records_for_a_query_that_made_no_task_are_dead_lettered(clock: FakeCloc
     assert [d.topic for d in letters] == [LABELS, CONTROL]  # arrival order
     assert {d.reason for d in letters} == {f"query q1 at ts {queries[1].ts} did not become a labeling task"}
     assert len(service.held) == 0 and service.outcome_seqs == {} and not service.queue.knows(orphan)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"pending_max": -1}, "pending_max"), ({"pending_max": "lots"}, "pending_max"),
+     ({"pending_ttl_s": 0}, "pending_ttl_s"), ({"pending_ttl_s": "soon"}, "pending_ttl_s")],
+)  # fmt: skip
+def test_bad_hold_back_bounds_are_refused(clock: FakeClock, options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        fresh_service(clock, 1, **options)

@@ -55,15 +55,19 @@ def test_labels_flow_through_kafka_and_survive_a_crash(kafka, worker_factory) ->
 
     grade_next(worker, truth, "bob")
     worker.kill()  # the label is in Kafka, the worker never learned it
-    worker.start()
-    wait_until(lambda: status(worker)["model_version"] == 2, what="label replayed after the crash")
+    worker.start()  # replays every topic from its checkpoint: labels may come before their queries
+    wait_until(lambda: status(worker)["queue"]["done"] == 2, what="both labels learned after the crash")
     after = status(worker)
-    assert after["queue"]["done"] == 2 and after["labeled_queries"] == 2
+    assert after["labeled_queries"] == 2 and after["held_back"] == 0 and after["queue"]["queued"] == 1
     assert len(read_topic(kafka.bootstrap, topic_name("labels"), 2)) == 2
+    # nothing lost: a lease replayed after its task's label is moot, every other record applied
+    dead = read_topic(kafka.bootstrap, topic_name("dead-letter"), 10, timeout_s=5)
+    assert all(d["topic"] == topic_name("control") and "already labeled" in d["reason"] for d in dead), dead
 
     docs = [d.model_dump() for d in queries[2].documents]
     code, body = post_json(f"{worker.base}/rank", {"documents": docs})
-    assert code == 200 and len(body["ranking"]) == 30 and body["model_version"] == 2
+    # the replay retrains once per micro-batch of labels, so the version counts how Kafka batched it
+    assert code == 200 and len(body["ranking"]) == 30 and body["model_version"] == after["model_version"] >= 1
 
 
 def test_an_answered_lease_is_on_the_control_topic_and_survives_a_crash(kafka, worker_factory) -> None:
