@@ -149,6 +149,9 @@ def main() -> None:
             print(f"  {service}: applied {applied:.0f}, dead letters {dead:.0f}, "
                   f"{total(last, 'driftline_events_per_second', service=service):.0f} ev/s (10 s window); "
                   f"{histogram_row(last, service)}; online: {shown}")  # fmt: skip
+            if lags[service] and max(lags[service]) >= TARGET_LAG:
+                trace = " ".join(f"{v:.0f}" for v in lags[service])
+                print(f"    {service} summed lag, every sample: {trace}")
         print(f"  main job log: var/main_job_lag-{tag}.log")
 
 

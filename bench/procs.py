@@ -77,8 +77,8 @@ def wait_ready(role: Role, timeout_s: float = 180.0) -> None:
     wait_http(f"{role.base}/ready", timeout_s, role.process)
 
 
-def scrape(base: str, timeout_s: float = 5.0) -> Samples:
-    """Every sample of ``base``/metrics."""
+def scrape(base: str, timeout_s: float = 30.0) -> Samples:
+    """Every sample of ``base``/metrics (long timeout: a busy worker can stall its loop for seconds)."""
     with urllib.request.urlopen(f"{base}/metrics", timeout=timeout_s) as answer:
         text = answer.read().decode()
     return {
