@@ -6,6 +6,7 @@ COPY streams streams
 COPY models models
 COPY forecasters forecasters
 COPY rankers rankers
+COPY roles roles
 RUN pip install --no-cache-dir .
 EXPOSE 8080
 CMD ["driftline", "worker"]

@@ -262,6 +262,7 @@ class ForecastService(ModelService):
         """
         series = request.path_params["series"]
         horizon = self._horizon(request)
+        self.require_owner(series)  # a standby proxies to the trainer that owns the stream
         entry = self.table.get(series)
         if entry is None:
             window = self.windows.get(series)

@@ -39,6 +39,8 @@ class Settings:
     #: Checkpoint every this many seconds or applied events per service, whichever comes first.
     checkpoint_interval_s: float = 10.0
     checkpoint_events: int = 100_000
+    #: The URL other processes reach this one's HTTP at (proxied queries); empty: from host and port.
+    advertised_url: str = ""
     #: This process's stable name: its static group membership (``group.instance.id``) and status
     #: key. Empty: ``<hostname>-<http_port>``, stable across restarts of the same process.
     instance: str = ""
@@ -57,6 +59,16 @@ class Settings:
     @property
     def checkpoint_root(self) -> Path:
         return Path(self.checkpoint_store) if self.checkpoint_store else Path(self.home) / "checkpoints"
+
+    @property
+    def url(self) -> str:
+        """Where other processes reach this one: the advertised URL, else host (or hostname) and port."""
+        if self.advertised_url:
+            return self.advertised_url.rstrip("/")
+        import socket
+
+        host = socket.gethostname() if self.http_host in ("0.0.0.0", "::", "") else self.http_host
+        return f"http://{host}:{self.http_port}"
 
     @property
     def instance_id(self) -> str:

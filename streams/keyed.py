@@ -12,26 +12,17 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import Any
 
-from kafka.partitioner.default import murmur2
-
 from streams.schemas import Record
 from streams.service import BatchResult, ModelService
+from streams.topics import partition_for
 
-
-def partition_for(key: str, partitions: int) -> int:
-    """The partition Kafka's default partitioner puts ``key`` on."""
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+__all__ = ["KeyedService", "partition_for"]
 
 
 class KeyedService(ModelService):
     """A service whose whole state is a set of shards, one per owned partition number."""
 
     keyed = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        #: Partition count of the input topics (co-partitioned), set by the runner on assignment.
-        self.partitions = 0
 
     def process(self, topic: str, records: list[Record]) -> BatchResult:
         raise TypeError(f"{self.name} is keyed: the runner calls process_shard per partition")

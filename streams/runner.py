@@ -159,6 +159,7 @@ class ServiceRunner:
         self._last_checkpoint = time.monotonic()
         self._writing: asyncio.Task[None] | None = None
         service.emit = self.emit
+        service.restoring = True
 
     # -- restoring -----------------------------------------------------------------------------
     def restore(self) -> int | None:
@@ -205,14 +206,16 @@ class ServiceRunner:
         """
         assigned = sorted(set(assigned))
         async with self._batch_lock:
+            self.service.partitions = partitions
             if self.keyed:
                 assert isinstance(self.service, KeyedService)
-                self.service.partitions = partitions
                 new = {p for _, p in assigned} - self.service.shards()
                 await asyncio.to_thread(self._load_shards, new)
             elif self._snapshot is None:
                 await asyncio.to_thread(self.restore)
             await asyncio.to_thread(self._take_snapshot)
+            self.service.owned = self.service.owned | {p for _, p in assigned}
+            self.service.restoring = False
         return {
             (topic, partition): (
                 self.offsets[tp_key(topic, partition)] + 1
@@ -278,6 +281,7 @@ class ServiceRunner:
             gone = {tp_key(t, p) for t, p in revoked}
             for key in gone:
                 self.offsets.pop(key, None)
+            self.service.owned = self.service.owned - {p for _, p in revoked}
             if self.keyed:
                 service = self.service
                 assert isinstance(service, KeyedService)

@@ -122,6 +122,13 @@ class ModelService(ABC):
         self.emit: Callable[[Output], Awaitable[None]] | None = None
         #: Per outcome key, the ``seq`` of the last outcome applied (checkpointed by the runner).
         self.outcome_seqs: dict[str, int] = {}
+        #: Partition count of the input topics and the partition numbers this process owns and
+        #: has restored: kept by the runner, so routes can tell "mine", "elsewhere" and "not yet"
+        #: (0 partitions: not run by a runner, everything is local).
+        self.partitions = 0
+        self.owned: frozenset[int] = frozenset()
+        #: True from the runner's start until its first assignment is restored.
+        self.restoring = False
         #: Outcomes decided here since the runner's last restore point: a recovery that goes back
         #: to that point applies them again, so a decision is never lost nor its ``seq`` reused.
         self.decided: list[Outcome] = []
@@ -146,6 +153,19 @@ class ModelService(ABC):
                 return fn(*args)
 
         return await asyncio.to_thread(call)
+
+    def require_owner(self, key: str) -> None:
+        """Raise unless this process holds ``key``'s partition: 503 while restoring, else
+        :class:`NotOwner` (the HTTP layer proxies to the owner)."""
+        from streams.topics import partition_for
+
+        if self.restoring:
+            raise ApiError(503, f"{self.name} is restoring its partitions; try again shortly")
+        if not self.partitions:
+            return
+        partition = partition_for(key, self.partitions)
+        if partition not in self.owned:
+            raise NotOwner(self.name, partition)
 
     # -- outcomes: HTTP-made changes, durable on the control topic before the answer --------------
     def apply_outcome(self, outcome: Outcome) -> None:

@@ -19,7 +19,6 @@ from streams.service import (
     ApiRequest,
     ApiResponse,
     BatchResult,
-    NotOwner,
     Output,
     Route,
     Subscription,
@@ -108,10 +107,9 @@ class TallyService(KeyedService):
 
     async def _one(self, request: ApiRequest) -> ApiResponse:
         series = request.path_params["series"]
-        partition = partition_for(series, self.partitions) if self.partitions else None
-        if partition is None or partition not in self.tables:
-            raise NotOwner(self.name, partition)
-        found = self.tables[partition].get(series)
+        self.require_owner(series)
+        partition = partition_for(series, self.partitions)
+        found = self.tables.get(partition, {}).get(series)
         if found is None:
             raise ApiError(404, f"no observations seen for series {series!r}")
         return ApiResponse({"series": series, "count": found[0], "sum": found[1], "partition": partition})

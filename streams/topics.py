@@ -83,6 +83,13 @@ def spec_for(name: str) -> TopicSpec:
     return TOPICS[short]
 
 
+def partition_for(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner (Java client, kafka-python) puts ``key`` on."""
+    from kafka.partitioner.default import murmur2
+
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
 def partition_count(spec: TopicSpec, partitions: int | None) -> int:
     return spec.partitions or partitions or DEFAULT_PARTITIONS
 
