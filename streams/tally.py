@@ -9,6 +9,7 @@ share the observations topic. With ``emit`` on, every applied event also produce
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,15 @@ class TallyService(KeyedService):
         if found is None:
             raise ApiError(404, f"no observations seen for series {series!r}")
         return ApiResponse({"series": series, "count": found[0], "sum": found[1], "partition": partition})
+
+
+def expected_counts(records: Iterable[Observation]) -> dict[str, tuple[int, float]]:
+    """What a tally of exactly these observations holds: the reference tests and benches check."""
+    out: dict[str, tuple[int, float]] = {}
+    for record in records:
+        count, total = out.get(record.series, (0, 0.0))
+        out[record.series] = (count + 1, total + record.values[0])
+    return out
 
 
 def build_service(data_dir: Path, **options: Any) -> TallyService:

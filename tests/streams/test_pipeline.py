@@ -8,6 +8,7 @@ import pytest
 
 from streams.producer import make_producer, send_all
 from streams.schemas import Observation
+from streams.tally import expected_counts
 from streams.topics import topic_name
 from tests.streams.helpers import get_json, get_text, metric_value, read_topic, wait_until
 
@@ -20,14 +21,6 @@ def observations(n: int, series: int, seed: int) -> list[Observation]:
         Observation(series=f"s{i % series}", ts=float(i), values=[round(rng.uniform(-5, 5), 3), 1.0])
         for i in range(n)
     ]
-
-
-def expected_tally(records: list[Observation]) -> dict[str, tuple[int, float]]:
-    out: dict[str, tuple[int, float]] = {}
-    for r in records:
-        count, total = out.get(r.series, (0, 0.0))
-        out[r.series] = (count + 1, total + r.values[0])
-    return out
 
 
 def produce(kafka, records) -> None:
@@ -51,7 +44,7 @@ def test_produce_to_worker_to_http(kafka, worker_factory):
     worker = worker_factory("tally").start()
     produce(kafka, records)
     wait_until(lambda: get_json(f"{worker.base}/tally")[1]["events"] == 600, what="600 events applied")
-    assert_tally(worker, expected_tally(records))
+    assert_tally(worker, expected_counts(records))
 
     status, health = get_json(f"{worker.base}/health")
     assert status == 200 and health["status"] == "ok" and "tally" in health["services"]
@@ -112,7 +105,7 @@ def test_restart_after_crash_loses_nothing_and_applies_nothing_twice(kafka, work
     total = len(first) + len(second)
     wait_until(lambda: get_json(f"{worker.base}/tally")[1]["events"] >= total, timeout_s=90, what="catch-up")
     assert get_json(f"{worker.base}/tally")[1]["events"] == total
-    assert_tally(worker, expected_tally(first + second))
+    assert_tally(worker, expected_counts(first + second))
 
     # A graceful restart too: state and offsets survive, and nothing is re-applied.
     worker.stop()

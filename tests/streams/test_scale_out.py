@@ -16,6 +16,7 @@ from kafka import KafkaAdminClient
 
 from streams.producer import make_producer, send_all
 from streams.schemas import Observation
+from streams.tally import expected_counts
 from streams.topics import ensure_topics
 from tests.streams.helpers import post_json, try_get_json, wait_until
 
@@ -57,14 +58,6 @@ def split_evenly(workers) -> bool:
     return len(union) == PARTITIONS and sum(len(s) for s in sets) == PARTITIONS and all(sets)
 
 
-def expected(records: list[Observation]) -> dict[str, tuple[int, float]]:
-    out: dict[str, tuple[int, float]] = {}
-    for r in records:
-        count, total = out.get(r.series, (0, 0.0))
-        out[r.series] = (count + 1, total + r.values[0])
-    return out
-
-
 def answers(worker, series: str) -> tuple[int, float] | None:
     status, body = try_get_json(f"{worker.base}/tally/{series}")
     return (body["count"], round(body["sum"], 6)) if status == 200 else None
@@ -97,7 +90,7 @@ def test_three_workers_split_partitions_fail_over_and_answer_for_any_key(kafka, 
     takeover_s = time.monotonic() - killed
     assert takeover_s < 30, f"partitions moved after {takeover_s:.1f}s"
 
-    want = expected(first + second)
+    want = expected_counts(first + second)
     wait_until(
         lambda: all(
             answers(survivors[0], s) is not None and answers(survivors[0], s)[0] == c
