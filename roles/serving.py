@@ -56,7 +56,7 @@ class ServingRole:
         self.parts = {part.name: part for part in parts}
         self.metrics = WorkerMetrics()
         self.instance = settings.instance_id
-        self.url = f"http://{settings.http_host}:{settings.http_port}"
+        self.url = settings.url
         self.sink = KafkaSink(settings.bootstrap)
         self.started = time.time()
         self.problem: str | None = None

@@ -71,7 +71,7 @@ class WorkerRole:
         self.metrics = WorkerMetrics()
         self.sink = KafkaSink(settings.bootstrap)
         self.instance = settings.instance_id
-        self.url = f"http://{settings.http_host}:{settings.http_port}"
+        self.url = settings.url
         policy = policy or CheckpointPolicy(settings.checkpoint_interval_s, settings.checkpoint_events)
         self.runners = [
             ServiceRunner(s, settings.checkpoint_root, self.sink, self.metrics, policy) for s in services
@@ -94,6 +94,7 @@ class WorkerRole:
 
     def problems(self) -> list[str]:
         found = [f"{r.service.name}: {r.problem}" for r in self.runners if r.problem]
+        found += [f"{c.runner.service.name}: {c.problem}" for c in self.consumers if c.problem]
         if self.sink.problem:
             found.append(self.sink.problem)
         return found

@@ -93,6 +93,8 @@ class BatchConsumer:
         self.owned: set[tuple[str, int]] = set()
         #: True once the first assignment has been restored.
         self.ready = False
+        #: Why the broker cannot be read right now, or None.
+        self.problem: str | None = None
 
     def _make_consumer(self) -> AIOKafkaConsumer:
         assignor = RangePartitionAssignor if self.runner.keyed else OneOwnerAssignor
@@ -208,10 +210,14 @@ class BatchConsumer:
             if consumer is None or not owned:
                 continue
             try:
-                ends = await consumer.end_offsets([TopicPartition(t, p) for t, p in owned])
-            except KafkaError as exc:
-                log.debug("%s: end offsets unavailable: %s", name, exc)
+                ends = await asyncio.wait_for(
+                    consumer.end_offsets([TopicPartition(t, p) for t, p in owned]), 5
+                )
+            except (KafkaError, TimeoutError) as exc:
+                self.problem = f"cannot reach Kafka: {type(exc).__name__}: {exc}"
+                log.warning("%s: %s", name, self.problem)
                 continue
+            self.problem = None
             for tp, end in ends.items():
                 applied = self.runner.offsets.get(f"{tp.topic}:{tp.partition}", -1)
                 self.runner.metrics.lag.labels(name, tp.topic, str(tp.partition)).set(
