@@ -28,6 +28,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -43,6 +44,7 @@ from bench.common import (
     table,
     wait_for,
 )
+from streams.config import Settings
 
 BEFORE = {"DRIFTLINE_CHECKPOINT_EVENTS": "1", "DRIFTLINE_CHECKPOINT_INTERVAL_S": "0"}
 CORES = os.cpu_count() or 1
@@ -80,6 +82,16 @@ def drain(workers: list[Worker], total: int) -> dict[str, float]:
     }
 
 
+def wait_quiet(read: Callable[[], float], quiet_s: float, timeout_s: float = 120.0) -> None:
+    """Return once ``read()`` has not changed for ``quiet_s`` seconds."""
+    value, since, started = read(), time.monotonic(), time.monotonic()
+    while time.monotonic() - since < quiet_s and time.monotonic() - started < timeout_s:
+        time.sleep(0.5)
+        now = read()
+        if now != value:
+            value, since = now, time.monotonic()
+
+
 def throughput(bootstrap: str, tmp: Path, events: int, counts: list[int]) -> None:
     rows = []
     base: float | None = None
@@ -115,14 +127,10 @@ def policy_run(bootstrap: str, tmp: Path, service: str, policy: str, total: int)
         ready = time.monotonic()
         wait_for(lambda: worker.applied(service) >= total, 900, f"{service} applies {total}", 0.25)
         seconds = time.monotonic() - ready
-        version = worker.metric("driftline_checkpoint_version", service=service)
-        if before:  # the checkpoint of the last batch is written in the background: let it land
-            time.sleep(2.0)
-        else:  # a steady stream reaches the interval too: let the time-based checkpoint land
-            wait_for(
-                lambda: worker.metric("driftline_checkpoint_version", service=service) > version,
-                60, "the interval checkpoint", 0.5,
-            )  # fmt: skip
+        # The last checkpoint is written in the background (before), or when the interval comes
+        # round as in a steady stream (after): read once checkpoints have stopped for that long.
+        quiet_s = 2.0 if before else float(Settings.from_env().checkpoint_interval_s) + 2.0
+        wait_quiet(lambda: worker.metric("driftline_checkpoint_bytes_total", service=service), quiet_s)
         written = worker.metric("driftline_checkpoint_bytes_total", service=service)
         applied = worker.metric("driftline_events_total", service=service)
     return [service, policy, int(applied), int(written), written / applied, total / seconds, load()]
