@@ -125,7 +125,8 @@ class BatchConsumer:
         consumer = self.consumer
         assert consumer is not None
         tps = {(tp.topic, tp.partition) for tp in assigned}
-        counts = {len(consumer.partitions_for_topic(t) or ()) for t, _ in tps} or {0}
+        # The input topics' partition count, known even to a standby that was assigned nothing.
+        counts = [len(consumer.partitions_for_topic(topic) or ()) for topic in self.subscriptions]
         positions = await self.runner.assign(tps, max(counts))
         for (topic, partition), offset in positions.items():
             # No checkpoint has seen the partition: from its first offset (a retention gap resets
