@@ -188,6 +188,18 @@ def produce(bootstrap: str, topic: str, records: list[Record], progress: bool = 
         producer.close()
 
 
+def committed(bootstrap: str, group: str, topic: str) -> int:
+    """Sum of ``group``'s committed offsets over ``topic``'s partitions (0 where none)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        return sum(consumer.committed(TopicPartition(topic, p)) or 0 for p in partitions)
+    finally:
+        consumer.close()
+
+
 def expected_tallies(records: list[Observation]) -> dict[str, tuple[int, float]]:
     out: dict[str, tuple[int, float]] = {}
     for record in records:

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import (
     Worker,
     broker,
+    committed,
     expected_tallies,
     load,
     observations,
@@ -161,7 +162,7 @@ def corrupt() -> Outcome:
                 total = len(records)
                 wait_for(lambda: worker.applied() >= total, 120, "chunk applied")  # noqa: B023
                 time.sleep(1.5)
-        damaged = _damage_newest(store / "worker-tally")
+        damaged = damage_newest(store / "worker-tally")
         later = observations(5_000, seed=20, start=len(records))
         produce(node.bootstrap, "observations", later, progress=False)
         records += later
@@ -179,6 +180,11 @@ def corrupt() -> Outcome:
     return result
 
 
+def _committed(bootstrap: str) -> int:
+    """Events below the disk-full scenario's committed offsets."""
+    return committed(bootstrap, "diskfull.tally", topic_name("observations"))
+
+
 def diskfull() -> Outcome:
     result = Outcome("checkpoint disk full")
     with broker() as (node, tmp):
@@ -190,7 +196,11 @@ def diskfull() -> Outcome:
         second = observations(10_000, seed=5, start=len(first))
         with running([worker]):
             produce(node.bootstrap, "observations", first, progress=False)
-            wait_for(lambda: _committed(node.bootstrap) == len(first), 60, "offsets committed")
+            wait_for(
+                lambda: _committed(node.bootstrap) == len(first),
+                60,
+                "offsets committed",
+            )
             (switches / "disk-full").touch()
             full = time.monotonic()
             produce(node.bootstrap, "observations", second, progress=False)
@@ -205,7 +215,9 @@ def diskfull() -> Outcome:
             ok_s = _until_status(worker, "ok", 30)
             try:
                 commit_s = wait_for(
-                    lambda: _committed(node.bootstrap) == len(first) + len(second), 30, "offsets committed"
+                    lambda: _committed(node.bootstrap) == len(first) + len(second),
+                    30,
+                    "offsets committed",
                 )
             except TimeoutError:
                 commit_s = float("nan")
@@ -249,18 +261,6 @@ def _topic_size(bootstrap: str, topic: str) -> int:
         consumer.close()
 
 
-def _committed(bootstrap: str, group: str = "diskfull.tally") -> int:
-    """Events below the committed offsets of ``group`` on the observations topic."""
-    from kafka import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        offsets = admin.list_consumer_group_offsets(group)
-    finally:
-        admin.close()
-    return sum(o.offset for tp, o in offsets.items() if tp.topic == topic_name("observations"))
-
-
 def _until_status(worker: Worker, status: str, timeout_s: float) -> float | None:
     """Monotonic time when ``/health`` first says ``status``, or None if it does not in time."""
     deadline = time.monotonic() + timeout_s
@@ -276,7 +276,7 @@ def _round(at: float | None, since: float) -> object:
     return "never" if at is None else round(at - since, 1)
 
 
-def _damage_newest(service_dir: Path) -> dict[str, str]:
+def damage_newest(service_dir: Path) -> dict[str, str]:
     """Truncate (even shards) or overwrite with garbage (odd) each shard's CURRENT version."""
     damaged: dict[str, str] = {}
     for index, shard in enumerate(sorted(p for p in service_dir.iterdir() if (p / "CURRENT").exists())):
