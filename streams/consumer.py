@@ -9,7 +9,7 @@ checkpoint holds; Kafka's committed offsets are never read.
 
 Keyed services spread partitions over the group's members (range assignment keeps co-partitioned
 topics together); a shared service (one model) gives every partition to one member and keeps the
-others as hot standbys (:class:`OneOwnerAssignor`).
+others as hot standbys (:func:`one_owner_assignor`).
 """
 
 from __future__ import annotations
@@ -36,33 +36,46 @@ log = logging.getLogger(__name__)
 #: dead member's partitions move after it. Kafka's broker minimum is 6 s.
 SESSION_TIMEOUT_MS = 8_000
 HEARTBEAT_INTERVAL_MS = 1_000
+#: Join metadata of a member that owns a shared service's partitions (see one_owner_assignor).
+OWNER = b"owner"
 
 
-class OneOwnerAssignor(AbstractPartitionAssignor):
-    """Every partition to one member (the first by member id); the others stand by."""
+def one_owner_assignor(owner: BatchConsumer) -> type[AbstractPartitionAssignor]:
+    """An assignor giving every partition to one member, the current owner if there is one.
 
-    name = "driftline-one-owner"
-    version = 0
+    Each member says in its join metadata whether it owns partitions now, so a standby that joins
+    (or rejoins) never takes the model away from a running trainer; with no owner left, the first
+    member by id takes over.
+    """
 
-    @classmethod
-    def assign(
-        cls, cluster: ClusterMetadata, members: Mapping[str, ConsumerProtocolMemberMetadata]
-    ) -> dict[str, ConsumerProtocolMemberAssignment]:
-        owner = min(members)
-        topics = sorted({t for m in members.values() for t in m.subscription})
-        owned = [(t, sorted(cluster.partitions_for_topic(t) or ())) for t in topics]
-        return {
-            member: ConsumerProtocolMemberAssignment(cls.version, owned if member == owner else [], b"")
-            for member in members
-        }
+    class OneOwnerAssignor(AbstractPartitionAssignor):
+        name = "driftline-one-owner"
+        version = 0
 
-    @classmethod
-    def metadata(cls, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
-        return ConsumerProtocolMemberMetadata(cls.version, list(topics), b"")
+        @classmethod
+        def assign(
+            cls, cluster: ClusterMetadata, members: Mapping[str, ConsumerProtocolMemberMetadata]
+        ) -> dict[str, ConsumerProtocolMemberAssignment]:
+            owners = sorted(m for m, meta in members.items() if meta.user_data == OWNER)
+            chosen = owners[0] if owners else min(members)
+            topics = sorted({t for m in members.values() for t in m.subscription})
+            owned = [(t, sorted(cluster.partitions_for_topic(t) or ())) for t in topics]
+            return {
+                member: ConsumerProtocolMemberAssignment(cls.version, owned if member == chosen else [], b"")
+                for member in members
+            }
 
-    @classmethod
-    def on_assignment(cls, assignment: ConsumerProtocolMemberAssignment) -> None:
-        return None
+        @classmethod
+        def metadata(cls, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
+            return ConsumerProtocolMemberMetadata(
+                cls.version, list(topics), OWNER if owner.was_owner else b""
+            )
+
+        @classmethod
+        def on_assignment(cls, assignment: ConsumerProtocolMemberAssignment) -> None:
+            return None
+
+    return OneOwnerAssignor
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -91,13 +104,18 @@ class BatchConsumer:
         self.consumer: AIOKafkaConsumer | None = None
         #: Partitions owned and restored (their state loaded, the consumer positioned).
         self.owned: set[tuple[str, int]] = set()
-        #: True once the first assignment has been restored.
+        #: True once the assignment is restored: checkpoint loaded and the events that were already
+        #: in the partitions at assignment replayed (until then queries answer 503).
         self.ready = False
+        #: Whether this member owned a shared service's partitions at its last assignment.
+        self.was_owner = False
+        #: Offsets to reach before the assignment counts as restored.
+        self._catch_up: dict[tuple[str, int], int] = {}
         #: Why the broker cannot be read right now, or None.
         self.problem: str | None = None
 
     def _make_consumer(self) -> AIOKafkaConsumer:
-        assignor = RangePartitionAssignor if self.runner.keyed else OneOwnerAssignor
+        assignor = RangePartitionAssignor if self.runner.keyed else one_owner_assignor(self)
         return AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             group_id=self.group,
@@ -134,8 +152,41 @@ class BatchConsumer:
             consumer.seek(TopicPartition(topic, partition), 0 if offset is None else offset)
             self.runner.metrics.lag.labels(self.runner.service.name, topic, str(partition)).set(0)
         self.owned = tps
-        self.ready = True
-        log.info("%s: %s owns %d partition(s)", self.runner.service.name, self.instance, len(self.owned))
+        self.was_owner = bool(tps)
+        self._catch_up = await self._backlog(positions)
+        self._check_caught_up()
+        log.info(
+            "%s: %s owns %d partition(s), %d to replay before serving",
+            self.runner.service.name, self.instance, len(tps), len(self._catch_up),
+        )  # fmt: skip
+
+    async def _backlog(self, positions: Mapping[tuple[str, int], int | None]) -> dict[tuple[str, int], int]:
+        """The last offset already in each partition that the restored state has not applied."""
+        consumer = self.consumer
+        assert consumer is not None
+        if not positions:
+            return {}
+        try:
+            ends = await asyncio.wait_for(
+                consumer.end_offsets([TopicPartition(t, p) for t, p in positions]), 10
+            )
+        except (KafkaError, TimeoutError) as exc:
+            log.warning("%s: end offsets unknown (%s); serving without catching up first", self.group, exc)
+            return {}
+        return {
+            (tp.topic, tp.partition): end - 1
+            for tp, end in ends.items()
+            if end > (positions[(tp.topic, tp.partition)] or 0)
+        }
+
+    def _check_caught_up(self) -> None:
+        """Ready (and queries answered) once every backlog offset is applied."""
+        offsets = self.runner.offsets
+        self._catch_up = {
+            tp: o for tp, o in self._catch_up.items() if offsets.get(f"{tp[0]}:{tp[1]}", -1) < o
+        }
+        self.runner.service.restoring = bool(self._catch_up)
+        self.ready = not self._catch_up
 
     # -- the loop ------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -184,6 +235,8 @@ class BatchConsumer:
         for topic, records in by_topic.items():
             try:
                 await self.runner.apply(self.subscriptions[topic], records)
+                if self._catch_up:
+                    self._check_caught_up()
             except Exception:
                 # Not a bad event (those are dead-lettered) but a fault of ours: go back to the
                 # restore point and read again from there, rather than skip past anything.

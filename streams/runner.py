@@ -211,7 +211,8 @@ class ServiceRunner:
                 assert isinstance(self.service, KeyedService)
                 new = {p for _, p in assigned} - self.service.shards()
                 await asyncio.to_thread(self._load_shards, new)
-            elif self._snapshot is None:
+            elif assigned and not self.service.owned:
+                # Taking over a shared model: start from what the last owner checkpointed.
                 await asyncio.to_thread(self.restore)
             await asyncio.to_thread(self._take_snapshot)
             self.service.owned = self.service.owned | {p for _, p in assigned}

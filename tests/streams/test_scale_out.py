@@ -157,3 +157,42 @@ def test_a_trainer_feeds_two_serving_replicas_that_outlive_it(kafka, worker_fact
     time.sleep(1.0)
     assert trained() == len(impressions)  # every labelled impression once: none lost, none twice
     print(f"replicas served v{published} {lag_s:.1f}s after the trainer")
+
+
+def test_any_forecast_process_gives_the_same_answer_and_never_a_wrong_one(
+    kafka, worker_factory, tmp_path, data_dir
+):
+    from tests.streams.test_services_e2e import ett_series
+
+    ensure_topics(kafka.bootstrap, partitions=PARTITIONS)
+    shared = {"DRIFTLINE_CHECKPOINT_STORE": str(tmp_path / "store"), "DRIFTLINE_CHECKPOINT_INTERVAL_S": "0.5"}
+    options = ["forecast.kind=onenet", "forecast.seq_len=24", "forecast.horizon=4", "forecast.batch_size=64"]
+    active, standby = (worker_factory("forecast", options, name=n, env=shared) for n in ("active", "standby"))
+    active.start()
+    standby.start()  # one owner per shared model: the second process stands by
+    records = ett_series(data_dir, series=4, rows=40)
+    produce(kafka.bootstrap, records)
+    names = sorted({r.series for r in records})
+
+    def bodies(worker) -> list:
+        return [try_get_json(f"{worker.base}/forecast/{name}") for name in names]
+
+    wait_until(lambda: all(code == 200 for code, _ in bodies(active)), timeout_s=120, what="forecasts")
+    time.sleep(1.5)  # the last batch's checkpoint is durable
+    served = bodies(active)
+    assert bodies(standby) == served  # the standby proxies to the owner: the same body, byte for byte
+
+    active.kill()
+    seen: set[int] = set()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # failover: 200 (the same forecast) or 503, never 404 or another body
+        answers = bodies(standby)
+        for (code, body), (_, before) in zip(answers, served, strict=True):
+            seen.add(code)
+            assert code in (200, 503), (code, body)
+            if code == 200:
+                assert body == before
+        if all(code == 200 for code, _ in answers) and 503 in seen:
+            break
+        time.sleep(0.25)
+    assert bodies(standby) == served, "the standby took over with another state"

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 import pytest
 
@@ -39,7 +40,7 @@ def ett_series(data_dir, series: int, rows: int) -> list[Observation]:
 
 def test_forecasts_are_served_published_and_survive_a_restart(kafka, worker_factory, data_dir):
     options = ["forecast.kind=onenet", "forecast.seq_len=24", "forecast.horizon=4", "forecast.batch_size=64"]
-    worker = worker_factory("forecast", options).start()
+    worker = worker_factory("forecast", options, env={"DRIFTLINE_CHECKPOINT_INTERVAL_S": "0.5"}).start()
     records = ett_series(data_dir, series=2, rows=60)
     wrong_width = Observation(series="ETTh2-0", ts=1e12, values=[1.0, 2.0])
     produce(kafka, "observations", [*records, wrong_width])
@@ -66,6 +67,9 @@ def test_forecasts_are_served_published_and_survive_a_restart(kafka, worker_fact
     metrics = get_text(f"{worker.base}/metrics")
     assert metric_value(metrics, "driftline_online_metric", service="forecast", metric="mse") is not None
 
+    # A checkpoint holds every event (interval 0.5 s), so the restart restores this very table.
+    wait_until(lambda: get_json(f"{worker.base}/health")[1]["status"] == "ok", what="healthy")
+    time.sleep(1.5)
     worker.kill()
     worker.start()
     code, again = get_json(url)
