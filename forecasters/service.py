@@ -32,6 +32,7 @@ from forecasters.learner import Forecaster
 from forecasters.pretrained import load_pretrained
 from forecasters.windows import RollingWindow, SeriesWindows
 from forecasters.zoo import ForecasterSpec, build_forecaster
+from streams.expiry import check_ttl, silent_keys
 from streams.schemas import Forecast, Observation, Record
 from streams.service import (
     ApiError,
@@ -92,6 +93,7 @@ class ForecastService(ModelService):
         version: int = 0,
         batch_size: int = 512,
         max_train_batch: int = MAX_TRAIN_BATCH,
+        series_ttl_s: float | None = None,
     ) -> None:
         super().__init__()
         if spec.marks not in (0, CALENDAR_FEATURES):
@@ -110,6 +112,8 @@ class ForecastService(ModelService):
         self.batch_size = batch_size
         self.max_train_batch = max_train_batch
         self.windows = SeriesWindows(spec.seq_len + spec.horizon)
+        #: A series silent this long (event time) loses its window and forecast; None keeps all.
+        self.series_ttl_s = check_ttl(series_ttl_s)
         self.table: dict[str, LatestForecast] = {}
         self.updates = 0
 
@@ -207,7 +211,14 @@ class ForecastService(ModelService):
             metrics = self._train(self._rounds(pairs))
             outputs = self._forecast({s: w for s, w in touched.items() if w.has(self.spec.seq_len)})
             metrics["forecasts"] = float(len(outputs))
+            self._expire()
             return BatchResult(outputs, metrics, rejected)
+
+    def _expire(self) -> None:
+        last_seen = self.windows.last_seen()
+        for series in silent_keys(last_seen, max(last_seen.values(), default=0.0), self.series_ttl_s):
+            self.windows.drop(series)
+            self.table.pop(series, None)
 
     def _forecast(self, ready: dict[str, RollingWindow]) -> list[Output]:
         if not ready:
@@ -305,15 +316,15 @@ class ForecastService(ModelService):
             }
 
 
-SERVICE_OPTIONS = ("batch_size", "max_train_batch")
+SERVICE_OPTIONS = ("batch_size", "max_train_batch", "series_ttl_s")
 
 
 def build_service(data_dir: Path, **options: Any) -> ForecastService:
     """A service, warm-started from ``<data_dir>/pretrained/<kind>`` if ``forecasters pretrain`` ran.
 
     ``options`` are :class:`ForecasterSpec` fields (kind, seq_len, horizon, channels, ...),
-    ``batch_size`` and ``max_train_batch``. With a pretrained checkpoint its spec wins; an option
-    contradicting it is an error.
+    ``batch_size``, ``max_train_batch`` and ``series_ttl_s``. With a pretrained checkpoint its spec
+    wins; an option contradicting it is an error.
     """
     service_options = {k: options.pop(k) for k in SERVICE_OPTIONS if k in options}
     spec = ForecasterSpec.from_dict(options)

@@ -59,6 +59,13 @@ class SeriesWindows:
         window.append(ts, values)
         return window
 
+    def last_seen(self) -> dict[str, float]:
+        """Each series' newest observation time (what expiry goes by)."""
+        return {k: w.last_ts for k, w in self._windows.items() if w.last_ts is not None}
+
+    def drop(self, series: str) -> None:
+        self._windows.pop(series, None)
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "capacity": self.capacity,

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from streams.expiry import check_ttl, silent_keys
 from streams.keyed import KeyedService, partition_for
 from streams.schemas import Observation, Record, Tallied
 from streams.service import (
@@ -41,6 +42,7 @@ class TallyService(KeyedService):
         batch_window_s: float = 0.05,
         poison: list[str] | None = None,
         emit: bool = False,
+        ttl_s: float | None = None,
     ) -> None:
         super().__init__()
         self.batch_size = batch_size
@@ -48,13 +50,18 @@ class TallyService(KeyedService):
         #: Series whose events make processing raise: a model bug on demand, for fault tests.
         self.poison = frozenset(poison or ())
         self.emit_counts = emit
+        #: A series silent this long (event time) is forgotten; None keeps every series.
+        self.ttl_s = check_ttl(ttl_s)
         self.tables: dict[int, Shard] = {}
+        #: Per shard, each series' newest event time (what expiry goes by).
+        self.last_seen: dict[int, dict[str, float]] = {}
 
     def subscriptions(self) -> list[Subscription]:
         return [Subscription(topic_name("observations"), Observation, self.batch_size, self.batch_window_s)]
 
     def process_shard(self, topic: str, partition: int, records: list[Record]) -> BatchResult:
         table = self.tables.setdefault(partition, {})
+        seen = self.last_seen.setdefault(partition, {})
         outputs: list[Output] = []
         for record in records:
             assert isinstance(record, Observation)
@@ -62,9 +69,12 @@ class TallyService(KeyedService):
                 raise RuntimeError(f"poisoned series {record.series!r}")
             count, total = table.get(record.series, (0, 0.0))
             table[record.series] = count + 1, total + record.values[0]
+            seen[record.series] = max(seen.get(record.series, record.ts), record.ts)
             if self.emit_counts:
                 tallied = Tallied(series=record.series, count=count + 1, sum=total + record.values[0])
                 outputs.append(Output(topic_name("tallies"), record.series, tallied))
+        for series in silent_keys(seen, max(seen.values(), default=0.0), self.ttl_s):
+            del table[series], seen[series]
         return BatchResult(outputs, {"events": float(len(records))})
 
     # -- shards ----------------------------------------------------------------------------------
@@ -72,13 +82,18 @@ class TallyService(KeyedService):
         return set(self.tables)
 
     def shard_state(self, partition: int) -> dict[str, Any]:
-        return {"counts": dict(self.tables.get(partition, {}))}
+        return {
+            "counts": dict(self.tables.get(partition, {})),
+            "last_seen": dict(self.last_seen.get(partition, {})),
+        }
 
     def load_shard(self, partition: int, state: dict[str, Any] | None) -> None:
         self.tables[partition] = dict(state["counts"]) if state else {}
+        self.last_seen[partition] = dict(state.get("last_seen", {})) if state else {}
 
     def drop_shard(self, partition: int) -> None:
         self.tables.pop(partition, None)
+        self.last_seen.pop(partition, None)
 
     def shard_from_state(self, state: dict[str, Any], partition: int) -> dict[str, Any]:
         """A first-release checkpoint held ``counts`` and ``sums`` of every series in one state."""

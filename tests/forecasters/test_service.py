@@ -290,3 +290,18 @@ def test_queries_do_not_wait_for_a_batch_in_progress() -> None:
 def test_a_bad_max_train_batch_is_refused_with_a_clear_error(tmp_path: Path, bad: object) -> None:
     with pytest.raises(ValueError, match="max_train_batch must be an integer >= 1"):
         build_service(tmp_path, kind="dlinear", seq_len=8, horizon=3, channels=2, max_train_batch=bad)
+
+
+def test_series_silent_past_the_ttl_lose_window_and_forecast():
+    from forecasters.service import ForecastService
+    from forecasters.zoo import ForecasterSpec
+
+    service = ForecastService(
+        ForecasterSpec(kind="last-value", seq_len=2, horizon=1, channels=1), series_ttl_s=10
+    )
+    topic = topic_name("observations")
+    service.process(topic, [Observation(series="old", ts=float(t), values=[1.0]) for t in range(3)])
+    assert service.windows.get("old") is not None and "old" in service.table
+    service.process(topic, [Observation(series="new", ts=float(t), values=[2.0]) for t in range(20, 23)])
+    assert service.windows.get("old") is None and "old" not in service.table  # silent since ts 2 < 22 - 10
+    assert "new" in service.table
