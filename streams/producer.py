@@ -74,12 +74,17 @@ def send_all(
     total: int | None = None,
     progress: bool = True,
 ) -> ReplayReport:
-    """Send records in order, paced to ``rate`` events/s (0 = as fast as possible), then flush."""
+    """Send records in order, paced to ``rate`` events/s (0 = as fast as possible), then flush.
+
+    Raises :class:`DeliveryError` if the broker refused any record (after the others are sent):
+    a replay never reports events as sent that Kafka does not hold.
+    """
     from tqdm import tqdm
 
     topic = topic_name(topic_short)
     started = time.monotonic()
     sent = 0
+    failures: list[BaseException] = []
     with tqdm(total=total, unit="ev", disable=not progress, desc=f"-> {topic}") as bar:
         for record in records:
             if rate > 0:
@@ -87,13 +92,22 @@ def send_all(
                 if ahead > 0:
                     time.sleep(ahead)
             key = key_of(record)
-            producer.send(topic, value=record.to_bytes(), key=key.encode() if key else None)
+            future = producer.send(topic, value=record.to_bytes(), key=key.encode() if key else None)
+            future.add_errback(failures.append)
             sent += 1
             if sent % 1000 == 0:
                 bar.update(1000)
         producer.flush()
         bar.update(sent % 1000)
+    if failures:
+        raise DeliveryError(
+            f"{len(failures)} of {sent} records were not delivered to {topic}: {failures[0]!r}"
+        )
     return ReplayReport(sent, time.monotonic() - started)
+
+
+class DeliveryError(RuntimeError):
+    """The broker did not take some records of a replay."""
 
 
 def _open_text(path: Path) -> io.TextIOBase:
