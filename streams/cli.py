@@ -283,11 +283,12 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     from streams.broker import BrokerError
+    from streams.producer import DeliveryError
     from streams.schemas import RecordError
 
     try:
         return int(args.func(args) or 0)
-    except (BrokerError, RecordError, ValueError, KeyError) as exc:  # TopicLayoutError is a ValueError
+    except (BrokerError, DeliveryError, RecordError, ValueError, KeyError) as exc:  # incl. TopicLayoutError
         print(f"driftline: error: {exc}", file=sys.stderr)
         return 2
 
