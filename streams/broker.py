@@ -221,7 +221,12 @@ class EmbeddedBroker:
             return
         cluster_id = _base64_uuid()
         command = self._java(
-            "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id, "-c", str(config)
+            "kafka.tools.StorageTool",
+            "format",
+            "--standalone",
+            f"--cluster-id={cluster_id}",
+            "-c",
+            str(config),
         )
         _run_checked(command, f"formatting KRaft storage in {self.log_dir} failed")
 

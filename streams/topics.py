@@ -136,7 +136,7 @@ def _check_counts(admin: object, existing: set[str], partitions: int) -> None:
     if not present:
         return
     described = admin.describe_topics(present)  # type: ignore[attr-defined]
-    wrong = {d["topic"]: len(d["partitions"]) for d in described if len(d["partitions"]) != partitions}
+    wrong = {d["name"]: len(d["partitions"]) for d in described if len(d["partitions"]) != partitions}
     if wrong:
         have = ", ".join(f"{name} has {count}" for name, count in sorted(wrong.items()))
         raise TopicLayoutError(

@@ -196,3 +196,23 @@ def test_any_forecast_process_gives_the_same_answer_and_never_a_wrong_one(
             break
         time.sleep(0.25)
     assert bodies(standby) == served, "the standby took over with another state"
+
+
+def test_topics_are_created_with_a_partition_count_that_never_changes(
+    kafka, topic_prefix, monkeypatch, capsys
+):
+    from streams.cli import main
+
+    monkeypatch.setenv("DRIFTLINE_BOOTSTRAP_SERVERS", kafka.bootstrap)
+    assert main(["topics", "--partitions", "6"]) == 0
+    assert "(created)" in capsys.readouterr().out
+    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+    try:
+        (observations,) = admin.describe_topics([f"{topic_prefix}observations"])
+        assert len(observations["partitions"]) == 6
+    finally:
+        admin.close()
+    assert main(["topics", "--partitions", "6"]) == 0  # idempotent
+    assert main(["topics", "--partitions", "12"]) == 2
+    error = capsys.readouterr().err
+    assert "cannot use 12 partitions" in error and "observations has 6" in error
