@@ -9,6 +9,7 @@ Open-loop load (``bench.loadgen.open_loop``: fixed schedule, latency from the sc
   forecast: ``GET /forecast/{series}`` on the forecast worker while it trains on ETTh2 flat out
       (forecast has no serving replica, so this is always measured on the worker).
 
+Idle rows run at ``--idle-rate`` (light load: the p50 a lone user sees) and at the target rate.
 Targets (issue 10 item 7): /ctr/score p50 idle < 3 ms and p99 at 200 req/s while training < 15 ms;
 /forecast p99 at 1,000 req/s while training < 5 ms.
 
@@ -100,7 +101,9 @@ def measure(label: str, trainer: Role, service: str, run: Callable[[], LoadRepor
     return report.row(label), f"trainer applied {rate:,.0f} ev/s; {loadavg()}"
 
 
-def ctr_case(bootstrap: str, home: Path, seconds: float, swap_s: float, split: bool) -> list[tuple[str, str]]:
+def ctr_case(
+    bootstrap: str, home: Path, seconds: float, idle_rate: float, swap_s: float, split: bool
+) -> list[tuple[str, str]]:
     """/ctr/score idle and while the trainer trains flat out, on the worker itself or on a replica."""
     from models.ctr.movielens import iter_impressions
 
@@ -131,11 +134,15 @@ def ctr_case(bootstrap: str, home: Path, seconds: float, swap_s: float, split: b
         feeder.send(5000)  # a first version to serve
         wait_ready(server)
         wait(lambda: applied(trainer, "ctr") >= 5000, 120, "the first impressions trained")
-        run = lambda: open_loop("POST", url, body, 200, seconds)  # noqa: E731
-        rows.append(measure(f"ctr {name}, idle, 200/s", trainer, "ctr", run))
+
+        def at(rate: float) -> Callable[[], LoadReport]:
+            return lambda: open_loop("POST", url, body, rate, seconds)
+
+        rows.append(measure(f"ctr {name}, idle, {idle_rate:g}/s", trainer, "ctr", at(idle_rate)))
+        rows.append(measure(f"ctr {name}, idle, 200/s", trainer, "ctr", at(200)))
         feeder.thread.start()
         time.sleep(3)  # training under way
-        rows.append(measure(f"ctr {name}, training, 200/s", trainer, "ctr", run))
+        rows.append(measure(f"ctr {name}, training, 200/s", trainer, "ctr", at(200)))
         feeder.stop.set()
         feeder.thread.join()
         _, versions = get_json(f"{server.base}/ctr/versions")
@@ -147,7 +154,7 @@ def ctr_case(bootstrap: str, home: Path, seconds: float, swap_s: float, split: b
     return rows
 
 
-def forecast_cases(bootstrap: str, home: Path, seconds: float) -> list[tuple[str, str]]:
+def forecast_cases(bootstrap: str, home: Path, seconds: float, idle_rate: float) -> list[tuple[str, str]]:
     prefix = f"latf{int(time.time() * 1000) % 10**8}."
     worker = start_role("worker", "forecast", home / prefix, bootstrap, prefix)
     rows = []
@@ -157,11 +164,16 @@ def forecast_cases(bootstrap: str, home: Path, seconds: float) -> list[tuple[str
         feeder.send(2000)
         url = f"{worker.base}/forecast/ETTh2-p0"
         wait(lambda: get_json(url)[0] == 200, 180, "a first forecast")
-        run = lambda: open_loop("GET", url, None, 1000, seconds)  # noqa: E731
-        rows.append(measure("forecast worker (no replica), idle, 1000/s", worker, "forecast", run))
+
+        def at(rate: float) -> Callable[[], LoadReport]:
+            return lambda: open_loop("GET", url, None, rate, seconds)
+
+        name = "forecast worker (no replica)"
+        rows.append(measure(f"{name}, idle, {idle_rate:g}/s", worker, "forecast", at(idle_rate)))
+        rows.append(measure(f"{name}, idle, 1000/s", worker, "forecast", at(1000)))
         feeder.thread.start()
         time.sleep(3)
-        rows.append(measure("forecast worker (no replica), training, 1000/s", worker, "forecast", run))
+        rows.append(measure(f"{name}, training, 1000/s", worker, "forecast", at(1000)))
         feeder.stop.set()
         feeder.thread.join()
     finally:
@@ -174,6 +186,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seconds", type=float, default=15.0, help="length of each open-loop run")
+    parser.add_argument("--idle-rate", type=float, default=20.0, help="req/s of the light idle row (p50)")
     parser.add_argument(
         "--swap-interval-s", type=float, default=5.0, help="the trainer's ctr.swap_interval_s"
     )
@@ -187,9 +200,11 @@ def main() -> None:
         try:
             if "ctr" not in skip:
                 for split in (False, True):
-                    rows += ctr_case(broker.bootstrap, Path(tmp), args.seconds, args.swap_interval_s, split)
+                    rows += ctr_case(
+                        broker.bootstrap, Path(tmp), args.seconds, args.idle_rate, args.swap_interval_s, split
+                    )
             if "forecast" not in skip:
-                rows += forecast_cases(broker.bootstrap, Path(tmp), args.seconds)
+                rows += forecast_cases(broker.bootstrap, Path(tmp), args.seconds, args.idle_rate)
         finally:
             broker.stop()
     print(
