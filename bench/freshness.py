@@ -181,6 +181,15 @@ def send(producer: KafkaProducer, topic: str, records: list[Record], rate: float
     return sent
 
 
+def batch_totals(worker: Role, service: str) -> tuple[float, float]:
+    """Seconds spent applying batches and how many, so far (``driftline_batch_seconds``)."""
+    samples = scrape(worker.base)
+    return (
+        total(samples, "driftline_batch_seconds_sum", service=service),
+        total(samples, "driftline_batch_seconds_count", service=service),
+    )
+
+
 def wait_applied(worker: Role, service: str, count: int, timeout_s: float) -> float:
     deadline = time.monotonic() + timeout_s
     while applied(worker, service) < count:
@@ -204,6 +213,7 @@ def run_case(case: Case, bootstrap: str, home: Path, options: list[str], load: f
         max_rate = case.burst / (wait_applied(worker, case.service, case.burst, 600) - started)
         rate = max_rate * load
         paced = list(itertools.islice(case.records, int(rate * seconds)))
+        batches_before = batch_totals(worker, case.service)
         learned = Poller(lambda: applied(worker, case.service), 0.02)
         served, target = case.served(worker, bootstrap, prefix)
         sent = send(producer, topic, paced, rate)
@@ -211,6 +221,7 @@ def run_case(case: Case, bootstrap: str, home: Path, options: list[str], load: f
         time.sleep(3.0)  # the last forecasts and tallies reach their readers
         for poller in (learned, served):
             poller.close()
+        batch_s, batches = np.subtract(batch_totals(worker, case.service), batches_before)
         positions = np.arange(case.burst, case.burst + len(paced))
         learn = learned.delays(sent, positions + 1.0)
         counted = sent <= sent[-1] - case.serve_wait_s
@@ -221,7 +232,8 @@ def run_case(case: Case, bootstrap: str, home: Path, options: list[str], load: f
             f"{case.service:<9}{max_rate:>9,.0f}{rate:>9,.0f}{len(paced):>8}"
             f"{_ms(learn, 50):>9}{_ms(learn, 99):>9}{int(counted.sum()):>8}"
             f"{_ms(serve, 50):>9}{_ms(serve, 99):>9}"
-            f"{int(np.isnan(serve).sum()):>7}  {loadavg()}"
+            f"{int(np.isnan(serve).sum()):>7}{batches:>8.0f}{batch_s / max(batches, 1) * 1000:>9,.0f}"
+            f"  {loadavg()}"
         )
     finally:
         producer.close()
@@ -273,8 +285,8 @@ def main() -> None:
         f"Freshness at {args.load:.0%} of each service's max rate, CPU only; "
         f"options: {args.option or 'defaults'}; ctr publish interval {swap:g} s"
     )
-    print(f"{'service':<9}{'max ev/s':>9}{'rate':>9}{'events':>8}{'learn50':>9}{'learn99':>9}"
-          f"{'counted':>8}{'serve50':>9}{'serve99':>9}{'never':>7}  (ms)")  # fmt: skip
+    print(f"{'service':<9}{'max ev/s':>9}{'rate':>9}{'events':>8}{'learn50':>9}{'learn99':>9}{'counted':>8}"
+          f"{'serve50':>9}{'serve99':>9}{'never':>7}{'batches':>8}{'batch ms':>9}  (ms)")  # fmt: skip
     for row in rows:
         print(row)
     print(f"targets: learned < 1,000 ms; served < interval + 1,000 ms (ctr: {swap * 1000 + 1000:,.0f} ms)")
