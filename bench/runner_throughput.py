@@ -27,6 +27,7 @@ import itertools
 import os
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +46,7 @@ from bench.common import (
     wait_for,
 )
 from streams.config import Settings
+from streams.producer import send_all
 
 BEFORE = {"DRIFTLINE_CHECKPOINT_EVENTS": "1", "DRIFTLINE_CHECKPOINT_INTERVAL_S": "0"}
 CORES = os.cpu_count() or 1
@@ -190,29 +192,59 @@ def ctr_in_process(tmp: Path, records: list) -> float:
     return len(records) / (time.perf_counter() - started)
 
 
-def recovery(bootstrap: str, tmp: Path, events: int, kills: int) -> None:
+def recovery(bootstrap: str, tmp: Path, kills: int, rate: float = 5_000.0) -> None:
+    """Kill -9 and restart a tally worker while a paced SYNTHETIC stream keeps arriving."""
     store = {"DRIFTLINE_CHECKPOINT_STORE": str(tmp / "store-recovery")}
     worker = Worker(bootstrap, tmp / "recovery", "tally", env=store, app_id="recovery")
+    stop = threading.Event()
+    stream = threading.Thread(target=_stream, args=(bootstrap, rate, stop), daemon=True)
     rows = []
     with running([worker]):
-        for attempt in range(1, kills + 1):
-            wait_for(lambda: worker.applied() >= min(50_000, events // (2 * kills)), 120, "mid-stream", 0.1)
-            worker.kill()
-            restarted = time.monotonic()
-            worker.start(wait=False)
-            worker.wait_ready()
-            to_ready = time.monotonic() - restarted
-            wait_for(lambda: worker.applied() > 0, 120, "applied events grow", 0.05)
-            to_apply = time.monotonic() - restarted
-            say(f"recovery {attempt}: ready {to_ready:.2f}s, applying {to_apply:.2f}s")
-            rows.append([attempt, to_ready, to_apply, load()])
+        stream.start()
+        try:
+            for attempt in range(1, kills + 1):
+                wait_for(lambda: worker.applied() > 0, 60, "the worker applies the stream", 0.1)
+                time.sleep(3.0)  # mid-stream: applied events not yet checkpointed
+                worker.kill()
+                restarted = time.monotonic()
+                worker.start(wait=False)
+                worker.wait_ready()
+                to_ready = time.monotonic() - restarted
+                wait_for(lambda: worker.applied() > 0, 120, "applied events grow", 0.05)
+                to_apply = time.monotonic() - restarted
+                say(f"recovery {attempt}: ready {to_ready:.2f}s, applying {to_apply:.2f}s")
+                rows.append([attempt, to_ready, to_apply, load()])
+        finally:
+            stop.set()
+            stream.join()
     medians = [statistics.median(float(r[i]) for r in rows) for i in (1, 2)]
     rows.append(["median", *medians, load()])
     table(
-        "recovery after kill -9 and immediate restart (same static member), tally, SYNTHETIC backlog",
+        f"recovery after kill -9 and immediate restart (same static member), tally, "
+        f"SYNTHETIC stream at {rate:,.0f} events/s",
         ["kill", "s to /ready", "s to applied events grow", "load"],
         rows,
     )
+
+
+def _stream(bootstrap: str, rate: float, stop: threading.Event) -> None:
+    """Send SYNTHETIC observations at ``rate`` per second until ``stop`` is set."""
+    from streams.producer import make_producer
+
+    producer = make_producer(bootstrap)
+    try:
+        for round_ in itertools.count():
+            if stop.is_set():
+                return
+            send_all(
+                producer,
+                "observations",
+                observations(int(rate), seed=100 + round_),
+                rate=rate,
+                progress=False,
+            )
+    finally:
+        producer.close()
 
 
 def main() -> None:
@@ -236,7 +268,7 @@ def main() -> None:
         if "checkpoint" in sections:
             checkpoint_bytes(node.bootstrap, tmp, args.events, args.impressions)
         if "recovery" in sections:
-            recovery(node.bootstrap, tmp, args.events, args.kills)
+            recovery(node.bootstrap, tmp, args.kills)
 
 
 if __name__ == "__main__":
