@@ -9,7 +9,8 @@ processes. Sections (``--sections``, default all):
               the same backlog with 1, 2 and 3 workers (fresh consumer groups): events/s, speed-up
               and per-core efficiency (speed-up / min(workers, cores))
   checkpoint  checkpoint bytes per event, "before" (a checkpoint after every batch, as the first
-              release did: DRIFTLINE_CHECKPOINT_EVENTS=1, DRIFTLINE_CHECKPOINT_INTERVAL_S=0) and
+              release did: DRIFTLINE_CHECKPOINT_EVENTS=1, DRIFTLINE_CHECKPOINT_INTERVAL_S=0; a lower
+              bound, since the runner skips a checkpoint while the previous one is still writing) and
               "after" (the defaults), from ``driftline_checkpoint_bytes_total`` and
               ``driftline_events_total``, for tally (synthetic) and ctr (MovieLens-100K); the ctr
               "after" run also gives CTR samples/s through Kafka, compared with ``CtrService.process``
