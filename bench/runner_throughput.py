@@ -178,7 +178,11 @@ def checkpoint_bytes(bootstrap: str, tmp: Path, events: int, impressions: int) -
 
 
 def ctr_in_process(tmp: Path, records: list) -> float:
-    """``CtrService.process`` on the worker's batches (default options), samples/s."""
+    """``CtrService.process`` on the worker's batches (default options), samples/s.
+
+    The first batch (lazy initialisation, first published version) is not timed, as the Kafka
+    drain's clock also starts after the first applied batch.
+    """
     from models.ctr.service import build_service
     from streams.topics import topic_name
 
@@ -186,11 +190,12 @@ def ctr_in_process(tmp: Path, records: list) -> float:
     service = build_service(tmp / "inprocess" / "ctr")
     size = service.batch_size
     say(f"ctr in process: {len(records):,} impressions in batches of {size}")
-    started = time.perf_counter()
+    started = 0.0
     for start in range(0, len(records), size):
         with service.lock:
             service.process(topic_name("impressions"), records[start : start + size])
-    return len(records) / (time.perf_counter() - started)
+        started = started or time.perf_counter()
+    return (len(records) - size) / (time.perf_counter() - started)
 
 
 def recovery(bootstrap: str, tmp: Path, kills: int, rate: float = 5_000.0) -> None:
