@@ -82,13 +82,18 @@ def wait_http(url: str, timeout_s: float = 120.0, process: subprocess.Popen[byte
     raise TimeoutError(f"{url} did not answer within {timeout_s:.0f}s")
 
 
-def spawn_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
-    """Start ``driftline worker`` as a child process bound to the settings' cluster and port."""
+def spawn_worker(settings: Settings, log_path: Path, options: list[str] = ()) -> subprocess.Popen[bytes]:
+    """Start ``driftline worker`` as a child process bound to the settings' cluster and port.
+
+    ``options`` are ``SERVICE.KEY=VALUE`` service options, passed on as ``--option``.
+    """
     env = {**os.environ, "DRIFTLINE_BOOTSTRAP_SERVERS": settings.bootstrap}
     command = [
         sys.executable, "-m", "streams.cli", "--home", str(settings.home), "worker",
         "--services", settings.services, "--http-port", str(settings.http_port),
     ]  # fmt: skip
+    for option in options:
+        command += ["--option", option]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -111,7 +116,9 @@ def _watch_worker(worker: subprocess.Popen[bytes], stop: threading.Event, exited
             stop.set()
 
 
-def run_main_job(settings: Settings, duration_s: float = 0.0, rate: float = 200.0) -> int:
+def run_main_job(
+    settings: Settings, duration_s: float = 0.0, rate: float = 200.0, options: list[str] = ()
+) -> int:
     """Run everything for ``duration_s`` seconds (0: until Ctrl-C or SIGTERM)."""
     from streams.broker import EmbeddedBroker
     from streams.registry import parse_names
@@ -134,7 +141,7 @@ def run_main_job(settings: Settings, duration_s: float = 0.0, rate: float = 200.
     worker = None
     try:
         ensure_topics(settings.bootstrap)
-        worker = spawn_worker(settings, home / "worker.log")
+        worker = spawn_worker(settings, home / "worker.log", list(options))
         base = f"http://{settings.http_host}:{settings.http_port}"
         wait_http(f"{base}/ready", process=worker)
         print(

@@ -12,8 +12,10 @@ status topic, which is also where this worker learns who owns which partition.
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import signal
+import sys
 import time
 from typing import Any
 
@@ -45,7 +47,7 @@ class OwnerDirectory:
         """Read new status rows (blocking briefly: call it from a thread)."""
         self.board.poll(timeout_s=0.5)
         owners: dict[tuple[str, int], str] = {}
-        for row in self.board.rows():
+        for row in sorted(self.board.rows(), key=lambda r: r.ts):  # the newest claim wins
             if row.ready and row.url:
                 for tp in row.partitions:
                     owners[(row.service, int(tp.rsplit(":", 1)[1]))] = row.url
@@ -175,7 +177,11 @@ class WorkerRole:
 
 
 def run_until_signalled(role: WorkerRole) -> None:
-    """Run ``role`` in a fresh event loop until SIGINT or SIGTERM."""
+    """Run ``role`` in a fresh event loop until SIGINT or SIGTERM (SIGUSR1 dumps every thread's stack)."""
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    # Training threads hold the GIL for long stretches; a short switch interval keeps the event
+    # loop (HTTP, heartbeats, status) answering while a batch trains.
+    sys.setswitchinterval(0.0005)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -192,7 +192,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from roles.main_job import run_main_job
 
-    return run_main_job(settings_from(args), duration_s=args.duration, rate=args.rate)
+    parse_options(args.option)  # refuse a malformed option before starting anything
+    return run_main_job(settings_from(args), duration_s=args.duration, rate=args.rate, options=args.option)
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -265,6 +266,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=200.0, help="replay rate, events/s per data set")
     p.add_argument("--services", help="services to run (default forecast,ctr,rank)")
     p.add_argument("--http-port", type=int)
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="SERVICE.KEY=VALUE",
+        help="service option for the worker",
+    )
     p.set_defaults(func=cmd_run)
 
     wanted = set(sys.argv[1:] if argv is None else argv)

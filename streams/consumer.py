@@ -179,6 +179,16 @@ class BatchConsumer:
             if end > (positions[(tp.topic, tp.partition)] or 0)
         }
 
+    async def _idle_catch_up(self, consumer: AIOKafkaConsumer) -> None:
+        """Nothing more to read and nothing in flight: every backlog partition whose read position
+        passed its target is caught up, even when its last offsets never reach us (a gap left by
+        transaction markers or compaction)."""
+        for topic, partition in list(self._catch_up):
+            target = self._catch_up[(topic, partition)]
+            if await consumer.position(TopicPartition(topic, partition)) > target:
+                self._catch_up.pop((topic, partition))
+        self._check_caught_up()
+
     def _check_caught_up(self) -> None:
         """Ready (and queries answered) once every backlog offset is applied."""
         offsets = self.runner.offsets
@@ -201,6 +211,8 @@ class BatchConsumer:
                 batch = await self._take(consumer, stop)
                 if batch:
                     await self._apply(batch)
+                elif self._catch_up:
+                    await self._idle_catch_up(consumer)
                 await self.runner.maybe_checkpoint()
         finally:
             lag_task.cancel()

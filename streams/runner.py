@@ -306,7 +306,7 @@ class ServiceRunner:
                 return BatchResult()
             if self._snapshot is None:
                 await asyncio.to_thread(self._take_snapshot)
-            items, dead = self._parse(subscription, fresh)
+            items, dead = await asyncio.to_thread(self._parse, subscription, fresh)  # off the event loop
             applied = _Applied(dead=dead)
             if items:
                 processed = await asyncio.to_thread(self._process_safely, subscription.topic, items)

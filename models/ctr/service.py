@@ -92,7 +92,7 @@ class CtrService(ModelService):
         self,
         learner: CtrLearner,
         batch_size: int = 4096,
-        batch_window_s: float = 2.0,
+        batch_window_s: float = 0.5,
         swap_interval_s: float = 30.0,
         keep_versions: int = 3,
         max_candidates: int = 10_000,

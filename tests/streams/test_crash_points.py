@@ -70,6 +70,9 @@ def lag(worker) -> list[float]:
 
 
 def applied(worker, series: int) -> int:
+    assert worker.process.poll() is None, (
+        f"worker exited with {worker.process.returncode}: {worker.log()[-3000:]}"
+    )
     total = 0
     for i in range(series):
         status, body = get_json(f"{worker.base}/tally/s{i}")

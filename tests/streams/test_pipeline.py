@@ -41,7 +41,7 @@ def assert_tally(worker, expected: dict[str, tuple[int, float]]) -> None:
 
 def test_produce_to_worker_to_http(kafka, worker_factory):
     records = observations(600, series=6, seed=1)
-    worker = worker_factory("tally").start()
+    worker = worker_factory("tally", env={"DRIFTLINE_CHECKPOINT_INTERVAL_S": "0.5"}).start()
     produce(kafka, records)
     wait_until(lambda: get_json(f"{worker.base}/tally")[1]["events"] == 600, what="600 events applied")
     assert_tally(worker, expected_counts(records))
@@ -50,7 +50,18 @@ def test_produce_to_worker_to_http(kafka, worker_factory):
     assert status == 200 and health["status"] == "ok" and "tally" in health["services"]
     metrics = get_text(f"{worker.base}/metrics")
     assert metric_value(metrics, "driftline_events_total", service="tally") == 600
-    assert metric_value(metrics, "driftline_checkpoint_version", service="tally") >= 1
+    wait_until(  # checkpoints go by interval (0.5 s here), not by batch
+        lambda: (
+            (
+                metric_value(
+                    get_text(f"{worker.base}/metrics"), "driftline_checkpoint_version", service="tally"
+                )
+                or 0
+            )
+            >= 1
+        ),
+        what="a checkpoint",
+    )
     status, body = get_json(f"{worker.base}/tally/unknown-series")
     assert status == 404 and "unknown-series" in body["error"]
 
@@ -92,8 +103,11 @@ def test_bad_events_go_to_dead_letter_and_worker_keeps_running(kafka, worker_fac
 
 def test_restart_after_crash_loses_nothing_and_applies_nothing_twice(kafka, worker_factory):
     first = observations(3000, series=8, seed=3)
-    # Small batches mean many checkpoints, so the kill lands between checkpoint and offset commit.
-    worker = worker_factory("tally", ["tally.batch_size=40", "tally.batch_window_s=0.05"]).start()
+    # Small batches and checkpoints every 100 events, so the kill lands after some checkpoints.
+    frequent = {"DRIFTLINE_CHECKPOINT_EVENTS": "100", "DRIFTLINE_CHECKPOINT_INTERVAL_S": "0.2"}
+    worker = worker_factory(
+        "tally", ["tally.batch_size=40", "tally.batch_window_s=0.05"], env=frequent
+    ).start()
     produce(kafka, first)
     wait_until(lambda: get_json(f"{worker.base}/tally")[1]["events"] >= 800, what="some events applied")
     worker.kill()

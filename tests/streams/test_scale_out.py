@@ -99,8 +99,11 @@ def test_three_workers_split_partitions_fail_over_and_answer_for_any_key(kafka, 
         timeout_s=90,
         what="every key applied",
     )
-    for series, (count, total) in want.items():
-        for worker in survivors:  # whoever owns the key: the other one proxies
+    for worker in survivors:  # whoever owns the key, the other proxies (once it has seen the new owner)
+        wait_until(
+            lambda w=worker: all(answers(w, s) is not None for s in want), timeout_s=30, what="proxies"
+        )
+        for series, (count, total) in want.items():
             assert answers(worker, series) == (count, round(total, 6)), (worker.base, series)
     print(f"takeover after kill -9: {takeover_s:.1f}s")
 
@@ -180,7 +183,9 @@ def test_any_forecast_process_gives_the_same_answer_and_never_a_wrong_one(
     wait_until(lambda: all(code == 200 for code, _ in bodies(active)), timeout_s=120, what="forecasts")
     time.sleep(1.5)  # the last batch's checkpoint is durable
     served = bodies(active)
-    assert bodies(standby) == served  # the standby proxies to the owner: the same body, byte for byte
+    # The standby proxies to the owner once the owner's status row reached it: the same body.
+    wait_until(lambda: all(code == 200 for code, _ in bodies(standby)), timeout_s=30, what="standby proxies")
+    assert bodies(standby) == served
 
     active.kill()
     seen: set[int] = set()
