@@ -200,14 +200,6 @@ def committed(bootstrap: str, group: str, topic: str) -> int:
         consumer.close()
 
 
-def expected_tallies(records: list[Observation]) -> dict[str, tuple[int, float]]:
-    out: dict[str, tuple[int, float]] = {}
-    for record in records:
-        count, total = out.get(record.series, (0, 0.0))
-        out[record.series] = (count + 1, total + record.values[0])
-    return out
-
-
 def tally_mismatches(worker: Worker, want: dict[str, tuple[int, float]]) -> list[str]:
     """Series whose ``/tally/{series}`` (proxied to the owner) differs from ``want``."""
     wrong = []

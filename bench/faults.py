@@ -34,7 +34,6 @@ from bench.common import (
     Worker,
     broker,
     committed,
-    expected_tallies,
     load,
     observations,
     produce,
@@ -44,6 +43,7 @@ from bench.common import (
     tallies_exact,
     wait_for,
 )
+from streams.tally import expected_counts
 from streams.topics import topic_name
 
 
@@ -82,7 +82,7 @@ def outage(outage_s: float) -> Outcome:
             restarted = time.monotonic()
             second = observations(10_000, seed=2, start=len(first))
             produce(node.bootstrap, "observations", second, progress=False)
-            wrong = tallies_exact(worker, expected_tallies(first + second), timeout_s=180)
+            wrong = tallies_exact(worker, expected_counts(first + second), timeout_s=180)
             caught_up_s = time.monotonic() - restarted
             code, body = worker.json("/health")
         late = [s for s in samples if s[0] >= 10.0]
@@ -127,7 +127,7 @@ def storm(kills: int, events: int, seed: int) -> Outcome:
             for worker in workers:
                 worker.wait_ready()
             started = time.monotonic()
-            wrong = tallies_exact(workers[rng.randrange(3)], expected_tallies(records), timeout_s=180)
+            wrong = tallies_exact(workers[rng.randrange(3)], expected_counts(records), timeout_s=180)
             exact_s = time.monotonic() - started
             try:
                 spread_s = wait_for(lambda: all(w.partitions() for w in workers), 90, "every worker owns")
@@ -167,7 +167,7 @@ def corrupt() -> Outcome:
         produce(node.bootstrap, "observations", later, progress=False)
         records += later
         with running([worker]):
-            wrong = tallies_exact(worker, expected_tallies(records), timeout_s=120)
+            wrong = tallies_exact(worker, expected_counts(records), timeout_s=120)
         fallbacks = worker.log_tail(10**7).count("falling back to the previous version")
         result.checks["every damaged shard fell back to the previous version"] = fallbacks >= len(damaged)
         result.checks["tallies exact after replay"] = not wrong
@@ -221,7 +221,7 @@ def diskfull() -> Outcome:
                 )
             except TimeoutError:
                 commit_s = float("nan")
-            wrong = tallies_exact(worker, expected_tallies(first + second), timeout_s=60)
+            wrong = tallies_exact(worker, expected_counts(first + second), timeout_s=60)
         result.checks["/health degraded with the reason"] = degraded_s is not None and any(
             "No space left" in p for p in body.get("problems", [])
         )

@@ -196,6 +196,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_main_job(settings_from(args), duration_s=args.duration, rate=args.rate, options=args.option)
 
 
+def add_process_options(parser: argparse.ArgumentParser) -> None:
+    """``--option`` and ``--loglevel``, shared by the long-running roles."""
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="SERVICE.KEY=VALUE",
+        help="service option, e.g. ctr.swap_interval_s=5 (repeatable)",
+    )
+    parser.add_argument(
+        "--loglevel",
+        default=os.environ.get("DRIFTLINE_LOGLEVEL", "warning"),
+        help="debug, info, warning (default: $DRIFTLINE_LOGLEVEL, else warning)",
+    )
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="driftline", description=__doc__)
     parser.add_argument("--home", help="state directory (checkpoints, broker data); default ./var")
@@ -218,27 +234,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a worker: the services' stream parts with their HTTP endpoints")
     p.add_argument("--services", help="comma-separated: tally, forecast, ctr, rank (default all but tally)")
     p.add_argument("--http-port", type=int, help="HTTP port (default 8080)")
-    p.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        metavar="SERVICE.KEY=VALUE",
-        help="service option, e.g. ctr.swap_interval_s=5 (repeatable)",
-    )
-    p.add_argument(
-        "--loglevel",
-        default=os.environ.get("DRIFTLINE_LOGLEVEL", "warning"),
-        help="debug, info, warning (default: $DRIFTLINE_LOGLEVEL, else warning)",
-    )
+    add_process_options(p)
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("serve", help="run a serving replica: queries from model-updates, no training")
     p.add_argument("--services", help="comma-separated services to serve (default ctr)")
     p.add_argument("--http-port", type=int, help="HTTP port (default 8080)")
-    p.add_argument(
-        "--option", action="append", default=[], metavar="SERVICE.KEY=VALUE", help="serving option"
-    )
-    p.add_argument("--loglevel", default=os.environ.get("DRIFTLINE_LOGLEVEL", "warning"))
+    add_process_options(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("produce", help="send JSON records (arguments, or one per line on stdin)")
