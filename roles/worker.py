@@ -116,6 +116,7 @@ class WorkerRole:
                     "model_version": c.runner.service.model_version(),
                     "partitions": partitions[c.runner.service.name],
                     "ready": c.ready,
+                    "replaying": c.backlog(),
                     "restored_checkpoint": c.runner.restored_version,
                     "applied_offsets": len(c.runner.offsets),
                 }

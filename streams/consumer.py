@@ -111,6 +111,9 @@ class BatchConsumer:
         self.was_owner = False
         #: Offsets to reach before the assignment counts as restored.
         self._catch_up: dict[tuple[str, int], int] = {}
+        #: Bumped by every assignment change: records taken across one may come from a position
+        #: the fetcher had before our seek, so such a batch is dropped and read again.
+        self._generation = 0
         #: Why the broker cannot be read right now, or None.
         self.problem: str | None = None
 
@@ -136,6 +139,7 @@ class BatchConsumer:
     # -- rebalance callbacks -------------------------------------------------------------------
     async def revoked(self, revoked: set[TopicPartition]) -> None:
         gone = {(tp.topic, tp.partition) for tp in revoked}
+        self._generation += 1
         self.owned -= gone
         await self.runner.revoke(gone)
 
@@ -143,6 +147,7 @@ class BatchConsumer:
         consumer = self.consumer
         assert consumer is not None
         tps = {(tp.topic, tp.partition) for tp in assigned}
+        self._generation += 1
         # The input topics' partition count, known even to a standby that was assigned nothing.
         counts = [len(consumer.partitions_for_topic(topic) or ()) for topic in self.subscriptions]
         positions = await self.runner.assign(tps, max(counts))
@@ -151,6 +156,7 @@ class BatchConsumer:
             # to the earliest one still there).
             consumer.seek(TopicPartition(topic, partition), 0 if offset is None else offset)
             self.runner.metrics.lag.labels(self.runner.service.name, topic, str(partition)).set(0)
+        self._generation += 1  # anything taken before these seeks is dropped (see _apply)
         self.owned = tps
         self.was_owner = bool(tps)
         self._catch_up = await self._backlog(positions)
@@ -182,12 +188,29 @@ class BatchConsumer:
     async def _idle_catch_up(self, consumer: AIOKafkaConsumer) -> None:
         """Nothing more to read and nothing in flight: every backlog partition whose read position
         passed its target is caught up, even when its last offsets never reach us (a gap left by
-        transaction markers or compaction)."""
+        transaction markers or compaction). One whose position stopped short of its target is
+        read again from its applied offset, so a lost seek can never leave it restoring forever."""
         for topic, partition in list(self._catch_up):
+            tp = TopicPartition(topic, partition)
             target = self._catch_up[(topic, partition)]
-            if await consumer.position(TopicPartition(topic, partition)) > target:
+            position = await consumer.position(tp)
+            if position > target:
                 self._catch_up.pop((topic, partition))
+                continue
+            applied = self.runner.offsets.get(f"{topic}:{partition}", -1)
+            log.warning(
+                "%s: %s:%d idle at position %d short of %d (applied %d); reading again from %d",
+                self.runner.service.name, topic, partition, position, target, applied, applied + 1,
+            )  # fmt: skip
+            consumer.seek(tp, applied + 1)
         self._check_caught_up()
+
+    def backlog(self) -> dict[str, int]:
+        """Per ``topic:partition`` still replaying: how many events until it is restored."""
+        return {
+            f"{t}:{p}": target - self.runner.offsets.get(f"{t}:{p}", -1)
+            for (t, p), target in self._catch_up.items()
+        }
 
     def _check_caught_up(self) -> None:
         """Ready (and queries answered) once every backlog offset is applied."""
@@ -208,9 +231,10 @@ class BatchConsumer:
         lag_task = asyncio.create_task(self._track_lag(stop))
         try:
             while not stop.is_set():
+                generation = self._generation
                 batch = await self._take(consumer, stop)
                 if batch:
-                    await self._apply(batch)
+                    await self._apply(batch, generation)
                 elif self._catch_up:
                     await self._idle_catch_up(consumer)
                 await self.runner.maybe_checkpoint()
@@ -239,14 +263,28 @@ class BatchConsumer:
                 deadline = time.monotonic() + self.window_s
         return taken
 
-    async def _apply(self, batch: dict[TopicPartition, list]) -> None:
+    async def _apply(self, batch: dict[TopicPartition, list], generation: int) -> None:
+        """Apply a batch unless the assignment changed since it was fetched.
+
+        Records taken across an assignment change may come from a position the fetcher had
+        before the seek to the checkpoint's offsets: such a batch is dropped and every owned
+        partition is read again from its applied offset, so nothing is skipped either way.
+        """
+        if generation != self._generation:
+            self._read_again_from_applied()
+            return
         by_topic: dict[str, list] = {}
         for tp, records in batch.items():
             if (tp.topic, tp.partition) in self.owned:
                 by_topic.setdefault(tp.topic, []).extend(records)
         for topic, records in by_topic.items():
             try:
-                await self.runner.apply(self.subscriptions[topic], records)
+                applied = await self.runner.apply(
+                    self.subscriptions[topic], records, lambda: generation == self._generation
+                )
+                if applied is None:
+                    self._read_again_from_applied()
+                    return
                 if self._catch_up:
                     self._check_caught_up()
             except Exception:
@@ -257,6 +295,15 @@ class BatchConsumer:
                     assert self.consumer is not None
                     self.consumer.seek(TopicPartition(t, p), offset)
                 return
+
+    def _read_again_from_applied(self) -> None:
+        consumer = self.consumer
+        assert consumer is not None
+        log.info("%s: dropped a batch fetched across a rebalance; reading again", self.runner.service.name)
+        for topic, partition in self.owned:
+            consumer.seek(
+                TopicPartition(topic, partition), self.runner.offsets.get(f"{topic}:{partition}", -1) + 1
+            )
 
     async def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
         consumer = self.consumer

@@ -297,9 +297,21 @@ class ServiceRunner:
                 self.metrics.forget_partition(self.service.name, topic, partition)
 
     # -- the batch protocol --------------------------------------------------------------------
-    async def apply(self, subscription: Subscription, events: Sequence[Event]) -> BatchResult:
-        """Apply one micro-batch of ``subscription``'s topic; see the module docstring."""
+    async def apply(
+        self,
+        subscription: Subscription,
+        events: Sequence[Event],
+        still_valid: Callable[[], bool] = lambda: True,
+    ) -> BatchResult | None:
+        """Apply one micro-batch of ``subscription``'s topic; see the module docstring.
+
+        ``still_valid`` is asked once the batch lock is held: a consumer whose assignment changed
+        meanwhile (a seek to the checkpoint's offsets) says no, the batch is not applied and the
+        answer is None (the consumer then reads from the applied offsets again).
+        """
         async with self._batch_lock:
+            if not still_valid():
+                return None
             started = time.perf_counter()
             fresh, last = self._fresh(events)
             if not fresh:

@@ -96,7 +96,12 @@ def test_a_crash_at_each_step_loses_nothing_and_applies_nothing_twice(kafka, wor
     restarted = time.monotonic()
     worker.start()
     records = first + second
-    wait_until(lambda: applied(worker, SERIES) >= len(records), timeout_s=90, what="catch-up after restart")
+    wait_until(
+        lambda: applied(worker, SERIES) >= len(records),
+        timeout_s=90,
+        what="catch-up after restart",
+        explain=lambda: f"health {get_json(f'{worker.base}/health')[1]}\n{worker.log()[-4000:]}",
+    )
     recovery_s = time.monotonic() - restarted
 
     # Every event applied exactly once.
