@@ -197,12 +197,12 @@ class BatchConsumer:
             if position > target:
                 self._catch_up.pop((topic, partition))
                 continue
-            applied = self.runner.offsets.get(f"{topic}:{partition}", -1)
+            again = self.runner.next_offsets([(topic, partition)])
             log.warning(
-                "%s: %s:%d idle at position %d short of %d (applied %d); reading again from %d",
-                self.runner.service.name, topic, partition, position, target, applied, applied + 1,
+                "%s: %s:%d idle at position %d short of %d; reading again from %d",
+                self.runner.service.name, topic, partition, position, target, again[(topic, partition)],
             )  # fmt: skip
-            consumer.seek(tp, applied + 1)
+            self._seek(again)
         self._check_caught_up()
 
     def backlog(self) -> dict[str, int]:
@@ -291,19 +291,18 @@ class BatchConsumer:
                 # Not a bad event (those are dead-lettered) but a fault of ours: go back to the
                 # restore point and read again from there, rather than skip past anything.
                 log.exception("%s: applying a batch failed; rewinding to the last restore point", topic)
-                for (t, p), offset in (await self.runner.rewind(self.owned)).items():
-                    assert self.consumer is not None
-                    self.consumer.seek(TopicPartition(t, p), offset)
+                self._seek(await self.runner.rewind(self.owned))
                 return
 
     def _read_again_from_applied(self) -> None:
+        log.info("%s: dropped a batch fetched across a rebalance; reading again", self.runner.service.name)
+        self._seek(self.runner.next_offsets(self.owned))
+
+    def _seek(self, positions: Mapping[tuple[str, int], int]) -> None:
         consumer = self.consumer
         assert consumer is not None
-        log.info("%s: dropped a batch fetched across a rebalance; reading again", self.runner.service.name)
-        for topic, partition in self.owned:
-            consumer.seek(
-                TopicPartition(topic, partition), self.runner.offsets.get(f"{topic}:{partition}", -1) + 1
-            )
+        for (topic, partition), offset in positions.items():
+            consumer.seek(TopicPartition(topic, partition), offset)
 
     async def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
         consumer = self.consumer

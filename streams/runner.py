@@ -170,14 +170,13 @@ class ServiceRunner:
             checkpoint = self.store.load()
         except CheckpointError as exc:
             log.info("%s: starting fresh (%s)", self.service.name, exc)
-            self._take_snapshot()
             return None
         with self.service.lock:
             self.service.load_state_dict(checkpoint.state["service"])
             self.service.outcome_seqs = dict(checkpoint.state.get("outcomes", {}))
         self.offsets = dict(checkpoint.offsets)
         self._restored(checkpoint)
-        self._take_snapshot()
+        self._snapshot = None  # the next assign or apply takes the restore point from this state
         return checkpoint.version
 
     def _restored(self, checkpoint: Checkpoint) -> None:
@@ -403,11 +402,16 @@ class ServiceRunner:
 
     def _recover(self) -> None:
         """Back to the state just before the failed batch: the snapshot plus the batches since."""
+        self._back_to_snapshot(replay=self._journal)
+
+    def _back_to_snapshot(self, replay: list[tuple[str, list[_Item]]]) -> None:
+        """The snapshot's state, then ``replay``'s batches, then the outcomes decided over HTTP
+        since the snapshot (so none is lost nor its ``seq`` reused); call holding the lock."""
         assert self._snapshot is not None
         self._load(self._snapshot)
-        for topic, items in self._journal:
+        for topic, items in replay:
             self._process(topic, items)
-        for outcome in self.service.decided:  # decided over HTTP since the snapshot: keep them
+        for outcome in self.service.decided:
             self.service.apply_outcome_once(outcome)
 
     def _isolate(self, topic: str, items: list[_Item]) -> _Applied:
@@ -444,15 +448,16 @@ class ServiceRunner:
     async def rewind(self, owned: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """Back to the restore point after a fault of ours; return where to read ``owned`` again from."""
         async with self._batch_lock:
-            snapshot = self._snapshot
-            assert snapshot is not None
+            assert self._snapshot is not None
             with self.service.lock:
-                self._load(snapshot)
-                for outcome in self.service.decided:
-                    self.service.apply_outcome_once(outcome)
+                self._back_to_snapshot(replay=[])
             self._journal = []
-            self.offsets = dict(snapshot.offsets)
-            return {tp: self.offsets.get(tp_key(*tp), -1) + 1 for tp in owned}
+            self.offsets = dict(self._snapshot.offsets)
+            return self.next_offsets(owned)
+
+    def next_offsets(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """Where to read each partition from: its applied offset + 1 (0 when none is applied)."""
+        return {tp: self.offsets.get(tp_key(*tp), -1) + 1 for tp in partitions}
 
     # -- outputs -------------------------------------------------------------------------------
     async def _send(self, outputs: list[Output], dead: list[tuple[Event, str]]) -> None:

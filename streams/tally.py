@@ -123,12 +123,12 @@ class TallyService(KeyedService):
 
     async def _one(self, request: ApiRequest) -> ApiResponse:
         series = request.path_params["series"]
-        self.require_owner(series)
-        partition = partition_for(series, self.partitions)
-        found = self.tables.get(partition, {}).get(series)
-        if found is None:
-            raise ApiError(404, f"no observations seen for series {series!r}")
-        return ApiResponse({"series": series, "count": found[0], "sum": found[1], "partition": partition})
+        self.require_owner(series)  # owned here: its shard is one of ours
+        for partition, table in self.tables.items():
+            if series in table:
+                count, total = table[series]
+                return ApiResponse({"series": series, "count": count, "sum": total, "partition": partition})
+        raise ApiError(404, f"no observations seen for series {series!r}")
 
 
 def expected_counts(records: Iterable[Observation]) -> dict[str, tuple[int, float]]:
