@@ -44,6 +44,19 @@ class Settings:
     #: This process's stable name: its static group membership (``group.instance.id``) and status
     #: key. Empty: ``<hostname>-<http_port>``, stable across restarts of the same process.
     instance: str = ""
+    #: Kafka client security (see ``streams.kafka_security``): PLAINTEXT, SASL_SSL or SSL (mTLS).
+    #: With the embedded broker it also selects the mode the broker starts in.
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = ""
+    #: PEM files; empty with the embedded broker: the CA (and client pair) it generated.
+    kafka_ssl_cafile: str = ""
+    kafka_ssl_certfile: str = ""
+    kafka_ssl_keyfile: str = ""
+    #: Events larger than this (bytes) or nested deeper than this are dead-lettered unread.
+    max_record_bytes: int = 1_048_576
+    max_nesting_depth: int = 32
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
