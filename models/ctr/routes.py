@@ -10,9 +10,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from models.ctr.features import FeatureError, FeatureSpec, encode
+from models.ctr.features import CandidateEncoder, FeatureError, FeatureSpec
 from models.ctr.versions import ModelVersion
-from streams.schemas import Impression, RecordError, parse_record
 from streams.service import ApiError, ApiRequest, ApiResponse, Route
 
 NOT_THE_TRAINER = (
@@ -28,6 +27,8 @@ class CtrRoutes:
     ``serving`` returns the version to score with (read once per request, so a swap never tears
     it); ``versions`` builds the ``GET /ctr/versions`` body; ``rollback`` (the trainer's only)
     rolls back and returns the answer body. ``not_ready`` is the 503 reason before any version.
+    ``inline`` predicts on the event loop: a serving replica, whose loop has nothing else to do,
+    saves the hop to a thread; a trainer keeps its loop free for Kafka while it scores.
     """
 
     def __init__(
@@ -39,14 +40,16 @@ class CtrRoutes:
         versions: Callable[[], Awaitable[dict[str, Any]]],
         not_ready: str,
         rollback: Callable[[], Awaitable[dict[str, int]]] | None = None,
+        inline: bool = False,
     ) -> None:
         self.model = model
-        self.spec = spec
+        self.encoder = CandidateEncoder(spec)
         self.max_candidates = max_candidates
         self.serving = serving
         self.versions = versions
         self.not_ready = not_ready
         self.rollback = rollback
+        self.inline = inline
 
     def routes(self) -> list[Route]:
         return [
@@ -59,11 +62,13 @@ class CtrRoutes:
         serving = self.serving()  # one reference read: this version stays whole for the request
         if serving is None:
             raise ApiError(503, self.not_ready)
-        candidates = parse_candidates(request.body, self.spec, self.max_candidates)
-        scores = await asyncio.to_thread(serving.scorer.predict, encode(self.spec, candidates))
-        return ApiResponse(
-            {"model": self.model, "model_version": serving.number, "scores": [float(s) for s in scores]}
-        )
+        try:
+            batch = self.encoder.encode(candidates_of(request.body, self.max_candidates))
+        except FeatureError as exc:
+            raise ApiError(400, str(exc)) from None
+        predict = serving.scorer.predict
+        scores = predict(batch) if self.inline else await asyncio.to_thread(predict, batch)
+        return ApiResponse({"model": self.model, "model_version": serving.number, "scores": scores.tolist()})
 
     async def roll_back(self, request: ApiRequest) -> ApiResponse:
         if self.rollback is None:
@@ -91,24 +96,13 @@ def versions_body(
     }
 
 
-def parse_candidates(body: Any, spec: FeatureSpec, limit: int) -> list[Impression]:
-    """Validate a score request body; raise a 400 :class:`ApiError` saying what is wrong."""
+def candidates_of(body: Any, limit: int) -> list[Any]:
+    """The candidate list of a score request body; raise a 400 :class:`ApiError` saying what is wrong."""
     if not isinstance(body, dict) or not isinstance(body.get("candidates"), list):
         raise ApiError(
             400, 'expected a JSON body {"candidates": [{"categorical": {...}, "dense": {...}}, ...]}'
         )
-    candidates = body["candidates"]
+    candidates: list[Any] = body["candidates"]
     if not 1 <= len(candidates) <= limit:
         raise ApiError(400, f"'candidates' must hold 1 to {limit} items, got {len(candidates)}")
-    parsed = []
-    for index, candidate in enumerate(candidates):
-        if not isinstance(candidate, dict) or not set(candidate) <= {"categorical", "dense"}:
-            raise ApiError(400, f"candidate {index}: expected an object with 'categorical' and/or 'dense'")
-        try:
-            row = parse_record({**candidate, "id": f"candidate-{index}", "ts": 0.0}, Impression)
-            assert isinstance(row, Impression)
-            spec.check(row)
-        except (RecordError, FeatureError) as exc:
-            raise ApiError(400, f"candidate {index}: {exc}") from None
-        parsed.append(row)
-    return parsed
+    return candidates

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from models.ctr.features import FeatureSpec
 from models.ctr.learner import CtrLearner
 from models.ctr.routes import CtrRoutes, versions_body
@@ -50,6 +52,7 @@ class CtrServing:
             serving=self._serving_version,
             versions=self._versions,
             not_ready="no CTR model loaded yet: waiting for the trainer's first model update",
+            inline=True,
         )
 
     def routes(self) -> list[Route]:
@@ -112,7 +115,10 @@ def build_serving(checkpoint_root: Path, **options: Any) -> CtrServing:
     """A CTR serving part from the same ``ctr.*`` options as the trainer's ``build_service``.
 
     Options that only matter for training (learning rates, swap interval, ...) are accepted and
-    ignored, so one option list configures both roles.
+    ignored, so one option list configures both roles. A replica predicts one request at a time on
+    its event loop, with one intra-op thread: a 100-candidate forward pass is too small to gain
+    from more, and on a shared machine a second thread made it up to 30x slower (measured).
     """
+    torch.set_num_threads(1)
     learner, service_options = learner_from_options(**options)
     return CtrServing(learner, checkpoint_root, int(service_options.get("max_candidates", 10_000)))
