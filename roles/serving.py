@@ -22,6 +22,7 @@ from aiokafka.errors import KafkaError
 from roles.worker import STATUS_INTERVAL_S
 from streams.config import Settings
 from streams.http import make_app
+from streams.kafka_security import client_security
 from streams.metrics import WorkerMetrics
 from streams.schemas import ModelUpdate, RecordError, ServiceStatus, parse_record
 from streams.service import Route
@@ -108,7 +109,7 @@ class ServingRole:
         """Apply every model update, from the start of the compacted topic, as it arrives."""
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap, group_id=None, enable_auto_commit=False,
-            auto_offset_reset="earliest", fetch_max_bytes=64 * 1024**2,
+            auto_offset_reset="earliest", fetch_max_bytes=64 * 1024**2, **client_security(self.settings),
         )  # fmt: skip
         await consumer.start()
         try:

@@ -5,6 +5,10 @@ into a cache once. ``EmbeddedBroker`` writes a single-node broker+controller con
 its log dir on first start, launches ``kafka.Kafka`` with Java 17+ on loopback and waits until the
 broker answers metadata requests. The log dir persists across restarts, so topics and committed
 offsets survive a stop.
+
+Client listeners are PLAINTEXT by default; :class:`BrokerSecurity` opens SASL_SSL (SCRAM-SHA-512
+users created when the log dir is formatted) and/or SSL with required client certificates (mTLS)
+instead, over TLS material from :mod:`streams.broker_tls`.
 """
 
 from __future__ import annotations
@@ -12,15 +16,22 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+from streams.broker_tls import BrokerTls
+from streams.config import Settings
+from streams.kafka_security import PROTOCOLS, security_options
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +140,52 @@ rootLogger.appenderRef.file.ref = file
 """
 
 
+#: The SCRAM mechanism of the embedded broker's SASL_SSL listener.
+SCRAM = "SCRAM-SHA-512"
+
+
+@dataclass(frozen=True)
+class BrokerSecurity:
+    """The client listeners' protocols, in order (the first is the bootstrap and the inter-broker
+    listener), and the SCRAM users (name -> password) created when the log dir is formatted."""
+
+    protocols: tuple[str, ...] = ("PLAINTEXT",)
+    users: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = [p for p in self.protocols if p not in PROTOCOLS]
+        if unknown or not self.protocols or len(set(self.protocols)) != len(self.protocols):
+            raise BrokerError(
+                f"broker listeners must be distinct, from {', '.join(PROTOCOLS)}: {self.protocols}"
+            )
+        if "SASL_SSL" in self.protocols and not self.users:
+            raise BrokerError(
+                "a SASL_SSL broker needs a user: set DRIFTLINE_KAFKA_SASL_USERNAME and _PASSWORD"
+            )
+        for name, password in self.users.items():
+            if not name or not password or any(c in name + password for c in '"\\'):
+                raise BrokerError(f"SCRAM user {name!r}: name and password must be non-empty, without quotes")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BrokerSecurity:
+        """The mode the settings ask clients for, with their SCRAM user."""
+        protocol = settings.kafka_security_protocol.upper()
+        user = settings.kafka_sasl_username
+        return cls(
+            (protocol,), {user: settings.kafka_sasl_password} if protocol == "SASL_SSL" and user else {}
+        )
+
+    @property
+    def tls(self) -> bool:
+        return any(p != "PLAINTEXT" for p in self.protocols)
+
+
 class EmbeddedBroker:
-    """A single-node KRaft Kafka (broker + controller) on 127.0.0.1 with a persistent log dir."""
+    """A single-node KRaft Kafka (broker + controller) on 127.0.0.1 with a persistent log dir.
+
+    ``security`` defaults to what the ``DRIFTLINE_KAFKA_*`` settings ask for (PLAINTEXT unless set);
+    a second or third listener takes its port from ``extra_ports``.
+    """
 
     def __init__(
         self,
@@ -139,23 +194,59 @@ class EmbeddedBroker:
         port: int = 9092,
         controller_port: int = 9093,
         heap: str = "512m",
+        security: BrokerSecurity | None = None,
+        extra_ports: Sequence[int] = (),
     ) -> None:
         self.home = Path(home).absolute()
         self.jars = KafkaJars(cache)
         self.port = port
         self.controller_port = controller_port
         self.heap = heap
+        self.security = security or BrokerSecurity.from_settings(Settings.from_env())
+        if len(extra_ports) != len(self.security.protocols) - 1:
+            raise BrokerError(
+                f"listeners {self.security.protocols} need {len(self.security.protocols) - 1} extra port(s)"
+            )
+        #: protocol -> client port
+        self.listeners = dict(zip(self.security.protocols, (port, *extra_ports), strict=True))
+        self.tls = BrokerTls(self.home / "tls")
         self.process: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def on_free_ports(cls, home: Path, cache: Path) -> EmbeddedBroker:
-        """A broker on two distinct loopback ports nothing else listens on (tests, benchmarks)."""
-        port, controller_port = free_ports(2)
-        return cls(home, cache, port, controller_port)
+    def on_free_ports(cls, home: Path, cache: Path, security: BrokerSecurity | None = None) -> EmbeddedBroker:
+        """A broker on distinct loopback ports nothing else listens on (tests, benchmarks)."""
+        security = security or BrokerSecurity()
+        port, controller_port, *extra = free_ports(len(security.protocols) + 1)
+        return cls(home, cache, port, controller_port, security=security, extra_ports=extra)
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def bootstrap_for(self, protocol: str) -> str:
+        """The address of the listener speaking ``protocol``."""
+        return f"127.0.0.1:{self.listeners[protocol]}"
+
+    def client_security(self, protocol: str | None = None) -> dict[str, Any]:
+        """Client options for this broker's own use of a listener (the first by default): the
+        broker's SCRAM user on SASL_SSL, the generated client certificate on SSL."""
+        protocol = protocol or self.security.protocols[0]
+        if protocol == "PLAINTEXT":
+            return {}
+        return security_options(
+            protocol, SCRAM, "broker", self._broker_password(), str(self.tls.ca_pem),
+            str(self.tls.client_pem) if protocol == "SSL" else "",
+            str(self.tls.client_key) if protocol == "SSL" else "",
+        )  # fmt: skip
+
+    def _broker_password(self) -> str:
+        """The broker's own SCRAM password (inter-broker and readiness checks), made once."""
+        path = self.home / "broker-scram-password"
+        if not path.exists():
+            self.home.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(24))
+            path.chmod(0o600)
+        return path.read_text().strip()
 
     @property
     def log_dir(self) -> Path:
@@ -167,16 +258,19 @@ class EmbeddedBroker:
 
     # -- configuration ------------------------------------------------------------------------
     def _properties(self) -> str:
+        advertised = ",".join(f"{p}://127.0.0.1:{port}" for p, port in self.listeners.items())
         return "\n".join(
             [
                 "process.roles=broker,controller",
                 "node.id=1",
                 f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
-                f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                f"listeners={advertised},CONTROLLER://127.0.0.1:{self.controller_port}",
+                f"advertised.listeners={advertised}",
                 "controller.listener.names=CONTROLLER",
-                "inter.broker.listener.name=PLAINTEXT",
-                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                f"inter.broker.listener.name={self.security.protocols[0]}",
+                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,"
+                + ",".join(f"{p}:{p}" for p in self.listeners),
+                *self._security_properties(),
                 f"log.dirs={self.log_dir}",
                 "num.partitions=4",
                 "offsets.topic.replication.factor=1",
@@ -191,6 +285,31 @@ class EmbeddedBroker:
                 "",
             ]
         )
+
+    def _security_properties(self) -> list[str]:
+        """TLS from the generated keystore and CA; SCRAM on SASL_SSL; client certificates on SSL."""
+        if not self.security.tls:
+            return []
+        password = self.tls.password
+        lines = [
+            "ssl.keystore.type=PKCS12",
+            f"ssl.keystore.location={self.tls.keystore}",
+            f"ssl.keystore.password={password}",
+            f"ssl.key.password={password}",
+            "ssl.truststore.type=PEM",
+            f"ssl.truststore.location={self.tls.ca_pem}",
+        ]
+        if "SSL" in self.listeners:
+            lines.append("listener.name.ssl.ssl.client.auth=required")
+        if "SASL_SSL" in self.listeners:
+            lines += [
+                f"sasl.enabled.mechanisms={SCRAM}",
+                f"sasl.mechanism.inter.broker.protocol={SCRAM}",
+                f"listener.name.sasl_ssl.{SCRAM.lower()}.sasl.jaas.config="
+                "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                f'username="broker" password="{self._broker_password()}";',
+            ]
+        return lines
 
     def _write_config(self) -> Path:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -227,8 +346,33 @@ class EmbeddedBroker:
             f"--cluster-id={cluster_id}",
             "-c",
             str(config),
+            *self._scram_arguments(),
         )
         _run_checked(command, f"formatting KRaft storage in {self.log_dir} failed")
+        (self.home / "scram-users").write_text("".join(f"{name}\n" for name in self._scram_users()))
+
+    def _scram_users(self) -> dict[str, str]:
+        """The SCRAM users a SASL_SSL broker holds: the broker's own and the configured ones."""
+        if "SASL_SSL" not in self.listeners:
+            return {}
+        return {"broker": self._broker_password(), **self.security.users}
+
+    def _scram_arguments(self) -> list[str]:
+        """``--add-scram`` for each user: SCRAM credentials are stored at format time in KRaft."""
+        return [
+            f'--add-scram={SCRAM}=[name="{name}",password="{password}"]'
+            for name, password in self._scram_users().items()
+        ]
+
+    def _check_users(self) -> None:
+        """Users are created when the log dir is formatted: refuse to start without those asked for."""
+        made = self.home / "scram-users"
+        held = set(made.read_text().split()) if made.exists() else set()
+        if missing := sorted(set(self._scram_users()) - held):
+            raise BrokerError(
+                f"the broker's log dir {self.log_dir} was formatted without the SCRAM user(s) {missing}: "
+                "use a fresh home, or add them with kafka-configs --alter --add-config 'SCRAM-SHA-512=[...]'"
+            )
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self, timeout: float = 90.0, out: IO[str] | None = None) -> EmbeddedBroker:
@@ -242,8 +386,11 @@ class EmbeddedBroker:
                     "port (DRIFTLINE_KAFKA_PORT / DRIFTLINE_CONTROLLER_PORT)"
                 )
         self.jars.resolve(out)
+        if self.security.tls:
+            self.tls.ensure()
         config = self._write_config()
         self._format(config)
+        self._check_users()
         stdout = open(self.home / "stdout.log", "ab")  # noqa: SIM115 - lives as long as the process
         self.process = subprocess.Popen(
             self._java("kafka.Kafka", str(config)),
@@ -267,7 +414,9 @@ class EmbeddedBroker:
                 raise BrokerError(f"Kafka exited with code {self.process.returncode} while starting:\n{tail}")
             if port_open(self.port):
                 try:
-                    admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
+                    admin = KafkaAdminClient(
+                        bootstrap_servers=self.bootstrap, request_timeout_ms=5000, **self.client_security()
+                    )
                     try:
                         admin.describe_cluster()
                         return

@@ -27,6 +27,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment, ConsumerProtocolMemberMetadata
 from aiokafka.errors import KafkaError
 
+from streams.kafka_security import client_security
 from streams.runner import ServiceRunner
 from streams.service import Subscription
 
@@ -134,6 +135,7 @@ class BatchConsumer:
             max_partition_fetch_bytes=4 * 1024**2,
             fetch_max_bytes=64 * 1024**2,
             partition_assignment_strategy=(assignor,),
+            **client_security(),
         )
 
     # -- rebalance callbacks -------------------------------------------------------------------

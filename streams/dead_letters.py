@@ -29,6 +29,7 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
+from streams.kafka_security import client_security
 from streams.schemas import DeadLetter, Outcome, RecordError, parse_record
 from streams.topics import topic_name
 
@@ -371,7 +372,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace, bootstrap: str) -> int:
     from streams.producer import make_producer
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **client_security()
+    )
     try:
         letters, unreadable = letters_from(
             (m.key, m.value) for m in read_topic_to_end(consumer, topic_name("dead-letter"))

@@ -19,12 +19,15 @@ from typing import Any
 
 from kafka import KafkaProducer
 
+from streams.kafka_security import connect
 from streams.schemas import Observation, Record, parse_record
 from streams.topics import spec_for, topic_name
 
 
 def make_producer(bootstrap: str, **overrides: Any) -> KafkaProducer:
-    """A producer tuned for throughput with durability (acks=all, idempotent, batched, lz4-free)."""
+    """A producer tuned for throughput with durability (acks=all, idempotent, batched, lz4-free),
+    secured by the ``DRIFTLINE_KAFKA_*`` settings; a refused connection raises
+    :class:`~streams.kafka_security.KafkaSecurityError` saying why."""
     options: dict[str, Any] = {
         "bootstrap_servers": bootstrap,
         "acks": "all",
@@ -33,7 +36,7 @@ def make_producer(bootstrap: str, **overrides: Any) -> KafkaProducer:
         "max_in_flight_requests_per_connection": 5,
     }
     options.update(overrides)
-    return KafkaProducer(**options)
+    return connect(KafkaProducer, **options)
 
 
 def encode(topic: str, value: Record | dict[str, Any] | bytes | str, validate: bool = True) -> bytes:

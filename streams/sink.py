@@ -15,6 +15,8 @@ import logging
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from streams.kafka_security import client_security
+
 log = logging.getLogger(__name__)
 
 MAX_PAUSE_S = 5.0
@@ -44,6 +46,7 @@ class KafkaSink:
             linger_ms=2,
             max_batch_size=512 * 1024,
             request_timeout_ms=15_000,
+            **client_security(),
         )
         await self._producer.start()
 

@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from streams.kafka_security import client_security
 from streams.schemas import RecordError, ServiceStatus, parse_record
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ class StatusBoard:
         self.skipped = 0
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            auto_offset_reset="earliest", **client_security(),
         )  # fmt: skip
         self._consumer.assign([TopicPartition(self.topic, 0)])
 

@@ -51,6 +51,7 @@ from models.device import default_device
 from streams.broker import free_port
 from streams.cli import parse_options
 from streams.config import Settings
+from streams.kafka_security import client_security
 from streams.schemas import Impression, RecordError, parse_record
 from streams.topics import topic_name
 
@@ -127,6 +128,7 @@ class PartitionReader:
                 group_id=None,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
+                **client_security(),
             )
         except KafkaError as exc:
             raise SystemExit(f"cannot reach Kafka at {bootstrap}: {exc}") from None
