@@ -104,9 +104,11 @@ def ensure_topics(bootstrap: str, partitions: int | None = None, timeout_s: floa
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
+    from streams.kafka_security import connect
+
     if partitions is not None and partitions < 1:
         raise ValueError(f"--partitions must be at least 1, got {partitions}")
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    admin = connect(KafkaAdminClient, bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
     try:
         existing = set(admin.list_topics())
         if partitions is not None:
