@@ -50,7 +50,8 @@ class Settings:
     kafka_sasl_mechanism: str = "SCRAM-SHA-512"
     kafka_sasl_username: str = ""
     kafka_sasl_password: str = ""
-    #: PEM files; empty with the embedded broker: the CA (and client pair) it generated.
+    #: PEM files: the CA that signed the brokers (empty: the system's CAs) and, for SSL, the
+    #: client's certificate and key. The embedded broker writes its own under ``<home>/kafka/tls``.
     kafka_ssl_cafile: str = ""
     kafka_ssl_certfile: str = ""
     kafka_ssl_keyfile: str = ""
