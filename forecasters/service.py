@@ -30,14 +30,13 @@ from forecasters.batch import WindowBatch
 from forecasters.data import Scaler, calendar_features
 from forecasters.learner import Forecaster
 from forecasters.pretrained import load_pretrained
+from forecasters.routes import ForecastRoutes
 from forecasters.windows import RollingWindow, SeriesWindows
 from forecasters.zoo import ForecasterSpec, build_forecaster
 from streams.expiry import check_ttl, silent_keys
 from streams.schemas import Forecast, Observation, Record
 from streams.service import (
     ApiError,
-    ApiRequest,
-    ApiResponse,
     BatchResult,
     ModelService,
     Output,
@@ -50,6 +49,11 @@ CALENDAR_FEATURES = 4
 #: Default cap on one series' pairs per update when the worker is behind: on ETTh2 (bench/forecast_cadence.py)
 #: the smallest cap that kept one series well above 400 obs/s on the loaded 2-core machine (see docs).
 MAX_TRAIN_BATCH = 32
+#: Default seconds a micro-batch waits for more records after its first: none. A batch is what
+#: arrived while the previous one trained, so its size follows the load by itself (one observation
+#: per batch when idle, up to ``batch_size`` when behind) and no event waits for a window to close.
+#: With the 0.5 s default of other services, lag at 200 obs/s was rate x (window + 2 x batch time).
+BATCH_WINDOW_S = 0.0
 
 
 class Rows(Protocol):
@@ -94,6 +98,7 @@ class ForecastService(ModelService):
         batch_size: int = 512,
         max_train_batch: int = MAX_TRAIN_BATCH,
         series_ttl_s: float | None = None,
+        batch_window_s: float = BATCH_WINDOW_S,
     ) -> None:
         super().__init__()
         if spec.marks not in (0, CALENDAR_FEATURES):
@@ -103,6 +108,9 @@ class ForecastService(ModelService):
             )
         if isinstance(max_train_batch, bool) or not isinstance(max_train_batch, int) or max_train_batch < 1:
             raise ValueError(f"max_train_batch must be an integer >= 1, got {max_train_batch!r}")
+        window_ok = isinstance(batch_window_s, int | float) and not isinstance(batch_window_s, bool)
+        if not window_ok or batch_window_s < 0:
+            raise ValueError(f"batch_window_s must be a number of seconds >= 0, got {batch_window_s!r}")
         self.spec = spec
         self.learner = learner or build_forecaster(spec)
         self.scaler = scaler or Scaler(
@@ -111,6 +119,7 @@ class ForecastService(ModelService):
         self.version = version
         self.batch_size = batch_size
         self.max_train_batch = max_train_batch
+        self.batch_window_s = float(batch_window_s)
         self.windows = SeriesWindows(spec.seq_len + spec.horizon)
         #: A series silent this long (event time) loses its window and forecast; None keeps all.
         self.series_ttl_s = check_ttl(series_ttl_s)
@@ -118,7 +127,7 @@ class ForecastService(ModelService):
         self.updates = 0
 
     def subscriptions(self) -> list[Subscription]:
-        return [Subscription(topic_name("observations"), Observation, self.batch_size)]
+        return [Subscription(topic_name("observations"), Observation, self.batch_size, self.batch_window_s)]
 
     def model_version(self) -> int:
         return self.version
@@ -249,30 +258,10 @@ class ForecastService(ModelService):
 
     # -- HTTP ------------------------------------------------------------------------------------
     def routes(self) -> list[Route]:
-        return [Route("GET", "/forecast/{series}", self.get_forecast)]
+        return ForecastRoutes(self.spec.horizon, self.latest_forecast).routes()
 
-    def _horizon(self, request: ApiRequest) -> int:
-        raw = request.query.get("horizon", str(self.spec.horizon))
-        limit = self.spec.horizon
-        try:
-            horizon = int(raw)
-        except ValueError:
-            raise ApiError(400, f"horizon must be an integer from 1 to {limit}, got {raw!r}") from None
-        if not 1 <= horizon <= limit:
-            raise ApiError(
-                400, f"horizon must be from 1 to {limit} (this model forecasts {limit} steps), got {horizon}"
-            )
-        return horizon
-
-    async def get_forecast(self, request: ApiRequest) -> ApiResponse:
-        """The latest forecast of a series, cut to ``?horizon=H`` steps.
-
-        Lock-free on purpose: the worker holds :attr:`lock` for a whole micro-batch (a forward and
-        backward pass), and a query must not wait for that. A table entry is never mutated, only
-        replaced by one dict assignment, so a reader sees either the old forecast or the new one.
-        """
-        series = request.path_params["series"]
-        horizon = self._horizon(request)
+    def latest_forecast(self, series: str) -> Forecast:
+        """The series' latest forecast over the whole horizon (read lock-free, see ForecastRoutes)."""
         self.require_owner(series)  # a standby proxies to the trainer that owns the stream
         entry = self.table.get(series)
         if entry is None:
@@ -284,9 +273,7 @@ class ForecastService(ModelService):
                 f"series {series!r} has {window.count} of the {self.spec.seq_len} "
                 "observations a forecast needs",
             )
-        body = self._record(series, entry, horizon).model_dump(by_alias=True)
-        body["updates"] = self.updates
-        return ApiResponse(body)
+        return self._record(series, entry, self.spec.horizon)
 
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -316,15 +303,15 @@ class ForecastService(ModelService):
             }
 
 
-SERVICE_OPTIONS = ("batch_size", "max_train_batch", "series_ttl_s")
+SERVICE_OPTIONS = ("batch_size", "max_train_batch", "series_ttl_s", "batch_window_s")
 
 
 def build_service(data_dir: Path, **options: Any) -> ForecastService:
     """A service, warm-started from ``<data_dir>/pretrained/<kind>`` if ``forecasters pretrain`` ran.
 
     ``options`` are :class:`ForecasterSpec` fields (kind, seq_len, horizon, channels, ...),
-    ``batch_size``, ``max_train_batch`` and ``series_ttl_s``. With a pretrained checkpoint its spec
-    wins; an option contradicting it is an error.
+    ``batch_size``, ``batch_window_s``, ``max_train_batch`` and ``series_ttl_s``. With a pretrained
+    checkpoint its spec wins; an option contradicting it is an error.
     """
     service_options = {k: options.pop(k) for k in SERVICE_OPTIONS if k in options}
     spec = ForecasterSpec.from_dict(options)

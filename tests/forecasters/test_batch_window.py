@@ -1,0 +1,28 @@
+"""The forecast service's micro-batch window: none by default, settable, refused when nonsense."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from forecasters.service import ForecastService, build_service
+from forecasters.zoo import ForecasterSpec
+
+SPEC = dict(kind="dlinear", seq_len=8, horizon=3, channels=2)
+
+
+def test_by_default_a_batch_waits_for_no_window_so_its_size_follows_the_load() -> None:
+    (subscription,) = ForecastService(ForecasterSpec(**SPEC)).subscriptions()
+    assert subscription.batch_window_s == 0.0
+
+
+def test_the_window_is_an_option_of_the_service(tmp_path: Path) -> None:
+    (subscription,) = build_service(tmp_path, batch_window_s=0.2, batch_size=64, **SPEC).subscriptions()
+    assert (subscription.batch_window_s, subscription.batch_size) == (0.2, 64)
+
+
+@pytest.mark.parametrize("bad", [-0.1, "0.5", True, None])
+def test_a_bad_window_is_refused_with_a_clear_error(tmp_path: Path, bad: object) -> None:
+    with pytest.raises(ValueError, match="batch_window_s must be a number of seconds >= 0"):
+        build_service(tmp_path, batch_window_s=bad, **SPEC)
