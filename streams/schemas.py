@@ -3,16 +3,80 @@
 Each record carries ``"schema": "<kind>/<version>"``. ``parse_record`` turns raw bytes into a typed
 record or raises :class:`RecordError` with a reason a person can act on; the worker sends such
 events to the dead-letter topic instead of crashing.
+
+Hostile events are refused before they cost much: a record over ``max_record_bytes`` is not
+parsed at all, JSON nested deeper than ``max_nesting_depth`` is refused before decoding (Python's
+decoder would raise RecursionError) and in free-form fields, and every number must be finite,
+event times included. The limits are settings (``DRIFTLINE_MAX_RECORD_BYTES``,
+``DRIFTLINE_MAX_NESTING_DEPTH``), read once per process.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from typing import Annotated, Any, Literal
+import re
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from streams.config import Settings
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+@functools.cache
+def record_limits() -> tuple[int, int]:
+    """``(max_record_bytes, max_nesting_depth)`` from the settings (cached: call ``cache_clear``
+    after changing them in-process)."""
+    settings = Settings.from_env()
+    return settings.max_record_bytes, settings.max_nesting_depth
+
+
+#: A JSON string (skipped whole, so brackets inside strings do not count) or a bracket.
+_JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def text_depth(raw: bytes) -> int:
+    """How deeply JSON text nests (``[[1]]`` is 2), without decoding it."""
+    depth = deepest = 0
+    for token in _JSON_TOKENS.finditer(raw):
+        char = token.group()
+        if char in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in (b"]", b"}"):
+            depth -= 1
+    return deepest
+
+
+def value_depth(value: Any) -> int:
+    """How deeply a decoded JSON value nests (a scalar is 0)."""
+    if isinstance(value, dict):
+        return 1 + max(map(value_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(value_depth, value), default=0)
+    return 0
+
+
+def _shallow(value: Any) -> Any:
+    """A free-form field's value, refused when it nests deeper than the limit."""
+    limit = record_limits()[1]
+    if value_depth(value) > limit:
+        raise ValueError(f"nested deeper than {limit} levels (max_nesting_depth)")
+    return value
+
+
+#: A free-form JSON object whose nesting is bounded (typed fields bound theirs by their type).
+FreeForm = Annotated[dict[str, Any], Field(default_factory=dict), AfterValidator(_shallow)]
 
 
 class RecordError(ValueError):
@@ -23,9 +87,17 @@ class Record(BaseModel):
     """Base of all records: strict about unknown fields so typos surface as dead letters."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    #: Whether ``max_record_bytes`` applies: false for internal records sized by their writers.
+    bounded: ClassVar[bool] = True
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+    @classmethod
+    def model_validate_json(cls, json_data: str | bytes | bytearray, **kwargs: Any) -> Any:
+        """Pydantic's parser, after the size check (the runner's fast path comes through here)."""
+        _check_size(cls, json_data)
+        return super().model_validate_json(json_data, **kwargs)
 
 
 class Observation(Record):
@@ -33,7 +105,7 @@ class Observation(Record):
 
     schema_: Literal["observation/1"] = Field("observation/1", alias="schema")
     series: str = Field(min_length=1, max_length=200)
-    ts: float = Field(description="event time, seconds since the epoch")
+    ts: Finite = Field(description="event time, seconds since the epoch")
     values: list[Finite] = Field(min_length=1, max_length=4096)
 
 
@@ -42,7 +114,7 @@ class Impression(Record):
 
     schema_: Literal["impression/1"] = Field("impression/1", alias="schema")
     id: str = Field(min_length=1, max_length=200)
-    ts: float
+    ts: Finite
     categorical: dict[str, str] = Field(default_factory=dict)
     dense: dict[str, Finite] = Field(default_factory=dict)
     clicked: Literal[0, 1] | None = None
@@ -66,7 +138,7 @@ class Query(Record):
 
     schema_: Literal["query/1"] = Field("query/1", alias="schema")
     query_id: str = Field(min_length=1, max_length=200)
-    ts: float
+    ts: Finite
     documents: list[Document] = Field(min_length=1, max_length=10_000)
 
     @field_validator("documents")
@@ -87,7 +159,7 @@ class LabelingTask(Record):
     schema_: Literal["labeling_task/1"] = Field("labeling_task/1", alias="schema")
     task_id: str
     query_id: str
-    ts: float
+    ts: Finite
     documents: list[Document]
     score: Finite
     selector: str
@@ -99,7 +171,7 @@ class Label(Record):
     schema_: Literal["label/1"] = Field("label/1", alias="schema")
     task_id: str
     query_id: str
-    ts: float
+    ts: Finite
     grades: dict[str, Annotated[int, Field(ge=0, le=4)]] = Field(min_length=1)
     annotator: str = "anonymous"
 
@@ -109,24 +181,37 @@ class Forecast(Record):
 
     schema_: Literal["forecast/1"] = Field("forecast/1", alias="schema")
     series: str
-    ts: float
+    ts: Finite
     horizon: int = Field(ge=1)
     values: list[list[Finite]] = Field(description="[horizon][channel]")
     model: str
     model_version: int
-    weights: dict[str, Any] = Field(default_factory=dict)
+    weights: FreeForm
 
 
 class DeadLetter(Record):
-    """An event the service could not use, with the reason: the dead-letter topic."""
+    """An event the service could not use, with the reason: the dead-letter topic.
 
+    A payload over ``max_record_bytes`` is cut there (it is refused for its size anyway), so a
+    dead letter never outgrows what the broker takes.
+    """
+
+    bounded: ClassVar[bool] = False
     schema_: Literal["dead_letter/1"] = Field("dead_letter/1", alias="schema")
     topic: str
     partition: int
     offset: int
     reason: str
     payload: str
-    ts: float
+    ts: Finite
+
+    @field_validator("payload")
+    @classmethod
+    def _cut(cls, payload: str) -> str:
+        limit = record_limits()[0]
+        if len(payload) <= limit:
+            return payload
+        return f"{payload[:limit]}... [cut: {len(payload):,} characters]"
 
 
 class Outcome(Record):
@@ -142,8 +227,8 @@ class Outcome(Record):
     kind: str = Field(min_length=1, max_length=100)
     key: str = Field(min_length=1, max_length=200)
     seq: int = Field(ge=1)
-    ts: float
-    data: dict[str, Any] = Field(default_factory=dict)
+    ts: Finite
+    data: FreeForm
 
 
 class Tallied(Record):
@@ -163,7 +248,7 @@ class ServiceStatus(Record):
     role: str
     service: str
     url: str = ""
-    ts: float
+    ts: Finite
     ready: bool = False
     status: str = "ok"
     partitions: list[str] = Field(default_factory=list)
@@ -181,14 +266,15 @@ class ModelUpdate(Record):
     ``uri`` names it in the checkpoint store and ``sha256`` lets a replica check what it loaded.
     """
 
+    bounded: ClassVar[bool] = False
     schema_: Literal["model_update/1"] = Field("model_update/1", alias="schema")
     service: str
     version: int = Field(ge=1)
-    ts: float
+    ts: Finite
     sha256: str
     weights: str | None = None
     uri: str | None = None
-    info: dict[str, Any] = Field(default_factory=dict)
+    info: FreeForm
 
 
 RECORD_TYPES: dict[str, type[Record]] = {
@@ -214,15 +300,27 @@ def _reason(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _check_size(cls: type[Record], raw: str | bytes | bytearray) -> None:
+    limit = record_limits()[0]
+    if cls.bounded and len(raw) > limit:
+        raise RecordError(f"record of {len(raw):,} bytes is over the {limit:,}-byte limit (max_record_bytes)")
+
+
+def _decode(raw: bytes | str, expected: type[Record] | None) -> Any:
+    """JSON text to Python, refusing oversized and too deeply nested text before decoding it."""
+    _check_size(expected or Record, raw)
+    limit = record_limits()[1]
+    if text_depth(raw.encode() if isinstance(raw, str) else raw) > limit:
+        raise RecordError(f"JSON nested deeper than {limit} levels (max_nesting_depth)")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RecordError(f"not valid JSON: {exc}") from exc
+
+
 def parse_record(raw: bytes | str | dict[str, Any], expected: type[Record] | None = None) -> Record:
     """Decode and validate one event; raise :class:`RecordError` saying what is wrong."""
-    if isinstance(raw, dict):
-        data = raw
-    else:
-        try:
-            data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RecordError(f"not valid JSON: {exc}") from exc
+    data = raw if isinstance(raw, dict) else _decode(raw, expected)
     if not isinstance(data, dict):
         raise RecordError(f"expected a JSON object, got {type(data).__name__}")
     schema = data.get("schema")
