@@ -1,11 +1,15 @@
 """The serving role: replicas that answer queries and never train.
 
-A replica follows the compacted ``model-updates`` topic from its start (no consumer group: every
-replica reads every version) and hands each update to its service's serving part, which checks it
-and swaps it in by one reference assignment. HTTP latency then never competes with training: the
-trainer runs in another process (``driftline worker``). Until a part holds its first version,
-``/ready`` and its query routes answer 503 with ``Retry-After``; ``/health`` stays a 200 liveness
-answer with a status field.
+Each serving part names the topic it follows: CTR follows the compacted ``model-updates`` topic
+(every version the trainer publishes), forecast follows ``forecasts`` (every series' latest
+forecast). A replica reads those topics from their start without a consumer group (every replica
+reads everything) and hands each record to the parts that follow its topic; a part checks it and
+swaps it in by one reference assignment. HTTP latency then never competes with training: the
+trainer runs in another process (``driftline worker``).
+
+A part is caught up once the replica has read every record its topic held when the replica
+started. Until then, and until it has something to serve, ``/ready`` and its query routes answer
+503 with ``Retry-After``; ``/health`` stays a 200 liveness answer with a status field.
 """
 
 from __future__ import annotations
@@ -13,18 +17,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from aiohttp import web
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
-from roles.worker import STATUS_INTERVAL_S
+from roles.host import STATUS_INTERVAL_S, health_body, serving_http
 from streams.config import Settings
 from streams.http import make_app
-from streams.kafka_security import client_security
 from streams.metrics import WorkerMetrics
-from streams.schemas import ModelUpdate, RecordError, ServiceStatus, parse_record
+from streams.schemas import Record, RecordError, ServiceStatus, parse_record
 from streams.service import Route
 from streams.sink import KafkaSink
 from streams.status import collect_rows, publish_status
@@ -32,11 +35,16 @@ from streams.topics import topic_name
 
 log = logging.getLogger(__name__)
 
+RETRY_S = 1.0
+
 
 class ServingPart(Protocol):
     """What a family gives a replica (e.g. :class:`models.ctr.serving.CtrServing`)."""
 
     name: str
+    #: The topic (logical name, e.g. ``"model-updates"``) this part is fed from, and its records' type.
+    follows: str
+    record_type: type[Record]
 
     def routes(self) -> list[Route]: ...
 
@@ -44,7 +52,11 @@ class ServingPart(Protocol):
 
     def model_version(self) -> int: ...
 
-    def apply_update(self, update: ModelUpdate) -> None: ...
+    def apply(self, record: Record) -> None:
+        """Serve what ``record`` brings; raise to report a record that cannot be served."""
+
+    def caught_up(self) -> None:
+        """Called once: every record the topic held at the replica's start has been applied."""
 
 
 class ServingRole:
@@ -55,77 +67,112 @@ class ServingRole:
     def __init__(self, settings: Settings, parts: list[ServingPart]) -> None:
         self.settings = settings
         self.parts = {part.name: part for part in parts}
+        #: Topic (full name) -> the parts it feeds.
+        self.followers: dict[str, list[ServingPart]] = {}
+        for part in parts:
+            self.followers.setdefault(topic_name(part.follows), []).append(part)
         self.metrics = WorkerMetrics()
         self.instance = settings.instance_id
         self.url = settings.url
         self.sink = KafkaSink(settings.bootstrap)
         self.started = time.time()
         self.problem: str | None = None
-        self.updates_applied = 0
+        self.records_applied = 0
 
     def health(self) -> dict[str, Any]:
-        return {
-            "status": "degraded" if self.problem else "ok",
-            "problems": [self.problem] if self.problem else [],
-            "instance": self.instance,
-            "role": self.role,
-            "uptime_s": round(time.time() - self.started, 1),
-            "updates_applied": self.updates_applied,
-            "services": {
+        return health_body(
+            self.role,
+            self.instance,
+            self.started,
+            [self.problem] if self.problem else [],
+            updates_applied=self.records_applied,
+            services={
                 name: {"model_version": part.model_version(), "ready": part.ready(), "partitions": []}
                 for name, part in self.parts.items()
             },
-        }
+        )
 
     def ready(self) -> tuple[bool, str]:
         waiting = [name for name, part in self.parts.items() if not part.ready()]
         if waiting:
-            return False, f"waiting for the first model version of {', '.join(waiting)}"
-        return True, "every service serves a model version"
+            return False, f"catching up with the topics of {', '.join(waiting)}"
+        return True, "every service is caught up and has something to serve"
 
-    def _apply(self, value: bytes | None) -> None:
+    # -- following -------------------------------------------------------------------------------
+    def _apply(self, batch: Mapping[TopicPartition, Sequence[ConsumerRecord[Any, Any]]]) -> None:
+        """Apply one fetch (in a thread: loading a model version takes a while)."""
+        for tp, records in batch.items():
+            for part in self.followers[tp.topic]:
+                for record in records:
+                    self._apply_one(part, record.value)
+
+    def _apply_one(self, part: ServingPart, value: bytes | None) -> None:
         if value is None:
             return
         try:
-            update = parse_record(value, ModelUpdate)
-            assert isinstance(update, ModelUpdate)
+            record = parse_record(value, part.record_type)
         except RecordError as exc:
-            log.warning("skipped a model update: %s", exc)
-            return
-        part = self.parts.get(update.service)
-        if part is None:
+            log.warning("%s: skipped a record of %s: %s", part.name, part.follows, exc)
             return
         try:
-            part.apply_update(update)
-        except Exception as exc:  # a bad update must not stop serving the version in hand
-            self.problem = f"{update.service} v{update.version} not loaded: {type(exc).__name__}: {exc}"
+            part.apply(record)
+        except Exception as exc:  # a bad record must not stop serving what is in hand
+            self.problem = f"{part.name}: a {part.follows} record was not served: {type(exc).__name__}: {exc}"
             log.error("%s", self.problem)
             return
         self.problem = None
-        self.updates_applied += 1
-        self.metrics.model_version.labels(update.service).set(part.model_version())
+        self.records_applied += 1
+        self.metrics.model_version.labels(part.name).set(part.model_version())
+
+    async def _assign(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
+        """Assign every partition of the followed topics from their start; return their end offsets."""
+        partitions = []
+        for topic in self.followers:
+            numbers = consumer.partitions_for_topic(topic)
+            if not numbers:
+                raise KafkaError(f"topic {topic} does not exist (run `driftline topics`)")
+            partitions += [TopicPartition(topic, p) for p in sorted(numbers)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
+        return ends
 
     async def _follow(self, stop: asyncio.Event) -> None:
-        """Apply every model update, from the start of the compacted topic, as it arrives."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap, group_id=None, enable_auto_commit=False,
-            auto_offset_reset="earliest", fetch_max_bytes=64 * 1024**2, **client_security(self.settings),
-        )  # fmt: skip
-        await consumer.start()
-        try:
-            consumer.assign([TopicPartition(topic_name("model-updates"), 0)])
-            while not stop.is_set():
-                try:
+        """Apply every record of the followed topics, from their start, as it arrives."""
+        waiting = set(self.followers)
+        while not stop.is_set():
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.settings.bootstrap, group_id=None, enable_auto_commit=False,
+                auto_offset_reset="earliest", fetch_max_bytes=64 * 1024**2,
+            )  # fmt: skip
+            try:
+                await consumer.start()
+                behind = await self._assign(consumer)
+                while not stop.is_set():
                     batch = await consumer.getmany(timeout_ms=500)
-                except KafkaError as exc:
-                    self.problem = f"reading model updates failed: {exc}"
-                    await asyncio.sleep(1.0)
-                    continue
-                for records in batch.values():
-                    for record in records:
-                        await asyncio.to_thread(self._apply, record.value)
-        finally:
-            await consumer.stop()
+                    if batch:
+                        await asyncio.to_thread(self._apply, batch)
+                    if waiting:
+                        waiting = await self._still_behind(consumer, behind, waiting)
+            except KafkaError as exc:  # read everything again: parts skip what they hold
+                self.problem = f"reading {', '.join(self.followers)} failed: {exc}"
+                log.warning("%s; retrying", self.problem)
+                await asyncio.sleep(RETRY_S)
+            finally:
+                await consumer.stop()
+
+    async def _still_behind(
+        self, consumer: AIOKafkaConsumer, behind: dict[TopicPartition, int], waiting: set[str]
+    ) -> set[str]:
+        """Drop partitions read up to their start-time end; tell a topic's parts once all its are."""
+        for tp, end in list(behind.items()):
+            if await consumer.position(tp) >= end:
+                del behind[tp]
+        still = {tp.topic for tp in behind}
+        for topic in waiting - still:
+            for part in self.followers[topic]:
+                part.caught_up()
+        return waiting & still
 
     def status_rows(self) -> list[ServiceStatus]:
         return collect_rows(
@@ -139,15 +186,13 @@ class ServingRole:
         """Serve until ``stop`` is set."""
         await self.sink.start()
         app = make_app(list(self.parts.values()), self.metrics.render, self.health, self.ready)
-        http = web.AppRunner(app, access_log=None)
-        await http.setup()
-        await web.TCPSite(http, self.settings.http_host, self.settings.http_port).start()
-        log.info("serving replica %s: HTTP on %s", self.instance, self.url)
-        status = publish_status(self.sink.producer, self.status_rows, stop, STATUS_INTERVAL_S)
-        tasks = [asyncio.create_task(self._follow(stop)), asyncio.create_task(status)]
         try:
-            await stop.wait()
+            async with serving_http(self.settings, app, f"serving replica {self.instance}"):
+                status = publish_status(self.sink.producer, self.status_rows, stop, STATUS_INTERVAL_S)
+                tasks = [asyncio.create_task(self._follow(stop)), asyncio.create_task(status)]
+                try:
+                    await stop.wait()
+                finally:
+                    await asyncio.gather(*tasks, return_exceptions=True)
         finally:
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await http.cleanup()
             await self.sink.stop()

@@ -19,8 +19,7 @@ import sys
 import time
 from typing import Any
 
-from aiohttp import web
-
+from roles.host import STATUS_INTERVAL_S, health_body, serving_http
 from streams.config import Settings
 from streams.consumer import BatchConsumer
 from streams.http import make_app
@@ -32,8 +31,6 @@ from streams.sink import KafkaSink
 from streams.status import StatusBoard, collect_rows, publish_status
 
 log = logging.getLogger(__name__)
-
-STATUS_INTERVAL_S = 2.0
 
 
 class OwnerDirectory:
@@ -102,16 +99,14 @@ class WorkerRole:
         return found
 
     def health(self) -> dict[str, Any]:
-        problems = self.problems()
         partitions = self.partitions()
-        return {
-            "status": "degraded" if problems else "ok",
-            "problems": problems,
-            "instance": self.instance,
-            "role": self.role,
-            "uptime_s": round(time.time() - self.started, 1),
-            "bootstrap_servers": self.settings.bootstrap,
-            "services": {
+        return health_body(
+            self.role,
+            self.instance,
+            self.started,
+            self.problems(),
+            bootstrap_servers=self.settings.bootstrap,
+            services={
                 c.runner.service.name: {
                     "model_version": c.runner.service.model_version(),
                     "partitions": partitions[c.runner.service.name],
@@ -122,7 +117,7 @@ class WorkerRole:
                 }
                 for c in self.consumers
             },
-        }
+        )
 
     def ready(self) -> tuple[bool, str]:
         waiting = [c.runner.service.name for c in self.consumers if not c.ready]
@@ -153,26 +148,24 @@ class WorkerRole:
         """Serve until ``stop`` is set, then checkpoint every service and close."""
         await self.sink.start()
         app = make_app(self.services, self.metrics.render, self.health, self.ready, self.directory.owner_url)
-        http = web.AppRunner(app, access_log=None)
-        await http.setup()
-        await web.TCPSite(http, self.settings.http_host, self.settings.http_port).start()
-        log.info("%s %s: HTTP on %s", self.role, self.instance, self.url)
-        tasks = [asyncio.create_task(c.run(stop)) for c in self.consumers]
-        status = publish_status(
-            self.sink.producer, self.status_rows, stop, STATUS_INTERVAL_S, self._refresh_directory
-        )
-        tasks.append(asyncio.create_task(status))
         try:
-            done, _ = await asyncio.wait(
-                [*tasks, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
-            )
-            for task in done:
-                if task in tasks and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
+            async with serving_http(self.settings, app, f"{self.role} {self.instance}"):
+                tasks = [asyncio.create_task(c.run(stop)) for c in self.consumers]
+                status = publish_status(
+                    self.sink.producer, self.status_rows, stop, STATUS_INTERVAL_S, self._refresh_directory
+                )
+                tasks.append(asyncio.create_task(status))
+                try:
+                    done, _ = await asyncio.wait(
+                        [*tasks, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
+                    )
+                    for task in done:
+                        if task in tasks and task.exception() is not None:
+                            raise task.exception()  # type: ignore[misc]
+                finally:
+                    stop.set()
+                    await asyncio.gather(*tasks, return_exceptions=True)
         finally:
-            stop.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await http.cleanup()
             await self.sink.stop()
             self.directory.close()
 

@@ -18,9 +18,11 @@ SERVICES: dict[str, str] = {
 
 
 #: service name -> "module:factory" of its serving part for replicas; a factory takes
-#: (checkpoint_root, **options) and returns a part with routes, ready, model_version, apply_update.
+#: (checkpoint_root, **options) and returns a part (:class:`roles.serving.ServingPart`): the topic
+#: it follows, routes, ready, model_version, apply and caught_up.
 SERVING: dict[str, str] = {
     "ctr": "models.ctr.serving:build_serving",
+    "forecast": "forecasters.serving:build_serving",
 }
 
 

@@ -1,10 +1,12 @@
 """The CTR serving part of a replica: scores with the trainer's latest version, never trains.
 
 A replica (``roles/serving.py`` hosts it) feeds every record of the ``model-updates`` topic to
-:meth:`CtrServing.apply_update`, which checks the bytes against the update's sha256, rebuilds the
-frozen scorer and swaps it in by one reference assignment, so a request in flight keeps the version
-it started with. Rollback is the trainer's decision: here ``POST /ctr/rollback`` answers 409 naming
-the trainer, and the trainer's rollback reaches the replica as an update marked ``rollback``.
+:meth:`CtrServing.apply`; :meth:`CtrServing.apply_update` checks the bytes against the update's
+sha256, rebuilds the frozen scorer and swaps it in by one reference assignment, so a request in
+flight keeps the version it started with. Until the replica has read the topic up to where it stood
+at start, it answers 503: it would otherwise serve each older version on its way to the latest.
+Rollback is the trainer's decision: here ``POST /ctr/rollback`` answers 409 naming the trainer, and
+the trainer's rollback reaches the replica as an update marked ``rollback``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from models.ctr.learner import CtrLearner
 from models.ctr.routes import CtrRoutes, versions_body
 from models.ctr.service import learner_from_options
 from models.ctr.versions import ModelVersion, UpdateError, version_from_update
-from streams.schemas import ModelUpdate
+from streams.schemas import ModelUpdate, Record
 from streams.service import Route
 
 log = logging.getLogger(__name__)
@@ -39,19 +41,22 @@ class CtrServing:
     """Serving part for replicas: ``/ctr/score`` and ``GET /ctr/versions`` from model updates."""
 
     name = "ctr"
+    follows = "model-updates"
+    record_type = ModelUpdate
 
     def __init__(self, learner: CtrLearner, checkpoint_root: Path, max_candidates: int = 10_000) -> None:
         #: Builds the network that loaded weights go into; never trained here.
         self.learner = learner
         self.checkpoint_root = checkpoint_root
         self._served: Served | None = None
+        self._caught_up = False
         self.api = CtrRoutes(
             model=learner.name,
             spec=learner.spec,
             max_candidates=max_candidates,
             serving=self._serving_version,
             versions=self._versions,
-            not_ready="no CTR model loaded yet: waiting for the trainer's first model update",
+            not_ready="no CTR model to serve yet: catching up with the trainer's model updates",
             inline=True,
         )
 
@@ -59,7 +64,17 @@ class CtrServing:
         return self.api.routes()
 
     def ready(self) -> bool:
-        return self._served is not None
+        return self._caught_up and self._served is not None
+
+    def caught_up(self) -> None:
+        self._caught_up = True
+
+    def apply(self, record: Record) -> None:
+        """Serve ``record`` if it is an update of this service (other services share the topic)."""
+        if not isinstance(record, ModelUpdate):
+            raise UpdateError(f"expected a model update, got {type(record).__name__}")
+        if record.service == self.name:
+            self.apply_update(record)
 
     def model_version(self) -> int:
         served = self._served
@@ -100,7 +115,7 @@ class CtrServing:
 
     def _serving_version(self) -> ModelVersion | None:
         served = self._served
-        return served.version if served else None
+        return served.version if served and self._caught_up else None
 
     async def _versions(self) -> dict[str, Any]:
         served = self._served  # one read: the body describes one version

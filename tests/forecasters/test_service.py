@@ -20,8 +20,9 @@ from forecasters.learner import Forecaster, forecast_errors
 from forecasters.pretrained import save_pretrained
 from forecasters.service import ForecastService, build_service
 from forecasters.zoo import ForecasterSpec, build_forecaster
+from streams.http import HasRoutes
 from streams.schemas import Forecast, Observation
-from streams.service import ApiError, ApiRequest
+from streams.service import ApiError, ApiRequest, ApiResponse
 from streams.topics import topic_name
 from tests.locking import lock_held_elsewhere
 
@@ -89,15 +90,22 @@ def pairs_ending_at(rows: range, values: np.ndarray) -> WindowBatch:
     return WindowBatch(torch.from_numpy(back), torch.from_numpy(ahead), torch.from_numpy(marks), keys)
 
 
-def get(service: ForecastService, series: str, **query: str) -> dict[str, Any]:
-    answer = asyncio.run(service.get_forecast(ApiRequest("GET", {"series": series}, query)))
+def ask(service: HasRoutes, series: str, **query: str) -> ApiResponse:
+    """``GET /forecast/{series}`` through the routes a process serves (a worker's or a replica's)."""
+    (route,) = service.routes()
+    assert (route.method, route.path) == ("GET", "/forecast/{series}")
+    return asyncio.run(route.handler(ApiRequest("GET", {"series": series}, query)))
+
+
+def get(service: HasRoutes, series: str, **query: str) -> dict[str, Any]:
+    answer = ask(service, series, **query)
     assert answer.status == 200
     return answer.body
 
 
-def error(service: ForecastService, series: str, **query: str) -> ApiError:
+def error(service: HasRoutes, series: str, **query: str) -> ApiError:
     with pytest.raises(ApiError) as caught:
-        asyncio.run(service.get_forecast(ApiRequest("GET", {"series": series}, query)))
+        ask(service, series, **query)
     return caught.value
 
 
@@ -226,8 +234,7 @@ def test_route_answers_the_latest_forecast_cut_to_the_horizon() -> None:
     service.process(OBSERVATIONS, observations(["a"], 0, 12))
     body = get(service, "a", horizon="2")
     assert body["series"] == "a" and body["horizon"] == 2 and len(body["values"]) == 2
-    # rows 10 and 11 each completed a (look-back 8, horizon 3) pair; one micro-batch: one update
-    assert body["model"] == "onenet" and body["model_version"] == 0 and body["updates"] == 1
+    assert body["model"] == "onenet" and body["model_version"] == 0 and body["ts"] == 11 * HOUR
     shares = np.array(body["weights"]["cross_time"]) + np.array(body["weights"]["cross_variable"])
     assert np.allclose(shares, 1.0)
     assert len(get(service, "a")["values"]) == 3  # default: the model's whole horizon

@@ -201,7 +201,10 @@ def test_control_batch_after_a_crash_applies_the_rollback(tmp_path: Path) -> Non
 
 # -- model updates and the serving replica ---------------------------------------------------------
 def replica(tmp_path: Path, **overrides: Any) -> CtrServing:
-    return build_serving(tmp_path / "checkpoints", **{**OPTIONS, **overrides})
+    """A replica that has read the (empty) topic to its end, as one started before the trainer."""
+    serving = build_serving(tmp_path / "checkpoints", **{**OPTIONS, **overrides})
+    serving.caught_up()
+    return serving
 
 
 def test_every_swap_publishes_an_inline_update_that_a_replica_serves_identically(tmp_path: Path) -> None:
@@ -297,12 +300,28 @@ def test_replica_answers_503_before_any_version_and_409_to_rollback(tmp_path: Pa
     with pytest.raises(ApiError) as caught:
         score(serving.routes())
     assert (
-        caught.value.status == 503 and "waiting for the trainer's first model update" in caught.value.message
+        caught.value.status == 503 and "catching up with the trainer's model updates" in caught.value.message
     )
     assert call(serving.routes(), "GET", "/ctr/versions").body["serving"] == 0
     with pytest.raises(ApiError) as caught:
         call(serving.routes(), "POST", "/ctr/rollback")
     assert caught.value.status == 409 and caught.value.message == NOT_THE_TRAINER
+
+
+def test_replica_serves_from_the_topic_only_once_caught_up(tmp_path: Path) -> None:
+    service, updates = trained(tmp_path, versions=2)
+    serving = build_serving(tmp_path / "checkpoints", **OPTIONS)
+    other = updates[0].model_copy(update={"service": "rank", "version": 9})
+    for record in (updates[0], other, updates[1]):  # as the topic holds them: rank's update is skipped
+        serving.apply(record)
+    assert serving.model_version() == 2 and not serving.ready()
+    with pytest.raises(ApiError) as caught:
+        score(serving.routes())  # v2 is in hand, but the topic may hold a newer one: not yet
+    assert caught.value.status == 503
+    serving.caught_up()
+    assert serving.ready() and score(serving.routes()) == score(service.routes())
+    with pytest.raises(UpdateError, match="expected a model update, got Outcome"):
+        serving.apply(Outcome(service="ctr", kind="rollback", key="ctr", seq=1, ts=0.0))
 
 
 def test_build_serving_takes_the_trainer_options(tmp_path: Path) -> None:
