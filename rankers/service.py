@@ -339,20 +339,23 @@ class RankService(ModelService):
     # -- HTTP --------------------------------------------------------------------------------
     def routes(self) -> list[Route]:
         return [
-            Route("GET", "/labeling", self._page),
-            Route("GET", "/labeling/next", self._next),
+            Route("GET", "/labeling", self._page, role="open"),  # browsers send no token on navigation
+            Route("GET", "/labeling.js", self._script, role="open"),
+            Route("GET", "/labeling/next", self._next, role="annotator"),  # takes a lease
             Route("GET", "/labeling/status", self._status),
-            Route("POST", "/labeling/{task}/skip", self._skip),
-            Route("POST", "/labeling/{task}", self._submit),
-            Route("POST", "/rank", self._rank),
+            Route("POST", "/labeling/{task}/skip", self._skip, role="annotator"),
+            Route("POST", "/labeling/{task}", self._submit, role="annotator"),
+            Route("POST", "/rank", self._rank, role="reader"),  # a query, though posted
         ]
 
     async def _page(self, request: ApiRequest) -> ApiResponse:
-        page = resources.files("rankers").joinpath("static/labeling.html").read_text(encoding="utf-8")
-        return ApiResponse(page, content_type="text/html")
+        return ApiResponse(_static("labeling.html"), content_type="text/html")
+
+    async def _script(self, request: ApiRequest) -> ApiResponse:
+        return ApiResponse(_static("labeling.js"), content_type="text/javascript")
 
     async def _next(self, request: ApiRequest) -> ApiResponse:
-        annotator = _annotator(request.query.get("annotator"))
+        annotator = _annotator_of(request, request.query.get("annotator"))
         view, outcomes = await self.run_locked(self._lease, annotator)
         await self._record(outcomes)
         return ApiResponse(view)
@@ -361,14 +364,14 @@ class RankService(ModelService):
         return ApiResponse(await self.run_locked(self._status_view))
 
     async def _skip(self, request: ApiRequest) -> ApiResponse:
-        annotator = _annotator(_body(request).get("annotator"))
+        annotator = _annotator_of(request, _body(request).get("annotator"))
         task_id = request.path_params["task"]
         await self._record(await self.run_locked(self._skip_locked, task_id, annotator))
         return ApiResponse({"task_id": task_id, "requeued": True})
 
     async def _submit(self, request: ApiRequest) -> ApiResponse:
         body = _body(request)
-        annotator = _annotator(body.get("annotator"))
+        annotator = _annotator_of(request, body.get("annotator"))
         entry, label = await self.run_locked(self._accept, request.path_params["task"], annotator, body)
         assert self.emit is not None  # _accept checked it
         try:
@@ -522,6 +525,19 @@ def _body(request: ApiRequest) -> dict[str, Any]:
 
 def _outcome_name(outcome: Outcome) -> str:
     return f"{outcome.kind} outcome #{outcome.seq} for {outcome.key}"
+
+
+def _static(name: str) -> str:
+    return resources.files("rankers").joinpath("static", name).read_text(encoding="utf-8")
+
+
+def _annotator_of(request: ApiRequest, given: Any) -> str:
+    """The authenticated name when the request has one (any name it gives is ignored), else ``given``.
+
+    Over HTTP the labeling routes need an annotator token, so labels always carry the token's name;
+    only in-process callers (tests, benchmarks) name the annotator themselves.
+    """
+    return request.principal or _annotator(given)
 
 
 def _annotator(value: Any) -> str:

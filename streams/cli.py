@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.config import Settings
+from streams.token_cli import add_token_commands
 
 #: Command groups that packages add with ``register(subparsers)``: name -> (module, help). A
 #: module is imported only when its group is the command being run, so that plain commands
@@ -91,12 +92,20 @@ def parse_options(pairs: list[str]) -> dict[str, dict[str, Any]]:
     return options
 
 
+def install_http_security(settings: Settings) -> None:
+    """Roles started here accept the deployment's tokens: the home's file and the tokens topic."""
+    from streams.auth import HttpSecurity, install
+
+    install(HttpSecurity.from_settings(settings, follow_topic=True))
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from roles.worker import WorkerRole, run_until_signalled
     from streams import registry
     from streams.topics import ensure_topics
 
     settings = settings_from(args)
+    install_http_security(settings)
     logging.getLogger().setLevel(args.loglevel.upper())
     names = registry.parse_names(settings.services)
     options = parse_options(args.option)
@@ -113,6 +122,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from streams.topics import ensure_topics
 
     settings = settings_from(args)
+    install_http_security(settings)
     logging.getLogger().setLevel(args.loglevel.upper())
     options = parse_options(args.option)
     ensure_topics(settings.bootstrap)
@@ -276,6 +286,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         help="service option for the worker",
     )
     p.set_defaults(func=cmd_run)
+    add_token_commands(sub)
 
     wanted = set(sys.argv[1:] if argv is None else argv)
     for group, (module_name, help_text) in PLUGIN_CLIS.items():

@@ -44,6 +44,17 @@ class Settings:
     #: This process's stable name: its static group membership (``group.instance.id``) and status
     #: key. Empty: ``<hostname>-<http_port>``, stable across restarts of the same process.
     instance: str = ""
+    #: ``open``: query (reader) routes answer without a token; ``reader``: they need a token too.
+    #: Write and admin routes always need one (see :mod:`streams.auth`).
+    http_query_auth: str = "open"
+    #: Per-request limits (see :mod:`streams.limits`): 413 past the body size, 400 past the JSON
+    #: depth or value count, 429 past a token's write rate, 503 past the handler time.
+    http_max_body_bytes: int = 8 * 1024**2
+    http_max_json_depth: int = 32
+    http_max_json_items: int = 500_000
+    http_write_rate: float = 20.0
+    http_write_burst: int = 40
+    http_timeout_s: float = 30.0
     #: Kafka client security (see ``streams.kafka_security``): PLAINTEXT, SASL_SSL or SSL (mTLS).
     #: With the embedded broker it also selects the mode the broker starts in.
     kafka_security_protocol: str = "PLAINTEXT"

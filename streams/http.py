@@ -9,19 +9,29 @@ proxied, the answer is 503 with ``Retry-After``, never a wrong or missing answer
 
 ``/health`` is liveness: always 200, with ``status`` ok or degraded. ``/ready`` answers 503 with
 ``Retry-After`` until the process owns and has restored its partitions.
+
+Every route is guarded as :mod:`streams.auth` says (401/403/429 before the handler runs) and held to
+:mod:`streams.limits` (413 for a body past the limit, 400 for JSON past the depth or size limits,
+503 for a handler past the time limit). aiohttp's own refusals (404, 405) are JSON too. HTML
+answers carry a Content-Security-Policy that allows only this server's scripts.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable, Iterable
+from importlib import resources
 from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
 
-from streams.service import ApiError, ApiRequest, ApiResponse, Handler, NotOwner, Route
+from streams.auth import AuthError, HttpSecurity, installed, required_role
+from streams.limits import BadJson, Limits, parse_json
+from streams.service import ApiError, ApiRequest, ApiResponse, NotOwner, Route
+from streams.tokens import Role, token_from_header
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +42,13 @@ OwnerLookup = Callable[[str, int], str | None]
 PROXIED = "X-Driftline-Proxied"
 PROXY_SESSION = web.AppKey("proxy_session", aiohttp.ClientSession)
 RETRY_AFTER_S = "1"
+#: Pages run only this server's scripts (no inline script, no eval), load nothing from elsewhere
+#: and cannot be framed; their inline styles are allowed.
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+AUTH_SCRIPT = resources.files("streams").joinpath("static/driftline-auth.js").read_text(encoding="utf-8")
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -46,6 +63,8 @@ async def _proxy(request: web.Request, url: str, raw: bytes) -> web.Response:
     session: aiohttp.ClientSession = request.app[PROXY_SESSION]
     target = url.rstrip("/") + request.path_qs
     headers = {PROXIED: "1", "Content-Type": request.headers.get("Content-Type", "application/json")}
+    if "Authorization" in request.headers:  # the owner checks the same token again
+        headers["Authorization"] = request.headers["Authorization"]
     try:
         async with session.request(request.method, target, data=raw or None, headers=headers) as answer:
             body = await answer.read()
@@ -57,29 +76,67 @@ async def _proxy(request: web.Request, url: str, raw: bytes) -> web.Response:
         return unavailable(f"the owner of this key ({url}) did not answer: {type(exc).__name__}")
 
 
-def adapt(handler: Handler, owner_url: OwnerLookup | None = None) -> Callable[[web.Request], Any]:
-    """Wrap a framework-free handler as an aiohttp handler."""
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return _json({"error": message}, status, headers)
+
+
+async def _read_body(request: web.Request, limits: Limits) -> bytes:
+    """The request body within the size and time limits; raise :class:`RequestRefused` otherwise."""
+    if not request.can_read_body:
+        return b""
+    if (request.content_length or 0) > limits.max_body_bytes:
+        raise RequestRefused(413, _too_large(limits))
+    try:
+        return await asyncio.wait_for(request.read(), limits.timeout_s)
+    except web.HTTPRequestEntityTooLarge:
+        raise RequestRefused(413, _too_large(limits)) from None
+    except TimeoutError:
+        raise RequestRefused(408, f"the request body did not arrive within {limits.timeout_s:g}s") from None
+
+
+def _too_large(limits: Limits) -> str:
+    return f"request body too large (the limit is {limits.max_body_bytes} bytes)"
+
+
+class RequestRefused(Exception):
+    """A request answered before its handler ran."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.response = _error(status, message, headers)
+
+
+def adapt(
+    route: Route, security: HttpSecurity, owner_url: OwnerLookup | None = None
+) -> Callable[[web.Request], Any]:
+    """Wrap a framework-free route as an aiohttp handler, guarded and limited by ``security``."""
+    needed = required_role(route)
+    limits = security.limits
 
     async def aiohttp_handler(request: web.Request) -> web.StreamResponse:
-        body: Any = None
-        raw = await request.read() if request.can_read_body else b""
-        if raw:
-            try:
-                body = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                return _json({"error": f"request body is not valid JSON: {exc}"}, 400)
+        try:
+            principal = security.authorize(needed, request.headers.get("Authorization"))
+            raw = await _read_body(request, limits)
+            body = parse_json(raw, limits) if raw else None
+        except AuthError as exc:
+            return _error(exc.status, exc.message, exc.headers)
+        except RequestRefused as exc:
+            return exc.response
+        except BadJson as exc:
+            return _error(400, str(exc))
         api_request = ApiRequest(
             method=request.method,
             path_params=dict(request.match_info),
             query=dict(request.query),
             body=body,
+            principal=principal.name if principal else None,
         )
         try:
-            answer: ApiResponse = await handler(api_request)
+            answer: ApiResponse = await asyncio.wait_for(route.handler(api_request), limits.timeout_s)
         except ApiError as exc:
             if exc.status == 503:  # nothing to serve yet: say when to come back
                 return unavailable(exc.message)
-            return _json({"error": exc.message}, exc.status)
+            return _error(exc.status, exc.message)
         except NotOwner as exc:
             url = None
             if owner_url is not None and exc.partition is not None and PROXIED not in request.headers:
@@ -87,14 +144,33 @@ def adapt(handler: Handler, owner_url: OwnerLookup | None = None) -> Callable[[w
             if url is None:
                 return unavailable(f"{exc}; no owner is known right now (partitions are moving)")
             return await _proxy(request, url, raw)
+        except TimeoutError:
+            return unavailable(f"the request did not finish within {limits.timeout_s:g}s")
         except Exception as exc:  # a handler bug must not kill the server
             log.exception("handler for %s %s failed", request.method, request.path)
-            return _json({"error": f"internal error: {type(exc).__name__}: {exc}"}, 500)
+            return _error(500, f"internal error: {type(exc).__name__}: {exc}")
         if answer.content_type == "application/json":
             return _json(answer.body, answer.status)
         return web.Response(body=answer.body, status=answer.status, content_type=answer.content_type)
 
     return aiohttp_handler
+
+
+@web.middleware
+async def _hardened(request: web.Request, handler: Any) -> web.StreamResponse:
+    """aiohttp's own refusals (unknown path, wrong method) as JSON; safety headers on every answer."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
+        response = _error(exc.status, exc.reason, headers)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    if response.content_type == "text/html":
+        response.headers["Content-Security-Policy"] = PAGE_CSP
+        response.headers.setdefault("X-Frame-Options", "DENY")
+    return response
 
 
 class HasRoutes(Protocol):
@@ -107,9 +183,14 @@ def make_app(
     health: HealthProbe | None = None,
     ready: ReadyProbe | None = None,
     owner_url: OwnerLookup | None = None,
+    security: HttpSecurity | None = None,
 ) -> web.Application:
-    """An aiohttp application serving ``/health``, ``/ready``, ``/metrics`` and each service's routes."""
-    app = web.Application(client_max_size=64 * 1024**2)
+    """An aiohttp application serving ``/health``, ``/ready``, ``/metrics`` and each service's routes.
+
+    ``security`` defaults to the process's installed one (:func:`streams.auth.installed`).
+    """
+    security = security or installed()
+    app = web.Application(client_max_size=security.limits.max_body_bytes, middlewares=[_hardened])
 
     async def health_handler(_: web.Request) -> web.Response:
         return _json(health() if health else {"status": "ok"})
@@ -122,15 +203,33 @@ def make_app(
         text = metrics_text() if metrics_text else b""
         return web.Response(body=text, content_type="text/plain", charset="utf-8")
 
+    async def whoami_handler(request: web.Request) -> web.Response:
+        token = token_from_header(request.headers.get("Authorization"))
+        principal = security.store.authenticate(token) if token else None
+        if principal is None:
+            reason = "unknown or revoked token" if token else "no token sent"
+            return _error(401, f"{reason}: {security.how_to_get_a_token(Role.READER)}")
+        return _json({"name": principal.name, "role": principal.role.label})
+
+    async def auth_script_handler(_: web.Request) -> web.Response:
+        return web.Response(text=AUTH_SCRIPT, content_type="text/javascript", charset="utf-8")
+
     async def session_context(app: web.Application):  # type: ignore[no-untyped-def]
         app[PROXY_SESSION] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         yield
         await app[PROXY_SESSION].close()
 
+    async def tokens_context(_: web.Application):  # type: ignore[no-untyped-def]
+        async with security.following():
+            yield
+
     app.cleanup_ctx.append(session_context)
+    app.cleanup_ctx.append(tokens_context)
     app.router.add_get("/health", health_handler)
     app.router.add_get("/ready", ready_handler)
     app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/auth/whoami", whoami_handler)
+    app.router.add_get("/driftline-auth.js", auth_script_handler)
     for route in (r for service in services for r in service.routes()):
-        app.router.add_route(route.method, route.path, adapt(route.handler, owner_url))
+        app.router.add_route(route.method, route.path, adapt(route, security, owner_url))
     return app

@@ -60,6 +60,8 @@ class ApiRequest:
     path_params: dict[str, str]
     query: dict[str, str]
     body: Any = None
+    #: The name of the token the request authenticated with (None: no token, e.g. an open query).
+    principal: str | None = None
 
 
 class ApiError(Exception):
@@ -95,11 +97,16 @@ Handler = Callable[[ApiRequest], Awaitable[ApiResponse]]
 
 @dataclass(frozen=True)
 class Route:
-    """``method`` and an aiohttp-style ``path`` (``/forecast/{series}``) bound to a handler."""
+    """``method`` and an aiohttp-style ``path`` (``/forecast/{series}``) bound to a handler.
+
+    ``role`` is what a caller's token must be at least: ``open``, ``reader``, ``annotator`` or
+    ``admin``; None means reader for GET and admin for other methods (see :mod:`streams.auth`).
+    """
 
     method: str
     path: str
     handler: Handler
+    role: str | None = None
 
 
 class ModelService(ABC):

@@ -24,6 +24,7 @@ from streams.schemas import (
     ServiceStatus,
     Tallied,
 )
+from streams.tokens import TokenRecord
 
 #: Partitions of every keyed topic unless ``--partitions`` says otherwise. Sized for growth: keyed
 #: state is partitioned like the topics, so the count can never change once topics exist (it would
@@ -60,6 +61,7 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec("dead-letter", DeadLetter, partitions=1),
         TopicSpec("status", ServiceStatus, compacted=True, partitions=1),
         TopicSpec("model-updates", ModelUpdate, compacted=True, partitions=1),
+        TopicSpec("tokens", TokenRecord, compacted=True, partitions=1),
     )
 }
 

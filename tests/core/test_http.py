@@ -6,9 +6,19 @@ import asyncio
 
 from aiohttp import ClientSession, web
 
+from streams.auth import HttpSecurity
 from streams.http import make_app
 from streams.service import ApiError, ApiRequest, ApiResponse, NotOwner, Route
 from streams.tally import TallyService
+from streams.tokens import Role, TokenStore, new_token
+
+ADMIN_TOKEN, ADMIN = new_token("root", Role.ADMIN)
+AS_ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def security() -> HttpSecurity:
+    """Tokens held in memory only: an admin, for the write route."""
+    return HttpSecurity(store=TokenStore([ADMIN]))
 
 
 class Echo(TallyService):
@@ -39,6 +49,7 @@ async def _exercise() -> dict:
         metrics_text=lambda: b"m 1\n",
         health=lambda: {"status": "degraded"},
         ready=lambda: (False, "restoring partitions of echo"),
+        security=security(),
     )
     runner = web.AppRunner(app)
     await runner.setup()
@@ -49,11 +60,11 @@ async def _exercise() -> dict:
     out: dict = {}
     try:
         async with ClientSession() as http:
-            async with http.post(f"{base}/echo/x?a=1", json={"k": 2}) as r:
+            async with http.post(f"{base}/echo/x?a=1", json={"k": 2}, headers=AS_ADMIN) as r:
                 out["echo"] = (r.status, await r.json())
-            async with http.post(f"{base}/echo/x", data=b"{bad") as r:
+            async with http.post(f"{base}/echo/x", data=b"{bad", headers=AS_ADMIN) as r:
                 out["bad_json"] = (r.status, await r.json())
-            async with http.post(f"{base}/echo/x") as r:
+            async with http.post(f"{base}/echo/x", headers=AS_ADMIN) as r:
                 out["no_body"] = (r.status, await r.json())
             async with http.get(f"{base}/broken") as r:
                 out["broken"] = (r.status, await r.json())
@@ -110,9 +121,10 @@ async def _start(app: web.Application) -> tuple[web.AppRunner, str]:
 
 
 async def _ownership() -> dict:
-    owner_runner, owner = await _start(make_app([Keyed("owner")]))
+    owner_runner, owner = await _start(make_app([Keyed("owner")], security=security()))
     owners = {1: owner}
-    front_runner, front = await _start(make_app([Keyed("front")], owner_url=lambda s, p: owners.get(p)))
+    front_app = make_app([Keyed("front")], owner_url=lambda s, p: owners.get(p), security=security())
+    front_runner, front = await _start(front_app)
     out: dict = {}
     try:
         async with ClientSession() as http:

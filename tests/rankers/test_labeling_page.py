@@ -1,4 +1,5 @@
-"""The labeling page in a real headless Chromium: load, see the task, grade, submit, label emitted."""
+"""The labeling page in a real headless Chromium: load without a token, sign in once, see the task,
+grade, submit, label emitted under the token's name; producer-supplied text stays text."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import pytest
 from aiohttp import web
 
 from rankers.records import query_records
+from streams.auth import HttpSecurity
 from streams.http import make_app
+from streams.schemas import Document, Query
+from streams.tokens import Role, TokenStore, new_token
 
 from .conftest import synthetic_queries
 from .service_helpers import QUERIES, FakeClock, Harness, labels_of
@@ -29,13 +33,18 @@ pytestmark = [
 webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium: pip install selenium")
 
 
+ALICE_TOKEN, ALICE = new_token("alice", Role.ANNOTATOR)
+HOSTILE = '<img src=x onerror="window.pwned=1">'
+
+
 @pytest.fixture
 def served() -> Iterator[tuple[Harness, str, dict[str, dict[str, int]]]]:
-    """A RankService with two queued tasks, its routes served by aiohttp on a free loopback port."""
+    """A RankService with two queued tasks, its routes served by aiohttp on a free loopback port;
+    alice holds an annotator token."""
     harness = make(FakeClock(), budget=2, budget_window=2)
     queries, truth = query_records(synthetic_queries(2, docs=4))
     harness.service.process(QUERIES, queries)
-    app = make_app([harness.service])
+    app = make_app([harness.service], security=HttpSecurity(store=TokenStore([ALICE])))
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(app)
     loop.run_until_complete(runner.setup())
@@ -86,7 +95,16 @@ def test_annotator_grades_a_task_in_the_browser_and_the_service_learns_it(served
 
     harness, base, truth = served
     wait = WebDriverWait(browser, 20)
-    browser.get(f"{base}/labeling?annotator=alice")
+    browser.get(f"{base}/labeling?annotator=mallory")  # no token yet: the page loads and asks for one
+    wait.until(ec.text_to_be_present_in_element((By.ID, "driftline-who"), "not signed in"))
+    browser.find_element(By.ID, "driftline-token").send_keys("dl_forged")
+    browser.find_element(By.ID, "driftline-token-save").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "driftline-who"), "unknown or revoked token"))
+    browser.find_element(By.ID, "load").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "Sign in with your annotator token"))
+    browser.find_element(By.ID, "driftline-token").send_keys(ALICE_TOKEN)
+    browser.find_element(By.ID, "driftline-token-save").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "driftline-who"), "signed in as alice (annotator)"))
     wait.until(ec.visibility_of_element_located((By.ID, "task")))
     query_id = browser.find_element(By.ID, "query").text
     task_id = browser.find_element(By.ID, "task-id").text
@@ -103,12 +121,15 @@ def test_annotator_grades_a_task_in_the_browser_and_the_service_learns_it(served
     browser.find_element(By.ID, "submit").click()
     wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "Submitted"))
 
-    [label] = labels_of(harness.emitted)
+    [label] = labels_of(harness.emitted)  # named after the token, whatever the URL said
     assert (label.task_id, label.query_id, label.annotator) == (task_id, query_id, "alice")
     assert label.grades == truth[query_id]
     harness.deliver_labels()
     assert harness.service.model_version() == 1
 
+    # the token is kept for the session: a reload stays signed in without asking again
+    browser.refresh()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "driftline-who"), "signed in as alice"))
     # the other task goes to the next annotator; skipping it leaves alice with nothing to do
     browser.find_element(By.ID, "load").click()
     wait.until(ec.visibility_of_element_located((By.ID, "task")))
@@ -116,3 +137,26 @@ def test_annotator_grades_a_task_in_the_browser_and_the_service_learns_it(served
     assert other != query_id
     browser.find_element(By.ID, "skip").click()
     wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "No task waiting"))
+
+
+def test_producer_supplied_text_is_shown_as_text_never_run(served, browser) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    harness, base, _ = served
+    hostile = Query(query_id=HOSTILE, ts=5.0, documents=[Document(doc_id=HOSTILE, features=[1.0] * 5)])
+    harness.service.process(QUERIES, [hostile])
+    wait = WebDriverWait(browser, 20)
+    browser.get(f"{base}/labeling#token={ALICE_TOKEN}")  # a link may carry the token once
+    wait.until(ec.visibility_of_element_located((By.ID, "task")))
+    assert "token" not in browser.current_url  # dropped from the address bar at once
+    for _ in range(3):  # the hostile task comes after the two ordinary ones, whatever the order
+        if browser.find_element(By.ID, "query").text == HOSTILE:
+            break
+        browser.find_element(By.ID, "skip").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "Task"))
+    assert browser.find_element(By.ID, "query").text == HOSTILE
+    assert browser.find_element(By.CSS_SELECTOR, "#docs tr td").text == HOSTILE
+    assert browser.find_elements(By.CSS_SELECTOR, "#docs img, #query img") == []
+    assert browser.execute_script("return window.pwned === undefined")

@@ -1,0 +1,106 @@
+"""Limits on what one HTTP request may cost: body size, JSON shape, write rate, time.
+
+Every limit answers with a clear JSON error instead of a crash: a body past ``max_body_bytes`` is
+413, JSON nested deeper than ``max_json_depth`` or holding more than ``max_json_items`` values is
+400 (deep nesting would otherwise hit Python's recursion limit inside a handler), a token past its
+write rate is 429 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-request limits (settings ``DRIFTLINE_HTTP_*``, see :mod:`streams.config`)."""
+
+    max_body_bytes: int = 8 * 1024**2
+    max_json_depth: int = 32
+    max_json_items: int = 500_000
+    #: Writes (annotator and admin routes) per second per token, and the burst allowed above it.
+    write_rate: float = 20.0
+    write_burst: int = 40
+    #: Reading the body and running the handler, each.
+    timeout_s: float = 30.0
+
+
+class BadJson(ValueError):
+    """A body that is not JSON, or JSON past the limits; the message says which."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise BadJson(f"{name} is not valid JSON (numbers must be finite)")
+
+
+def parse_json(raw: bytes, limits: Limits) -> Any:
+    """Decode ``raw`` as strict JSON within ``limits``; raise :class:`BadJson` saying what is wrong."""
+    try:
+        value = json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise BadJson(f"JSON nested too deeply (the limit is {limits.max_json_depth} levels)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadJson(f"request body is not valid JSON: {exc}") from None
+    check_shape(value, limits)
+    return value
+
+
+def check_shape(value: Any, limits: Limits) -> None:
+    """Raise :class:`BadJson` if ``value`` nests deeper or holds more values than ``limits`` allow.
+
+    Iterative, so it cannot itself run out of stack.
+    """
+    items = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        items += 1
+        if items > limits.max_json_items:
+            raise BadJson(f"JSON holds more than {limits.max_json_items} values")
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > limits.max_json_depth:
+            raise BadJson(f"JSON nested too deeply (the limit is {limits.max_json_depth} levels)")
+        stack.extend((child, depth + 1) for child in children)
+
+
+class RateLimiter:
+    """A token bucket per key (a token's name): ``rate`` per second, ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: int, clock: Any = time.monotonic, max_keys: int = 10_000) -> None:
+        self.rate = rate
+        self.burst = max(1, burst)
+        self.clock = clock
+        self.max_keys = max_keys
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str) -> float:
+        """0 if ``key`` may go on now (one unit taken), else the seconds until it may."""
+        if self.rate <= 0:
+            return 0.0
+        now = self.clock()
+        with self._lock:
+            level, then = self._buckets.get(key, (float(self.burst), now))
+            level = min(float(self.burst), level + (now - then) * self.rate)
+            if level < 1.0:
+                self._buckets[key] = (level, now)
+                return (1.0 - level) / self.rate
+            if len(self._buckets) >= self.max_keys and key not in self._buckets:
+                self._buckets.clear()  # bounded memory: forgetting buckets only forgives callers
+            self._buckets[key] = (level - 1.0, now)
+            return 0.0
+
+
+def retry_after(seconds: float) -> str:
+    """A ``Retry-After`` value: whole seconds, at least 1."""
+    return str(max(1, math.ceil(seconds)))

@@ -1,0 +1,179 @@
+"""Keeps every process's :class:`~streams.tokens.TokenStore` current, and the CLI's side of it.
+
+A process follows the compacted ``tokens`` topic from its start (no consumer group: every process
+reads every record, like serving replicas follow ``model-updates``) and re-reads its home's
+``tokens.jsonl`` when it changes. A record the file holds but the topic lacks (``tokens add`` ran
+while no broker was up) is published once the topic has been read to its end, so workers with
+other homes learn it too. The CLI publishes directly when a broker answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from streams.tokens import TokenFile, TokenRecord, TokenStore, parse_token_record
+from streams.topics import topic_name
+
+log = logging.getLogger(__name__)
+
+POLL_S = 1.0
+RETRY_S = 2.0
+
+
+class TokenSync:
+    """Feeds ``store`` from ``file`` and, with a ``bootstrap``, from the tokens topic; see the module."""
+
+    def __init__(self, store: TokenStore, file: TokenFile | None, bootstrap: str | None) -> None:
+        self.store = store
+        self.file = file
+        self.bootstrap = bootstrap
+        #: Newest ``ts`` per name seen on (or sent to) the topic.
+        self._on_topic: dict[str, float] = {}
+        self.caught_up = asyncio.Event()
+
+    def load_file(self) -> list[TokenRecord]:
+        """Apply the file's records if it changed; return them (empty when unchanged)."""
+        if self.file is None or not self.file.changed():
+            return []
+        records = self.file.read()
+        for record in records:
+            self.store.apply(record)
+        return records
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until ``stop``: re-read the file every second and follow the topic, reconnecting on errors."""
+        self.load_file()
+        if not self.bootstrap:
+            self.caught_up.set()
+            while not await _stopped(stop, POLL_S):
+                self.load_file()
+            return
+        while not stop.is_set():
+            try:
+                await self._follow(stop)
+            except (KafkaError, OSError, TimeoutError) as exc:
+                log.warning("following the tokens topic failed, retrying: %s: %s", type(exc).__name__, exc)
+                await _stopped(stop, RETRY_S)
+
+    async def _follow(self, stop: asyncio.Event) -> None:
+        tp = TopicPartition(topic_name("tokens"), 0)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )  # fmt: skip
+        producer: AIOKafkaProducer | None = None
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            end = (await consumer.end_offsets([tp]))[tp]
+            pending = self.file.read() if self.file is not None else []
+            while not stop.is_set():
+                for records in (await consumer.getmany(tp, timeout_ms=int(POLL_S * 1000))).values():
+                    for message in records:
+                        self._apply_topic(message.value)
+                pending += self.load_file()
+                if not self.caught_up.is_set() and await consumer.position(tp) >= end:
+                    self.caught_up.set()
+                if self.caught_up.is_set() and pending:
+                    producer = producer or await _started_producer(self.bootstrap)
+                    await self._forward(producer, pending)
+                    pending = []
+        finally:
+            await consumer.stop()
+            if producer is not None:
+                await producer.stop()
+
+    def _apply_topic(self, value: bytes | None) -> None:
+        record = parse_token_record(value) if value else None
+        if record is None:
+            return
+        self._on_topic[record.name] = max(record.ts, self._on_topic.get(record.name, record.ts))
+        self.store.apply(record)
+
+    async def _forward(self, producer: AIOKafkaProducer, records: list[TokenRecord]) -> None:
+        """Publish the file records the topic does not hold yet (newest per name only)."""
+        newest: dict[str, TokenRecord] = {}
+        for record in records:
+            held = newest.get(record.name)
+            if held is None or record.ts > held.ts:
+                newest[record.name] = record
+        for record in newest.values():
+            if record.ts > self._on_topic.get(record.name, float("-inf")):
+                key = record.name.encode()
+                await producer.send_and_wait(topic_name("tokens"), record.to_bytes(), key=key)
+                self._on_topic[record.name] = record.ts
+
+
+async def _started_producer(bootstrap: str) -> AIOKafkaProducer:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", request_timeout_ms=10_000)
+    await producer.start()
+    return producer
+
+
+async def _stopped(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait up to ``seconds``; True once ``stop`` is set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()
+
+
+# -- the CLI's side: plain blocking clients ----------------------------------------------------------
+def broker_answers(bootstrap: str, timeout_s: float = 2.0) -> bool:
+    """True when some bootstrap server accepts a TCP connection (so clients need not time out)."""
+    for server in filter(None, (s.strip() for s in bootstrap.split(","))):
+        host, _, port = server.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout_s):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def publish(bootstrap: str, record: TokenRecord, timeout_s: float = 10.0) -> None:
+    """Send ``record`` to the tokens topic and wait for the broker (raises when none answers)."""
+    from kafka import KafkaProducer
+
+    from streams.topics import ensure_topics
+
+    ensure_topics(bootstrap, timeout_s=timeout_s)
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", request_timeout_ms=int(timeout_s * 1000),
+        max_block_ms=int(timeout_s * 1000),
+    )  # fmt: skip
+    try:
+        producer.send(topic_name("tokens"), record.to_bytes(), key=record.name.encode()).get(timeout_s)
+    finally:
+        producer.close(timeout=timeout_s)
+
+
+def read_topic(bootstrap: str, timeout_s: float = 10.0) -> list[TokenRecord]:
+    """Every token record on the topic (raises when no broker answers)."""
+    from kafka import KafkaConsumer
+    from kafka import TopicPartition as SyncPartition
+
+    tp = SyncPartition(topic_name("tokens"), 0)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+        request_timeout_ms=int(timeout_s * 1000) + 1000,
+    )  # fmt: skip
+    try:
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        end = consumer.end_offsets([tp])[tp]
+        found: list[TokenRecord] = []
+        deadline = time.monotonic() + timeout_s
+        while consumer.position(tp) < end and time.monotonic() < deadline:
+            for messages in consumer.poll(timeout_ms=int(timeout_s * 1000)).values():
+                found += [r for m in messages if m.value and (r := parse_token_record(m.value))]
+        return found
+    finally:
+        consumer.close()
