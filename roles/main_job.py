@@ -141,6 +141,10 @@ def run_main_job(
     worker = None
     try:
         ensure_topics(settings.bootstrap)
+        # HTTP tokens for this run (writes and labeling need one; see README "Security").
+        from streams.token_cli import print_run_tokens
+
+        print_run_tokens(settings)
         worker = spawn_worker(settings, home / "worker.log", list(options))
         base = f"http://{settings.http_host}:{settings.http_port}"
         wait_http(f"{base}/ready", process=worker)

@@ -55,6 +55,17 @@ def cmd_add(args: argparse.Namespace, role: Role | None = None) -> int:
     return 0
 
 
+def print_run_tokens(settings: Settings) -> None:
+    """The main job's tokens: a fresh admin and annotator token per run (the previous run's lapse)."""
+    page = f"http://{settings.http_host}:{settings.http_port}/labeling"
+    for name, role in (("run-admin", Role.ADMIN), ("run-annotator", Role.ANNOTATOR)):
+        token, record = new_token(name, role)
+        _record(settings, record)
+        print(f"[driftline] {role.label} token ({name}): {token}", flush=True)
+        if role is Role.ANNOTATOR:
+            print(f"[driftline] label at {page}#token={token}", flush=True)
+
+
 def cmd_revoke(args: argparse.Namespace) -> int:
     settings = _settings(args)
     known = _known(settings)
