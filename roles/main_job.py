@@ -1,11 +1,16 @@
-"""The main job: broker, worker, HTTP and a replay of real data, all from one command.
+"""The main job: broker, workers, HTTP and a replay of real data, all from one command.
 
-It starts the embedded Kafka (unless a cluster is configured), creates the topics, launches the
-worker role as a child process (the same ``driftline worker`` a deployment runs, so the same code
-paths), waits until it is ready, and replays the real datasets in ``../shared/data`` onto the
-topics each selected service consumes. Meanwhile it shows the live status every role publishes
-(:mod:`streams.status`: one row per service with events/s, lag, last batch, online metric, model
-version) until the replay ends and ``duration`` passes (or Ctrl-C).
+It starts the embedded Kafka (unless a cluster is configured), creates the topics, launches one
+worker role per service as a child process (the same ``driftline worker`` a deployment runs, so
+the same code paths), waits until they are ready, and replays the real datasets in
+``../shared/data`` onto the topics each selected service consumes. Meanwhile it shows the live
+status every role publishes (:mod:`streams.status`: one row per service with events/s, lag, last
+batch, online metric, model version) until the replay ends and ``duration`` passes (or Ctrl-C).
+
+One process per service because training holds the GIL for most of a batch: in one process the
+forecaster's small test-then-train steps waited for CTR's, and lag grew with both batch times.
+Each worker gets its share of the cores as torch threads (more threads than cores spin against
+each other). :class:`roles.front.Front` answers every service's routes on the one HTTP port.
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from roles.front import Front
+from streams.broker import free_port
 from streams.config import Settings, shared_data_dir
 from streams.producer import make_producer, observations_from_csv, send_all
 from streams.schemas import Record
@@ -82,12 +89,19 @@ def wait_http(url: str, timeout_s: float = 120.0, process: subprocess.Popen[byte
     raise TimeoutError(f"{url} did not answer within {timeout_s:.0f}s")
 
 
-def spawn_worker(settings: Settings, log_path: Path, options: list[str] = ()) -> subprocess.Popen[bytes]:
-    """Start ``driftline worker`` as a child process bound to the settings' cluster and port.
+def spawn_worker(
+    settings: Settings, log_path: Path, options: list[str] = (), threads: int | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``driftline worker`` as a child process bound to the settings' cluster, services and port.
 
-    ``options`` are ``SERVICE.KEY=VALUE`` service options, passed on as ``--option``.
+    ``options`` are ``SERVICE.KEY=VALUE`` service options, passed on as ``--option``; ``threads``
+    sets the worker's torch threads unless ``OMP_NUM_THREADS`` is already set.
     """
     env = {**os.environ, "DRIFTLINE_BOOTSTRAP_SERVERS": settings.bootstrap}
+    if settings.instance:
+        env["DRIFTLINE_INSTANCE"] = settings.instance
+    if threads is not None:
+        env.setdefault("OMP_NUM_THREADS", str(threads))
     command = [
         sys.executable, "-m", "streams.cli", "--home", str(settings.home), "worker",
         "--services", settings.services, "--http-port", str(settings.http_port),
@@ -109,10 +123,36 @@ def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> N
             process.wait()
 
 
-def _watch_worker(worker: subprocess.Popen[bytes], stop: threading.Event, exited: threading.Event) -> None:
+@dataclass
+class Worker:
+    """One service's worker process, where it answers and where it logs."""
+
+    service: str
+    process: subprocess.Popen[bytes]
+    base: str
+    log: Path
+
+
+def spawn_workers(settings: Settings, names: list[str], options: list[str]) -> list[Worker]:
+    """One ``driftline worker`` per service, each on a free port, sharing the cores as torch threads.
+
+    They share the job's instance name (their consumer groups and status rows add the service), so a
+    restarted job takes its partitions back at once, as one worker on a fixed port did.
+    """
+    threads = max(1, (os.cpu_count() or 1) // len(names))
+    workers = []
+    for name in names:
+        own = replace(settings, services=name, http_port=free_port(), instance=settings.instance_id)
+        log = Path(settings.home) / f"worker-{name}.log"
+        process = spawn_worker(own, log, [o for o in options if o.startswith(f"{name}.")], threads)
+        workers.append(Worker(name, process, f"http://{own.http_host}:{own.http_port}", log))
+    return workers
+
+
+def _watch_workers(workers: list[Worker], stop: threading.Event, exited: list[Worker]) -> None:
     while not stop.wait(1.0):
-        if worker.poll() is not None:
-            exited.set()
+        exited.extend(w for w in workers if w.process.poll() is not None)
+        if exited:
             stop.set()
 
 
@@ -138,39 +178,52 @@ def run_main_job(
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    worker = None
+    workers: list[Worker] = []
+    front = None
     try:
         ensure_topics(settings.bootstrap)
         # HTTP tokens for this run (writes and labeling need one; see README "Security").
         from streams.token_cli import print_run_tokens
 
         print_run_tokens(settings)
-        worker = spawn_worker(settings, home / "worker.log", list(options))
+        workers = spawn_workers(settings, names, list(options))
+        front = Front(settings.http_host, settings.http_port, {w.service: w.base for w in workers})
+        front.start()
+        for worker in workers:
+            wait_http(f"{worker.base}/ready", process=worker.process)
         base = f"http://{settings.http_host}:{settings.http_port}"
-        wait_http(f"{base}/ready", process=worker)
+        ports = ", ".join(f"{w.service} {w.base}" for w in workers)
         print(
-            f"[driftline] worker ready: {base}/health  {base}/metrics  (log: {home / 'worker.log'})",
+            f"[driftline] worker ready: {base}/health  {base}/metrics  (a worker per service: {ports}; "
+            f"logs: {home}/worker-<service>.log)",
             flush=True,
         )
         replays = [r for n in names if n in REPLAYS for r in REPLAYS[n](shared_data_dir())]
         threads = [
             threading.Thread(target=_replay, args=(settings, r, rate, stop), daemon=True) for r in replays
         ]
-        exited = threading.Event()
-        threads.append(threading.Thread(target=_watch_worker, args=(worker, stop, exited), daemon=True))
+        exited: list[Worker] = []
+        threads.append(threading.Thread(target=_watch_workers, args=(workers, stop, exited), daemon=True))
         if duration_s:
             threads.append(threading.Thread(target=lambda: stop.wait(duration_s) or stop.set(), daemon=True))
         for thread in threads:
             thread.start()
         watch(settings.bootstrap, stop)
-        if exited.is_set():
-            print(f"[driftline] worker exited with code {worker.returncode}; see {home / 'worker.log'}")
-            return 1
-        return 0
+        for worker in exited:
+            print(
+                f"[driftline] {worker.service} worker exited with code {worker.process.returncode}; "
+                f"see {worker.log}"
+            )
+        return 1 if exited else 0
     finally:
         stop.set()
-        if worker is not None:
-            stop_process(worker)
+        for worker in workers:  # all checkpoint at once
+            if worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGTERM)
+        for worker in workers:
+            stop_process(worker.process)
+        if front is not None:
+            front.stop()
         if broker is not None:
             broker.stop()
         print("[driftline] stopped", flush=True)

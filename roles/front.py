@@ -1,0 +1,193 @@
+"""One HTTP port in front of the main job's worker processes.
+
+The main job runs one ``driftline worker`` per service, each on a port of its own, so that a
+service's training never shares a GIL with another's. Users still reach everything on the one
+port they asked for: this front forwards a service's routes (by path prefix,
+:data:`ROUTE_PREFIXES`) to the worker that runs it, and anything else (``/auth/whoami``, an unknown
+path) to the first worker, which answers it like any worker does. ``/health``, ``/ready`` and
+``/metrics`` combine every worker's answers: degraded if one is, ready once all are, and one
+Prometheus exposition holding every worker's series.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+from streams.http import unavailable
+
+#: service -> the path prefixes of its routes (kept whole by tests/roles/test_front.py).
+ROUTE_PREFIXES: dict[str, tuple[str, ...]] = {
+    "forecast": ("/forecast",),
+    "ctr": ("/ctr",),
+    "rank": ("/rank", "/labeling"),
+    "tally": ("/tally",),
+}
+#: Combined answers and forwarded requests wait this long for a worker (a busy one stalls briefly).
+WORKER_TIMEOUT_S = 30.0
+#: Headers that describe one connection, not the message: never forwarded either way.
+HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
+        "Transfer-Encoding", "Upgrade", "Host", "Content-Length", "Content-Encoding",
+    )
+)  # fmt: skip
+SESSION = web.AppKey("front_session", aiohttp.ClientSession)
+
+
+def worker_for(path: str, workers: Mapping[str, str]) -> str:
+    """The base URL of the worker that answers ``path``: its service's, else the first worker's."""
+    for service, url in workers.items():
+        if any(path.startswith(prefix) for prefix in ROUTE_PREFIXES.get(service, ())):
+            return url
+    return next(iter(workers.values()))
+
+
+class _Families:
+    """A collector handing out metric families parsed from workers' expositions."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self.families = list(families)
+
+    def collect(self) -> list[Metric]:
+        return self.families
+
+
+def merge_metrics(texts: Iterable[str]) -> bytes:
+    """One exposition holding every sample of ``texts``, each family's help and type given once."""
+    merged: dict[str, Metric] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            into = merged.setdefault(family.name, Metric(family.name, family.documentation, family.type))
+            into.samples.extend(family.samples)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(merged.values()))  # type: ignore[arg-type]
+    return generate_latest(registry)
+
+
+async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, bytes]:
+    """Status and body of a GET, or 0 and the reason when the worker does not answer."""
+    try:
+        async with session.get(url) as answer:
+            return answer.status, await answer.read()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return 0, f"{url} did not answer: {type(exc).__name__}: {exc}".encode()
+
+
+def make_front(workers: Mapping[str, str]) -> web.Application:
+    """The front's application for ``workers`` (service -> base URL, the first one the default)."""
+    if not workers:
+        raise ValueError("the front needs at least one worker")
+    app = web.Application(client_max_size=64 * 1024**2)  # each worker enforces its own, lower limit
+
+    async def each(path: str) -> dict[str, tuple[int, bytes]]:
+        answers = await asyncio.gather(*(_get(app[SESSION], url + path) for url in workers.values()))
+        return dict(zip(workers, answers, strict=True))
+
+    async def health(_: web.Request) -> web.Response:
+        problems: list[str] = []
+        services: dict[str, Any] = {}
+        for service, (status, body) in (await each("/health")).items():
+            if status != 200:
+                problems.append(f"{service} worker: {body.decode(errors='replace')}")
+                continue
+            answer = json.loads(body)
+            problems += answer.get("problems", [])
+            services.update(answer.get("services", {}))
+        return web.json_response(
+            {
+                "status": "degraded" if problems else "ok",
+                "problems": problems,
+                "role": "main job",
+                "workers": dict(workers),
+                "services": services,
+            }
+        )
+
+    async def ready(_: web.Request) -> web.Response:
+        waiting = [service for service, (status, _) in (await each("/ready")).items() if status != 200]
+        if waiting:
+            return unavailable(f"waiting for the worker(s) of {', '.join(waiting)}")
+        return web.json_response({"ready": True, "reason": "every worker is ready"})
+
+    async def metrics(_: web.Request) -> web.Response:
+        answers = await each("/metrics")
+        texts = [body.decode() for status, body in answers.values() if status == 200]
+        return web.Response(body=merge_metrics(texts), content_type="text/plain", charset="utf-8")
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        url = worker_for(request.path, workers)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        raw = await request.read()
+        try:
+            async with app[SESSION].request(
+                request.method, url + request.path_qs, data=raw or None, headers=headers
+            ) as answer:
+                body = await answer.read()
+                kept = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
+                return web.Response(body=body, status=answer.status, headers=kept)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return unavailable(f"the worker at {url} did not answer: {type(exc).__name__}")
+
+    async def session(app: web.Application):  # type: ignore[no-untyped-def]
+        timeout = aiohttp.ClientTimeout(total=WORKER_TIMEOUT_S)
+        async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as client:
+            app[SESSION] = client
+            yield
+
+    app.cleanup_ctx.append(session)
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_route("*", "/{path:.*}", forward)
+    return app
+
+
+class Front:
+    """Serves :func:`make_front` on ``host:port`` from a thread of its own until :meth:`stop`."""
+
+    def __init__(self, host: str, port: int, workers: Mapping[str, str]) -> None:
+        self.app = make_front(workers)
+        self.host, self.port = host, port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._serve()), daemon=True)
+
+    def start(self) -> None:
+        """Listen, or raise why not (a busy port)."""
+        self._thread.start()
+        self._started.wait()
+        if self._error is not None:
+            raise self._error
+
+    async def _serve(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        runner = web.AppRunner(self.app, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.host, self.port).start()
+        except OSError as exc:
+            self._error = exc
+        self._started.set()
+        try:
+            if self._error is None:
+                await self._stop.wait()
+        finally:
+            await runner.cleanup()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(10)
