@@ -20,8 +20,10 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from streams.config import Settings
+from streams.kafka_security import client_security
 from streams.limits import Limits, RateLimiter, retry_after
 from streams.service import Route
 from streams.token_sync import TokenSync
@@ -66,6 +68,8 @@ class HttpSecurity:
     bootstrap: str | None = None
     #: Where HTTP binds: a public bind with no tokens gets a loud warning.
     bind_host: str = "127.0.0.1"
+    #: Client security for following the tokens topic (:mod:`streams.kafka_security`).
+    kafka_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.writes = RateLimiter(self.limits.write_rate, self.limits.write_burst)
@@ -90,6 +94,7 @@ class HttpSecurity:
             home=Path(settings.home),
             bootstrap=settings.bootstrap if follow_topic else None,
             bind_host=settings.http_host,
+            kafka_options=client_security(settings) if follow_topic else {},
         )
 
     # -- per request -----------------------------------------------------------------------------
@@ -125,7 +130,8 @@ class HttpSecurity:
     async def following(self) -> AsyncIterator[None]:
         """Keep the store current from the home's file and the tokens topic while in the block."""
         stop = asyncio.Event()
-        sync = TokenSync(self.store, TokenFile(self.home) if self.home is not None else None, self.bootstrap)
+        file = TokenFile(self.home) if self.home is not None else None
+        sync = TokenSync(self.store, file, self.bootstrap, self.kafka_options)
         task = asyncio.create_task(sync.run(stop))
         warning = asyncio.create_task(self._warn_if_exposed(sync))
         try:

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from streams.config import Settings
+from streams.kafka_security import client_security
 from streams.tokens import Role, TokenFile, TokenRecord, TokenStore, new_token, revocation
 
 #: How long the CLI waits for a broker before keeping a change in the home's file only.
@@ -34,7 +35,7 @@ def _record(settings: Settings, record: TokenRecord) -> str:
     try:
         if not broker_answers(settings.bootstrap):
             raise ConnectionRefusedError(f"nothing listens at {settings.bootstrap}")
-        publish(settings.bootstrap, record, timeout_s=BROKER_WAIT_S)
+        publish(settings.bootstrap, record, timeout_s=BROKER_WAIT_S, **client_security(settings))
     except Exception as exc:  # no broker: the home's workers publish it when they start
         print(
             f"note: Kafka did not take it ({type(exc).__name__}: {exc}); kept in {file.path}: workers "
@@ -96,7 +97,7 @@ def _known(settings: Settings) -> TokenStore:
     try:
         if not broker_answers(settings.bootstrap):
             raise ConnectionRefusedError(f"nothing listens at {settings.bootstrap}")
-        records += read_topic(settings.bootstrap, timeout_s=BROKER_WAIT_S)
+        records += read_topic(settings.bootstrap, timeout_s=BROKER_WAIT_S, **client_security(settings))
     except Exception as exc:  # no broker: the file is all there is to show
         print(f"note: Kafka not read ({type(exc).__name__}: {exc}); showing {settings.home}", file=sys.stderr)
     return TokenStore(records)

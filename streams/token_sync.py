@@ -14,6 +14,7 @@ import contextlib
 import logging
 import socket
 import time
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -30,10 +31,18 @@ RETRY_S = 2.0
 class TokenSync:
     """Feeds ``store`` from ``file`` and, with a ``bootstrap``, from the tokens topic; see the module."""
 
-    def __init__(self, store: TokenStore, file: TokenFile | None, bootstrap: str | None) -> None:
+    def __init__(
+        self,
+        store: TokenStore,
+        file: TokenFile | None,
+        bootstrap: str | None,
+        kafka_options: dict[str, Any] | None = None,
+    ) -> None:
         self.store = store
         self.file = file
         self.bootstrap = bootstrap
+        #: Client security (:func:`streams.kafka_security.client_security`) for the consumer and producer.
+        self.kafka_options = kafka_options or {}
         #: Newest ``ts`` per name seen on (or sent to) the topic.
         self._on_topic: dict[str, float] = {}
         self.caught_up = asyncio.Event()
@@ -66,7 +75,7 @@ class TokenSync:
         tp = TopicPartition(topic_name("tokens"), 0)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            auto_offset_reset="earliest", **self.kafka_options,
         )  # fmt: skip
         producer: AIOKafkaProducer | None = None
         await consumer.start()
@@ -83,7 +92,7 @@ class TokenSync:
                 if not self.caught_up.is_set() and await consumer.position(tp) >= end:
                     self.caught_up.set()
                 if self.caught_up.is_set() and pending:
-                    producer = producer or await _started_producer(self.bootstrap)
+                    producer = producer or await _started_producer(self.bootstrap, self.kafka_options)
                     await self._forward(producer, pending)
                     pending = []
         finally:
@@ -112,8 +121,8 @@ class TokenSync:
                 self._on_topic[record.name] = record.ts
 
 
-async def _started_producer(bootstrap: str) -> AIOKafkaProducer:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", request_timeout_ms=10_000)
+async def _started_producer(bootstrap: str, options: dict[str, Any]) -> AIOKafkaProducer:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", request_timeout_ms=10_000, **options)
     await producer.start()
     return producer
 
@@ -138,8 +147,11 @@ def broker_answers(bootstrap: str, timeout_s: float = 2.0) -> bool:
     return False
 
 
-def publish(bootstrap: str, record: TokenRecord, timeout_s: float = 10.0) -> None:
-    """Send ``record`` to the tokens topic and wait for the broker (raises when none answers)."""
+def publish(bootstrap: str, record: TokenRecord, timeout_s: float = 10.0, **options: Any) -> None:
+    """Send ``record`` to the tokens topic and wait for the broker (raises when none answers).
+
+    ``options`` secure the client (:func:`streams.kafka_security.client_security`).
+    """
     from kafka import KafkaProducer
 
     from streams.topics import ensure_topics
@@ -147,7 +159,7 @@ def publish(bootstrap: str, record: TokenRecord, timeout_s: float = 10.0) -> Non
     ensure_topics(bootstrap, timeout_s=timeout_s)
     producer = KafkaProducer(
         bootstrap_servers=bootstrap, acks="all", request_timeout_ms=int(timeout_s * 1000),
-        max_block_ms=int(timeout_s * 1000),
+        max_block_ms=int(timeout_s * 1000), **options,
     )  # fmt: skip
     try:
         producer.send(topic_name("tokens"), record.to_bytes(), key=record.name.encode()).get(timeout_s)
@@ -155,15 +167,15 @@ def publish(bootstrap: str, record: TokenRecord, timeout_s: float = 10.0) -> Non
         producer.close(timeout=timeout_s)
 
 
-def read_topic(bootstrap: str, timeout_s: float = 10.0) -> list[TokenRecord]:
-    """Every token record on the topic (raises when no broker answers)."""
+def read_topic(bootstrap: str, timeout_s: float = 10.0, **options: Any) -> list[TokenRecord]:
+    """Every token record on the topic (raises when no broker answers); ``options`` as for :func:`publish`."""
     from kafka import KafkaConsumer
     from kafka import TopicPartition as SyncPartition
 
     tp = SyncPartition(topic_name("tokens"), 0)
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-        request_timeout_ms=int(timeout_s * 1000) + 1000,
+        request_timeout_ms=int(timeout_s * 1000) + 1000, **options,
     )  # fmt: skip
     try:
         consumer.assign([tp])
