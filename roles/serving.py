@@ -36,6 +36,7 @@ from streams.topics import topic_name
 log = logging.getLogger(__name__)
 
 RETRY_S = 1.0
+ASSIGN_TIMEOUT_S = 30.0
 
 
 class ServingPart(Protocol):
@@ -125,16 +126,18 @@ class ServingRole:
         self.metrics.model_version.labels(part.name).set(part.model_version())
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
-        """Assign every partition of the followed topics from their start; return their end offsets."""
-        partitions = []
-        for topic in self.followers:
-            numbers = consumer.partitions_for_topic(topic)
-            if not numbers:
-                raise KafkaError(f"topic {topic} does not exist (run `driftline topics`)")
-            partitions += [TopicPartition(topic, p) for p in sorted(numbers)]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
+        """Take every partition of the followed topics, from their start; return their end offsets.
+
+        With no consumer group, subscribing assigns every partition of the topics to this consumer.
+        """
+        topics = set(self.followers)
+        consumer.subscribe(topics=sorted(topics))
+        deadline = time.monotonic() + ASSIGN_TIMEOUT_S
+        while {tp.topic for tp in consumer.assignment()} != topics:
+            if time.monotonic() > deadline:
+                raise KafkaError(f"no partitions of {', '.join(sorted(topics))} (run `driftline topics`)")
+            await asyncio.sleep(0.05)
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(list(consumer.assignment()))
         return ends
 
     async def _follow(self, stop: asyncio.Event) -> None:

@@ -2,7 +2,8 @@
 
 Three keyed ``tally`` workers split the observations partitions; one is killed mid-stream and the
 others take its partitions with their state; any worker answers for any key. A CTR trainer
-publishes versions that two serving replicas pick up, and they keep serving while it is down.
+publishes versions that two serving replicas pick up, and they keep serving while it is down; a
+forecast replica answers from the forecasts topic with the forecast worker's bytes.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import itertools
 import random
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 from kafka import KafkaAdminClient
@@ -201,6 +204,43 @@ def test_any_forecast_process_gives_the_same_answer_and_never_a_wrong_one(
             break
         time.sleep(0.25)
     assert bodies(standby) == served, "the standby took over with another state"
+
+
+def raw_get(url: str) -> tuple[int, bytes]:
+    """Status and the exact body bytes of a GET (errors included), (0, b"") while nothing listens."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+    except OSError:
+        return 0, b""
+
+
+def test_a_forecast_replica_answers_the_workers_bytes_and_outlives_it(
+    kafka, worker_factory, tmp_path, data_dir
+):
+    from tests.streams.test_services_e2e import ett_series
+
+    ensure_topics(kafka.bootstrap, partitions=PARTITIONS)
+    options = ["forecast.kind=onenet", "forecast.seq_len=24", "forecast.horizon=4", "forecast.batch_size=64"]
+    worker = worker_factory("forecast", options, name="trainer").start()
+    records = ett_series(data_dir, series=4, rows=40)
+    produce(kafka.bootstrap, records)
+    names = sorted({r.series for r in records})
+
+    def bodies(process) -> list[tuple[int, bytes]]:
+        return [raw_get(f"{process.base}/forecast/{name}?horizon=3") for name in names]
+
+    wait_until(lambda: all(code == 200 for code, _ in bodies(worker)), timeout_s=120, what="forecasts")
+    # started after the forecasts: /ready waits until it has read the forecasts topic to its end
+    replica = worker_factory("forecast", options, name="replica", command="serve").start()
+    served = bodies(worker)
+    assert bodies(replica) == served  # the same bytes, caught up before it said ready
+    assert raw_get(f"{replica.base}/forecast/nope")[0] == raw_get(f"{worker.base}/forecast/nope")[0] == 404
+    assert raw_get(f"{replica.base}/forecast/{names[0]}?horizon=9")[0] == 400
+    worker.kill()
+    assert bodies(replica) == served  # queries never depended on the trainer
 
 
 def test_topics_are_created_with_a_partition_count_that_never_changes(
