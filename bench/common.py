@@ -1,7 +1,9 @@
-"""Helpers the stream benches share: an embedded broker, worker processes, metrics and exact tallies.
+"""Helpers the stream benches share: an embedded broker, role processes, metrics and exact tallies.
 
-Every bench starts its own broker on free ports and its own ``driftline worker`` processes, so it
-measures the real path (Kafka, aiokafka, HTTP) and never touches another run's topics.
+Every bench starts its own broker on free ports and its own ``driftline worker`` / ``driftline
+serve`` processes (the same code paths as a deployment), so it measures the real path (Kafka,
+aiokafka, HTTP) and never touches another run's topics: a bench that runs several setups on one
+broker gives each its own topic prefix and app id.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from roles.main_job import stop_process, wait_http  # noqa: E402
 from streams.broker import EmbeddedBroker, free_port  # noqa: E402
@@ -30,10 +35,13 @@ from streams.topics import ensure_topics  # noqa: E402
 
 PREFIX = "bench."
 
+#: A metric sample: (name, sorted label pairs) -> value.
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
 
 def load() -> str:
     """The 1/5/15-minute load averages, printed beside every timing (the machine is shared)."""
-    return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+    return "load {:.2f} {:.2f} {:.2f} ({} cores)".format(*os.getloadavg(), os.cpu_count())
 
 
 def say(message: str) -> None:
@@ -57,39 +65,46 @@ def broker(partitions: int = 12) -> Iterator[tuple[EmbeddedBroker, Path]]:
 
 
 class Worker:
-    """One ``driftline worker`` process on a fixed HTTP port: a restart is the same static member."""
+    """One ``driftline worker`` (or, with ``command="serve"``, serving replica) process on a fixed
+    HTTP port: a restart is the same static member. ``cpus`` pins it with ``taskset -c``."""
 
     def __init__(
         self,
         bootstrap: str,
         home: Path,
         services: str,
-        options: list[str] | None = None,
+        options: Sequence[str] = (),
         env: dict[str, str] | None = None,
         app_id: str = "bench",
+        command: str = "worker",
+        prefix: str = PREFIX,
+        cpus: str | None = None,
     ) -> None:
         self.home = home
         home.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.command = [
-            sys.executable, "-m", "streams.cli", "--home", str(home), "worker",
+            sys.executable, "-m", "streams.cli", "--home", str(home), command,
             "--services", services, "--http-port", str(self.port),
         ]  # fmt: skip
-        for option in options or []:
+        for option in options:
             self.command += ["--option", option]
+        if cpus is not None:
+            self.command = ["taskset", "-c", cpus, *self.command]
         self.env = {
             **os.environ,
             "DRIFTLINE_BOOTSTRAP_SERVERS": bootstrap,
-            "DRIFTLINE_TOPIC_PREFIX": PREFIX,
+            "DRIFTLINE_TOPIC_PREFIX": prefix,
             "DRIFTLINE_APP_ID": app_id,
             "DRIFTLINE_DEVICE": "cpu",
             **(env or {}),
         }
+        self.log = home / f"{command}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> Worker:
-        with open(self.home / "worker.log", "ab") as log:
+        with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 self.command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
@@ -97,7 +112,7 @@ class Worker:
             self.wait_ready()
         return self
 
-    def wait_ready(self, timeout_s: float = 120.0) -> None:
+    def wait_ready(self, timeout_s: float = 180.0) -> None:
         wait_http(f"{self.base}/ready", timeout_s=timeout_s, process=self.process)
 
     def kill(self) -> None:
@@ -119,15 +134,7 @@ class Worker:
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of the samples of ``name`` carrying ``labels`` on ``/metrics`` (0 if absent)."""
-        import urllib.request
-
-        with urllib.request.urlopen(f"{self.base}/metrics", timeout=10) as answer:
-            text = answer.read().decode()
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+        return total(scrape(self.base), name, **labels)
 
     def applied(self, service: str = "tally") -> int:
         try:
@@ -140,7 +147,45 @@ class Worker:
         return body["services"][service]["partitions"] if status == 200 else []
 
     def log_tail(self, chars: int = 2000) -> str:
-        return (self.home / "worker.log").read_text(errors="replace")[-chars:]
+        return self.log.read_text(errors="replace")[-chars:]
+
+
+def start_role(
+    command: str,
+    services: str,
+    home: Path,
+    bootstrap: str,
+    prefix: str,
+    options: Sequence[str] = (),
+    cpus: str | None = None,
+    env: dict[str, str] | None = None,
+) -> Worker:
+    """Start ``driftline <command> --services <services>`` under its own topic prefix and app id,
+    without waiting (start several, then :func:`wait_ready` each)."""
+    app_id = f"bench-{prefix.strip('.')}"
+    return Worker(bootstrap, home, services, options, env, app_id, command, prefix, cpus).start(wait=False)
+
+
+def wait_ready(worker: Worker, timeout_s: float = 180.0) -> None:
+    """Wait until ``worker`` answers ``/ready`` (fails early if its process died)."""
+    worker.wait_ready(timeout_s)
+
+
+def scrape(base: str, timeout_s: float = 30.0) -> Samples:
+    """Every sample of ``base``/metrics (long timeout: a busy worker can stall its loop for seconds)."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=timeout_s) as answer:
+        text = answer.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels``."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= set(ls))
 
 
 @contextlib.contextmanager

@@ -39,7 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kafka import KafkaConsumer, KafkaProducer
 
-from bench.procs import Role, loadavg, scrape, start_role, total, wait_ready
+from bench.common import Worker as Role
+from bench.common import load as loadavg
+from bench.common import scrape, start_role, total, wait_ready
 from streams.broker import EmbeddedBroker
 from streams.client import get_json
 from streams.config import Settings, shared_data_dir

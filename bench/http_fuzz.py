@@ -338,8 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-replica", action="store_true", help="fuzz the worker only")
     args = parser.parse_args(argv)
 
-    from bench.common import Worker, broker, load, say
-    from bench.procs import start_role, wait_ready
+    from bench.common import Worker, broker, load, say, start_role, wait_ready
     from streams.client import get_json
     from streams.tokens import Role, TokenFile, new_token
 

@@ -28,7 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.procs import ROOT, Samples, loadavg, scrape, total
+from bench.common import ROOT, Samples, scrape, total
+from bench.common import load as loadavg
 from roles.main_job import stop_process
 from streams.broker import free_ports
 

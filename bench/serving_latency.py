@@ -6,8 +6,9 @@ Open-loop load (``bench.loadgen.open_loop``: fixed schedule, latency from the sc
       itself, idle and while it trains flat out on MovieLens-100K impressions;
   (b) the split: the trainer (``taskset -c 0``) fed flat out, and ``driftline serve --services ctr``
       (``taskset -c 1``) following its model updates and answering the same query.
-  forecast: ``GET /forecast/{series}`` on the forecast worker while it trains on ETTh2 flat out
-      (forecast has no serving replica, so this is always measured on the worker).
+  forecast: ``GET /forecast/{series}`` while the forecast worker trains on ETTh2 flat out, (a) on
+      the worker itself and (b) on ``driftline serve --services forecast`` (``taskset -c 1``)
+      following the ``forecasts`` topic, with the worker on ``taskset -c 0``.
 
 Idle rows run at ``--idle-rate`` (light load: the p50 a lone user sees) and at the target rate.
 Targets (issue 10 item 7): /ctr/score p50 idle < 3 ms and p99 at 200 req/s while training < 15 ms;
@@ -25,12 +26,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import Worker, load, scrape, start_role, total, wait_ready
 from bench.loadgen import HEADER, LoadReport, open_loop
-from bench.procs import Role, loadavg, scrape, start_role, total, wait_ready
 from streams.broker import EmbeddedBroker
 from streams.client import get_json
 from streams.config import Settings, shared_data_dir
@@ -89,96 +92,94 @@ def wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
         time.sleep(0.25)
 
 
-def applied(role: Role, service: str) -> float:
+def applied(role: Worker, service: str) -> float:
     return total(scrape(role.base), "driftline_events_total", service=service)
 
 
-def measure(label: str, trainer: Role, service: str, run: Callable[[], LoadReport]) -> tuple[str, str]:
+def measure(label: str, trainer: Worker, service: str, run: Callable[[], LoadReport]) -> tuple[str, str]:
     """Run one load, with the trainer's applied events/s over it and the load average after it."""
     before, started = applied(trainer, service), time.perf_counter()
     report = run()
     rate = (applied(trainer, service) - before) / (time.perf_counter() - started)
-    return report.row(label), f"trainer applied {rate:,.0f} ev/s; {loadavg()}"
+    return report.row(label), f"trainer applied {rate:,.0f} ev/s; {load()}"
 
 
-def ctr_case(
-    bootstrap: str, home: Path, seconds: float, idle_rate: float, swap_s: float, split: bool
-) -> list[tuple[str, str]]:
-    """/ctr/score idle and while the trainer trains flat out, on the worker itself or on a replica."""
+@dataclass(frozen=True)
+class Case:
+    """One service measured: what feeds its trainer, what a query is, and the rate targets."""
+
+    service: str
+    topic: str
+    records: Callable[[], Iterator[Record]]
+    first: int  # records trained before measuring (a first version or forecast to serve)
+    method: str
+    path: str
+    body: Any
+    rate: float  # the target's rate
+    options: tuple[str, ...] = ()
+
+
+def ctr_query() -> dict[str, Any]:
+    """100 MovieLens candidates, as a caller would send them."""
     from models.ctr.movielens import iter_impressions
 
-    body = {
-        "candidates": [
-            {"categorical": dict(r.categorical), "dense": dict(r.dense)}
-            for r in itertools.islice(iter_impressions(), 100)
-        ]
-    }
-    options = [f"ctr.swap_interval_s={swap_s}"]
-    prefix = f"lat{int(time.time() * 1000) % 10**8}."
+    rows = itertools.islice(iter_impressions(), 100)
+    return {"candidates": [{"categorical": dict(r.categorical), "dense": dict(r.dense)} for r in rows]}
+
+
+def run_case(
+    case: Case, bootstrap: str, home: Path, seconds: float, idle_rate: float, split: bool
+) -> list[tuple[str, str]]:
+    """Idle and training rows on the worker itself (one process) or on a replica beside it."""
+    prefix = f"lat{case.service[0]}{int(time.time() * 1000) % 10**8}."
     store = {"DRIFTLINE_CHECKPOINT_STORE": str(home / prefix / "store")}
-    trainer = start_role(
-        "worker", "ctr", home / prefix / "trainer", bootstrap, prefix, options, "0" if split else None, store
+    roles = [start_role("worker", case.service, home / prefix / "trainer", bootstrap, prefix, case.options,
+                        "0" if split else None, store)]  # fmt: skip
+    if split:
+        roles.append(start_role("serve", case.service, home / prefix / "replica", bootstrap, prefix,
+                                case.options, "1", store))  # fmt: skip
+    trainer, server = roles[0], roles[-1]
+    name = f"{case.service} " + (
+        "split: replica (cpu 1), trainer (cpu 0)" if split else "one process: worker"
     )
-    replica = (
-        start_role("serve", "ctr", home / prefix / "replica", bootstrap, prefix, options, "1", store)
-        if split
-        else None
-    )
-    server = replica or trainer
-    name = "split: replica (cpu 1), trainer (cpu 0)" if split else "one process: worker"
-    url = f"{server.base}/ctr/score"
+    url = f"{server.base}{case.path}"
     rows = []
     try:
         wait_ready(trainer)
-        feeder = Feeder(bootstrap, prefix, "impressions", impressions())
-        feeder.send(5000)  # a first version to serve
+        feeder = Feeder(bootstrap, trainer.env["DRIFTLINE_TOPIC_PREFIX"], case.topic, case.records())
+        feeder.send(case.first)
         wait_ready(server)
-        wait(lambda: applied(trainer, "ctr") >= 5000, 120, "the first impressions trained")
+        wait(lambda: applied(trainer, case.service) >= case.first, 180, "the first records trained")
+        if case.method == "GET":
+            wait(lambda: get_json(url)[0] == 200, 180, "a first answer")
 
         def at(rate: float) -> Callable[[], LoadReport]:
-            return lambda: open_loop("POST", url, body, rate, seconds)
+            return lambda: open_loop(case.method, url, case.body, rate, seconds)
 
-        rows.append(measure(f"ctr {name}, idle, {idle_rate:g}/s", trainer, "ctr", at(idle_rate)))
-        rows.append(measure(f"ctr {name}, idle, 200/s", trainer, "ctr", at(200)))
+        rows.append(measure(f"{name}, idle, {idle_rate:g}/s", trainer, case.service, at(idle_rate)))
+        rows.append(measure(f"{name}, idle, {case.rate:g}/s", trainer, case.service, at(case.rate)))
         feeder.thread.start()
         time.sleep(3)  # training under way
-        rows.append(measure(f"ctr {name}, training, 200/s", trainer, "ctr", at(200)))
+        rows.append(measure(f"{name}, training, {case.rate:g}/s", trainer, case.service, at(case.rate)))
         feeder.stop.set()
         feeder.thread.join()
-        _, versions = get_json(f"{server.base}/ctr/versions")
-        rows.append((f"  ({name}: serving v{versions['serving']} at the end)", ""))
+        _, health = get_json(f"{server.base}/health")
+        version = health["services"][case.service]["model_version"]
+        rows.append((f"  ({name}: model v{version} at the end)", ""))
     finally:
-        for role in (replica, trainer):
-            if role is not None:
-                role.stop()
+        for role in reversed(roles):
+            role.stop()
     return rows
 
 
-def forecast_cases(bootstrap: str, home: Path, seconds: float, idle_rate: float) -> list[tuple[str, str]]:
-    prefix = f"latf{int(time.time() * 1000) % 10**8}."
-    worker = start_role("worker", "forecast", home / prefix, bootstrap, prefix)
-    rows = []
-    try:
-        wait_ready(worker)
-        feeder = Feeder(bootstrap, prefix, "observations", observations())
-        feeder.send(2000)
-        url = f"{worker.base}/forecast/ETTh2-p0"
-        wait(lambda: get_json(url)[0] == 200, 180, "a first forecast")
-
-        def at(rate: float) -> Callable[[], LoadReport]:
-            return lambda: open_loop("GET", url, None, rate, seconds)
-
-        name = "forecast worker (no replica)"
-        rows.append(measure(f"{name}, idle, {idle_rate:g}/s", worker, "forecast", at(idle_rate)))
-        rows.append(measure(f"{name}, idle, 1000/s", worker, "forecast", at(1000)))
-        feeder.thread.start()
-        time.sleep(3)
-        rows.append(measure(f"{name}, training, 1000/s", worker, "forecast", at(1000)))
-        feeder.stop.set()
-        feeder.thread.join()
-    finally:
-        worker.stop()
-    return rows
+#: The figures before the serving work (docs/streams.md, commit 80309be; same bench, same machine).
+BEFORE = [
+    "ctr one process, idle, 20/s: p50 13.2 ms, p99 20.8 ms",
+    "ctr split (replica cpu 1, trainer cpu 0), idle, 20/s: p50 12.3 ms, p99 22.4 ms",
+    "ctr split, idle, 200/s: saturated at 131 req/s, p50 2,594 ms",
+    "ctr split, training, 200/s: 86 req/s, p99 12,025 ms",
+    "forecast worker, training, 1000/s: 214 req/s, p99 30,390 ms (no replica existed)",
+]
 
 
 def main() -> None:
@@ -198,13 +199,17 @@ def main() -> None:
         broker = EmbeddedBroker.on_free_ports(Path(tmp) / "kafka", Settings.from_env().cache)
         broker.start()
         try:
-            if "ctr" not in skip:
-                for split in (False, True):
-                    rows += ctr_case(
-                        broker.bootstrap, Path(tmp), args.seconds, args.idle_rate, args.swap_interval_s, split
-                    )
-            if "forecast" not in skip:
-                rows += forecast_cases(broker.bootstrap, Path(tmp), args.seconds, args.idle_rate)
+            cases = [
+                Case("ctr", "impressions", impressions, 5000, "POST", "/ctr/score", ctr_query(), 200,
+                     (f"ctr.swap_interval_s={args.swap_interval_s}",)),
+                Case("forecast", "observations", observations, 2000, "GET", "/forecast/ETTh2-p0", None, 1000),
+            ]  # fmt: skip
+            for case in cases:
+                if case.service not in skip:
+                    for split in (False, True):
+                        rows += run_case(
+                            case, broker.bootstrap, Path(tmp), args.seconds, args.idle_rate, split
+                        )
         finally:
             broker.stop()
     print(
@@ -215,6 +220,7 @@ def main() -> None:
     for row, context in rows:
         print(f"{row}  {context}")
     print("targets: ctr p50 idle < 3 ms; ctr p99 training 200/s < 15 ms; forecast p99 training 1000/s < 5 ms")
+    print("before:\n" + "\n".join(f"  {line}" for line in BEFORE))
 
 
 if __name__ == "__main__":
