@@ -60,7 +60,7 @@ class HttpSecurity:
     """Tokens, the query-auth mode and the limits one HTTP application enforces."""
 
     store: TokenStore = field(default_factory=TokenStore)
-    limits: Limits = field(default_factory=Limits)
+    limits: Limits = field(default_factory=Limits.from_settings)
     #: Reader routes (queries) answer without a token.
     queries_open: bool = True
     #: The home whose ``tokens.jsonl`` is followed (None: none), and the cluster whose tokens topic is.
@@ -80,16 +80,8 @@ class HttpSecurity:
         mode = settings.http_query_auth.strip().lower()
         if mode not in QUERY_AUTH_MODES:
             raise ValueError(f"DRIFTLINE_HTTP_QUERY_AUTH must be one of {QUERY_AUTH_MODES}, got {mode!r}")
-        limits = Limits(
-            max_body_bytes=settings.http_max_body_bytes,
-            max_json_depth=settings.http_max_json_depth,
-            max_json_items=settings.http_max_json_items,
-            write_rate=settings.http_write_rate,
-            write_burst=settings.http_write_burst,
-            timeout_s=settings.http_timeout_s,
-        )
         return cls(
-            limits=limits,
+            limits=Limits.from_settings(settings),
             queries_open=mode == "open",
             home=Path(settings.home),
             bootstrap=settings.bootstrap if follow_topic else None,

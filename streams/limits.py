@@ -12,22 +12,31 @@ import json
 import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
+
+from streams.config import Settings
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-request limits (settings ``DRIFTLINE_HTTP_*``, see :mod:`streams.config`)."""
+    """Per-request limits; each is the setting ``DRIFTLINE_HTTP_<NAME>`` (see :mod:`streams.config`)."""
 
-    max_body_bytes: int = 8 * 1024**2
-    max_json_depth: int = 32
-    max_json_items: int = 500_000
+    max_body_bytes: int
+    max_json_depth: int
+    max_json_items: int
     #: Writes (annotator and admin routes) per second per token, and the burst allowed above it.
-    write_rate: float = 20.0
-    write_burst: int = 40
+    write_rate: float
+    write_burst: int
     #: Reading the body and running the handler, each.
-    timeout_s: float = 30.0
+    timeout_s: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None, **changes: Any) -> Limits:
+        """The limits ``settings`` (default: the environment's) configure, with ``changes`` applied."""
+        settings = settings or Settings.from_env()
+        values = {f.name: getattr(settings, f"http_{f.name}") for f in fields(cls)}
+        return cls(**{**values, **changes})
 
 
 class BadJson(ValueError):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,3 +89,13 @@ async def fetch(
 
 def request(method: str, url: str, **kwargs: Any) -> tuple[int, dict[str, str], Any]:
     return asyncio.run(fetch(method, url, **kwargs))
+
+
+def eventually(check: Callable[[], bool], timeout_s: float = 20.0) -> bool:
+    """Poll ``check`` until it holds (True) or ``timeout_s`` passes (False)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return False

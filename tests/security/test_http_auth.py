@@ -18,7 +18,7 @@ from streams.service import ApiRequest, ApiResponse, Route
 from streams.tally import TallyService
 from streams.tokens import TokenStore
 
-from .conftest import Served, Server, request, serve
+from .conftest import Served, Server, eventually, request, serve
 
 
 class Probe(TallyService):
@@ -47,8 +47,14 @@ class Probe(TallyService):
         ]
 
 
-LIMITS = Limits(max_body_bytes=4096, max_json_depth=8, max_json_items=100, write_rate=1000, write_burst=1000,
-                timeout_s=0.5)  # fmt: skip
+LIMITS = Limits.from_settings(
+    max_body_bytes=4096,
+    max_json_depth=8,
+    max_json_items=100,
+    write_rate=1000,
+    write_burst=1000,
+    timeout_s=0.5,
+)
 
 
 @pytest.fixture
@@ -193,10 +199,10 @@ def test_tokens_added_and_revoked_with_the_cli_apply_to_a_running_server(
         assert driftline([*cli, "annotators", "add", "alice"]) == 0
         token = capsys.readouterr().out.strip().splitlines()[-1]
         alice = {"Authorization": f"Bearer {token}"}
-        assert _eventually(lambda: request("POST", f"{base}/label", json={}, headers=alice)[0] == 200)
+        assert eventually(lambda: request("POST", f"{base}/label", json={}, headers=alice)[0] == 200)
         assert request("POST", f"{base}/admin", json={}, headers=alice)[0] == 403
         assert driftline([*cli, "tokens", "revoke", "alice"]) == 0
-        assert _eventually(lambda: request("POST", f"{base}/label", json={}, headers=alice)[0] == 401)
+        assert eventually(lambda: request("POST", f"{base}/label", json={}, headers=alice)[0] == 401)
     stored = (home / "tokens.jsonl").read_text()
     assert token not in stored and "alice" in stored  # hashed, never the secret
 
@@ -204,13 +210,4 @@ def test_tokens_added_and_revoked_with_the_cli_apply_to_a_running_server(
 def test_binding_every_interface_without_tokens_warns_loudly(capfd: pytest.CaptureFixture[str]) -> None:
     security = HttpSecurity(store=TokenStore(), bind_host="0.0.0.0")
     with Server(make_app([Probe()], security=security)):
-        assert _eventually(lambda: "NO TOKENS are configured" in capfd.readouterr().err)
-
-
-def _eventually(check, timeout_s: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return False
+        assert eventually(lambda: "NO TOKENS are configured" in capfd.readouterr().err)

@@ -17,25 +17,15 @@ from rankers.service import task_id_for
 from streams import registry
 from streams.auth import HttpSecurity
 from streams.limits import Limits
-from streams.service import ModelService, Output
+from streams.service import ModelService
 from streams.topics import topic_name
+from tests.models.outputs import record_outputs
 
 from .conftest import Served, serve
 
 REQUESTS = 2500
 BODY_LIMIT = 256 * 1024
 QUERIES = synthetic_queries(6)
-
-
-def attach_recorder(service: ModelService) -> list[Output]:
-    """A producer that always succeeds: writes go through instead of failing with 503."""
-    sent: list[Output] = []
-
-    async def emit(output: Output) -> None:
-        sent.append(output)
-
-    service.emit = emit
-    return sent
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +38,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> list[ModelService]:
         registry.build("rank", home / "rank", budget=6, budget_window=6),
     ]
     for service in services:
-        attach_recorder(service)
+        record_outputs(service)
     forecast, ctr, rank = services
     forecast.process(topic_name("observations"), observations(400, series=2))
     ctr.process(topic_name("impressions"), synthetic_impressions(1024))
@@ -59,7 +49,9 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> list[ModelService]:
 @pytest.fixture(scope="module")
 def served(services: list[ModelService]) -> Iterator[Served]:
     # a small body limit keeps the huge bodies cheap; the limits themselves are the defaults' shape
-    security = HttpSecurity(limits=Limits(max_body_bytes=BODY_LIMIT, write_rate=1000, write_burst=1000))
+    security = HttpSecurity(
+        limits=Limits.from_settings(max_body_bytes=BODY_LIMIT, write_rate=1000, write_burst=1000)
+    )
     yield from serve(services, security)
 
 

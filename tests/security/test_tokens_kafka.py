@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,19 +12,10 @@ from streams.http import make_app
 from streams.tokens import Role, TokenFile, new_token
 from streams.topics import ensure_topics
 
-from .conftest import Server, request
+from .conftest import Server, eventually, request
 from .test_http_auth import Probe
 
 pytestmark = pytest.mark.kafka
-
-
-def eventually(check: Callable[[], bool], timeout_s: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def test_a_token_added_on_one_home_works_on_a_worker_with_another_home(
