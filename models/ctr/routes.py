@@ -53,7 +53,7 @@ class CtrRoutes:
 
     def routes(self) -> list[Route]:
         return [
-            Route("POST", "/ctr/score", self.score),
+            Route("POST", "/ctr/score", self.score, role="reader"),  # a query, though posted
             Route("POST", "/ctr/rollback", self.roll_back),
             Route("GET", "/ctr/versions", self.list_versions),
         ]
