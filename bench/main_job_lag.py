@@ -1,12 +1,13 @@
 """Does the main job keep up? Consumer lag of each service while ``driftline run`` replays real data.
 
 Runs ``driftline run --rate R --duration S --http-port P`` (default services forecast,ctr,rank on
-their real data sets; its home in a temp dir, its embedded broker on free ports, a unique topic
-prefix), samples ``driftline_consumer_lag`` from the worker's /metrics every ``--interval`` seconds
-and keeps, per service, the summed lag of the samples taken while that service's replay was still
-producing. Prints max and p99 of it and whether it stayed under the target (200 events) throughout,
-then what explains it: per service the applied events/s, the batch times (``driftline_batch_seconds``)
-and the last online metrics.
+their real data sets, a worker process per service; its home in a temp dir, its embedded broker on
+free ports, a unique topic prefix), samples ``driftline_consumer_lag`` from /metrics of the job's one
+HTTP port (every worker's series) every ``--interval`` seconds and keeps, per service, the summed lag
+of the samples taken while that service's replay was still producing. Prints max and p99 of it and
+whether it stayed under the target (200 events) throughout, then what explains it: per service the
+applied events/s, the batches (count, events per batch, mean and p99 time from
+``driftline_batch_seconds``) and the last online metrics.
 
 Usage: flock /tmp/driftline-bench.lock python bench/main_job_lag.py [--duration 300] [--rate 200]
 """
@@ -62,10 +63,11 @@ class JobOutput:
 
 
 def histogram_row(samples: Samples, service: str) -> str:
-    """Mean and p99 (bucket upper bound) batch time, from the driftline_batch_seconds histogram."""
+    """Batches, events per batch, mean and p99 (bucket upper bound) batch time (driftline_batch_seconds)."""
     count = total(samples, "driftline_batch_seconds_count", service=service)
     if not count:
         return "no batch applied"
+    events = total(samples, "driftline_events_total", service=service)
     mean = total(samples, "driftline_batch_seconds_sum", service=service) / count
     buckets = sorted(
         (float(dict(ls)["le"]), v)
@@ -73,7 +75,7 @@ def histogram_row(samples: Samples, service: str) -> str:
         if n == "driftline_batch_seconds_bucket" and dict(ls).get("service") == service
     )
     p99 = next(le for le, v in buckets if v >= 0.99 * count)
-    return f"{int(count)} batches, mean {mean * 1000:.0f} ms, p99 <= {p99:g} s"
+    return f"{int(count)} batches of {events / count:.0f} events, mean {mean * 1000:.0f} ms, p99 <= {p99:g} s"
 
 
 def main() -> None:
@@ -84,6 +86,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=300.0, help="seconds the main job runs")
     parser.add_argument("--services", default="forecast,ctr,rank")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between lag samples")
+    parser.add_argument("--option", action="append", default=[], metavar="SERVICE.KEY=VALUE",
+                        help="service option passed on to driftline run (repeatable)")  # fmt: skip
     args = parser.parse_args()
     services = args.services.split(",")
     kafka_port, controller_port, http_port = free_ports(3)
@@ -102,6 +106,7 @@ def main() -> None:
         command = [
             sys.executable, "-m", "streams.cli", "--home", str(home), "run", "--rate", str(args.rate),
             "--duration", str(args.duration), "--http-port", str(http_port), "--services", args.services,
+            *(f"--option={option}" for option in args.option),
         ]  # fmt: skip
         job = subprocess.Popen(
             command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -109,7 +114,8 @@ def main() -> None:
         output = JobOutput(job, ROOT / "var" / f"main_job_lag-{tag}.log")
         base = f"http://127.0.0.1:{http_port}"
         lags: dict[str, list[float]] = {s: [] for s in services}
-        last: Samples = {}
+        #: Per service, the last scrape holding its series (a worker stopping first has none).
+        last: dict[str, Samples] = {s: {} for s in services}
         try:
             while job.poll() is None:
                 time.sleep(args.interval)
@@ -119,15 +125,20 @@ def main() -> None:
                     samples = scrape(base)
                 except (urllib.error.URLError, OSError):
                     continue
-                last = samples
                 now = time.monotonic()
                 for service in services:
+                    if not any(
+                        n == "driftline_consumer_lag" and ("service", service) in ls for n, ls in samples
+                    ):
+                        continue  # its worker did not answer this scrape (it is stopping)
+                    last[service] = samples
                     if service not in output.replay_done or now <= output.replay_done[service]:
                         lags[service].append(total(samples, "driftline_consumer_lag", service=service))
         finally:
             stop_process(job)  # type: ignore[arg-type]
             output.thread.join(5)
-        print(f"driftline run --rate {args.rate:g} --duration {args.duration:g} ({args.services}); "
+        print(f"driftline run --rate {args.rate:g} --duration {args.duration:g} ({args.services}; "
+              f"options: {args.option or 'defaults'}); "
               f"lag sampled every {args.interval:g} s while each replay produced; {loadavg()}")  # fmt: skip
         print(f"{'service':<10}{'samples':>8}{'max lag':>9}{'p99 lag':>9}  < {TARGET_LAG} throughout")
         for service in services:
@@ -137,19 +148,19 @@ def main() -> None:
                 continue
             ok = "yes" if values.max() < TARGET_LAG else "NO"
             print(f"{service:<10}{len(values):>8}{values.max():>9.0f}{np.percentile(values, 99):>9.0f}  {ok}")
-        print("\nwhy (the worker's last /metrics before it stopped):")
+        print("\nwhy (the workers' last /metrics before they stopped):")
         for service in services:
-            applied = total(last, "driftline_events_total", service=service)
-            dead = total(last, "driftline_dead_letters_total", service=service)
+            applied = total(last[service], "driftline_events_total", service=service)
+            dead = total(last[service], "driftline_dead_letters_total", service=service)
             online = {
                 dict(ls)["metric"]: v
-                for (n, ls), v in last.items()
+                for (n, ls), v in last[service].items()
                 if n == "driftline_online_metric" and dict(ls)["service"] == service
             }
             shown = ", ".join(f"{k}={v:.4g}" for k, v in online.items())
             print(f"  {service}: applied {applied:.0f}, dead letters {dead:.0f}, "
-                  f"{total(last, 'driftline_events_per_second', service=service):.0f} ev/s (10 s window); "
-                  f"{histogram_row(last, service)}; online: {shown}")  # fmt: skip
+                  f"{total(last[service], 'driftline_events_per_second', service=service):.0f} ev/s "
+                  f"(10 s window); {histogram_row(last[service], service)}; online: {shown}")  # fmt: skip
             if lags[service] and max(lags[service]) >= TARGET_LAG:
                 trace = " ".join(f"{v:.0f}" for v in lags[service])
                 print(f"    {service} summed lag, every sample: {trace}")
