@@ -13,9 +13,45 @@ hidden 32 instead of 64, representation 64 instead of 320, no FSNet adapters or 
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The last ``count`` steps of a sequence, ``step`` apart, oldest first (``step`` 0 for one step).
+
+    The TCN's representation is its output at the last step only, so each layer need only be evaluated
+    where that output (through every later layer's taps) reads it: a grid that thins out towards the end.
+    """
+
+    count: int
+    step: int
+
+    @property
+    def span(self) -> int:
+        """Steps between the oldest position and the last."""
+        return (self.count - 1) * self.step
+
+    def union(self, other: Grid) -> Grid:
+        """The coarsest grid holding both."""
+        step = math.gcd(self.step, other.step)
+        return Grid(max(self.span, other.span) // step + 1, step) if step else Grid(1, 0)
+
+
+def _stride(have: Grid, want: Grid) -> int:
+    """How many of ``have``'s positions lie between two of ``want``'s (``want`` on ``have``'s grid)."""
+    return want.step // have.step if want.count > 1 else 1
+
+
+def take(x: torch.Tensor, have: Grid, want: Grid) -> torch.Tensor:
+    """``want``'s positions out of ``x`` [..., have.count] (a pointwise layer commutes with this)."""
+    stride = _stride(have, want)
+    return x[..., have.count - 1 - (want.count - 1) * stride :: stride]
 
 
 class SamePadConv(nn.Module):
@@ -23,13 +59,36 @@ class SamePadConv(nn.Module):
 
     def __init__(self, inputs: int, outputs: int, kernel: int, dilation: int) -> None:
         super().__init__()
-        field = (kernel - 1) * dilation + 1
-        self.conv = nn.Conv1d(inputs, outputs, kernel, padding=field // 2, dilation=dilation)
-        self.trim = 1 if field % 2 == 0 else 0
+        if kernel % 2 == 0:
+            raise ValueError(f"kernel must be odd (taps centred on the output step), got {kernel}")
+        self.conv = nn.Conv1d(
+            inputs, outputs, kernel, padding=(kernel - 1) * dilation // 2, dilation=dilation
+        )
+        self.half = (kernel - 1) // 2  # taps on each side of the output step
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv(x)
-        return out[..., : out.shape[-1] - self.trim]
+        return self.conv(x)
+
+    def needs(self, want: Grid, length: int) -> Grid:
+        """The input positions that the outputs at ``want`` read, in a sequence of ``length`` steps."""
+        dilation = self.conv.dilation[0]
+        step = math.gcd(want.step, dilation)
+        return Grid(min(want.span + self.half * dilation, length - 1) // step + 1, step)
+
+    def at(self, x: torch.Tensor, have: Grid, want: Grid) -> torch.Tensor:
+        """``forward(x)`` at ``want``'s positions only, from ``x`` given at ``have`` (>= ``needs(want)``).
+
+        ``have``'s step divides the dilation, so the taps are every d-th column of ``x``; ``want``'s
+        step is a multiple of it, hence a strided conv. Taps past the last step or before the first
+        step of the sequence read the zero padding, as in ``forward``.
+        """
+        dilation = self.conv.dilation[0] // have.step
+        stride = _stride(have, want)
+        half = self.half * dilation
+        reach = (want.count - 1) * stride + half
+        start = have.count - 1 - reach
+        x = F.pad(x[..., max(start, 0) :], (max(-start, 0), half))
+        return F.conv1d(x, self.conv.weight, self.conv.bias, stride=stride, dilation=dilation)
 
 
 class ConvBlock(nn.Module):
@@ -44,6 +103,18 @@ class ConvBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         residual = x if self.project is None else self.project(x)
         return self.conv2(F.gelu(self.conv1(F.gelu(x)))) + residual
+
+    def needs(self, want: Grid, length: int) -> tuple[Grid, Grid]:
+        """(input grid, grid between the two convs) for outputs at ``want``."""
+        middle = self.conv2.needs(want, length)
+        return self.conv1.needs(middle, length).union(want), middle
+
+    def at(self, x: torch.Tensor, have: Grid, middle: Grid, want: Grid) -> torch.Tensor:
+        """``forward(x)`` at ``want`` from ``x`` at ``have``, through ``middle`` (see :meth:`needs`)."""
+        residual = take(x, have, want)
+        if self.project is not None:
+            residual = self.project(residual)
+        return self.conv2.at(F.gelu(self.conv1.at(F.gelu(x), have, middle)), middle, want) + residual
 
 
 class DilatedTCN(nn.Module):
@@ -62,9 +133,27 @@ class DilatedTCN(nn.Module):
             )
         )
         self.repr_dim = repr_dim
+        self._plans: dict[int, list[tuple[Grid, Grid, Grid]]] = {}
+
+    def plan(self, length: int) -> list[tuple[Grid, Grid, Grid]]:
+        """Per block (input, middle, output) grids that the last step's representation depends on."""
+        if length not in self._plans:
+            want, plan = Grid(1, 0), []
+            for block in reversed(self.blocks):
+                have, middle = block.needs(want, length)
+                plan.append((have, middle, want))
+                want = have
+            self._plans[length] = plan[::-1]
+        return self._plans[length]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.input_fc(x).transpose(1, 2))[..., -1]
+        """Equals ``blocks(input_fc(x).transpose(1, 2))[..., -1]``, evaluating each layer only where
+        the last step reads it (about 5x fewer conv multiply-adds for 60 steps and dilations 1..16)."""
+        plan = self.plan(x.shape[1])
+        h = take(self.input_fc(x).transpose(1, 2), Grid(x.shape[1], 1), plan[0][0])
+        for block, (have, middle, want) in zip(self.blocks, plan, strict=True):
+            h = block.at(h, have, middle, want)
+        return h[..., -1]
 
 
 class CrossTimeMLP(nn.Module):

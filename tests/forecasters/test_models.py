@@ -10,6 +10,7 @@ import torch
 
 from forecasters.baselines import LastValue, SeasonalNaive
 from forecasters.batch import WindowBatch
+from forecasters.branches import DilatedTCN
 from forecasters.card import CARDConfig, CARDNet, ema_matrix, signal_decay_l1, token_blend
 from forecasters.data import Windows
 from forecasters.ensemble import ExponentiatedGradient
@@ -123,6 +124,22 @@ def test_state_round_trip_continues_identically(kind: str, sine_windows: Windows
     twin.learn(nxt)
     probe = sine_windows.batch(origins[100:110])
     assert torch.allclose(learner.predict(probe), twin.predict(probe), atol=1e-6)
+
+
+@pytest.mark.parametrize("length", [1, 5, 33, 60, 64])
+def test_tcn_evaluates_only_what_the_last_step_reads(length: int) -> None:
+    tcn = DilatedTCN(inputs=5)
+    x = torch.randn(4, length, 5, requires_grad=True)
+    every_step = tcn.blocks(tcn.input_fc(x).transpose(1, 2))[..., -1]
+    last_step = tcn(x)
+    assert torch.allclose(last_step, every_step, atol=1e-5)
+    wrt = [x, *tcn.parameters()]
+    grads = torch.autograd.grad(last_step.square().sum(), wrt)
+    expected = torch.autograd.grad(every_step.square().sum(), wrt)
+    for got, want in zip(grads, expected, strict=True):
+        assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)
+    if length == 60:  # each block's outputs thin out towards the last step (dilations 1..16)
+        assert [want.count for _, _, want in tcn.plan(length)] == [30, 15, 7, 3, 1]
 
 
 def test_exponentiated_gradient_moves_weight_to_the_better_expert_per_variable() -> None:
