@@ -201,15 +201,16 @@ class Teacher:
         return self.drift * (block + 0.5) * BLOCK / 1e6
 
     def tables(self, block: int) -> tuple[np.ndarray, np.ndarray]:
-        """The codebook as float32 ``[rows, 2 + dims]`` (first-order weight, squared norm, vector) and
-        the dense weights, as they stand in ``block``."""
+        """The codebook as float32 ``[rows, 1 + dims]`` and the dense weights, as they stand in
+        ``block``. Column 0 is ``w - ||v||^2 / 2``: the pairwise sum is ``(||sum v||^2 - sum ||v||^2) / 2``
+        and each id's ``||v||^2`` depends on that id alone, so it folds into its first-order weight."""
         return self._stationary or self._blend(self.angle(block))
 
     def _blend(self, angle: float) -> tuple[np.ndarray, np.ndarray]:
         book = math.cos(angle) * self._codebooks[0] + math.sin(angle) * self._codebooks[1]
         dense = math.cos(angle) * self._dense[0] + math.sin(angle) * self._dense[1]
         vectors = book[:, 1:]
-        table = np.column_stack([book[:, 0], (vectors**2).sum(1), vectors]).astype(np.float32)
+        table = np.column_stack([book[:, 0] - 0.5 * (vectors**2).sum(1), vectors]).astype(np.float32)
         return table, dense.astype(np.float32)
 
     def raw_logits(self, codes: np.ndarray, z: np.ndarray, block: int) -> np.ndarray:
@@ -218,9 +219,7 @@ class Teacher:
         total = np.zeros((codes.shape[1], table.shape[1]), dtype=np.float32)
         for column in codes:
             total += np.take(table, column, axis=0)
-        vector_sum = total[:, 2:]
-        pairwise = 0.5 * ((vector_sum**2).sum(1) - total[:, 1])
-        return (total[:, 0] + pairwise + dense @ z).astype(np.float64)
+        return (total[:, 0] + 0.5 * (total[:, 1:] ** 2).sum(1) + dense @ z).astype(np.float64)
 
     def bias(self, block: int) -> float:
         """The logit bias in ``block``."""
@@ -242,8 +241,8 @@ class Teacher:
         return (low + high) / 2
 
     def first_order(self, field: int, keys: np.ndarray, block: int = 0) -> np.ndarray:
-        """Teacher first-order weights in field number ``field`` of the ids with these keys (an id's key
-        is its popularity rank while no churn has happened), for checks."""
+        """Teacher first-order weights (column 0 of :meth:`tables`) in field number ``field`` of the ids
+        with these keys (an id's key is its popularity rank while no churn has happened), for checks."""
         table, _ = self.tables(block)
         return table[_codes(_hash_ids(keys.astype(np.uint64), field)), 0]
 
@@ -305,8 +304,13 @@ class CriteoSynth:
             hashes = _hash_ids(keys, field)
             ids[field] = hashes  # the low 32 bits
             codes[field] = _codes(hashes)
-        z = rng.standard_normal((len(DENSE_FIELDS), BLOCK), dtype=np.float32)
-        missing = rng.random((len(DENSE_FIELDS), BLOCK), dtype=np.float32) < _DENSE_MISSING[:, None]
+        # One uniform per count: below the missing rate it is missing, above it its rescaled value
+        # gives a logistic z (unit variance): cheaper than a normal draw plus a second uniform.
+        uniform = rng.random((len(DENSE_FIELDS), BLOCK), dtype=np.float32)
+        missing = uniform < _DENSE_MISSING[:, None]
+        present = (uniform - _DENSE_MISSING[:, None]) / (1 - _DENSE_MISSING[:, None])
+        np.clip(present, 1e-6, 1 - 1e-6, out=present)
+        z = np.log(present / (1 - present)) * np.float32(math.sqrt(3) / math.pi)
         log_counts = np.maximum(_DENSE_LOG_MEAN[:, None] + _DENSE_LOG_STD[:, None] * z, 0.0)
         counts = np.minimum(np.floor(np.exp(log_counts) - 1.0), MAX_COUNT)
         np.copyto(counts, np.nan, where=missing)
