@@ -30,6 +30,8 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: bench.* importable
+
 from streams.schemas import Document, Impression, Query
 
 #: The only answers a hostile request may get (503 only while there is nothing to serve yet).
