@@ -9,6 +9,7 @@ line of stdout, and never stored: only its sha256 is.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from typing import Any
@@ -22,6 +23,8 @@ BROKER_WAIT_S = 5.0
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    # a topic just created has no leader for a moment: kafka-python's retries are not news here
+    logging.getLogger("kafka").setLevel(logging.ERROR)
     return Settings.from_env(bootstrap_servers=args.bootstrap_servers, home=args.home)
 
 
