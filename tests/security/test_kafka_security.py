@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import BrokerSecurity, EmbeddedBroker
+from streams.broker import BrokerError, BrokerSecurity, EmbeddedBroker
 from streams.config import Settings
 from streams.kafka_security import KafkaSecurityError, client_security, security_options
 from streams.schemas import Observation
@@ -103,6 +103,22 @@ def test_settings_from_environment_reach_both_libraries(monkeypatch):
     import inspect
 
     assert set(options) <= set(inspect.signature(AIOKafkaProducer).parameters)
+
+
+def test_the_settings_select_the_embedded_broker_mode(monkeypatch, tmp_path):
+    assert EmbeddedBroker(tmp_path, tmp_path).security.protocols == ("PLAINTEXT",)  # the default
+    monkeypatch.setenv("DRIFTLINE_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    with pytest.raises(BrokerError, match="a SASL_SSL broker needs a user"):
+        EmbeddedBroker(tmp_path, tmp_path)
+    monkeypatch.setenv("DRIFTLINE_KAFKA_SASL_USERNAME", "carol")
+    monkeypatch.setenv("DRIFTLINE_KAFKA_SASL_PASSWORD", "pw")
+    broker = EmbeddedBroker(tmp_path, tmp_path)
+    assert broker.security == BrokerSecurity(("SASL_SSL",), {"carol": "pw"})
+    assert broker._scram_arguments()[1] == '--add-scram=SCRAM-SHA-512=[name="carol",password="pw"]'
+    with pytest.raises(BrokerError, match="without quotes"):
+        BrokerSecurity(("SASL_SSL",), {"carol": 'p"w'})
+    with pytest.raises(BrokerError, match="need 1 extra port"):
+        EmbeddedBroker(tmp_path, tmp_path, security=BrokerSecurity(("SSL", "PLAINTEXT")))
 
 
 # -- the real secured broker ---------------------------------------------------------------------
