@@ -48,6 +48,8 @@ PAGE_CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
+#: Bodies past this size are decoded and checked in a thread, so the event loop keeps answering.
+DECODE_IN_THREAD_BYTES = 64 * 1024
 AUTH_SCRIPT = resources.files("streams").joinpath("static/driftline-auth.js").read_text(encoding="utf-8")
 
 
@@ -80,6 +82,14 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return _json({"error": message}, status, headers)
 
 
+class RequestRefused(Exception):
+    """A request answered before its handler ran."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.response = _error(status, message, headers)
+
+
 async def _read_body(request: web.Request, limits: Limits) -> bytes:
     """The request body within the size and time limits; raise :class:`RequestRefused` otherwise."""
     if not request.can_read_body:
@@ -94,16 +104,15 @@ async def _read_body(request: web.Request, limits: Limits) -> bytes:
         raise RequestRefused(408, f"the request body did not arrive within {limits.timeout_s:g}s") from None
 
 
+async def _decoded(raw: bytes, limits: Limits) -> Any:
+    """The body as JSON within the limits; large bodies decode in a thread, off the event loop."""
+    if len(raw) > DECODE_IN_THREAD_BYTES:
+        return await asyncio.to_thread(parse_json, raw, limits)
+    return parse_json(raw, limits)
+
+
 def _too_large(limits: Limits) -> str:
     return f"request body too large (the limit is {limits.max_body_bytes} bytes)"
-
-
-class RequestRefused(Exception):
-    """A request answered before its handler ran."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.response = _error(status, message, headers)
 
 
 def adapt(
@@ -117,7 +126,7 @@ def adapt(
         try:
             principal = security.authorize(needed, request.headers.get("Authorization"))
             raw = await _read_body(request, limits)
-            body = parse_json(raw, limits) if raw else None
+            body = await _decoded(raw, limits) if raw else None
         except AuthError as exc:
             return _error(exc.status, exc.message, exc.headers)
         except RequestRefused as exc:
