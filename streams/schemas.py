@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -94,7 +94,7 @@ class Record(BaseModel):
         return self.model_dump_json(by_alias=True, exclude_none=True).encode()
 
     @classmethod
-    def model_validate_json(cls, json_data: str | bytes | bytearray, **kwargs: Any) -> Any:
+    def model_validate_json(cls, json_data: str | bytes | bytearray, **kwargs: Any) -> Self:
         """Pydantic's parser, after the size check (the runner's fast path comes through here)."""
         _check_size(cls, json_data)
         return super().model_validate_json(json_data, **kwargs)
