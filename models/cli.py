@@ -19,7 +19,7 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 
 def register(subparsers: Any) -> None:
     """Add the ``ctr`` command group to the ``driftline`` parser."""
-    ctr = subparsers.add_parser("ctr", help="CTR service of a running worker: rollback, versions")
+    ctr = subparsers.add_parser("ctr", help="CTR: roll back or list a worker's versions; synthetic streams")
     commands = ctr.add_subparsers(dest="ctr_command", required=True)
     rollback = commands.add_parser("rollback", help="serve the previous model version again")
     rollback.set_defaults(func=cmd_rollback)
