@@ -234,7 +234,8 @@ def run_case(case: Case, bootstrap: str, home: Path, options: list[str], load: f
             f"{case.service:<9}{max_rate:>9,.0f}{rate:>9,.0f}{len(paced):>8}"
             f"{_ms(learn, 50):>9}{_ms(learn, 99):>9}{int(counted.sum()):>8}"
             f"{_ms(serve, 50):>9}{_ms(serve, 99):>9}"
-            f"{int(np.isnan(serve).sum()):>7}{batches:>8.0f}{batch_s / max(batches, 1) * 1000:>9,.0f}"
+            f"{int(np.isnan(serve).sum()):>7}{batches:>8.0f}{len(paced) / max(batches, 1):>7.0f}"
+            f"{batch_s / max(batches, 1) * 1000:>9,.0f}"
             f"  {loadavg()}"
         )
     finally:
@@ -288,7 +289,8 @@ def main() -> None:
         f"options: {args.option or 'defaults'}; ctr publish interval {swap:g} s"
     )
     print(f"{'service':<9}{'max ev/s':>9}{'rate':>9}{'events':>8}{'learn50':>9}{'learn99':>9}{'counted':>8}"
-          f"{'serve50':>9}{'serve99':>9}{'never':>7}{'batches':>8}{'batch ms':>9}  (ms)")  # fmt: skip
+          f"{'serve50':>9}{'serve99':>9}{'never':>7}{'batches':>8}{'ev/b':>7}{'batch ms':>9}"
+          "  (ms; ev/b = paced events per batch)")  # fmt: skip
     for row in rows:
         print(row)
     print(f"targets: learned < 1,000 ms; served < interval + 1,000 ms (ctr: {swap * 1000 + 1000:,.0f} ms)")
