@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -12,13 +13,17 @@ class WindowBatch:
     """``x`` [B, L, C] look-back windows; ``y`` [B, H, C] targets (needed by ``learn``).
 
     ``marks`` [B, L, F] are calendar features for models that use them; ``keys`` name the series
-    of each row so learners with per-series state (OneNet's short-term bias) can find it.
+    of each row so learners with per-series state (OneNet's short-term bias) can find it. With
+    ``sequential``, rows that share a key are consecutive steps of that series, oldest first (a
+    chunk of a series' training pairs when the service is behind), so such learners can advance
+    that state step by step; otherwise every row is an independent step.
     """
 
     x: torch.Tensor
     y: torch.Tensor | None = None
     marks: torch.Tensor | None = None
     keys: tuple[str, ...] | None = None
+    sequential: bool = False
 
     def __post_init__(self) -> None:
         if self.x.dim() != 3:
@@ -42,10 +47,24 @@ class WindowBatch:
             raise ValueError("this batch has no targets (y); learn needs them")
         return self.y
 
+    def steps(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's step within its series here (0 for the series' first row) and the row holding
+        that series' previous step (-1 for none). Unless ``sequential`` (with keys), every row is an
+        independent step 0."""
+        step = np.zeros(len(self.x), np.int64)
+        previous = np.full(len(self.x), -1, np.int64)
+        last_row: dict[str, int] = {}
+        for row, key in enumerate(self.keys if self.sequential and self.keys else ()):
+            if key in last_row:
+                previous[row] = last_row[key]
+                step[row] = step[last_row[key]] + 1
+            last_row[key] = row
+        return step, previous
+
     def to(self, device: torch.device) -> WindowBatch:
         """The same batch with its tensors on ``device``."""
 
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device, non_blocking=True)
 
-        return WindowBatch(self.x.to(device), move(self.y), move(self.marks), self.keys)
+        return WindowBatch(self.x.to(device), move(self.y), move(self.marks), self.keys, self.sequential)

@@ -5,6 +5,14 @@ MSE(branch 1) + MSE(branch 2), (2) one step of the short-term bias MLP, (3) an e
 update of the per-variable branch weights on each branch's loss at this step. The mix is
 sigma(logit(p) + b) * y1 + (1 - sigma(...)) * y2 where p is the EG weight of branch 1 and b the bias
 the MLP produced at the series' previous step (it needs the truth, so it lags one step).
+
+A ``sequential`` batch holds consecutive steps of its series (the service's chunks when it is behind,
+see :meth:`WindowBatch.steps`). The cheap per-step parts then still advance step by step inside it: the
+k-th pair of a series is mixed with the EG weights after the k - 1 steps before it (one EG update per
+step, on that step's rows) and with the bias its previous pair produced (from that pair's truth, by the
+pre-update MLP), exactly as k per-step calls would, given the networks. Only the branches and the bias
+MLP take one gradient step for the whole batch, and no pair is scored by anything that used its own
+target. docs/forecasters.md ("Adaptive cadence") has what this recovers of per-step's score on ETTh2.
 """
 
 from __future__ import annotations
@@ -104,6 +112,18 @@ class OneNet(Forecaster):
         return {BRANCHES[0]: share.tolist(), BRANCHES[1]: (1 - share).tolist()}
 
     # -- learning ------------------------------------------------------------------------------
+    def _advance_weights(
+        self, y1: torch.Tensor, y2: torch.Tensor, y: torch.Tensor, step: np.ndarray
+    ) -> torch.Tensor:
+        """Branch 1's logit for every row [B, C], taken before the EG update of the row's step; one
+        update per step, on the branches' per-variable loss over that step's rows."""
+        logit = torch.empty(y.shape[0], self.channels, device=self.device)
+        for s in range(int(step.max()) + 1):
+            rows = torch.from_numpy(step == s).to(self.device)
+            logit[rows] = self._logit()
+            self.weights.update(torch.stack([(out[rows] - y[rows]).pow(2).mean((0, 1)) for out in (y1, y2)]))
+        return logit
+
     def learn(self, batch: WindowBatch) -> dict[str, float]:
         batch = batch.to(self.device)
         y = batch.target
@@ -118,7 +138,15 @@ class OneNet(Forecaster):
             if single_pass:
                 before.append(outputs[-1].detach())
         y1, y2 = before
-        share = self._share(batch)[:, None, :]
+        step, previous = batch.steps()
+        logit = self._advance_weights(y1, y2, y, step)
+        p = torch.sigmoid(logit)[:, None, :]
+        bias = self.bias(p * y1, (1 - p) * y2, y)
+        prior = torch.from_numpy(previous).to(self.device)
+        previous_bias = torch.where(
+            (prior >= 0)[:, None], bias.detach()[prior.clamp(min=0)], self._previous_bias(batch)
+        )
+        share = torch.sigmoid(logit + previous_bias)[:, None, :]
         metrics = forecast_errors(share * y1 + (1 - share) * y2, y)
 
         branch_loss = sum(F.mse_loss(out, y) for out in outputs)
@@ -126,9 +154,7 @@ class OneNet(Forecaster):
         branch_loss.backward()
         self.optimizer.step()
 
-        p = torch.sigmoid(self._logit())[None, None, :]
-        bias = self.bias(p * y1, (1 - p) * y2, y)
-        mixed_share = torch.sigmoid(self._logit()[None, :] + bias)[:, None, :]
+        mixed_share = torch.sigmoid(logit + bias)[:, None, :]
         bias_loss = F.mse_loss(mixed_share * y1 + (1 - mixed_share) * y2, y)
         self.bias_optimizer.zero_grad(set_to_none=True)
         bias_loss.backward()
@@ -137,8 +163,6 @@ class OneNet(Forecaster):
         keys = batch.keys or (_SINGLE_SERIES,) * y.shape[0]
         for key, row in zip(keys, bias.detach().cpu().numpy(), strict=True):
             self.last_bias[key] = row
-        per_variable = torch.stack([(out - y).pow(2).mean((0, 1)) for out in (y1, y2)])
-        self.weights.update(per_variable)
         return {**metrics, "loss": float(branch_loss.detach()), "bias_loss": float(bias_loss.detach())}
 
     # -- state ---------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import torch
 
 from forecasters.baselines import LastValue, SeasonalNaive
 from forecasters.batch import WindowBatch
-from forecasters.branches import DilatedTCN
+from forecasters.branches import CrossTimeMLP, CrossVariableTCN, DilatedTCN
 from forecasters.card import CARDConfig, CARDNet, ema_matrix, signal_decay_l1, token_blend
 from forecasters.data import Windows
 from forecasters.ensemble import ExponentiatedGradient
@@ -168,6 +168,51 @@ def test_onenet_mixes_per_variable_and_keeps_a_bias_per_series(sine_windows: Win
     # the previous step's bias shifts series "a" away from the plain EG weight
     plain = torch.sigmoid(learner._logit()).cpu().numpy()
     assert not np.allclose(np.array(weights[BRANCHES[0]][0]), plain)
+
+
+def test_window_batch_steps_follow_each_series_in_order() -> None:
+    keys = ("a", "b", "a", "a", "b")
+    step, previous = WindowBatch(torch.zeros(5, 4, 1), keys=keys, sequential=True).steps()
+    assert step.tolist() == [0, 0, 1, 2, 1]
+    assert previous.tolist() == [-1, -1, 0, 2, 1]
+    independent, none = WindowBatch(torch.zeros(5, 4, 1), keys=keys).steps()  # not sequential
+    assert independent.tolist() == [0] * 5 and none.tolist() == [-1] * 5
+
+
+def frozen_onenet(channels: int = 3, horizon: int = 4) -> OneNet:
+    """OneNet whose networks never move (lr 0): only the EG weights and the per-series bias evolve."""
+    torch.manual_seed(0)
+    return OneNet(
+        CrossTimeMLP(32, horizon),
+        CrossVariableTCN(channels, horizon),
+        channels,
+        horizon,
+        lr=0.0,
+        bias_lr=0.0,
+    )
+
+
+def test_onenet_chunk_advances_weights_and_bias_as_per_step_calls(sine_windows: Windows) -> None:
+    origins = sine_windows.origins(0, 400)[:6]
+    pairs = sine_windows.batch(origins)
+    keys = ("a", "b", "a", "b", "a", "b")  # three consecutive steps of two series
+    per_step, chunked = frozen_onenet(), frozen_onenet()
+    scores = []
+    for step in range(3):
+        rows = [2 * step, 2 * step + 1]
+        batch = WindowBatch(pairs.x[rows], pairs.target[rows], keys=keys[:2])
+        scores.append(per_step.learn(batch)["mse"])
+    metrics = chunked.learn(WindowBatch(pairs.x, pairs.target, keys=keys, sequential=True))
+    assert metrics["mse"] == pytest.approx(np.mean(scores), rel=1e-5)
+    assert torch.allclose(chunked.weights.weights, per_step.weights.weights, atol=1e-6)
+    for key in ("a", "b"):
+        assert np.allclose(chunked.last_bias[key], per_step.last_bias[key], atol=1e-6)
+    # not sequential: every row is mixed as the pre-update model would predict it (today's service)
+    independent = frozen_onenet()
+    expected = forecast_errors(independent.predict(WindowBatch(pairs.x, keys=keys)), pairs.target)
+    assert independent.learn(WindowBatch(pairs.x, pairs.target, keys=keys))["mse"] == pytest.approx(
+        expected["mse"], rel=1e-5
+    )
 
 
 def test_fit_keeps_the_best_validation_state(sine_windows: Windows) -> None:
