@@ -340,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-replica", action="store_true", help="fuzz the worker only")
     args = parser.parse_args(argv)
 
-    from bench.common import Worker, broker, load, say, start_role, wait_ready
+    from bench.common import Worker, broker, load, say, start_role
+    from roles.main_job import wait_http
     from streams.client import get_json
     from streams.tokens import Role, TokenFile, new_token
 
@@ -351,23 +352,24 @@ def main(argv: list[str] | None = None) -> int:
             tokens[role.label], record = new_token(f"fuzz-{role.label}", role)
             TokenFile(home).append(record)  # before the worker starts: it reads its home's file
         _seed_data(node.bootstrap)
-        worker = Worker(node.bootstrap, home, "forecast,ctr,rank", ["ctr.swap_interval_s=1", "rank.budget=6"])
-        say("starting the worker (forecast, ctr, rank)")
-        worker.start()
-        targets = [("worker", worker.base, worker.process)]
+        options = ["ctr.swap_interval_s=1", "ctr.batch_size=512", "rank.budget=6"]
+        worker = Worker(node.bootstrap, home, "forecast,ctr,rank", options)
         replica = None
-        if not args.no_replica:
-            replica = start_role("serve", "ctr", tmp / "replica", node.bootstrap, "bench.")
-            wait_ready(replica)
-            targets.append(("replica", replica.base, replica.process))
         try:
+            say("starting the worker (forecast, ctr, rank)")
+            worker.start()
+            targets = [("worker", worker.base, worker.process)]
+            if not args.no_replica:  # fuzzed from its start: 503 until its first version is allowed
+                replica = start_role("serve", "ctr", tmp / "replica", node.bootstrap, "bench.")
+                wait_http(f"{replica.base}/health", process=replica.process)
+                targets.append(("replica", replica.base, replica.process))
             time.sleep(5)  # let the seeded data be applied
             task_ids = []
             for _ in range(3):
                 code, view = asyncio.run(_get(worker.base + "/labeling/next", tokens["annotator"]))
                 if code == 200 and view.get("task"):
                     task_ids.append(view["task"]["task_id"])
-            ids = {"series": ["s0", "s1", "s2"], "task": task_ids}
+            ids = {"series": ["k0", "k1", "k2"], "task": task_ids}
             say(f"fuzzing with {args.requests:,} requests; known tasks {len(task_ids)}; "
                 f"ctr versions: {get_json(worker.base + '/ctr/versions')[1].get('serving')}")  # fmt: skip
             fuzzer = Fuzzer(tokens, ids, seed=args.seed)

@@ -61,7 +61,7 @@ def test_the_fuzzer_knows_every_route(services: list[ModelService], served: Serv
 
 
 def test_hostile_requests_get_only_allowed_answers(served: Served) -> None:
-    ids = {"series": ["s0"], "task": [task_id_for(q) for q in QUERIES]}
+    ids = {"series": ["k0", "k1"], "task": [task_id_for(q) for q in QUERIES]}
     fuzzer = Fuzzer(served.tokens, ids, max_body_bytes=BODY_LIMIT, seed=11)
     tally = asyncio.run(fire(served.base, [fuzzer.request() for _ in range(REQUESTS)], concurrency=8))
     lines: list[str] = []
