@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -226,6 +227,10 @@ class BatchConsumer:
     # -- the loop ------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         """Consume, apply and checkpoint until ``stop`` is set; then checkpoint and leave."""
+        # What exists by now (imports, models) lives as long as the process: kept out of the
+        # collector's full scans, which otherwise stall a batch for tenths of a second each time
+        # parsed records pile up (measured on the ctr worker: 280k objects, every ~6 s).
+        gc.freeze()
         self.consumer = consumer = self._make_consumer()
         consumer.subscribe(list(self.subscriptions), listener=_Listener(self))
         self.runner.commit = self._commit

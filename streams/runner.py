@@ -10,7 +10,8 @@ The protocol, for each batch of raw events (any objects with ``topic``, ``partit
    and the failed batch is bisected until the records that make it raise are isolated and
    dead-lettered: a failed batch leaves no trace in state;
 4. send outputs and dead letters and wait until the broker has every one. A send that fails is
-   retried until it succeeds; meanwhile nothing else is consumed and nothing is checkpointed;
+   retried until it succeeds; meanwhile nothing else is consumed and nothing is checkpointed. An
+   output the broker refuses for good (larger than it takes, say) is dead-lettered instead;
 5. advance the applied offsets.
 
 Checkpoints are taken by interval (:class:`CheckpointPolicy`), not per batch: the state is copied
@@ -41,6 +42,7 @@ from streams.keyed import KeyedService
 from streams.metrics import WorkerMetrics
 from streams.schemas import DeadLetter, Record, RecordError, parse_record
 from streams.service import BatchResult, ModelService, Output, Subscription
+from streams.sink import RecordRefused
 from streams.topics import topic_name
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,8 @@ class Incoming:
 
 
 class Sink(Protocol):
-    """Where outputs and dead letters go; ``send`` returns once the broker has the record."""
+    """Where outputs and dead letters go; ``send`` returns once the broker has the record, or
+    raises :class:`~streams.sink.RecordRefused` for a record it will never take."""
 
     async def send(self, topic: str, key: bytes | None, value: bytes) -> None: ...
 
@@ -95,10 +98,32 @@ def split_tp(key: str) -> tuple[str, int]:
     return topic, int(partition)
 
 
-@dataclass
+#: Partition and offset of a dead letter that is a refused output, not a consumed event.
+NO_EVENT = -1
+#: Characters of a refused output kept in its dead letter: enough to tell which output it was.
+EXCERPT_CHARS = 1_000
+
+
+def _encoded(output: Output) -> tuple[bytes | None, bytes]:
+    """An output's Kafka key and value."""
+    return (output.key.encode() if output.key is not None else None), output.record.to_bytes()
+
+
+def _excerpt(value: bytes) -> str:
+    text = value[: EXCERPT_CHARS * 4].decode("utf-8", errors="replace")[:EXCERPT_CHARS]
+    return text if len(value) <= EXCERPT_CHARS else f"{text}... [excerpt of {len(value):,} bytes]"
+
+
+@dataclass(slots=True)
 class _Item:
     event: Event
     record: Record
+
+
+#: The batches applied since the snapshot, as raw events with their subscription: replayed (parsed
+#: again) only after a failure, and raw events keep far fewer objects alive for the garbage
+#: collector to scan than parsed records do.
+Journal = list[tuple[Subscription, list[Event]]]
 
 
 @dataclass
@@ -153,7 +178,7 @@ class ServiceRunner:
         self.checkpoint_bytes = 0
         self._batch_lock = asyncio.Lock()
         self._snapshot: _Snapshot | None = None
-        self._journal: list[tuple[str, list[_Item]]] = []
+        self._journal: Journal = []
         self._unsaved_events = 0
         self._unsaved_shards: set[int] = set()
         self._last_checkpoint = time.monotonic()
@@ -320,7 +345,7 @@ class ServiceRunner:
             items, dead = await asyncio.to_thread(self._parse, subscription, fresh)  # off the event loop
             applied = _Applied(dead=dead)
             if items:
-                processed = await asyncio.to_thread(self._process_safely, subscription.topic, items)
+                processed = await asyncio.to_thread(self._process_safely, subscription, items)
                 applied = applied.merge(processed)
             faults.crash_point("after_apply")
             await self._send(applied.outputs, applied.dead)
@@ -370,16 +395,16 @@ class ServiceRunner:
             items.append(_Item(event, record))
         return items, dead
 
-    def _process_safely(self, topic: str, items: list[_Item]) -> _Applied:
+    def _process_safely(self, subscription: Subscription, items: list[_Item]) -> _Applied:
         """Process under the lock; on an exception restore, replay, and isolate what raised."""
         with self.service.lock:
             try:
-                applied = self._process(topic, items)
+                applied = self._process(subscription.topic, items)
             except Exception:
                 log.exception("%s: a batch of %d failed; isolating the cause", self.service.name, len(items))
                 self._recover()
-                return self._isolate(topic, items)
-            self._journal.append((topic, items))
+                return self._isolate(subscription, items)
+            self._journal.append((subscription, [i.event for i in items]))
             return applied
 
     def _process(self, topic: str, items: list[_Item]) -> _Applied:
@@ -404,29 +429,32 @@ class ServiceRunner:
         """Back to the state just before the failed batch: the snapshot plus the batches since."""
         self._back_to_snapshot(replay=self._journal)
 
-    def _back_to_snapshot(self, replay: list[tuple[str, list[_Item]]]) -> None:
+    def _back_to_snapshot(self, replay: Journal) -> None:
         """The snapshot's state, then ``replay``'s batches, then the outcomes decided over HTTP
         since the snapshot (so none is lost nor its ``seq`` reused); call holding the lock."""
         assert self._snapshot is not None
         self._load(self._snapshot)
-        for topic, items in replay:
-            self._process(topic, items)
+        for subscription, events in replay:
+            items, _ = self._parse(subscription, events)  # the same records: parsing is pure
+            self._process(subscription.topic, items)
         for outcome in self.service.decided:
             self.service.apply_outcome_once(outcome)
 
-    def _isolate(self, topic: str, items: list[_Item]) -> _Applied:
+    def _isolate(self, subscription: Subscription, items: list[_Item]) -> _Applied:
         """Apply what applies, bisecting; records that raise alone are dead-lettered."""
         before = self._full_state()
         try:
-            applied = self._process(topic, items)
+            applied = self._process(subscription.topic, items)
         except Exception as exc:
             self._load(_Snapshot(before, dict(self.offsets), 0))
             if len(items) == 1:
                 reason = f"processing failed: {type(exc).__name__}: {exc}"
                 return _Applied(dead=[(items[0].event, reason)])
             middle = len(items) // 2
-            return self._isolate(topic, items[:middle]).merge(self._isolate(topic, items[middle:]))
-        self._journal.append((topic, items))
+            return self._isolate(subscription, items[:middle]).merge(
+                self._isolate(subscription, items[middle:])
+            )
+        self._journal.append((subscription, [i.event for i in items]))
         return applied
 
     def _full_state(self) -> dict[str, Any]:
@@ -461,7 +489,7 @@ class ServiceRunner:
 
     # -- outputs -------------------------------------------------------------------------------
     async def _send(self, outputs: list[Output], dead: list[tuple[Event, str]]) -> None:
-        sends: list[Awaitable[None]] = [self.emit(output) for output in outputs]
+        sends: list[Awaitable[None]] = [self._deliver(output) for output in outputs]
         for event, reason in dead:
             letter = DeadLetter(
                 topic=event.topic,
@@ -481,10 +509,33 @@ class ServiceRunner:
         if sends:
             await asyncio.gather(*sends)
 
+    async def _deliver(self, output: Output) -> None:
+        """Send one output of a batch; one the broker refuses for good is dead-lettered instead.
+
+        Retrying it could never succeed and would stall the stream, so the batch completes and
+        the dead letter keeps the reason and an excerpt of the output (bounded, so that it is
+        never refused itself). Services' own :meth:`emit` calls (outcomes decided over HTTP) are
+        not covered: their caller gets the refusal as an error.
+        """
+        key, value = _encoded(output)
+        try:
+            await self.sink.send(output.topic, key, value)
+        except RecordRefused as exc:
+            log.error("%s: an output was refused, dead-lettered instead: %s", self.service.name, exc)
+            letter = DeadLetter(
+                topic=output.topic,
+                partition=NO_EVENT,
+                offset=NO_EVENT,
+                reason=f"output refused by the broker, not retriable: {exc.reason} ({exc.size:,} bytes)",
+                payload=_excerpt(value),
+                ts=time.time(),
+            )
+            self.metrics.dead_letters.labels(self.service.name, output.topic).inc()
+            await self.sink.send(topic_name("dead-letter"), key, letter.to_bytes())
+
     async def emit(self, output: Output) -> None:
         """Produce one output record; services also call it (e.g. an outcome decided over HTTP)."""
-        key = output.key.encode() if output.key is not None else None
-        await self.sink.send(output.topic, key, output.record.to_bytes())
+        await self.sink.send(output.topic, *_encoded(output))
 
     # -- checkpoints ---------------------------------------------------------------------------
     def checkpoint_due(self) -> bool:

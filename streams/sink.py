@@ -5,6 +5,10 @@ is retried with a growing pause until it succeeds, and the runner waits for it: 
 offsets are not advanced and nothing is checkpointed meanwhile, so an output is never lost after
 a failed send and nothing is acknowledged past it. :attr:`problem` says why sends are failing,
 for ``/health``.
+
+A record refused for what it is (larger than the broker takes, malformed, an invalid topic) would
+be refused forever: :class:`RecordRefused` is raised at once instead, and the runner dead-letters
+that output rather than stall the stream behind it.
 """
 
 from __future__ import annotations
@@ -13,13 +17,44 @@ import asyncio
 import logging
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    InvalidMessageError,
+    InvalidTimestampError,
+    InvalidTopicError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    UnsupportedForMessageFormatError,
+)
 
 from streams.kafka_security import client_security
 
 log = logging.getLogger(__name__)
 
 MAX_PAUSE_S = 5.0
+
+#: Refusals of the record itself (by the broker, or by the client before sending): the same bytes
+#: can never succeed. Everything else (a broker down, a timeout, a leader moving) is retried.
+REFUSALS: tuple[type[KafkaError], ...] = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+    InvalidMessageError,
+    InvalidTimestampError,
+    InvalidTopicError,
+    UnsupportedForMessageFormatError,
+)
+
+
+class RecordRefused(Exception):
+    """The broker will never take this record; ``reason`` says why."""
+
+    def __init__(self, topic: str, size: int, cause: KafkaError) -> None:
+        self.topic = topic
+        self.size = size
+        self.reason = f"{type(cause).__name__}: {cause}"
+        super().__init__(f"{topic} refused a record of {size:,} bytes: {self.reason}")
 
 
 class KafkaSink:
@@ -54,10 +89,13 @@ class KafkaSink:
         await self.producer.stop()
 
     async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        """Return once the broker holds the record; raise :class:`RecordRefused` if it never will."""
         pause = 0.2
         while True:
             try:
                 await self.producer.send_and_wait(topic, value, key=key)
+            except REFUSALS as exc:
+                raise RecordRefused(topic, len(value), exc) from exc
             except (TimeoutError, KafkaError) as exc:
                 self.problem = f"sending to {topic} failed, retrying: {type(exc).__name__}: {exc}"
                 log.warning("%s", self.problem)
