@@ -11,7 +11,11 @@ that micro-batch (what a user would be served if forecasts were refreshed at eve
 score of a pair instead comes from a model that has already trained on the pairs just before it, whose
 targets overlap its own by up to H - 1 rows. ``cap`` is the service's ``max_train_batch``: cap 1 is one
 update per observation (today's per-step cadence), a larger cap trains up to ``cap`` consecutive pairs
-of a series in one update. Model: today's ``onenet`` (pending the forecasting issue). One torch thread.
+of a series in one update. ``mix``: ``chunk`` is today's service (every pair of a chunk mixed as the
+pre-update model predicts it); ``stepwise`` passes each chunk as a sequential batch
+(``WindowBatch.sequential``, the one-line service change proposed with it), so OneNet's EG weights and
+short-term bias still advance pair by pair inside the chunk. Model: today's ``onenet`` (pending the
+forecasting issue). One torch thread.
 
 - 1 series: ETTh2 itself, the ``--rows`` online rows from row 3600.
 - 1,000 series: derived (synthetic) from ETTh2: series i is ETTh2 from online row 3600 + i * stride,
@@ -27,7 +31,8 @@ import copy
 import json
 import subprocess
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +44,7 @@ from tqdm import tqdm
 from forecasters.batch import WindowBatch
 from forecasters.data import ETT_SPLIT, REPO_ROOT, Scaler, Windows, data_dir, ett_windows, load_etth2
 from forecasters.learner import Forecaster
-from forecasters.service import ForecastService
+from forecasters.service import ForecastService, Rows
 from forecasters.training import fit
 from forecasters.zoo import ForecasterSpec, build_forecaster
 from streams.schemas import Observation
@@ -57,11 +62,23 @@ class Row:
     horizon: int
     batch: int
     cap: int
+    mix: str
     obs_per_s: float
     mse: float
     mae: float
     forecast_mse: float
     pairs: int
+
+
+class StepwiseService(ForecastService):
+    """The service with its training chunks passed as sequential batches (the proposed change)."""
+
+    def _batch(self, series: Sequence[str], windows: Sequence[Rows], training: bool) -> WindowBatch:
+        batch = super()._batch(series, windows, training)
+        return replace(batch, sequential=True) if training else batch
+
+
+MIXES = {"chunk": ForecastService, "stepwise": StepwiseService}
 
 
 @dataclass(frozen=True)
@@ -134,15 +151,16 @@ def run_cap(
     online: list[Observation],
     batch: int,
     cap: int,
+    mix: str,
 ) -> tuple[float, float, float, float, int]:
-    """``online`` in micro-batches through a service restored from ``state``.
+    """``online`` in micro-batches through a ``mix`` service restored from ``state``.
 
     Returns obs/s (time in ``process`` only), progressive MSE and MAE, forecast MSE and pairs trained.
     """
-    service = ForecastService(spec, max_train_batch=cap)
+    service = MIXES[mix](spec, max_train_batch=cap)
     service.load_state_dict(copy.deepcopy(state))
     sq, ab, forecast_sq, pairs, elapsed = 0.0, 0.0, 0.0, 0, 0.0
-    label = f"{len(stream.starts)} series H={spec.horizon} cap {cap}"
+    label = f"{len(stream.starts)} series H={spec.horizon} cap {cap} {mix}"
     with tqdm(total=len(online), desc=label, unit="obs", leave=False) as bar:
         for start in range(0, len(online), batch):
             records = online[start : start + batch]
@@ -164,17 +182,24 @@ def bench_stream(
     rows: int,
     batch: int,
     caps: list[int],
+    mixes: list[str],
 ) -> list[Row]:
-    """Prime once, then run every cap from the same primed state over the same online rows."""
+    """Prime once, then run every cap and mix from the same primed state over the same online rows.
+
+    Cap 1 has one pair per series and call, where the mixes coincide: it runs once, as ``per-step``.
+    """
     values, times = load_etth2().values, etth2_times()
     lead = spec.seq_len + spec.horizon - 1  # rows before a series' first complete pair
     state = primed_state(spec, learner, scaler, stream.observations(values, times, -lead, lead))
     online = stream.observations(values, times, 0, rows)
     table = []
-    for cap in caps:
-        obs_per_s, mse, mae, forecast_mse, pairs = run_cap(spec, state, stream, online, batch, cap)
+    runs = [(cap, mix) for cap in caps for mix in (["per-step"] if cap == 1 else mixes)]
+    for cap, mix in runs:
+        obs_per_s, mse, mae, forecast_mse, pairs = run_cap(
+            spec, state, stream, online, batch, cap, "chunk" if cap == 1 else mix
+        )
         table.append(
-            Row(len(stream.starts), spec.horizon, batch, cap, obs_per_s, mse, mae, forecast_mse, pairs)
+            Row(len(stream.starts), spec.horizon, batch, cap, mix, obs_per_s, mse, mae, forecast_mse, pairs)
         )
     return table
 
@@ -188,14 +213,14 @@ def format_table(rows: list[Row]) -> str:
     """One line per (series, H, cap); costs are relative to cap 1 (per-step) of the same series and H."""
     per_step = {(r.series, r.horizon): r for r in rows if r.cap == 1}
     head = (
-        f"{'series':>7}{'H':>4}{'batch':>7}{'pairs':>8}{'cap':>5}{'obs/s':>9}{'MSE':>8}{'MAE':>8}"
+        f"{'series':>7}{'H':>4}{'batch':>7}{'pairs':>8}{'cap':>5}{'mix':>10}{'obs/s':>9}{'MSE':>8}{'MAE':>8}"
         f"{'MSE cost vs per-step':>22}{'fcst MSE':>10}{'fcst cost':>11}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         base = per_step.get((r.series, r.horizon))
         lines.append(
-            f"{r.series:>7}{r.horizon:>4}{r.batch:>7}{r.pairs:>8}{r.cap:>5}{r.obs_per_s:>9.0f}"
+            f"{r.series:>7}{r.horizon:>4}{r.batch:>7}{r.pairs:>8}{r.cap:>5}{r.mix:>10}{r.obs_per_s:>9.0f}"
             f"{r.mse:>8.3f}{r.mae:>8.3f}{cost(r.mse, base and base.mse):>22}"
             f"{r.forecast_mse:>10.3f}{cost(r.forecast_mse, base and base.forecast_mse):>11}"
         )
@@ -207,7 +232,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--horizons", type=int, nargs="+", default=[24, 48])
-    parser.add_argument("--caps", type=int, nargs="+", default=[1, 4, 8, 16, 32])
+    parser.add_argument("--caps", type=int, nargs="+", default=[1, 8, 16, 32])
+    parser.add_argument("--mixes", nargs="+", choices=sorted(MIXES), default=sorted(MIXES))
     parser.add_argument("--rows", type=int, default=1536, help="online rows of the one series")
     parser.add_argument("--batch", type=int, default=512, help="records per micro-batch, one series")
     parser.add_argument("--many", type=int, default=1000, help="derived series (0 skips that part)")
@@ -233,17 +259,20 @@ def main() -> None:
         windows, scaler = ett_windows(load_etth2(), spec.seq_len, spec.horizon)
         learner = warm_up(spec, windows, args.epochs)
         one = Stream([online_start], windows)
-        rows += bench_stream(spec, learner, scaler, one, args.rows, args.batch, args.caps)
+        rows += bench_stream(spec, learner, scaler, one, args.rows, args.batch, args.caps, args.mixes)
         if args.many:
             many = Stream([online_start + i * args.stride for i in range(args.many)], windows)
-            rows += bench_stream(spec, learner, scaler, many, args.many_rows, args.many_batch, args.many_caps)
+            rows += bench_stream(
+                spec, learner, scaler, many, args.many_rows, args.many_batch, args.many_caps, args.mixes
+            )
     print(
         f"ForecastService.process in process, today's onenet (pending the forecasting issue), ETTh2, "
         f"look-back {SEQ_LEN}, warm-up {args.epochs} epochs on rows [0,2880) (early stopping on "
         f"[2880,3600)), delayed labels, online from row 3600; {args.many} series = derived (synthetic) "
         f"shifted copies of ETTh2, {args.stride} rows apart; one torch thread; no Kafka.\n"
         f"batch = records per micro-batch (a worker that is behind); pairs = pairs scored and trained; "
-        f"obs/s = records / time in process(); cap = max_train_batch; MSE/MAE = progressive "
+        f"obs/s = records / time in process(); cap = max_train_batch; mix = per-step (cap 1), chunk "
+        f"(today's service) or stepwise (sequential chunks, proposed); MSE/MAE = progressive "
         f"(delayed-label) score; fcst MSE = forecasts without hindsight (see the module docstring).\n"
     )
     print(format_table(rows))

@@ -117,12 +117,16 @@ class OneNet(Forecaster):
     ) -> torch.Tensor:
         """Branch 1's logit for every row [B, C], taken before the EG update of the row's step; one
         update per step, on the branches' per-variable loss over that step's rows."""
-        logit = torch.empty(y.shape[0], self.channels, device=self.device)
-        for s in range(int(step.max()) + 1):
-            rows = torch.from_numpy(step == s).to(self.device)
-            logit[rows] = self._logit()
-            self.weights.update(torch.stack([(out[rows] - y[rows]).pow(2).mean((0, 1)) for out in (y1, y2)]))
-        return logit
+        rows_step = torch.from_numpy(step).to(self.device)
+        steps = int(step.max()) + 1
+        squared = torch.stack([(out - y).pow(2).mean(1) for out in (y1, y2)], 1)  # [B, 2, C]
+        totals = squared.new_zeros(steps, *squared.shape[1:]).index_add_(0, rows_step, squared)
+        losses = (totals / torch.bincount(rows_step, minlength=steps)[:, None, None]).cpu()
+        logits = []
+        for loss in losses:
+            logits.append(self._logit())
+            self.weights.update(loss)
+        return torch.stack(logits)[rows_step]
 
     def learn(self, batch: WindowBatch) -> dict[str, float]:
         batch = batch.to(self.device)
