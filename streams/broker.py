@@ -6,7 +6,7 @@ its log dir on first start, launches ``kafka.Kafka`` with Java 17+ on loopback a
 broker answers metadata requests. The log dir persists across restarts, so topics and committed
 offsets survive a stop.
 
-Client listeners are PLAINTEXT by default; :class:`BrokerSecurity` opens SASL_SSL (SCRAM-SHA-512
+Client listeners are PLAINTEXT by default; :class:`BrokerSecurity` opens SASL_SSL (SCRAM-SHA-512/256
 users created when the log dir is formatted) and/or SSL with required client certificates (mTLS)
 instead, over TLS material from :mod:`streams.broker_tls`.
 """
@@ -31,7 +31,7 @@ from typing import IO, Any
 
 from streams.broker_tls import BrokerTls
 from streams.config import Settings
-from streams.kafka_security import PROTOCOLS, security_options
+from streams.kafka_security import MECHANISMS, PROTOCOLS, security_options
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +140,10 @@ rootLogger.appenderRef.file.ref = file
 """
 
 
-#: The SCRAM mechanism of the embedded broker's SASL_SSL listener.
+#: The SCRAM mechanism the embedded broker uses itself (clients may use either of MECHANISMS).
 SCRAM = "SCRAM-SHA-512"
+#: The broker's own SCRAM user (inter-broker and readiness checks): no configured user may take it.
+BROKER_USER = "broker"
 
 
 @dataclass(frozen=True)
@@ -156,11 +158,16 @@ class BrokerSecurity:
         unknown = [p for p in self.protocols if p not in PROTOCOLS]
         if unknown or not self.protocols or len(set(self.protocols)) != len(self.protocols):
             raise BrokerError(
-                f"broker listeners must be distinct, from {', '.join(PROTOCOLS)}: {self.protocols}"
+                f"broker listeners must be distinct protocols among {', '.join(PROTOCOLS)} "
+                f"(DRIFTLINE_KAFKA_SECURITY_PROTOCOL), got {self.protocols}"
             )
         if "SASL_SSL" in self.protocols and not self.users:
             raise BrokerError(
                 "a SASL_SSL broker needs a user: set DRIFTLINE_KAFKA_SASL_USERNAME and _PASSWORD"
+            )
+        if BROKER_USER in self.users:
+            raise BrokerError(
+                f"the SCRAM user name {BROKER_USER!r} is the embedded broker's own; choose another"
             )
         for name, password in self.users.items():
             if not name or not password or any(c in name + password for c in '"\\'):
@@ -234,7 +241,7 @@ class EmbeddedBroker:
         if protocol == "PLAINTEXT":
             return {}
         return security_options(
-            protocol, SCRAM, "broker", self._broker_password(), str(self.tls.ca_pem),
+            protocol, SCRAM, BROKER_USER, self._broker_password(), str(self.tls.ca_pem),
             str(self.tls.client_pem) if protocol == "SSL" else "",
             str(self.tls.client_key) if protocol == "SSL" else "",
         )  # fmt: skip
@@ -303,11 +310,14 @@ class EmbeddedBroker:
             lines.append("listener.name.ssl.ssl.client.auth=required")
         if "SASL_SSL" in self.listeners:
             lines += [
-                f"sasl.enabled.mechanisms={SCRAM}",
+                f"sasl.enabled.mechanisms={','.join(MECHANISMS)}",
                 f"sasl.mechanism.inter.broker.protocol={SCRAM}",
-                f"listener.name.sasl_ssl.{SCRAM.lower()}.sasl.jaas.config="
-                "org.apache.kafka.common.security.scram.ScramLoginModule required "
-                f'username="broker" password="{self._broker_password()}";',
+            ]
+            login = "org.apache.kafka.common.security.scram.ScramLoginModule required"
+            lines += [
+                f"listener.name.sasl_ssl.{mechanism.lower()}.sasl.jaas.config={login} "
+                f'username="{BROKER_USER}" password="{self._broker_password()}";'
+                for mechanism in MECHANISMS
             ]
         return lines
 
@@ -355,13 +365,14 @@ class EmbeddedBroker:
         """The SCRAM users a SASL_SSL broker holds: the broker's own and the configured ones."""
         if "SASL_SSL" not in self.listeners:
             return {}
-        return {"broker": self._broker_password(), **self.security.users}
+        return {BROKER_USER: self._broker_password(), **self.security.users}
 
     def _scram_arguments(self) -> list[str]:
-        """``--add-scram`` for each user: SCRAM credentials are stored at format time in KRaft."""
+        """``--add-scram`` for each user and mechanism: KRaft stores SCRAM credentials at format time."""
         return [
-            f'--add-scram={SCRAM}=[name="{name}",password="{password}"]'
+            f'--add-scram={mechanism}=[name="{name}",password="{password}"]'
             for name, password in self._scram_users().items()
+            for mechanism in MECHANISMS
         ]
 
     def _check_users(self) -> None:

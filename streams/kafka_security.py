@@ -7,10 +7,14 @@ options), SASL_SSL with SCRAM (a password over TLS) and SSL with a client certif
 Settings that cannot work (an unknown protocol, a missing password or file) raise
 :class:`KafkaSecurityError` before anything connects.
 
-A cluster that refuses the client (wrong password, untrusted certificate) is retried by both
-libraries until a time-out that names no cause; the cause only reaches their logs.
-:func:`connect` builds a kafka-python client (they connect as they are built) and turns such a
-time-out into a :class:`KafkaSecurityError` that says what the broker refused.
+kafka-python retries a connection the cluster refuses (wrong password, untrusted certificate)
+until its bootstrap time-out, then raises an error that names no cause: the cause only reaches its
+log, and not always (a broker that closes a connection after a failed SCRAM exchange sometimes
+loses its error answer, leaving only "socket disconnected"). :func:`connect` builds a
+kafka-python client (they connect as they are built, so every role meets the cluster first
+through one: ``ensure_topics`` or the producer) and turns that error into a
+:class:`KafkaSecurityError` saying what the broker refused, or that it dropped every connection
+of a secured client before letting it in.
 """
 
 from __future__ import annotations
@@ -29,9 +33,11 @@ PROTOCOLS = ("PLAINTEXT", "SASL_SSL", "SSL")
 MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256")
 
 
-#: Words of the libraries' log lines that say the broker refused the client, not that it is away.
+#: Words of the library's log lines that say the broker refused the client, not that it is away.
 REFUSAL_MARKS = ("AuthenticationFailed", "Authentication failed", "SSLError", "CERTIFICATE_VERIFY_FAILED",
                  "certificate", "SSL handshake")  # fmt: skip
+#: A connection the broker accepted, then closed before answering (see the module docstring).
+DROPPED_MARK = "socket disconnected"
 
 Client = TypeVar("Client")
 
@@ -41,32 +47,34 @@ class KafkaSecurityError(ValueError):
 
 
 class _Refusals(logging.Handler):
-    """Remembers the newest refusal the Kafka libraries logged (see the module docstring)."""
+    """Remembers the newest refusal and the newest dropped connection kafka-python logged."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self._lock = threading.Lock()
-        self.newest: tuple[float, str] | None = None
+        self.newest: dict[str, tuple[float, str]] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
-        if any(mark in message for mark in REFUSAL_MARKS):
+        kind = (
+            "refused"
+            if any(m in message for m in REFUSAL_MARKS)
+            else "dropped"
+            if DROPPED_MARK in message
+            else None
+        )
+        if kind:
             with self._lock:
-                self.newest = (time.monotonic(), message)
+                self.newest[kind] = (time.monotonic(), message)
 
-    def since(self, started: float) -> str | None:
+    def since(self, kind: str, started: float) -> str | None:
         with self._lock:
-            return self.newest[1] if self.newest and self.newest[0] >= started else None
+            at, message = self.newest.get(kind, (0.0, ""))
+            return message if at >= started else None
 
 
 _REFUSALS = _Refusals()
-for _name in ("kafka", "aiokafka"):
-    logging.getLogger(_name).addHandler(_REFUSALS)
-
-
-def refusal_since(started: float) -> str | None:
-    """What the broker refused since ``time.monotonic()`` was ``started`` (the newest), if anything."""
-    return _REFUSALS.since(started)
+logging.getLogger("kafka").addHandler(_REFUSALS)
 
 
 def connect(client: Callable[..., Client], **options: Any) -> Client:
@@ -74,13 +82,24 @@ def connect(client: Callable[..., Client], **options: Any) -> Client:
     broker's reason when the cluster refused the connection (see the module docstring)."""
     from kafka.errors import KafkaError
 
+    security = client_security()
+    where = f"Kafka at {options.get('bootstrap_servers')}"
     started = time.monotonic()
     try:
-        return client(**options, **client_security())
+        return client(**options, **security)
     except KafkaError:
-        if reason := refusal_since(started):
+        if reason := _REFUSALS.since("refused", started):
+            raise KafkaSecurityError(f"{where} refused this client: {reason}") from None
+        if security and (reason := _REFUSALS.since("dropped", started)):
+            who = (
+                f"user {security['sasl_plain_username']!r}"
+                if "sasl_mechanism" in security
+                else "its certificate"
+            )
             raise KafkaSecurityError(
-                f"Kafka at {options.get('bootstrap_servers')} refused this client: {reason}"
+                f"{where} dropped every connection of this client ({security['security_protocol']}, {who}) "
+                f"before letting it in; the usual cause is a wrong user name or password, or a client "
+                f"certificate the broker does not trust (last: {reason})"
             ) from None
         raise
 
