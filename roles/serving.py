@@ -26,6 +26,7 @@ from aiokafka.errors import KafkaError
 from roles.host import STATUS_INTERVAL_S, health_body, serving_http
 from streams.config import Settings
 from streams.http import make_app
+from streams.kafka_security import client_security
 from streams.metrics import WorkerMetrics
 from streams.schemas import Record, RecordError, ServiceStatus, parse_record
 from streams.service import Route
@@ -146,7 +147,7 @@ class ServingRole:
         while not stop.is_set():
             consumer = AIOKafkaConsumer(
                 bootstrap_servers=self.settings.bootstrap, group_id=None, enable_auto_commit=False,
-                auto_offset_reset="earliest", fetch_max_bytes=64 * 1024**2,
+                auto_offset_reset="earliest", fetch_max_bytes=64 * 1024**2, **client_security(self.settings),
             )  # fmt: skip
             try:
                 await consumer.start()
