@@ -7,6 +7,7 @@ only by ``DRIFTLINE_KAFKA_*`` variables, as in production.
 
 from __future__ import annotations
 
+import ast
 import os
 import random
 import re
@@ -123,6 +124,26 @@ def test_the_settings_select_the_embedded_broker_mode(monkeypatch, tmp_path):
         BrokerSecurity(("SASL_SSL",), {"carol": 'p"w'})
     with pytest.raises(BrokerError, match="need 1 extra port"):
         EmbeddedBroker(tmp_path, tmp_path, security=BrokerSecurity(("SSL", "PLAINTEXT")))
+
+
+def test_every_kafka_client_of_the_service_is_built_with_security_options():
+    """Each aiokafka or kafka-python client in the packages passes ``**`` options (``client_security()``
+    or options derived from it), or is built by ``connect``: a client built without them would
+    reach a secured cluster in plaintext."""
+    clients = {"AIOKafkaConsumer", "AIOKafkaProducer", "KafkaConsumer", "KafkaProducer", "KafkaAdminClient"}
+    root = Path(__file__).resolve().parents[2]
+    bare = []
+    for package in ("streams", "roles", "models", "forecasters", "rankers"):
+        for path in sorted((root / package).rglob("*.py")):
+            calls = [n for n in ast.walk(ast.parse(path.read_text(), str(path))) if isinstance(n, ast.Call)]
+            bare += [
+                f"{path.relative_to(root)}:{call.lineno} {call.func.id}"
+                for call in calls
+                if isinstance(call.func, ast.Name)
+                and call.func.id in clients
+                and not any(keyword.arg is None for keyword in call.keywords)
+            ]
+    assert bare == []
 
 
 # -- the real secured broker ---------------------------------------------------------------------
