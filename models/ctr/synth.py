@@ -101,10 +101,6 @@ class SynthConfig:
         if min(self.first_order_std, self.interaction_std, self.dense_std) < 0:
             raise ValueError("teacher standard deviations must be >= 0")
 
-    @property
-    def fields(self) -> tuple[str, ...]:
-        return tuple(f"C{i}" for i in range(1, len(self.cardinalities) + 1))
-
 
 @dataclass(frozen=True)
 class SynthBatch:
