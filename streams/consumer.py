@@ -150,6 +150,8 @@ class BatchConsumer:
         consumer = self.consumer
         assert consumer is not None
         tps = {(tp.topic, tp.partition) for tp in assigned}
+        name = self.runner.service.name
+        log.info("%s: %s assigned %d partition(s); restoring", name, self.instance, len(tps))
         self._generation += 1
         # The input topics' partition count, known even to a standby that was assigned nothing.
         counts = [len(consumer.partitions_for_topic(topic) or ()) for topic in self.subscriptions]
@@ -222,6 +224,8 @@ class BatchConsumer:
             tp: o for tp, o in self._catch_up.items() if offsets.get(f"{tp[0]}:{tp[1]}", -1) < o
         }
         self.runner.service.restoring = bool(self._catch_up)
+        if not self.ready and not self._catch_up:
+            log.info("%s: %s caught up; ready", self.runner.service.name, self.instance)
         self.ready = not self._catch_up
 
     # -- the loop ------------------------------------------------------------------------------
@@ -235,6 +239,7 @@ class BatchConsumer:
         consumer.subscribe(list(self.subscriptions), listener=_Listener(self))
         self.runner.commit = self._commit
         await consumer.start()
+        log.info("%s: %s connected; joining group %s", self.runner.service.name, self.instance, self.group)
         lag_task = asyncio.create_task(self._track_lag(stop))
         try:
             while not stop.is_set():
