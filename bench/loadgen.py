@@ -2,9 +2,12 @@
 
 ``open_loop`` (the default for latency numbers) schedules request k at ``start + k / rate`` whatever
 the answers do, and measures each latency from that scheduled time: a stalled server makes the
-requests behind it late, and that lateness is counted (no coordinated omission). ``load`` is the
-closed loop (a fixed number of clients, each waiting for its answer), kept for
-``bench/stream_services.py``, whose numbers are throughput under concurrency.
+requests behind it late, and that lateness is counted (no coordinated omission). Its client is a
+bare HTTP/1.1 one over keep-alive connections (a new one whenever every open one is busy), about
+a quarter of aiohttp's CPU per request: on a shared 2-core machine the generator itself must not be
+what saturates first (``gen lag99`` says how late it sent). ``load`` is the closed loop (a fixed
+number of aiohttp clients, each waiting for its answer), kept for ``bench/stream_services.py``,
+whose numbers are throughput under concurrency.
 
 Every run is bounded by a time limit and only ever targets loopback URLs.
 """
@@ -12,17 +15,21 @@ Every run is bounded by a time limit and only ever targets loopback URLs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 from aiohttp import ClientSession, ClientTimeout, TCPConnector
 
 Target = str | Callable[[int], str]
 JSON_HEADERS = {"Content-Type": "application/json"}
+#: Seconds before an open-loop request counts as failed.
+TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -71,29 +78,82 @@ async def _request(http: ClientSession, method: str, target: str, payload: bytes
         return True
 
 
+class _Connection:
+    """One keep-alive HTTP/1.1 connection that sends prepared requests and reads whole answers."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def send(self, request: bytes) -> int:
+        """Send ``request``; return the answer's status once its body has been read."""
+        self.writer.write(request)
+        status = int((await self.reader.readline()).split(b" ", 2)[1])
+        length = None
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        if length is None:
+            raise ConnectionError("an answer without Content-Length")
+        await self.reader.readexactly(length)
+        return status
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _prepared(method: str, url: str, payload: bytes | None) -> tuple[str, int, bytes]:
+    """Host, port and the bytes of one request to ``url``."""
+    parts = urlsplit(url)
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    head = f"{method} {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
+    body = payload or b""
+    request = (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    return parts.hostname or "127.0.0.1", parts.port or 80, request
+
+
 async def _open(method: str, url: Target, body: bytes | None, rate: float, seconds: float) -> LoadReport:
     count = max(int(rate * seconds), 1)
     latencies = np.full(count, np.nan)
     send_lag = np.zeros(count)
     failed = np.zeros(count, bool)
+    idle: list[_Connection] = []
+    opened: list[_Connection] = []
 
-    async def one(http: ClientSession, k: int, scheduled: float) -> None:
+    async def one(k: int, scheduled: float) -> None:
         send_lag[k] = (time.perf_counter() - scheduled) * 1000
-        failed[k] = await _request(http, method, url(k) if callable(url) else url, body)
+        host, port, request = _prepared(method, url(k) if callable(url) else url, body)
+        connection = None
+        try:
+            if idle:
+                connection = idle.pop()
+            else:  # every open connection is busy: no client-side queue, lateness shows as latency
+                connection = _Connection(*await asyncio.open_connection(host, port))
+                opened.append(connection)
+            status = await asyncio.wait_for(connection.send(request), TIMEOUT_S)
+            failed[k] = status >= 500
+            idle.append(connection)
+        except (OSError, ValueError, IndexError, asyncio.IncompleteReadError, TimeoutError):
+            failed[k] = True
+            if connection is not None:
+                connection.close()  # its answer may still come: never reuse it
         latencies[k] = (time.perf_counter() - scheduled) * 1000
 
-    connector = TCPConnector(limit=0)  # no client-side queue: lateness shows up as latency
-    async with ClientSession(connector=connector, timeout=ClientTimeout(total=10)) as http:
-        started = time.perf_counter()
-        tasks = []
+    started = time.perf_counter()
+    tasks = []
+    try:
         for k in range(count):
             scheduled = started + k / rate
             delay = scheduled - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(http, k, scheduled)))
+            tasks.append(asyncio.create_task(one(k, scheduled)))
         await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - started
+    finally:
+        for connection in opened:
+            with contextlib.suppress(Exception):
+                connection.close()
+    elapsed = time.perf_counter() - started
     return LoadReport(count, int(failed.sum()), elapsed, latencies, send_lag)
 
 
