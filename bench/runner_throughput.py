@@ -12,18 +12,23 @@ processes. Sections (``--sections``, default all):
               release did: DRIFTLINE_CHECKPOINT_EVENTS=1, DRIFTLINE_CHECKPOINT_INTERVAL_S=0; a lower
               bound, since the runner skips a checkpoint while the previous one is still writing) and
               "after" (the defaults), from ``driftline_checkpoint_bytes_total`` and
-              ``driftline_events_total``, for tally (synthetic) and ctr (MovieLens-100K); the ctr
-              "after" run also gives CTR samples/s through Kafka, compared with ``CtrService.process``
-              on the same batches in this process
+              ``driftline_events_total``, for tally (synthetic) and ctr (MovieLens-100K)
+  ctr         CTR samples/s through Kafka (a ctr worker with default options draining
+              ``--impressions`` MovieLens-100K impressions) against ``CtrService.process`` on the
+              same impressions in batches of the same size in this process, run after run
+              (``--repeats`` pairs, each Kafka drain in a fresh consumer group); the ratio per pair
+              and the median
   recovery    SIGKILL a tally worker mid-stream and restart it at once on the same port (same
               static member); seconds from restart to ``/ready`` and until applied events grow
 
-Usage: python bench/runner_throughput.py [--events 1000000] [--impressions 50000] [--sections ...]
+Usage: python bench/runner_throughput.py [--events 1000000] [--impressions 50000] [--repeats 3]
+       [--sections throughput,checkpoint,ctr,recovery]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import os
 import statistics
@@ -31,6 +36,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -123,18 +129,25 @@ def drain_rate(worker: Worker, service: str, total: int) -> float:
     """Events/s from the first applied events seen (the group has joined) until ``total`` are applied.
 
     ``/ready`` can answer only after a short backlog is gone, so the clock starts at the first
-    ``driftline_events_total`` sample above zero and what was applied by then is not counted.
+    ``driftline_events_total`` sample above zero and what was applied by then is not counted. It
+    stops at the worker's own time of its last batch (``driftline_last_batch_timestamp_seconds``),
+    so ``/metrics`` is read only twice a second while the worker drains.
     """
-    wait_for(lambda: worker.applied(service) > 0, 300, f"{service} applies events", 0.1)
-    first, started = worker.applied(service), time.monotonic()
-    wait_for(lambda: worker.applied(service) >= total, 900, f"{service} applies {total}", 0.1)
-    return (total - first) / (time.monotonic() - started) if total > first else float("nan")
+    wait_for(lambda: worker.applied(service) > 0, 300, f"{service} applies events", 0.05)
+    first, started = worker.applied(service), time.time()
+    wait_for(lambda: worker.applied(service) >= total, 900, f"{service} applies {total}", 0.5)
+    finished = worker.metric("driftline_last_batch_timestamp_seconds", service=service)
+    return (total - first) / (finished - started) if total > first else float("nan")
 
 
-def policy_run(bootstrap: str, tmp: Path, service: str, policy: str, total: int) -> list[object]:
-    """One worker of ``service`` with ``policy`` draining ``total`` events; its checkpoint figures."""
+def policy_run(
+    bootstrap: str, tmp: Path, service: str, policy: str, total: int, tag: str = ""
+) -> list[object]:
+    """One worker of ``service`` with ``policy`` draining ``total`` events; its checkpoint figures.
+
+    ``tag`` makes the worker's consumer group (and checkpoint store) a fresh one."""
     before = policy.startswith("before")
-    name = f"{service}-{'before' if before else 'after'}"
+    name = f"{service}-{'before' if before else 'after'}{tag}"
     env = {**(BEFORE if before else {}), "DRIFTLINE_CHECKPOINT_STORE": str(tmp / f"store-{name}")}
     say(f"checkpoint bytes: {service}, {policy}")
     worker = Worker(bootstrap, tmp / name, service, env=env, app_id=name)
@@ -150,14 +163,9 @@ def policy_run(bootstrap: str, tmp: Path, service: str, policy: str, total: int)
 
 
 def checkpoint_bytes(bootstrap: str, tmp: Path, events: int, impressions: int) -> None:
-    from models.ctr.movielens import iter_impressions
-
-    records = list(itertools.islice(iter_impressions(), impressions))
-    say(f"producing {len(records):,} MovieLens impressions")
-    produce(bootstrap, "impressions", records)
     rows = [
         policy_run(bootstrap, tmp, service, policy, total)
-        for service, total in (("tally", events), ("ctr", len(records)))
+        for service, total in (("tally", events), ("ctr", impressions))
         for policy in ("before: every batch", "after: defaults")
     ]
     table(
@@ -165,15 +173,23 @@ def checkpoint_bytes(bootstrap: str, tmp: Path, events: int, impressions: int) -
         ["service", "policy", "events", "checkpoint bytes", "bytes/event", "drain ev/s", "load after"],
         rows,
     )
-    ctr_kafka = float(rows[-1][5])  # type: ignore[arg-type]
-    in_process = ctr_in_process(tmp, records)
+
+
+def ctr_ratio(bootstrap: str, tmp: Path, records: list, repeats: int) -> None:
+    """CTR samples/s through Kafka and in process, one after the other, ``repeats`` times."""
+    rows: list[list[object]] = []
+    for attempt in range(1, repeats + 1):
+        kafka = policy_run(bootstrap, tmp, "ctr", "after: defaults", len(records), f"run{attempt}")
+        kafka_rate, kafka_load = float(kafka[5]), kafka[6]  # type: ignore[arg-type]
+        in_process = ctr_in_process(tmp / f"run{attempt}", records)
+        rows.append([attempt, in_process, load(), kafka_rate, kafka_load, kafka_rate / in_process])
+    ratios = [float(r[5]) for r in rows]  # type: ignore[arg-type]
+    rows.append(["median", "", "", "", "", statistics.median(ratios)])
     table(
-        "CTR samples/s, MovieLens-100K, default ctr options (DeepFM, batch 4096), CPU",
-        ["path", "samples", "samples/s", "ratio", "load"],
-        [
-            ["in process: CtrService.process", len(records), in_process, 1.0, load()],
-            ["through Kafka: worker drain", len(records), ctr_kafka, ctr_kafka / in_process, ""],
-        ],
+        f"CTR samples/s, {len(records):,} MovieLens-100K impressions, default ctr options "
+        f"(DeepFM, batch 4096), CPU, {CORES} cores",
+        ["run", "in process: CtrService.process", "load", "through Kafka: worker drain", "load", "ratio"],
+        rows,
     )
 
 
@@ -181,13 +197,18 @@ def ctr_in_process(tmp: Path, records: list) -> float:
     """``CtrService.process`` on the worker's batches (default options), samples/s.
 
     The first batch (lazy initialisation, first published version) is not timed, as the Kafka
-    drain's clock also starts after the first applied batch.
+    drain's clock also starts after the first applied batch. What this process holds (the parsed
+    impressions, imports, the model) is frozen out of the garbage collector's scans, as the
+    worker freezes its start-up heap: the collector's work on this bench's own objects is no
+    part of the model's speed.
     """
     from models.ctr.service import build_service
     from streams.topics import topic_name
 
     os.environ["DRIFTLINE_CHECKPOINT_STORE"] = str(tmp / "store-inprocess")
     service = build_service(tmp / "inprocess" / "ctr")
+    gc.collect()
+    gc.freeze()
     size = service.batch_size
     say(f"ctr in process: {len(records):,} impressions in batches of {size}")
     started = 0.0
@@ -198,10 +219,42 @@ def ctr_in_process(tmp: Path, records: list) -> float:
     return (len(records) - size) / (time.perf_counter() - started)
 
 
+#: INFO log lines of the worker that mark each part of a restart (streams/consumer.py), in order;
+#: before them, the first line the new process logs comes right after its imports.
+PHASES = {
+    "connected": "connected; joining group",
+    "assigned": "partition(s); restoring",
+    "restored": "to replay before serving",
+    "caught up": "caught up; ready",
+}
+
+
+def restart_parts(log_text: str, since: float) -> dict[str, float]:
+    """Seconds from ``since`` (wall clock) to the new process's first log line and to each phase."""
+    found: dict[str, float] = {}
+    for line in log_text.splitlines():
+        try:
+            stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        except ValueError:
+            continue
+        if stamp < since:
+            continue
+        found.setdefault("first log line", stamp - since)
+        for phase, marker in PHASES.items():
+            if marker in line:
+                found.setdefault(phase, stamp - since)
+    return found
+
+
 def recovery(bootstrap: str, tmp: Path, kills: int, rate: float = 5_000.0) -> None:
-    """Kill -9 and restart a tally worker while a paced SYNTHETIC stream keeps arriving."""
-    store = {"DRIFTLINE_CHECKPOINT_STORE": str(tmp / "store-recovery")}
-    worker = Worker(bootstrap, tmp / "recovery", "tally", env=store, app_id="recovery")
+    """Kill -9 and restart a tally worker while a paced SYNTHETIC stream keeps arriving.
+
+    Each restart is split into its parts from the worker's INFO log: process start and imports
+    (to its first log line), topic check, services, producer, HTTP and consumer start (to
+    "connected"), the group join (to "assigned"), the checkpoint load (to "restored") and the
+    replay of the backlog (to "caught up")."""
+    env = {"DRIFTLINE_CHECKPOINT_STORE": str(tmp / "store-recovery"), "DRIFTLINE_LOGLEVEL": "info"}
+    worker = Worker(bootstrap, tmp / "recovery", "tally", env=env, app_id="recovery")
     stop = threading.Event()
     stream = threading.Thread(target=_stream, args=(bootstrap, rate, stop), daemon=True)
     rows = []
@@ -212,25 +265,28 @@ def recovery(bootstrap: str, tmp: Path, kills: int, rate: float = 5_000.0) -> No
                 wait_for(lambda: worker.applied() > 0, 60, "the worker applies the stream", 0.1)
                 time.sleep(3.0)  # mid-stream: applied events not yet checkpointed
                 worker.kill()
-                restarted = time.monotonic()
+                restarted, wall = time.monotonic(), time.time()
                 worker.start(wait=False)
                 worker.wait_ready()
                 to_ready = time.monotonic() - restarted
                 wait_for(lambda: worker.applied() > 0, 120, "applied events grow", 0.05)
                 to_apply = time.monotonic() - restarted
-                say(f"recovery {attempt}: ready {to_ready:.2f}s, applying {to_apply:.2f}s")
-                rows.append([attempt, to_ready, to_apply, load()])
+                parts = restart_parts((worker.home / "worker.log").read_text(errors="replace"), wall)
+                say(f"recovery {attempt}: ready {to_ready:.2f}s, applying {to_apply:.2f}s, parts {parts}")
+                marks = [parts.get(p, float("nan")) for p in ("first log line", *PHASES)]
+                rows.append([attempt, *marks, to_ready, to_apply, load()])
         finally:
             stop.set()
             stream.join()
-    medians = [statistics.median(float(r[i]) for r in rows) for i in (1, 2)]
+    medians = [statistics.median(float(r[i]) for r in rows) for i in range(1, 8)]  # type: ignore[arg-type]
     rows.append(["median", *medians, load()])
     table(
         f"recovery after kill -9 and immediate restart (same static member), tally, "
-        f"SYNTHETIC stream at {rate:,.0f} events/s",
-        ["kill", "s to /ready", "s to applied events grow", "load"],
+        f"SYNTHETIC stream at {rate:,.0f} events/s; seconds from the restart",
+        ["kill", "imports (1st log)", "connected", "assigned (joined)", "restored", "caught up",
+         "/ready", "applied events grow", "load"],
         rows,
-    )
+    )  # fmt: skip
 
 
 def _stream(bootstrap: str, rate: float, stop: threading.Event) -> None:
@@ -260,19 +316,31 @@ def main() -> None:
     parser.add_argument("--impressions", type=int, default=50_000, help="MovieLens impressions for ctr")
     parser.add_argument("--workers", default="1,2,3", help="worker counts for the scaling runs")
     parser.add_argument("--kills", type=int, default=3)
-    parser.add_argument("--sections", default="throughput,checkpoint,recovery")
+    parser.add_argument("--repeats", type=int, default=3, help="Kafka / in-process pairs for ctr")
+    parser.add_argument("--sections", default="throughput,checkpoint,ctr,recovery")
     args = parser.parse_args()
     sections = set(args.sections.split(","))
     print(f"stream engine bench, Kafka embedded, {CORES} cores, start {load()}")
     with broker(partitions=12) as (node, tmp):
-        say(f"producing {args.events:,} SYNTHETIC observations before any worker starts")
-        seconds = produce(node.bootstrap, "observations", observations(args.events))
-        rate = args.events / seconds
-        print(f"produced {args.events:,} SYNTHETIC observations in {seconds:.1f}s ({rate:,.0f}/s) [{load()}]")
+        if sections & {"throughput", "checkpoint"}:
+            say(f"producing {args.events:,} SYNTHETIC observations before any worker starts")
+            seconds = produce(node.bootstrap, "observations", observations(args.events))
+            rate = args.events / seconds
+            print(
+                f"produced {args.events:,} SYNTHETIC observations in {seconds:.1f}s ({rate:,.0f}/s)", load()
+            )
         if "throughput" in sections:
             throughput(node.bootstrap, tmp, args.events, [int(n) for n in args.workers.split(",")])
-        if "checkpoint" in sections:
-            checkpoint_bytes(node.bootstrap, tmp, args.events, args.impressions)
+        if sections & {"checkpoint", "ctr"}:
+            from models.ctr.movielens import iter_impressions
+
+            records = list(itertools.islice(iter_impressions(), args.impressions))
+            say(f"producing {len(records):,} MovieLens impressions")
+            produce(node.bootstrap, "impressions", records)
+            if "checkpoint" in sections:
+                checkpoint_bytes(node.bootstrap, tmp, args.events, len(records))
+            if "ctr" in sections:
+                ctr_ratio(node.bootstrap, tmp, records, args.repeats)
         if "recovery" in sections:
             recovery(node.bootstrap, tmp, args.kills)
 
