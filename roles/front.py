@@ -34,12 +34,13 @@ ROUTE_PREFIXES: dict[str, tuple[str, ...]] = {
 }
 #: Combined answers and forwarded requests wait this long for a worker (a busy one stalls briefly).
 WORKER_TIMEOUT_S = 30.0
-#: Headers that describe one connection, not the message: never forwarded either way.
+#: Headers that describe one connection, not the message (and Host, which names the front): never
+#: forwarded either way. Bodies pass through as bytes, so Content-Encoding goes with them.
 HOP_BY_HOP = frozenset(
     h.lower()
     for h in (
         "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
-        "Transfer-Encoding", "Upgrade", "Host", "Content-Length", "Content-Encoding",
+        "Transfer-Encoding", "Upgrade", "Host", "Content-Length",
     )
 )  # fmt: skip
 SESSION = web.AppKey("front_session", aiohttp.ClientSession)

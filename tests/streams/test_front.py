@@ -32,7 +32,10 @@ def stand_in(service: str, health: dict[str, Any], ready: bool, lag: int) -> web
             "body": (await request.read()).decode(),
             "authorization": request.headers.get("Authorization"),
         }
-        return web.json_response(seen, status=201, headers={"Content-Security-Policy": "default-src 'self'"})
+        policy = {"Content-Security-Policy": "default-src 'self'"}
+        answer = web.json_response(seen, status=201, headers=policy)
+        answer.enable_compression()  # as the client accepts: the body passes the front as bytes
+        return answer
 
     async def probe_health(_: web.Request) -> web.Response:
         return web.json_response(health)
@@ -108,6 +111,7 @@ def test_the_one_port_forwards_each_route_to_its_service_and_combines_the_probes
     status, body, headers = out["forecast"]
     assert status == 201 and body["service"] == "forecast" and body["path_qs"] == "/forecast/ETTh2?horizon=6"
     assert headers["Content-Security-Policy"] == "default-src 'self'"  # the worker's headers come back
+    assert headers["Content-Encoding"] in ("gzip", "deflate")  # compressed bytes, decoded by the client
     status, body = out["ctr"]
     assert (status, body["service"], body["method"], body["body"]) == (201, "ctr", "POST", '{"x": 1}')
     assert body["authorization"] == "Bearer t0k3n"  # the worker checks the token itself
