@@ -215,7 +215,13 @@ class Tally:
 
     @property
     def sent(self) -> int:
+        """Requests answered."""
         return sum(self.statuses.values())
+
+    @property
+    def tried(self) -> int:
+        """Requests drawn: answered, hung, or refused by the client before sending."""
+        return self.sent + len(self.hangs) + sum(self.client_refused.values())
 
     def ok(self) -> bool:
         return not self.bad and not self.hangs
@@ -272,8 +278,11 @@ def _acceptable(status: int, content_type: str, raw: bytes) -> bool:
 
 
 def report(tally: Tally, out: Callable[[str], None] = print) -> None:
-    out(f"hostile requests answered: {tally.sent:,}; disallowed answers (incl. 500): {len(tally.bad)}; "
-        f"hangs: {len(tally.hangs)}; slowest answer {tally.slowest_s:.2f} s")  # fmt: skip
+    out(
+        f"hostile requests tried: {tally.tried:,}; answered: {tally.sent:,}; "
+        f"500s seen: {tally.statuses[500]}; disallowed answers: {len(tally.bad)}; hangs: {len(tally.hangs)}; "
+        f"slowest answer {tally.slowest_s:.2f} s"
+    )
     out("| status | count |\n|---:|---:|")
     for status, count in sorted(tally.statuses.items()):
         out(f"| {status} | {count:,} |")
