@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import multiprocessing
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -58,12 +58,17 @@ def observations() -> Iterator[Record]:
 
 
 class Feeder:
-    """Produces records to a topic: a first batch now, then flat out until stopped."""
+    """Produces records to a topic: a first batch now, then flat out from a child process until stopped.
+
+    Flat out, the producer is pure Python busy with the GIL: in the load generator's process it
+    starved the generator's event loop (requests sent seconds late), so it runs in its own process.
+    """
 
     def __init__(self, bootstrap: str, prefix: str, topic: str, records: Iterator[Record]) -> None:
         self.bootstrap, self.topic, self.records = bootstrap, prefix + topic, records
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._send, args=(None,), daemon=True)
+        context = multiprocessing.get_context("fork")  # the child goes on where send() stopped
+        self.stopping = context.Event()
+        self.process = context.Process(target=self._send, args=(None,), daemon=True)
 
     def _send(self, count: int | None) -> None:
         from streams.producer import key_of
@@ -71,7 +76,7 @@ class Feeder:
         producer = make_producer(self.bootstrap)
         try:
             for record in itertools.islice(self.records, count):
-                if self.stop.is_set():
+                if self.stopping.is_set():
                     break
                 key = key_of(record)
                 producer.send(self.topic, value=record.to_bytes(), key=key.encode() if key else None)
@@ -82,6 +87,14 @@ class Feeder:
     def send(self, count: int) -> None:
         """Send ``count`` records now (synchronously)."""
         self._send(count)
+
+    def start(self) -> None:
+        """Feed flat out until :meth:`stop`."""
+        self.process.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.process.join()
 
 
 def wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -158,11 +171,10 @@ def run_case(
 
         rows.append(measure(f"{name}, idle, {idle_rate:g}/s", trainer, case.service, at(idle_rate)))
         rows.append(measure(f"{name}, idle, {case.rate:g}/s", trainer, case.service, at(case.rate)))
-        feeder.thread.start()
+        feeder.start()
         time.sleep(3)  # training under way
         rows.append(measure(f"{name}, training, {case.rate:g}/s", trainer, case.service, at(case.rate)))
-        feeder.stop.set()
-        feeder.thread.join()
+        feeder.stop()
         _, health = get_json(f"{server.base}/health")
         version = health["services"][case.service]["model_version"]
         rows.append((f"  ({name}: model v{version} at the end)", ""))
