@@ -21,7 +21,7 @@ forecasting issue). One torch thread.
 - 1,000 series: derived (synthetic) from ETTh2: series i is ETTh2 from online row 3600 + i * stride,
   so the series are shifted, partly overlapping copies of one real series; ``--many-rows`` rows each.
 
-    .venv/bin/python bench/forecast_cadence.py          # ~5 min on 2 shared cores
+    .venv/bin/python bench/forecast_cadence.py          # ~3 min on a quiet machine, 6-10 under load
 """
 
 from __future__ import annotations
