@@ -51,6 +51,8 @@ class RowwiseAdam:
 
     ``step(rows)`` takes, per table, the row of every lookup in the batch (``FieldEmbedding.rows``), as
     :class:`models.ctr.cowclip.CowClip` does: CowClip's threshold scales with per-row lookup counts.
+    ``clip`` applies to every table given; the learner clips the vector embeddings but not DeepFM's
+    first-order weights, so those get a second ``RowwiseAdam`` without ``clip``.
     """
 
     def __init__(
