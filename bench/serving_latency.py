@@ -1,9 +1,11 @@
 """Query latency with training beside it: one process versus a pinned trainer plus a serving replica.
 
-Open-loop load (``bench.loadgen.open_loop``: fixed schedule, latency from the scheduled time):
+Open-loop load (``bench.loadgen.open_loop``: fixed schedule, latency from the scheduled time). The
+process answering queries has cpu 1 to itself (among the bench's processes); the broker, the feeder and
+the generator run on cpu 0 (with the trainer, when it is a separate process):
 
-  (a) today: ``driftline worker --services ctr`` answers ``POST /ctr/score`` (100 candidates)
-      itself, idle and while it trains flat out on MovieLens-100K impressions;
+  (a) today: ``driftline worker --services ctr`` (``taskset -c 1``) answers ``POST /ctr/score``
+      (100 candidates) itself, idle and while it trains flat out on MovieLens-100K impressions;
   (b) the split: the trainer (``taskset -c 0``) fed flat out, and ``driftline serve --services ctr``
       (``taskset -c 1``) following its model updates and answering the same query.
   forecast: ``GET /forecast/{series}`` while the forecast worker trains on ETTh2 flat out, (a) on
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import multiprocessing
+import os
 import sys
 import tempfile
 import time
@@ -147,7 +150,7 @@ def run_case(
     prefix = f"lat{case.service[0]}{int(time.time() * 1000) % 10**8}."
     store = {"DRIFTLINE_CHECKPOINT_STORE": str(home / prefix / "store")}
     roles = [start_role("worker", case.service, home / prefix / "trainer", bootstrap, prefix, case.options,
-                        "0" if split else None, store)]  # fmt: skip
+                        "0" if split else "1", store)]  # fmt: skip
     if split:
         roles.append(start_role("serve", case.service, home / prefix / "replica", bootstrap, prefix,
                                 case.options, "1", store))  # fmt: skip
@@ -206,6 +209,9 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="comma-separated: ctr, forecast")
     args = parser.parse_args()
     skip = set(args.skip.split(","))
+    # The broker, the feeder and the generator share cpu 0 with the trainer (they inherit this
+    # affinity), so the process answering queries has cpu 1 to itself, as on a serving machine.
+    os.sched_setaffinity(0, {0})
     rows: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         broker = EmbeddedBroker.on_free_ports(Path(tmp) / "kafka", Settings.from_env().cache)
