@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -184,6 +185,15 @@ def test_a_handler_past_the_time_limit_gets_503(served: Served) -> None:
     status, headers, body = request("GET", f"{served.base}/slow")
     assert status == 503 and "did not finish within 0.5s" in body["error"] and headers["Retry-After"] == "1"
     assert time.monotonic() - started < 3
+
+
+def test_a_body_that_never_arrives_gets_408(served: Served) -> None:
+    host, port = served.base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as conn:
+        head = f"POST /admin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {served.tokens['admin']}\r\n"
+        conn.sendall(f"{head}Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{".encode())
+        answer = conn.recv(4096).decode()  # the other 99 bytes never come
+    assert answer.startswith("HTTP/1.1 408") and "did not arrive within 0.5s" in answer
 
 
 def test_tokens_added_and_revoked_with_the_cli_apply_to_a_running_server(
