@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from streams.client import call
+from streams.client import TOKEN_VARIABLE, call
 
 if TYPE_CHECKING:
     from streams.schemas import Impression
@@ -30,6 +30,11 @@ def register(subparsers: Any) -> None:
             "--url", default=DEFAULT_URL, help=f"worker HTTP address (default {DEFAULT_URL})"
         )
         command.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the worker")
+        command.add_argument(
+            "--token",
+            default=None,
+            help=f"bearer token (default ${TOKEN_VARIABLE}); rollback needs an admin token",
+        )
     add_synth_parser(commands)
 
 
@@ -71,7 +76,7 @@ def _run(method: str, path: str, args: argparse.Namespace) -> dict[str, Any] | N
     """The worker's JSON answer, or None after printing why there is none."""
     url = args.url.rstrip("/") + path
     try:
-        status, body = call(method, url, timeout=args.timeout)
+        status, body = call(method, url, timeout=args.timeout, token=args.token)
     except OSError as exc:
         print(f"cannot reach the worker at {url}: {exc}", file=sys.stderr)
         return None

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from streams.broker import EmbeddedBroker, free_port
+from streams.client import TOKEN_VARIABLE
 from streams.config import Settings, shared_data_dir
+from streams.tokens import Role, TokenFile, TokenRecord, new_token
 
 
 @pytest.fixture(scope="session")
@@ -105,8 +107,42 @@ class WorkerProcess:
         return (self.home / "worker.log").read_text(errors="replace")
 
 
+class MintedTokens:
+    """Tokens minted for one test, written into the home of every worker the test makes.
+
+    Write routes always need a token, and a label carries its token's name, so each person in a
+    test gets a token of their own. The workers read their home's token file while they run.
+    """
+
+    def __init__(self) -> None:
+        self.records: list[TokenRecord] = []
+        self.homes: list[Path] = []
+
+    def mint(self, name: str, role: Role) -> str:
+        token, record = new_token(name, role)
+        self.records.append(record)
+        for home in self.homes:
+            TokenFile(home).append(record)
+        return token
+
+    def add_home(self, home: Path) -> None:
+        self.homes.append(home)
+        for record in self.records:
+            TokenFile(home).append(record)
+
+
 @pytest.fixture
-def worker_factory(kafka: EmbeddedBroker, topic_prefix: str, tmp_path: Path) -> Iterator:
+def minted_tokens(monkeypatch: pytest.MonkeyPatch) -> MintedTokens:
+    """One admin token per test, sent by :mod:`streams.client` (``$DRIFTLINE_TOKEN``) by default."""
+    tokens = MintedTokens()
+    monkeypatch.setenv(TOKEN_VARIABLE, tokens.mint("test-admin", Role.ADMIN))
+    return tokens
+
+
+@pytest.fixture
+def worker_factory(
+    kafka: EmbeddedBroker, topic_prefix: str, tmp_path: Path, minted_tokens: MintedTokens
+) -> Iterator:
     workers: list[WorkerProcess] = []
 
     def make(
@@ -119,6 +155,7 @@ def worker_factory(kafka: EmbeddedBroker, topic_prefix: str, tmp_path: Path) -> 
         """A ``driftline worker`` (or ``serve``) process with its own home ``tmp_path/name``."""
         home = tmp_path / name
         home.mkdir(exist_ok=True)
+        minted_tokens.add_home(home)
         worker = WorkerProcess(kafka.bootstrap, home, services, options or [], topic_prefix, env, command)
         workers.append(worker)
         return worker

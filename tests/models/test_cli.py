@@ -14,7 +14,9 @@ from aiohttp import web
 
 from models import cli
 from models.ctr.service import CtrService
+from streams.auth import HttpSecurity
 from streams.http import make_app
+from streams.tokens import Role, TokenStore, new_token
 from streams.topics import topic_name
 from tests.models.outputs import record_outputs
 from tests.models.synthetic import impressions, make_service
@@ -26,6 +28,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+ADMIN_TOKEN, ADMIN = new_token("operator", Role.ADMIN)
+
+
 @pytest.fixture()
 def served(tmp_path: Path) -> Iterator[tuple[CtrService, str]]:
     service, _ = make_service(tmp_path, swap_interval_s=0.0)
@@ -34,7 +39,7 @@ def served(tmp_path: Path) -> Iterator[tuple[CtrService, str]]:
         service.process(topic_name("impressions"), impressions(64, seed=seed))
     port = free_port()
     loop = asyncio.new_event_loop()
-    runner = web.AppRunner(make_app([service]))
+    runner = web.AppRunner(make_app([service], security=HttpSecurity(store=TokenStore([ADMIN]))))
     loop.run_until_complete(runner.setup())
     loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
     thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -61,6 +66,9 @@ def test_versions_then_rollback(served: tuple[CtrService, str], capsys: pytest.C
     out = capsys.readouterr().out
     assert "serving version 2" in out and "* v2" in out and "v1" in out
     args = parse("ctr", "rollback", "--url", url)
+    assert args.func(args) == 1  # rolling back needs an admin token
+    assert "401" in capsys.readouterr().err and service.model_version() == 2
+    args = parse("ctr", "rollback", "--url", url, "--token", ADMIN_TOKEN)
     assert args.func(args) == 0
     assert "now serving version 1 (was 2)" in capsys.readouterr().out
     assert service.model_version() == 1

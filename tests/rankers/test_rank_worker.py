@@ -7,6 +7,7 @@ import pytest
 
 from rankers.records import query_records
 from streams.producer import make_producer, send_all
+from streams.tokens import Role
 from streams.topics import topic_name
 from tests.streams.helpers import get_json, post_json, read_topic, wait_until
 
@@ -23,20 +24,23 @@ def status(worker) -> dict:
     return body
 
 
-def submit(worker, task: dict, truth: dict, annotator: str) -> tuple[int, dict]:
-    body = {"grades": truth[task["query_id"]], "annotator": annotator}
-    return post_json(f"{worker.base}/labeling/{task['task_id']}", body)
+def submit(worker, task: dict, truth: dict, token: str) -> tuple[int, dict]:
+    """Labels carry the name of the annotator's token."""
+    return post_json(
+        f"{worker.base}/labeling/{task['task_id']}", {"grades": truth[task["query_id"]]}, token=token
+    )
 
 
-def grade_next(worker, truth: dict, annotator: str) -> dict:
-    code, view = get_json(f"{worker.base}/labeling/next?annotator={annotator}")
+def grade_next(worker, truth: dict, token: str) -> dict:
+    code, view = get_json(f"{worker.base}/labeling/next", token=token)
     assert code == 200 and view["task"] is not None, view
-    code, body = submit(worker, view["task"], truth, annotator)
+    code, body = submit(worker, view["task"], truth, token)
     assert code == 202, body
     return view["task"]
 
 
-def test_labels_flow_through_kafka_and_survive_a_crash(kafka, worker_factory) -> None:
+def test_labels_flow_through_kafka_and_survive_a_crash(kafka, worker_factory, minted_tokens) -> None:
+    alice, bob = (minted_tokens.mint(name, Role.ANNOTATOR) for name in ("alice", "bob"))
     queries, truth = query_records(synthetic_queries(3, docs=30))
     worker = worker_factory("rank", OPTIONS).start()
     producer = make_producer(kafka.bootstrap)
@@ -48,12 +52,12 @@ def test_labels_flow_through_kafka_and_survive_a_crash(kafka, worker_factory) ->
     tasks = read_topic(kafka.bootstrap, topic_name("labeling-queue"), 3)
     assert sorted(t["query_id"] for t in tasks) == ["q0", "q1", "q2"]
 
-    first = grade_next(worker, truth, "alice")
+    first = grade_next(worker, truth, alice)
     wait_until(lambda: status(worker)["model_version"] == 1, what="retrain from the first label")
-    code, body = submit(worker, first, truth, "alice")
+    code, body = submit(worker, first, truth, alice)
     assert code == 409 and "already labeled" in body["error"]
 
-    grade_next(worker, truth, "bob")
+    grade_next(worker, truth, bob)
     worker.kill()  # the label is in Kafka, the worker never learned it
     worker.start()  # replays every topic from its checkpoint: labels may come before their queries
     wait_until(lambda: status(worker)["queue"]["done"] == 2, what="both labels learned after the crash")
@@ -70,7 +74,10 @@ def test_labels_flow_through_kafka_and_survive_a_crash(kafka, worker_factory) ->
     assert code == 200 and len(body["ranking"]) == 30 and body["model_version"] == after["model_version"] >= 1
 
 
-def test_an_answered_lease_is_on_the_control_topic_and_survives_a_crash(kafka, worker_factory) -> None:
+def test_an_answered_lease_is_on_the_control_topic_and_survives_a_crash(
+    kafka, worker_factory, minted_tokens
+) -> None:
+    alice_token, bob_token = (minted_tokens.mint(name, Role.ANNOTATOR) for name in ("alice", "bob"))
     queries, _ = query_records(synthetic_queries(2, docs=5))
     worker = worker_factory("rank", ["rank.budget=2", "rank.budget_window=2", "rank.lease_s=600"]).start()
     producer = make_producer(kafka.bootstrap)
@@ -80,7 +87,7 @@ def test_an_answered_lease_is_on_the_control_topic_and_survives_a_crash(kafka, w
         producer.close()
     wait_until(lambda: status(worker)["queue"]["queued"] == 2, what="2 labeling tasks queued")
 
-    code, alice = get_json(f"{worker.base}/labeling/next?annotator=alice")
+    code, alice = get_json(f"{worker.base}/labeling/next", token=alice_token)
     assert code == 200 and alice["task"] is not None, alice
     [lease] = read_topic(kafka.bootstrap, topic_name("control"), 1)
     assert (lease["service"], lease["kind"], lease["key"], lease["seq"]) == (
@@ -94,9 +101,9 @@ def test_an_answered_lease_is_on_the_control_topic_and_survives_a_crash(kafka, w
     worker.kill()  # SIGKILL: whatever was only in memory is gone
     worker.start()
     wait_until(lambda: status(worker)["queue"]["leased"] == 1, what="alice's lease back after the restart")
-    code, again = get_json(f"{worker.base}/labeling/next?annotator=alice")
+    code, again = get_json(f"{worker.base}/labeling/next", token=alice_token)
     assert code == 200 and again == alice  # the same task, the same absolute expiry
-    code, bob = get_json(f"{worker.base}/labeling/next?annotator=bob")
+    code, bob = get_json(f"{worker.base}/labeling/next", token=bob_token)
     assert code == 200 and bob["task"]["task_id"] != alice["task"]["task_id"]
     assert status(worker)["queue"]["leased"] == 2
     sent = read_topic(kafka.bootstrap, topic_name("control"), 3, timeout_s=5)
