@@ -303,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from aiokafka.errors import KafkaError as AioKafkaError
+    from kafka.errors import KafkaError
+
     from streams.broker import BrokerError
     from streams.producer import DeliveryError
     from streams.schemas import RecordError
@@ -311,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (BrokerError, DeliveryError, RecordError, ValueError, KeyError) as exc:  # incl. TopicLayoutError
         print(f"driftline: error: {exc}", file=sys.stderr)
+        return 2
+    except (KafkaError, AioKafkaError) as exc:  # e.g. refused credentials on a command that skips connect()
+        print(f"driftline: error: Kafka refused the request: {exc!r}", file=sys.stderr)
         return 2
 
 
