@@ -21,7 +21,7 @@ from streams.token_cli import add_token_commands
 #: (produce, replay, ...) start without loading torch.
 PLUGIN_CLIS: dict[str, tuple[str, str]] = {
     "forecasters": ("forecasters.cli", "online forecasters: pretraining for a warm start"),
-    "ctr": ("models.cli", "CTR models: serving versions and rollback"),
+    "ctr": ("models.cli", "CTR models: serving versions, rollback, synthetic Criteo-layout streams"),
     "dead-letters": ("streams.dead_letters", "dead letters: send them back to their topics once fixed"),
 }
 
