@@ -163,6 +163,7 @@ class ForecastService(ModelService):
                 torch.from_numpy(values[:, seq_len:]),
                 self._marks(times[:, :seq_len]),
                 tuple(series),
+                sequential=True,  # a series' pairs are its consecutive steps: mixing advances per pair
             )
         return WindowBatch(
             torch.from_numpy(values[:, -seq_len:]), None, self._marks(times[:, -seq_len:]), tuple(series)
