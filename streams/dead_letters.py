@@ -69,6 +69,8 @@ class Plan:
     matched: list[Letter] = field(default_factory=list)
     to_send: list[Letter] = field(default_factory=list)
     skipped: list[Letter] = field(default_factory=list)
+    #: Outputs the broker refused (partition < 0): no source event to send again; fix and re-derive.
+    outputs: list[Letter] = field(default_factory=list)
 
     def confirm(self, sent: dict[str, int]) -> list[tuple[Letter, int]]:
         """Move letters found already sent (source -> new offset) to skipped; return them with offsets."""
@@ -159,7 +161,10 @@ def plan_replay(
             continue
         seen.add(letter.source)
         plan.matched.append(letter)
-        (plan.skipped if letter.source in replayed else plan.to_send).append(letter)
+        if letter.record.partition < 0:
+            plan.outputs.append(letter)
+        else:
+            (plan.skipped if letter.source in replayed else plan.to_send).append(letter)
     return plan
 
 
@@ -392,6 +397,8 @@ def _replay(args: argparse.Namespace, bootstrap: str) -> int:
             file=sys.stderr,
         )
     skipped = f"skipped {len(plan.skipped)} (already replayed)"
+    if plan.outputs:
+        skipped += f", {len(plan.outputs)} refused output(s) not replayable (they were never consumed events)"
     if args.dry_run:
         for letter in plan.to_send:
             print(_describe(letter))

@@ -92,6 +92,13 @@ def test_plan_takes_each_original_event_once_and_skips_replayed_ones():
     assert [x.source for x in plan.skipped] == ["driftline.observations:3:4"]
 
 
+def test_refused_outputs_are_matched_but_never_sent_back():
+    refused = letter(-1, reason="output refused by the broker: MessageSizeTooLargeError", partition=-1)
+    plan = plan_replay([letter(1), refused], replayed=set())
+    assert [x.source for x in plan.to_send] == ["driftline.observations:3:1"]  # no source event to resend
+    assert plan.outputs == [refused] and plan.matched == [letter(1), refused]
+
+
 def test_letters_keep_their_key_and_unreadable_records_are_counted():
     good = letter(7)
     wrong_schema = b'{"schema": "observation/1"}'
