@@ -117,6 +117,7 @@ class MintedTokens:
     def __init__(self) -> None:
         self.records: list[TokenRecord] = []
         self.homes: list[Path] = []
+        self.admin = ""
 
     def mint(self, name: str, role: Role) -> str:
         token, record = new_token(name, role)
@@ -135,7 +136,8 @@ class MintedTokens:
 def minted_tokens(monkeypatch: pytest.MonkeyPatch) -> MintedTokens:
     """One admin token per test, sent by :mod:`streams.client` (``$DRIFTLINE_TOKEN``) by default."""
     tokens = MintedTokens()
-    monkeypatch.setenv(TOKEN_VARIABLE, tokens.mint("test-admin", Role.ADMIN))
+    tokens.admin = tokens.mint("test-admin", Role.ADMIN)
+    monkeypatch.setenv(TOKEN_VARIABLE, tokens.admin)
     return tokens
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import urllib.request
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -333,24 +332,18 @@ def test_build_serving_takes_the_trainer_options(tmp_path: Path) -> None:
 
 
 # -- through Kafka and a worker process -------------------------------------------------------------
-def post_as_admin(url: str, token: str) -> tuple[int, Any]:
-    """POST an empty JSON body with ``token`` as the bearer."""
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
-    request = urllib.request.Request(url, data=b"{}", method="POST", headers=headers)
-    with urllib.request.urlopen(request, timeout=30) as answer:
-        return answer.status, json.loads(answer.read())
-
-
 @pytest.mark.kafka
-def test_an_answered_rollback_is_on_the_control_topic_and_survives_a_kill(kafka, worker_factory) -> None:
+def test_an_answered_rollback_is_on_the_control_topic_and_survives_a_kill(
+    kafka, worker_factory, minted_tokens, monkeypatch
+) -> None:
+    from streams.client import TOKEN_VARIABLE
     from streams.producer import make_producer, send_all
-    from streams.tokens import Role, TokenFile, new_token
+    from streams.tokens import Role
     from tests.streams.helpers import get_json, post_json, read_topic, wait_until
 
     options = [f"ctr.{key}={json.dumps(value)}" for key, value in OPTIONS.items()]
     worker = worker_factory("ctr", [*options, "ctr.swap_interval_s=0", "ctr.batch_window_s=0.2"])
-    admin, record = new_token("operator", Role.ADMIN)
-    TokenFile(worker.home).append(record)  # before the start: the worker reads its home's tokens
+    annotator = minted_tokens.mint("annotator", Role.ANNOTATOR)
     worker.start()
     producer, rows = make_producer(kafka.bootstrap), [*impressions(256, seed=1), *impressions(256, seed=2)]
     try:
@@ -362,8 +355,10 @@ def test_an_answered_rollback_is_on_the_control_topic_and_survives_a_kill(kafka,
     serving = versions()["serving"]
     assert serving >= 2
 
-    assert post_json(f"{worker.base}/ctr/rollback", {})[0] == 401  # rolling back takes an admin token
-    code, rolled = post_as_admin(f"{worker.base}/ctr/rollback", admin)
+    assert post_json(f"{worker.base}/ctr/rollback", {}, token=annotator)[0] == 403  # takes an admin
+    monkeypatch.delenv(TOKEN_VARIABLE)
+    assert post_json(f"{worker.base}/ctr/rollback", {})[0] == 401  # and a token at all
+    code, rolled = post_json(f"{worker.base}/ctr/rollback", {}, token=minted_tokens.admin)
     assert code == 200 and rolled == {"model_version": serving - 1, "rolled_back_from": serving}
     (record,) = read_topic(kafka.bootstrap, topic_name("control"), expected=1)
     assert record["schema"] == "outcome/1" and record["kind"] == "rollback"
