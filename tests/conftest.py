@@ -117,7 +117,8 @@ class MintedTokens:
     def __init__(self) -> None:
         self.records: list[TokenRecord] = []
         self.homes: list[Path] = []
-        self.admin = ""
+        #: The test's own admin token, minted first.
+        self.admin = self.mint("test-admin", Role.ADMIN)
 
     def mint(self, name: str, role: Role) -> str:
         token, record = new_token(name, role)
@@ -136,7 +137,6 @@ class MintedTokens:
 def minted_tokens(monkeypatch: pytest.MonkeyPatch) -> MintedTokens:
     """One admin token per test, sent by :mod:`streams.client` (``$DRIFTLINE_TOKEN``) by default."""
     tokens = MintedTokens()
-    tokens.admin = tokens.mint("test-admin", Role.ADMIN)
     monkeypatch.setenv(TOKEN_VARIABLE, tokens.admin)
     return tokens
 
