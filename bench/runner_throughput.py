@@ -20,6 +20,9 @@ processes. Sections (``--sections``, default all):
               and the median
   recovery    SIGKILL a tally worker mid-stream and restart it at once on the same port (same
               static member); seconds from restart to ``/ready`` and until applied events grow
+  inprocess   ``CtrService.process`` alone, ``--repeats`` times, on the device the models pick
+              (CUDA when present, else CPU; DRIFTLINE_DEVICE overrides): no broker starts, so it
+              runs on a GPU machine that has no Java. Not part of the default sections.
 
 Usage: python bench/runner_throughput.py [--events 1000000] [--impressions 50000] [--repeats 3]
        [--sections throughput,checkpoint,ctr,recovery]
@@ -227,6 +230,39 @@ def ctr_in_process(tmp: Path, records: list) -> float:
         return thread.submit(train).result()
 
 
+def ctr_on_device(impressions: int, repeats: int) -> None:
+    """The in-process CTR rows alone, with the device's name: the GPU rows of issue 9."""
+    import tempfile
+
+    from models.ctr.movielens import iter_impressions
+    from models.device import default_device
+
+    device = default_device()
+    name = torch_device_name(device)
+    records = list(itertools.islice(iter_impressions(), impressions))
+    rows: list[list[object]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for attempt in range(1, repeats + 1):
+            rows.append([attempt, ctr_in_process(Path(tmp) / f"run{attempt}", records), load()])
+    rates = [float(r[1]) for r in rows]  # type: ignore[arg-type]
+    rows.append(["median", statistics.median(rates), ""])
+    table(
+        f"CTR samples/s in process, {len(records):,} MovieLens-100K impressions, default ctr options, "
+        f"{name}, {CORES} cores",
+        ["run", "CtrService.process", "load"],
+        rows,
+    )
+
+
+def torch_device_name(device: object) -> str:
+    """``NVIDIA H200`` for a CUDA device, ``CPU`` otherwise."""
+    import torch
+
+    if getattr(device, "type", "cpu") == "cuda":
+        return torch.cuda.get_device_name(device)  # type: ignore[arg-type]
+    return "CPU"
+
+
 #: INFO log lines of the worker that mark each part of a restart (streams/consumer.py), in order;
 #: before them, the first line the new process logs comes right after its imports.
 PHASES = {
@@ -328,6 +364,11 @@ def main() -> None:
     parser.add_argument("--sections", default="throughput,checkpoint,ctr,recovery")
     args = parser.parse_args()
     sections = set(args.sections.split(","))
+    if "inprocess" in sections:
+        ctr_on_device(args.impressions, args.repeats)
+        sections.discard("inprocess")
+    if not sections:
+        return
     print(f"stream engine bench, Kafka embedded, {CORES} cores, start {load()}")
     with broker(partitions=12) as (node, tmp):
         if sections & {"throughput", "checkpoint"}:
