@@ -132,6 +132,15 @@ class Impression(Record):
         return self
 
 
+class Click(Record):
+    """A click on an impression shown earlier: the clicks topic, joined to ``impression_id`` by the
+    CTR service within its click window (:mod:`models.ctr.click_join`)."""
+
+    schema_: Literal["click/1"] = Field("click/1", alias="schema")
+    impression_id: str = Field(min_length=1, max_length=200)
+    ts: Finite
+
+
 class Document(Record):
     """A candidate document of a query with its feature vector."""
 
@@ -286,6 +295,7 @@ class ModelUpdate(Record):
 RECORD_TYPES: dict[str, type[Record]] = {
     "observation/1": Observation,
     "impression/1": Impression,
+    "click/1": Click,
     "query/1": Query,
     "labeling_task/1": LabelingTask,
     "label/1": Label,

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 
 from streams.schemas import (
+    Click,
     DeadLetter,
     Forecast,
     Impression,
@@ -52,6 +53,7 @@ TOPICS: dict[str, TopicSpec] = {
     for spec in (
         TopicSpec("observations", Observation),
         TopicSpec("impressions", Impression),
+        TopicSpec("clicks", Click),
         TopicSpec("queries", Query),
         TopicSpec("labels", Label),
         TopicSpec("labeling-queue", LabelingTask),
