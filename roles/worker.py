@@ -117,6 +117,7 @@ class WorkerRole:
                 }
                 for c in self.consumers
             },
+            drift={r.service.name: r.drift.view() for r in self.runners if r.drift is not None},
         )
 
     def ready(self) -> tuple[bool, str]:

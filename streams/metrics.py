@@ -91,6 +91,18 @@ class WorkerMetrics:
         self.checkpoint_version = Gauge(
             "driftline_checkpoint_version", "Last worker checkpoint written", ["service"], registry=r
         )
+        self.drift_alarms = Gauge(
+            "driftline_drift_alarms_total",
+            "Drift alarms raised on the service's online error (held in its checkpointed state)",
+            ["service"],
+            registry=r,
+        )
+        self.drift_in_alarm = Gauge(
+            "driftline_drift_in_alarm",
+            "1 while the service's last drift alarm is recent",
+            ["service"],
+            registry=r,
+        )
         self._rates: dict[str, RateWindow] = {}
 
     def applied(self, service: str, topic: str, count: int) -> None:

@@ -38,6 +38,7 @@ from typing import Any, Protocol
 
 from models.checkpoints import Checkpoint, CheckpointError, CheckpointStore, serialize
 from streams import faults
+from streams.drift import Adapts, DriftMonitor
 from streams.keyed import KeyedService
 from streams.metrics import WorkerMetrics
 from streams.schemas import DeadLetter, Record, RecordError, parse_record
@@ -114,6 +115,15 @@ def _excerpt(value: bytes) -> str:
     return text if len(value) <= EXCERPT_CHARS else f"{text}... [excerpt of {len(value):,} bytes]"
 
 
+def _last_offsets(items: Sequence[_Item]) -> dict[str, int]:
+    """The highest offset per ``topic:partition`` among ``items``."""
+    last: dict[str, int] = {}
+    for item in items:
+        key = tp_key(item.event.topic, item.event.partition)
+        last[key] = max(last.get(key, -1), item.event.offset)
+    return last
+
+
 @dataclass(slots=True)
 class _Item:
     event: Event
@@ -185,6 +195,8 @@ class ServiceRunner:
         self._writing: asyncio.Task[None] | None = None
         service.emit = self.emit
         service.restoring = True
+        #: The drift alarm on the service's error stream; its state is checkpointed with the service.
+        self.drift = None if self.keyed else DriftMonitor.for_service(service.name)
 
     # -- restoring -----------------------------------------------------------------------------
     def restore(self) -> int | None:
@@ -199,6 +211,7 @@ class ServiceRunner:
         with self.service.lock:
             self.service.load_state_dict(checkpoint.state["service"])
             self.service.outcome_seqs = dict(checkpoint.state.get("outcomes", {}))
+            self._load_drift(checkpoint.state)
         self.offsets = dict(checkpoint.offsets)
         self._restored(checkpoint)
         self._snapshot = None  # the next assign or apply takes the restore point from this state
@@ -410,7 +423,10 @@ class ServiceRunner:
     def _process(self, topic: str, items: list[_Item]) -> _Applied:
         service = self.service
         if not isinstance(service, KeyedService):
-            return self._collect(items, service.process(topic, [i.record for i in items]))
+            service.batch_offsets = {**self.offsets, **_last_offsets(items)}
+            result = service.process(topic, [i.record for i in items])
+            self._watch_drift(result.metrics)
+            return self._collect(items, result)
         by_partition: dict[int, list[_Item]] = {}
         for item in items:
             by_partition.setdefault(item.event.partition, []).append(item)
@@ -457,15 +473,30 @@ class ServiceRunner:
         self._journal.append((subscription, [i.event for i in items]))
         return applied
 
+    def _watch_drift(self, metrics: dict[str, float]) -> None:
+        """Feed the batch's error to the drift alarm; on a new alarm, let the service adapt."""
+        if self.drift is None or not self.drift.observe(metrics):
+            return
+        log.warning("%s: drift alarm %d on %s", self.service.name, self.drift.alarms, self.drift.metric)
+        action = self.drift.settings.action
+        if action != "alarm" and isinstance(self.service, Adapts):
+            self.service.on_drift(action)
+
     def _full_state(self) -> dict[str, Any]:
-        return copy.deepcopy(
-            {"service": self.service.state_dict(), "outcomes": dict(self.service.outcome_seqs)}
-        )
+        state = {"service": self.service.state_dict(), "outcomes": dict(self.service.outcome_seqs)}
+        if self.drift is not None:
+            state["drift"] = self.drift.state_dict()
+        return copy.deepcopy(state)
 
     def _load(self, snapshot: _Snapshot) -> None:
         state = copy.deepcopy(snapshot.state)
         self.service.load_state_dict(state["service"])
         self.service.outcome_seqs = state["outcomes"]
+        self._load_drift(state)
+
+    def _load_drift(self, state: dict[str, Any]) -> None:
+        if self.drift is not None and "drift" in state:  # absent in checkpoints before drift alarms
+            self.drift.load_state_dict(state["drift"])
 
     def _take_snapshot(self) -> None:
         with self.service.lock:
@@ -631,3 +662,6 @@ class ServiceRunner:
             self.metrics.online_metric.labels(name, metric).set(value)
         self.metrics.model_version.labels(name).set(self.service.model_version())
         self.metrics.last_batch.labels(name).set(time.time())
+        if self.drift is not None:
+            self.metrics.drift_alarms.labels(name).set(self.drift.alarms)
+            self.metrics.drift_in_alarm.labels(name).set(int(self.drift.in_alarm))

@@ -134,6 +134,9 @@ class ModelService(ABC):
         #: (0 partitions: not run by a runner, everything is local).
         self.partitions = 0
         self.owned: frozenset[int] = frozenset()
+        #: Set by the runner before each :meth:`process`: the last offset per ``topic:partition``
+        #: applied so far, the batch being processed included (what a new model version learned from).
+        self.batch_offsets: dict[str, int] = {}
         #: True from the runner's start until its first assignment is restored.
         self.restoring = False
         #: Outcomes decided here since the runner's last restore point: a recovery that goes back
