@@ -25,6 +25,7 @@ from typing import Any
 from models.ctr import movielens
 from models.ctr.features import FeatureError, FeatureSpec, encode
 from models.ctr.learner import CtrConfig, CtrLearner
+from models.ctr.promotion import CtrLifecycle, LifecycleConfig
 from models.ctr.registry import learner_class
 from models.ctr.routes import CtrRoutes, versions_body
 from models.ctr.versions import (
@@ -99,6 +100,7 @@ class CtrService(ModelService):
         clock: Callable[[], float] = time.monotonic,
         checkpoint_root: Path | None = None,
         inline_limit: int = INLINE_LIMIT,
+        lifecycle: LifecycleConfig | None = None,
     ) -> None:
         super().__init__()
         self.learner = learner
@@ -116,6 +118,8 @@ class CtrService(ModelService):
         self.pending: dict[int, Outcome] = {}
         self.inline_limit = inline_limit
         self._last_swap = clock()
+        #: Promotion gate, probation with automatic rollback, drift actions, lineage.
+        self.lifecycle = CtrLifecycle(self, lifecycle)
         self.api = CtrRoutes(
             model=learner.name,
             spec=self.spec,
@@ -147,11 +151,16 @@ class CtrService(ModelService):
                 usable.append(record)
         if not usable:
             return BatchResult(rejected=rejected)
-        metrics = self.learner.learn(encode(self.spec, usable, [int(r.clicked or 0) for r in usable]))
-        outputs = []
-        if self.history.serving is None or self.clock() - self._last_swap >= self.swap_interval_s:
-            outputs.append(self.update_output(self.swap(metrics)))
+        batch = encode(self.spec, usable, [int(r.clicked or 0) for r in usable])
+        outputs = self.lifecycle.watch(batch)
+        due = self.history.serving is None or self.clock() - self._last_swap >= self.swap_interval_s
+        candidate = self.lifecycle.freeze() if due else None  # before the batch it is validated on
+        metrics = self.learner.learn(batch)
+        if candidate is not None:
+            outputs += self.lifecycle.consider(candidate, metrics, batch)
+            self._last_swap = self.clock()
         outputs += self._apply_due_rollbacks()
+        self.lifecycle.learned()
         return BatchResult(outputs=outputs, metrics=metrics, rejected=rejected)
 
     def _unusable(self, record: Record) -> str | None:
@@ -190,13 +199,14 @@ class CtrService(ModelService):
         """Freeze the trained model as a new version and make it serve; return it."""
         learner = self.learner
         version = self.history.publish(learner.scorer(), learner.samples_seen, learner.steps, metrics or {})
+        self.lifecycle.published(version, {}, "swapped in directly, without validation")
         self._last_swap = self.clock()
         return version
 
-    def update_output(self, version: ModelVersion) -> Output:
-        """The ``model-updates`` record announcing a newly published ``version``."""
+    def update_output(self, version: ModelVersion, rollback: bool = False) -> Output:
+        """The ``model-updates`` record announcing ``version`` (``rollback``: an older one again)."""
         update = encode_update(
-            self.name, version, self._update_info(False), self.update_store, self.inline_limit
+            self.name, version, self._update_info(rollback), self.update_store, self.inline_limit
         )
         prune_updates(self.update_store, self.history.numbers())
         return Output(topic_name("model-updates"), self.name, update)
@@ -289,6 +299,10 @@ class CtrService(ModelService):
     def _announce(self, rollback: Rollback) -> Output:
         return Output(topic_name("model-updates"), self.name, rollback.update)
 
+    def on_drift(self, action: str) -> None:
+        """A drift alarm's action (:class:`streams.drift.Adapts`): see :meth:`CtrLifecycle.on_drift`."""
+        self.lifecycle.on_drift(action)
+
     # -- HTTP -----------------------------------------------------------------------------------
     def routes(self) -> list[Route]:
         return self.api.routes()
@@ -308,6 +322,7 @@ class CtrService(ModelService):
             "learner": self.learner.state_dict(),
             "history": self.history.state_dict(),
             "pending_rollbacks": [o.model_dump(mode="json", by_alias=True) for o in self.pending.values()],
+            "lifecycle": self.lifecycle.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -317,6 +332,8 @@ class CtrService(ModelService):
             parse_record(o, Outcome) for o in state.get("pending_rollbacks", [])
         ]  # absent in older states
         self.pending = {o.seq: o for o in saved if isinstance(o, Outcome)}
+        if "lifecycle" in state:  # absent before the promotion gate
+            self.lifecycle.load_state_dict(state["lifecycle"])
         self._last_swap = self.clock()
 
 
@@ -338,10 +355,12 @@ def learner_from_options(**options: Any) -> tuple[CtrLearner, dict[str, Any]]:
         buckets=int(options.pop("buckets", 8192)),
     )
     service_options = {key: options.pop(key) for key in _SERVICE_OPTIONS if key in options}
+    service_options["lifecycle"] = LifecycleConfig.pop_from(options)
     config_fields = {f.name for f in fields(CtrConfig)}
     unknown = sorted(set(options) - config_fields)
     if unknown:
-        known = sorted(config_fields | set(_SERVICE_OPTIONS) | set(_SPEC_OPTIONS))
+        lifecycle = {f.name for f in fields(LifecycleConfig)}
+        known = sorted(config_fields | set(_SERVICE_OPTIONS) | set(_SPEC_OPTIONS) | lifecycle)
         raise ValueError(f"unknown ctr option(s) {unknown}; known: {known}")
     # Service defaults measured on MovieLens-100K (bench/ctr_cowclip.py): the paper's 1e-4 is tuned for
     # Criteo's 45M rows and barely moves a model in the few hundred steps a small stream gives.

@@ -1,0 +1,247 @@
+"""The CTR model lifecycle: a promotion gate, probation with automatic rollback, drift actions.
+
+**Gate.** When a swap is due, the trained model is frozen *before* it trains on the batch at hand,
+so that batch is a held-back slice neither the candidate nor the serving version has seen. The
+candidate's progressive logloss on it (what ``learn`` measures before its step) is compared with
+the serving version's; the candidate serves only if it is no worse than ``promotion_margin``
+(relative). Either way the decision goes into the :class:`~streams.lineage.Lineage` with its
+evidence: both losses, the margin, and the window (sample count and offsets).
+
+**Probation.** A promoted version with a predecessor is scored beside that predecessor on every
+following batch (the same events, before training) for ``probation_samples`` impressions. When it
+is worse by more than ``rollback_margin`` over ``rollback_samples`` consecutive impressions, the
+predecessor serves again, training restarts from it (so the bad update is not simply repeated) and
+the rollback is recorded. A changed world makes old and new versions worse alike: no rollback
+then; the drift alarm (:mod:`streams.drift`) reports it and its action adapts.
+
+All of it runs inside ``process`` from stream data only, so a replay after a crash decides alike;
+"time" is therefore counted in impressions, not seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+from models.ctr.features import CtrBatch
+from models.ctr.learner import CtrLearner, CtrScorer
+from models.ctr.metrics import log_loss
+from models.ctr.versions import ModelVersion
+from streams.lineage import Lineage
+from streams.service import Output
+
+if TYPE_CHECKING:
+    from models.ctr.service import CtrService
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LifecycleConfig:
+    """``--option ctr.KEY=VALUE`` settings of the gate, the probation and the drift actions."""
+
+    #: A candidate may have up to this much (relative) more logloss than serving and still serve.
+    promotion_margin: float = 0.02
+    #: A promoted version counts as worse when its logloss exceeds its predecessor's by this much...
+    rollback_margin: float = 0.05
+    #: ... over this many consecutive impressions: then the predecessor serves again.
+    rollback_samples: int = 20_000
+    #: Impressions a promoted version is compared with its predecessor before it is trusted.
+    probation_samples: int = 200_000
+    #: Drift action ``faster``: learning rates times this factor for ``faster_steps`` steps.
+    faster_factor: float = 3.0
+    faster_steps: int = 50
+
+    def __post_init__(self) -> None:
+        if min(self.promotion_margin, self.rollback_margin) < 0 or self.faster_factor <= 0:
+            raise ValueError("ctr lifecycle margins must be >= 0 and faster_factor > 0")
+        if min(self.rollback_samples, self.probation_samples, self.faster_steps) < 1:
+            raise ValueError("ctr rollback_samples, probation_samples and faster_steps must be >= 1")
+
+    @classmethod
+    def pop_from(cls, options: dict[str, Any]) -> LifecycleConfig:
+        """Take this config's keys out of ``options`` (worker option values may be strings)."""
+        found = {}
+        for spec in fields(cls):
+            if spec.name in options:
+                kind = float if spec.type == "float" else int
+                found[spec.name] = kind(options.pop(spec.name))
+        return cls(**found)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The trained model frozen before the batch it is validated on."""
+
+    scorer: CtrScorer
+    samples_seen: int
+    steps: int
+
+
+def batch_loss(scorer: CtrScorer, batch: CtrBatch) -> float:
+    assert batch.labels is not None
+    return log_loss(batch.labels.numpy(), scorer.predict(batch))
+
+
+class CtrLifecycle:
+    """Gate, probation and drift actions of one :class:`~models.ctr.service.CtrService`."""
+
+    def __init__(self, service: CtrService, config: LifecycleConfig | None = None) -> None:
+        self.service = service
+        self.config = config or LifecycleConfig()
+        self.lineage = Lineage()
+        #: The version on probation, its predecessor, and the counts that decide a rollback.
+        self.probation: dict[str, Any] | None = None
+        #: Offsets of everything trained on so far (the batch being processed excluded).
+        self.learned_offsets: dict[str, int] = {}
+        self.faster_left = 0
+
+    # -- the gate --------------------------------------------------------------------------------
+    def freeze(self) -> Candidate:
+        learner = self.service.learner
+        return Candidate(learner.scorer(), learner.samples_seen, learner.steps)
+
+    def consider(self, candidate: Candidate, metrics: dict[str, float], batch: CtrBatch) -> list[Output]:
+        """Promote or reject ``candidate`` on ``batch`` (which it has not trained on); the
+        ``model-updates`` record of a promoted version is returned."""
+        history, cfg = self.service.history, self.config
+        serving = history.serving
+        evidence: dict[str, Any] = {
+            "metric": "logloss",
+            "candidate": metrics["logloss"],
+            "serving": None,
+            "serving_version": None,
+            "margin": cfg.promotion_margin,
+            "window": self._window(len(batch)),
+        }
+        if serving is None:
+            return self._promote(candidate, metrics, evidence, "first version: nothing serves yet")
+        evidence["serving"] = batch_loss(serving.scorer, batch)
+        evidence["serving_version"] = serving.number
+        limit = evidence["serving"] * (1 + cfg.promotion_margin)
+        if evidence["candidate"] <= limit:
+            reason = f"logloss {evidence['candidate']:.4f} <= serving's {evidence['serving']:.4f} + margin"
+            return self._promote(candidate, metrics, evidence, reason)
+        history.last_number += 1  # a rejected candidate keeps its number: lineage entries stay unique
+        self.lineage.add(history.last_number, time.time(), self.learned_offsets, evidence)
+        reason = f"logloss {evidence['candidate']:.4f} > serving's {evidence['serving']:.4f} + margin"
+        self.lineage.record(history.last_number, "rejected", reason, evidence)
+        return []
+
+    def _promote(
+        self, candidate: Candidate, metrics: dict[str, float], evidence: dict[str, Any], reason: str
+    ) -> list[Output]:
+        history = self.service.history
+        predecessor = history.serving
+        version = history.publish(candidate.scorer, candidate.samples_seen, candidate.steps, metrics)
+        self.published(version, evidence, reason)
+        if predecessor is not None:
+            self.probation = {"version": version.number, "predecessor": predecessor.number, "evaluated": 0}
+            self.probation.update(worse=0, first_worse_at=None, new_loss=[], old_loss=[])
+        return [self.service.update_output(version)]
+
+    def published(self, version: ModelVersion, evidence: dict[str, Any], reason: str) -> None:
+        """Record ``version`` as trained on the learned offsets and promoted."""
+        self.lineage.add(version.number, version.created, self.learned_offsets, evidence)
+        self.lineage.record(version.number, "promoted", reason, evidence)
+
+    def _window(self, samples: int) -> dict[str, Any]:
+        return {
+            "samples": samples,
+            "after": dict(self.learned_offsets),
+            "to": dict(self.service.batch_offsets),
+        }
+
+    # -- probation and automatic rollback --------------------------------------------------------
+    def watch(self, batch: CtrBatch) -> list[Output]:
+        """Score the version on probation and its predecessor on ``batch``; roll back when due."""
+        probation, history = self.probation, self.service.history
+        if probation is None:
+            return []
+        serving = history.serving
+        predecessor = next((v for v in history.versions if v.number == probation["predecessor"]), None)
+        if serving is None or serving.number != probation["version"] or predecessor is None:
+            self.probation = None  # served over by hand, or the predecessor is no longer kept
+            return []
+        new, old = batch_loss(serving.scorer, batch), batch_loss(predecessor.scorer, batch)
+        probation["evaluated"] += len(batch)
+        if new > old * (1 + self.config.rollback_margin):
+            probation["worse"] += len(batch)
+            probation["first_worse_at"] = probation["first_worse_at"] or time.time()
+            probation["new_loss"].append(new)
+            probation["old_loss"].append(old)
+        else:
+            probation.update(worse=0, first_worse_at=None, new_loss=[], old_loss=[])
+        if probation["worse"] >= self.config.rollback_samples:
+            return [self._roll_back(serving, predecessor, probation)]
+        if probation["evaluated"] >= self.config.probation_samples:
+            self.probation = None
+        return []
+
+    def _roll_back(self, bad: ModelVersion, good: ModelVersion, probation: dict[str, Any]) -> Output:
+        history, learner = self.service.history, self.service.learner
+        history.adopt(good, bad.number)
+        learner.restore(good.scorer)
+        self.probation = None
+        evidence = {
+            "metric": "logloss",
+            "rolled_back_from": bad.number,
+            "serving_loss": probation["new_loss"],
+            "predecessor_loss": probation["old_loss"],
+            "margin": self.config.rollback_margin,
+            "worse_samples": probation["worse"],
+            "first_worse_at": probation["first_worse_at"],
+            "window": self._window(probation["worse"]),
+        }
+        reason = (
+            f"v{bad.number} did worse than v{good.number} by more than {self.config.rollback_margin:.0%} "
+            f"on the same {probation['worse']:,} impressions; v{good.number} serves again"
+        )
+        self.lineage.record(good.number, "rolled_back", reason, evidence)
+        log.warning("ctr: automatic rollback: %s", reason)
+        return self.service.update_output(good, rollback=True)
+
+    def learned(self) -> None:
+        """After a batch: its offsets are learned; a ``faster`` boost counts down."""
+        self.learned_offsets = dict(self.service.batch_offsets)
+        if self.faster_left:
+            self.faster_left -= 1
+            if not self.faster_left:
+                scale_learning_rates(self.service.learner, 1 / self.config.faster_factor)
+
+    # -- drift actions ---------------------------------------------------------------------------
+    def on_drift(self, action: str) -> None:
+        """``faster``: boost the learning rates for a while; ``warm-restart``: train on from the
+        serving version (the last that passed the gate)."""
+        learner, serving = self.service.learner, self.service.history.serving
+        if action == "faster" and not self.faster_left:
+            scale_learning_rates(learner, self.config.faster_factor)
+            self.faster_left = self.config.faster_steps
+        elif action == "warm-restart" and serving is not None:
+            learner.restore(serving.scorer)
+
+    # -- state -----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "lineage": self.lineage.state_dict(),
+            "probation": self.probation,
+            "learned_offsets": dict(self.learned_offsets),
+            "faster_left": self.faster_left,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.lineage.load_state_dict(state["lineage"])
+        self.probation = state["probation"]
+        self.learned_offsets = dict(state["learned_offsets"])
+        self.faster_left = int(state["faster_left"])
+
+
+def scale_learning_rates(learner: CtrLearner, factor: float) -> None:
+    """Multiply both optimisers' learning rates (and the warm-up schedule's base) by ``factor``."""
+    for group in learner.embed_optimizer.param_groups:
+        group["lr"] *= factor
+    for group in learner.dense_optimizer.param_groups:
+        group["lr"] *= factor
+    learner.scheduler.base_lrs = [lr * factor for lr in learner.scheduler.base_lrs]

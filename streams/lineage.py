@@ -1,0 +1,96 @@
+"""Lineage of one service's model versions: when each was trained, on which offsets, how it was
+validated, and every promotion, rejection and rollback with its reason and evidence.
+
+It is plain data (a checkpoint holds it as is) and answers the per-service value of ``GET /models``:
+``{"serving": version, "versions": [{"version", "trained_at", "offsets", "validation", "history"}]}``.
+A service without version control answers :func:`single_version` instead, so the shape holds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+ACTIONS = ("promoted", "rolled_back", "rejected")
+
+
+@dataclass
+class VersionRecord:
+    """One version and what happened to it."""
+
+    version: int
+    trained_at: float
+    #: The last applied offset per ``topic:partition`` of what the version learned from.
+    offsets: dict[str, int]
+    validation: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Lineage:
+    """The last ``keep`` versions of a service (the serving one always among them)."""
+
+    def __init__(self, keep: int = 20) -> None:
+        if keep < 2:
+            raise ValueError("keep at least 2 version records")
+        self.keep = keep
+        self.records: list[VersionRecord] = []
+        self.serving: int | None = None
+
+    def add(
+        self, version: int, trained_at: float, offsets: dict[str, int], validation: dict[str, Any]
+    ) -> VersionRecord:
+        """Record a new candidate version (not serving until :meth:`record` promotes it)."""
+        record = VersionRecord(version, trained_at, dict(offsets), dict(validation))
+        self.records.append(record)
+        self._trim()
+        return record
+
+    def record(
+        self, version: int, action: str, reason: str, evidence: dict[str, Any], at: float | None = None
+    ) -> None:
+        """Append ``action`` to ``version``'s history; ``promoted`` and ``rolled_back`` change
+        which version serves (a rollback names the version that serves again)."""
+        if action not in ACTIONS:
+            raise ValueError(f"lineage action must be one of {ACTIONS}, got {action!r}")
+        target = self.find(version)
+        if target is None:
+            raise KeyError(
+                f"version {version} is not in the lineage (kept: {[r.version for r in self.records]})"
+            )
+        event = {
+            "action": action,
+            "at": time.time() if at is None else at,
+            "reason": reason,
+            "evidence": evidence,
+        }
+        target.history.append(event)
+        if action != "rejected":
+            self.serving = version
+        self._trim()
+
+    def find(self, version: int) -> VersionRecord | None:
+        return next((r for r in self.records if r.version == version), None)
+
+    def _trim(self) -> None:
+        while len(self.records) > self.keep:
+            oldest = next(r for r in self.records if r.version != self.serving)
+            self.records.remove(oldest)
+
+    def body(self) -> dict[str, Any]:
+        """This service's value in ``GET /models``."""
+        return {"serving": self.serving, "versions": [asdict(r) for r in self.records]}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"keep": self.keep, **self.body()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.keep = int(state["keep"])
+        self.serving = state["serving"]
+        self.records = [VersionRecord(**r) for r in state["versions"]]
+
+
+def single_version(version: int, offsets: dict[str, int]) -> dict[str, Any]:
+    """``GET /models`` value of a service without version control: its current state as the one version."""
+    current = VersionRecord(version, time.time(), dict(offsets), {"note": "this service keeps no versions"})
+    return {"serving": version, "versions": [asdict(current)]}
