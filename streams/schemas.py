@@ -17,6 +17,7 @@ import functools
 import json
 import re
 from typing import Annotated, Any, ClassVar, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -141,20 +142,45 @@ class Click(Record):
     ts: Finite
 
 
+def _web_url(url: str) -> str:
+    """An absolute http(s) address: a page opens it as a link or image, so no ``javascript:`` or
+    ``data:`` and no whitespace (which browsers strip, letting ``java\nscript:`` through)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an absolute http:// or https:// URL")
+    if any(c.isspace() or ord(c) < 32 for c in url):
+        raise ValueError("must not contain whitespace or control characters")
+    return url
+
+
+#: Display text: shown to annotators (escaped), never read by a model.
+DisplayText = Annotated[str, Field(min_length=1, max_length=2000)]
+WebUrl = Annotated[str, Field(max_length=2000), AfterValidator(_web_url)]
+
+
 class Document(Record):
-    """A candidate document of a query with its feature vector."""
+    """A candidate document of a query with its feature vector.
+
+    ``title``, ``url``, ``snippet`` and ``image_url`` are optional display fields for the annotators'
+    page: producer-supplied, bounded, URLs http(s) only; models ignore them."""
 
     doc_id: str = Field(min_length=1, max_length=200)
     features: list[Finite] = Field(min_length=1, max_length=4096)
+    title: Annotated[str, Field(min_length=1, max_length=300)] | None = None
+    url: WebUrl | None = None
+    snippet: DisplayText | None = None
+    image_url: WebUrl | None = None
 
 
 class Query(Record):
-    """An unlabeled query with its candidates: the queries topic."""
+    """An unlabeled query with its candidates: the queries topic. ``text`` is an optional display
+    field (what the annotator reads as the query), ignored by models."""
 
     schema_: Literal["query/1"] = Field("query/1", alias="schema")
     query_id: str = Field(min_length=1, max_length=200)
     ts: Finite
     documents: list[Document] = Field(min_length=1, max_length=10_000)
+    text: DisplayText | None = None
 
     @field_validator("documents")
     @classmethod
@@ -178,6 +204,7 @@ class LabelingTask(Record):
     documents: list[Document]
     score: Finite
     selector: str
+    text: str | None = None  # the query's display text
 
 
 class Label(Record):
@@ -189,6 +216,8 @@ class Label(Record):
     ts: Finite
     grades: dict[str, Annotated[int, Field(ge=0, le=4)]] = Field(min_length=1)
     annotator: str = "anonymous"
+    #: The model version serving when the label was accepted (absent on labels from before it).
+    model_version: int | None = Field(None, ge=0)
 
 
 class Forecast(Record):
