@@ -57,11 +57,13 @@ def _ctr_replays(data: Path) -> list[Replay]:
 
 
 def _rank_replays(data: Path) -> list[Replay]:
-    from rankers.data import load_letor, mslr_path
-    from rankers.records import query_records
+    """Queries a person can judge (MSLR and MQ2008 stay the benchmarks' data: feature vectors only)."""
+    from models.ctr.movielens import fetch
+    from rankers.movielens_queries import movielens_queries
 
-    queries, _ = query_records(load_letor(mslr_path()), ts0=time.time())
-    return [Replay("queries", queries, len(queries), "MSLR-WEB queries awaiting labels")]
+    queries, _ = movielens_queries(fetch(), ts0=time.time())
+    label = "MovieLens-100K users as queries (profile + candidate movies) awaiting labels"
+    return [Replay("queries", queries, len(queries), label)]
 
 
 #: Service options the job starts with; a user's ``--option`` of the same key wins. CTR's batch

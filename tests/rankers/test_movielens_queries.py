@@ -103,3 +103,14 @@ def test_docs_per_query_bounds_the_candidates(tmp_path: Path) -> None:
     assert {len(q.documents) for q in queries} == {2}
     with pytest.raises(ValueError, match="docs_per_query"):
         load(tmp_path, docs_per_query=0)
+
+
+def test_the_main_job_replays_these_readable_queries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from models.ctr import movielens
+    from roles.main_job import REPLAYS
+
+    monkeypatch.setattr(movielens, "fetch", lambda: write_ml(tmp_path / "ml", RATINGS))
+    [replay] = REPLAYS["rank"](tmp_path)
+    queries = list(replay.records)
+    assert replay.topic == "queries" and replay.total == len(queries) == 2
+    assert all(q.text and q.documents[0].title for q in queries)
