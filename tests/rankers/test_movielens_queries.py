@@ -75,7 +75,8 @@ def test_user_10_profile_text_and_genre_features(tmp_path: Path) -> None:
     assert query.text.startswith("Likes: Alien (1979), Star Wars (1977) · Dislikes: Fargo (1996)")
     features = {d.doc_id: dict(zip(FEATURES, d.features, strict=True)) for d in query.documents}
     # liked: best first, the latest first on ties. Profile ratings 5, 5, 1 (mean 11/3): Heat shares
-    # Action with Star Wars (+4/3) and Crime with Fargo (-8/3); "<script>" (Drama) shares only with Fargo; Babe shares nothing
+    # Action with Star Wars (+4/3) and Crime with Fargo (-8/3); "<script>" (Drama) shares only
+    # with Fargo; Babe shares nothing
     assert features["m5"]["genre_affinity"] == pytest.approx((4 / 3 - 8 / 3) / 2)
     assert features["m6"]["genre_affinity"] == pytest.approx(-8 / 3)
     assert features["m4"]["genre_affinity"] == 0.0 and features["m4"]["genre_overlap"] == 0.0
