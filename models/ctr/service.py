@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from models.ctr import movielens
-from models.ctr.features import FeatureError, FeatureSpec, encode
+from models.ctr.click_labels import ClickLabels
+from models.ctr.features import CtrBatch, FeatureError, FeatureSpec, encode
 from models.ctr.learner import CtrConfig, CtrLearner
 from models.ctr.promotion import CtrLifecycle, LifecycleConfig
 from models.ctr.registry import learner_class
@@ -39,13 +40,16 @@ from models.ctr.versions import (
     version_from_update,
 )
 from streams.config import Settings
-from streams.schemas import Impression, ModelUpdate, Outcome, Record, RecordError, parse_record
+from streams.schemas import Click, Impression, ModelUpdate, Outcome, Record, RecordError, parse_record
 from streams.service import ApiError, BatchResult, ModelService, Output, Route, Subscription
 from streams.topics import topic_name
 
 log = logging.getLogger(__name__)
 
-NO_LABEL = "impression has no click label ('clicked' missing): it cannot be trained on"
+NO_LABEL = (
+    "impression has no click label ('clicked' missing): it cannot be trained on "
+    "(set ctr.click_window_s to join it with the clicks topic)"
+)
 ROLLBACK = "rollback"
 
 
@@ -101,6 +105,7 @@ class CtrService(ModelService):
         checkpoint_root: Path | None = None,
         inline_limit: int = INLINE_LIMIT,
         lifecycle: LifecycleConfig | None = None,
+        click_window_s: float = 0.0,
     ) -> None:
         super().__init__()
         self.learner = learner
@@ -120,6 +125,11 @@ class CtrService(ModelService):
         self._last_swap = clock()
         #: Promotion gate, probation with automatic rollback, drift actions, lineage.
         self.lifecycle = CtrLifecycle(self, lifecycle)
+        #: The online click join (``click_window_s`` > 0): impressions without ``clicked`` wait for
+        #: their clicks on the clicks topic; without it they are dead-lettered (:data:`NO_LABEL`).
+        self.click_labels = (
+            ClickLabels(self.spec, float(click_window_s), batch_size) if click_window_s else None
+        )
         self.api = CtrRoutes(
             model=learner.name,
             spec=self.spec,
@@ -135,11 +145,18 @@ class CtrService(ModelService):
         return [
             Subscription(topic_name("impressions"), Impression, self.batch_size, self.batch_window_s),
             Subscription(topic_name("control"), Outcome),
-        ]
+        ] + (
+            [Subscription(topic_name("clicks"), Click, self.batch_size, self.batch_window_s)]
+            if self.click_labels
+            else []
+        )
 
     def process(self, topic: str, records: list[Record]) -> BatchResult:
         if topic == topic_name("control"):
             return self._apply_control(records)
+        if topic == topic_name("clicks") and self.click_labels is not None:
+            self.click_labels.clicks(records)
+            records = []  # they label impressions held by the join: nothing else to check
         rejected: dict[int, str] = {}
         usable: list[Impression] = []
         for index, record in enumerate(records):
@@ -149,9 +166,29 @@ class CtrService(ModelService):
             else:
                 assert isinstance(record, Impression)
                 usable.append(record)
-        if not usable:
-            return BatchResult(rejected=rejected)
-        batch = encode(self.spec, usable, [int(r.clicked or 0) for r in usable])
+        batches = self._labelled(usable)
+        if not batches:
+            return BatchResult(metrics=self._join_metrics(), rejected=rejected)
+        results = [self._learn(batch) for batch in batches]
+        outputs = [output for result in results for output in result.outputs]
+        metrics = {**results[-1].metrics, **self._join_metrics()}
+        return BatchResult(outputs=outputs, metrics=metrics, rejected=rejected)
+
+    def _labelled(self, usable: list[Impression]) -> list[CtrBatch]:
+        """Impressions that carry ``clicked`` train as they come (no join); those without wait in
+        the click join, whose full batches of joined rows train instead."""
+        joined = self.click_labels
+        if joined is not None:
+            joined.impressions([r for r in usable if r.clicked is None])
+            usable = [r for r in usable if r.clicked is not None]
+        batches = [encode(self.spec, usable, [int(r.clicked or 0) for r in usable])] if usable else []
+        return batches + (joined.batches() if joined is not None else [])
+
+    def _join_metrics(self) -> dict[str, float]:
+        return self.click_labels.metrics() if self.click_labels is not None else {}
+
+    def _learn(self, batch: CtrBatch) -> BatchResult:
+        """One training step with the lifecycle around it: probation, promotion, due rollbacks."""
         outputs = self.lifecycle.watch(batch)
         due = self.history.serving is None or self.clock() - self._last_swap >= self.swap_interval_s
         candidate = self.lifecycle.freeze() if due else None  # before the batch it is validated on
@@ -161,12 +198,12 @@ class CtrService(ModelService):
             self._last_swap = self.clock()
         outputs += self._apply_due_rollbacks()
         self.lifecycle.learned()
-        return BatchResult(outputs=outputs, metrics=metrics, rejected=rejected)
+        return BatchResult(outputs=outputs, metrics=metrics)
 
     def _unusable(self, record: Record) -> str | None:
         if not isinstance(record, Impression):
             return f"expected an impression, got {type(record).__name__}"
-        if record.clicked is None:
+        if record.clicked is None and self.click_labels is None:
             return NO_LABEL
         try:
             self.spec.check(record)
@@ -323,6 +360,7 @@ class CtrService(ModelService):
             "history": self.history.state_dict(),
             "pending_rollbacks": [o.model_dump(mode="json", by_alias=True) for o in self.pending.values()],
             "lifecycle": self.lifecycle.state_dict(),
+            "click_join": self.click_labels.state_dict() if self.click_labels is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -334,10 +372,12 @@ class CtrService(ModelService):
         self.pending = {o.seq: o for o in saved if isinstance(o, Outcome)}
         if "lifecycle" in state:  # absent before the promotion gate
             self.lifecycle.load_state_dict(state["lifecycle"])
+        if self.click_labels is not None:
+            self.click_labels.load_state_dict(state.get("click_join"))
         self._last_swap = self.clock()
 
 
-_SERVICE_OPTIONS = ("batch_window_s", "swap_interval_s", "keep_versions", "max_candidates")
+_SERVICE_OPTIONS = ("batch_window_s", "swap_interval_s", "keep_versions", "max_candidates", "click_window_s")
 _SPEC_OPTIONS = ("model", "categorical_fields", "dense_fields", "buckets")
 
 
@@ -378,7 +418,9 @@ def build_service(data_dir: Path, **options: Any) -> CtrService:
     """A CTR service from worker options (``--option ctr.KEY=VALUE``).
 
     Keys: ``model`` (deepfm | dcn), ``batch_size``, ``batch_window_s``, ``swap_interval_s``,
-    ``keep_versions``, ``max_candidates``, ``categorical_fields`` / ``dense_fields`` / ``buckets``
+    ``keep_versions``, ``max_candidates``, ``click_window_s`` (seconds of event time an impression
+    without ``clicked`` waits for its click on the clicks topic; 0, the default: no join),
+    ``categorical_fields`` / ``dense_fields`` / ``buckets``
     (default: the MovieLens-100K impressions), and any :class:`CtrConfig` field (``cowclip``,
     ``embed_lr`` and ``dense_lr`` (default 1e-3 here), ``l2``, ``warmup_samples`` (default
     100,000), ...). The worker passes ``data_dir = <home>/ctr``; large model updates go to the
