@@ -1,4 +1,4 @@
-"""``driftline forecasters ...``: offline work before streaming (warm-start pretraining)."""
+"""``driftline forecasters ...``: offline work beside streaming (warm-start pretraining, evaluation)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from forecasters.data import Scaler, Windows, data_dir, load_csv
+from forecasters.evaluate import add_arguments, cmd_evaluate
 from forecasters.pretrained import save_pretrained
 from forecasters.service import CALENDAR_FEATURES
 from forecasters.training import fit
@@ -21,7 +22,9 @@ SERVICE_NAME = "forecast"
 
 def register(subparsers: Any) -> None:
     """Add the ``forecasters`` command group to the caller's ``argparse`` subparsers."""
-    group = subparsers.add_parser("forecasters", help="online forecasters: pretraining for a warm start")
+    group = subparsers.add_parser(
+        "forecasters", help="online forecasters: pretraining for a warm start, evaluation"
+    )
     commands = group.add_subparsers(dest="forecasters_command", required=True, metavar="COMMAND")
     p = commands.add_parser(
         "pretrain",
@@ -39,6 +42,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (these small models run best on 1)")
     p.add_argument("--data-dir", type=Path, help="the forecast service's data dir (default: <home>/forecast)")
     p.set_defaults(func=cmd_pretrain)
+    e = commands.add_parser(
+        "evaluate",
+        help="prequential evaluation on a CSV (delayed labels or the paper's protocol): table + JSON rows",
+        description="Without Kafka's clients installed: python -m forecasters.evaluate (same flags).",
+    )
+    add_arguments(e)
+    e.set_defaults(func=cmd_evaluate)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:

@@ -47,13 +47,36 @@ def calendar_features(times: pd.DatetimeIndex) -> np.ndarray:
     ).astype(np.float32)
 
 
+class NoDateColumn(ValueError):
+    """A CSV that :func:`load_csv` cannot read: it has no ``date`` column."""
+
+
 def load_csv(path: Path) -> Series:
     """A CSV with a ``date`` column then numeric channels (the ETT layout)."""
     frame = pd.read_csv(path)
     if "date" not in frame.columns:
-        raise ValueError(f"{path}: expected a 'date' column, found {list(frame.columns)[:5]}")
+        raise NoDateColumn(f"{path}: expected a 'date' column, found {list(frame.columns)[:5]}")
     times = pd.DatetimeIndex(pd.to_datetime(frame.pop("date")))
-    return Series(frame.to_numpy(np.float32), calendar_features(times), list(frame.columns))
+    return Series(_channels(path, frame), calendar_features(times), list(frame.columns))
+
+
+def load_dateless(path: Path) -> Series:
+    """A CSV without a date column (LSTNet's exchange_rate layout): every column is a channel, no
+    calendar marks; a first row that is not all numbers is taken as the header."""
+    frame = pd.read_csv(path, header=None)
+    if pd.to_numeric(frame.iloc[0], errors="coerce").isna().any():
+        frame = pd.read_csv(path)
+    else:
+        frame.columns = [f"col{i}" for i in range(frame.shape[1])]
+    return Series(_channels(path, frame), None, [str(c) for c in frame.columns])
+
+
+def _channels(path: Path, frame: pd.DataFrame) -> np.ndarray:
+    """The frame as [T, C] float32, or a clear error naming the columns that are not numbers."""
+    text = [str(c) for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
+    if text:
+        raise ValueError(f"{path}: columns {text[:5]} are not numeric")
+    return frame.to_numpy(np.float32)
 
 
 def load_etth2(path: Path | None = None) -> Series:
