@@ -9,8 +9,13 @@ skipped it. Leases and skips are decided by the service and applied through
 and the decision, so the same decision replayed from the control topic gives the same queue.
 ``submitted`` means a Label was accepted over HTTP and is travelling through the labels topic; the
 task is ``done`` only when the service has learned from that label, so a crash in between loses
-nothing: the label comes back from Kafka. Plain data, so the whole queue round-trips through a
-checkpoint. Refusals are :class:`ApiError` with the HTTP status that says why (404 unknown task, 409
+nothing: the label comes back from Kafka. A label that could not be learned (its retrain failed)
+sends its task back to the queue (:meth:`LabelingQueue.requeue`). Done task ids are remembered, so
+that a replayed query makes no second task and a second label for a task is known as a duplicate,
+but only the newest ``done_max`` of them: that is the horizon. A query replayed after more than
+``done_max`` later tasks were finished becomes a task again, and a label for a forgotten task waits
+in the hold-back as one for a task not created yet. Plain data, so the whole queue round-trips
+through a checkpoint. Refusals are :class:`ApiError` with the HTTP status that says why (404 unknown task, 409
 lease or duplicate conflicts), because annotators meet them over HTTP.
 """
 
@@ -73,13 +78,21 @@ class Entry:
 class LabelingQueue:
     """Open tasks by id, most informative first, leased to one annotator at a time."""
 
-    def __init__(self, lease_s: float = 300.0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, lease_s: float = 300.0, clock: Callable[[], float] = time.time, done_max: int = 100_000
+    ) -> None:
         if lease_s <= 0:
             raise ValueError("lease_s must be > 0")
+        if done_max < 1:
+            raise ValueError("done_max must be >= 1")
         self.lease_s = lease_s
         self.clock = clock
+        self.done_max = done_max
         self.entries: dict[str, Entry] = {}
-        self.done: set[str] = set()
+        #: Finished task ids, oldest first (a dict keeps insertion order), at most ``done_max``.
+        self.done: dict[str, None] = {}
+        #: Per annotator, how many of their labels were learned.
+        self.labeled_by: dict[str, int] = {}
         self._seq = 0
 
     # -- producer side -------------------------------------------------------------------------
@@ -142,10 +155,23 @@ class LabelingQueue:
         if self.entries.get(entry.task.task_id) is entry and entry.status == "submitted":
             entry.status = "leased"
 
-    def finish(self, task_id: str) -> None:
-        """The label was learned: the task leaves the queue for good."""
+    def requeue(self, task_id: str) -> None:
+        """The task's label could not be learned: the task waits for a new label, from anyone."""
+        entry = self._open(task_id)
+        entry.status, entry.annotator, entry.lease_expires = "queued", None, 0.0
+
+    def finish(self, task_id: str, annotator: str) -> None:
+        """``annotator``'s label was learned: the task leaves the queue for good."""
         self.entries.pop(task_id, None)
-        self.done.add(task_id)
+        self.done[task_id] = None
+        while len(self.done) > self.done_max:
+            del self.done[next(iter(self.done))]
+        self.labeled_by[annotator] = self.labeled_by.get(annotator, 0) + 1
+
+    def labeled_count(self, annotator: str) -> int:
+        """Tasks ``annotator`` labeled: learned, plus submitted and on their way to the model."""
+        on_the_way = sum(e.status == "submitted" and e.annotator == annotator for e in self.entries.values())
+        return self.labeled_by.get(annotator, 0) + on_the_way
 
     # -- reporting and state ----------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
@@ -159,14 +185,16 @@ class LabelingQueue:
     def state_dict(self) -> dict[str, Any]:
         return {
             "entries": [e.to_dict() for e in self.entries.values()],
-            "done": sorted(self.done),
+            "done": list(self.done),
+            "labeled_by": dict(self.labeled_by),
             "seq": self._seq,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         entries = [Entry.from_dict(d) for d in state["entries"]]
         self.entries = {e.task.task_id: e for e in entries}
-        self.done = set(state["done"])
+        self.done = dict.fromkeys(state["done"][-self.done_max :])  # older checkpoints: sorted, uncapped
+        self.labeled_by = dict(state.get("labeled_by", {}))
         self._seq = int(state["seq"])
 
     def _open(self, task_id: str) -> Entry:

@@ -7,7 +7,10 @@
   they do not depend on how the stream was cut into micro-batches. Before the first model exists every
   query scores 0 and the budget alone decides (``selector="cold-start"`` on the task).
 - ``labels`` topic (:class:`Label`): the labels of one micro-batch are learned together, which is one
-  retrain and so one new committee member.
+  retrain and so one new committee member. A retrain that raises is undone here rather than left to
+  the runner: its labels are refused (dead-lettered with the error, so ``driftline dead-letters
+  replay`` can send them again once the cause is fixed) and their tasks **requeued** for a new label,
+  instead of staying "submitted" for ever.
 - ``control`` topic (:class:`Outcome`): the leases and skips decided over HTTP. A handler decides under
   the service lock (applied here at once, so no two annotators get the same task), publishes the
   outcome keyed by task id and answers only once Kafka has it (503 if it cannot). The worker applies
@@ -105,6 +108,7 @@ class RankService(ModelService):
         min_quantile: float | None = None,
         score_window: int = 1024,
         lease_s: float = 300.0,
+        done_max: int = 100_000,
         pending_max: int = 10_000,
         pending_ttl_s: float | None = None,
         seed: int = 0,
@@ -128,7 +132,7 @@ class RankService(ModelService):
             raise ValueError("min_quantile must lie in [0, 1]")
         self.min_quantile = min_quantile
         self.score_scale = PercentileScale(score_window)
-        self.queue = LabelingQueue(lease_s, clock)
+        self.queue = LabelingQueue(lease_s, clock, done_max)
         #: Labels and outcomes waiting for the query that creates their task; by default they wait a
         #: few lease lengths, ample for a replay to reach the query.
         self.held = HoldBack(pending_max, 3 * lease_s if pending_ttl_s is None else pending_ttl_s, clock)
@@ -198,7 +202,7 @@ class RankService(ModelService):
             self.budget.spend()
             task = LabelingTask(
                 task_id=task_id_for(query), query_id=query.query_id, ts=query.ts,
-                documents=list(query.documents), score=float(score), selector=selector_name,
+                documents=list(query.documents), score=float(score), selector=selector_name, text=query.text,
             )  # fmt: skip
             self.queue.push(task)
             result.outputs.append(Output(topic_name("labeling-queue"), query.query_id, task))
@@ -223,7 +227,7 @@ class RankService(ModelService):
     def _learn_known(self, labels: list[Label]) -> BatchResult:
         """One retrain on the labels that fit their open task; the rest rejected (by index) with why."""
         result = BatchResult()
-        accepted: list[tuple[Label, LabelingTask]] = []
+        accepted: dict[int, tuple[Label, LabelingTask]] = {}
         in_batch: set[str] = set()
         for i, label in enumerate(labels):
             entry = self.queue.entries.get(label.task_id)
@@ -236,14 +240,25 @@ class RankService(ModelService):
             if problem:
                 result.rejected[i] = f"task {label.task_id}: {problem}"
                 continue
-            accepted.append((label, entry.task))
+            accepted[i] = (label, entry.task)
             in_batch.add(label.task_id)
         if not accepted:
             return result
-        queries = [Query(query_id=t.query_id, ts=t.ts, documents=t.documents) for _, t in accepted]
-        result.metrics = self.ranker.learn(query_batch(queries, [dict(lb.grades) for lb, _ in accepted]))
-        for label, _ in accepted:
-            self.queue.finish(label.task_id)
+        queries = [Query(query_id=t.query_id, ts=t.ts, documents=t.documents) for _, t in accepted.values()]
+        grades = [dict(label.grades) for label, _ in accepted.values()]
+        before = self.ranker.state_dict()
+        try:
+            result.metrics = self.ranker.learn(query_batch(queries, grades))
+        except Exception as exc:  # whatever failed the retrain: undo it, requeue its tasks, say why
+            self.ranker.load_state_dict(before)
+            why = f"retrain failed ({type(exc).__name__}: {exc}); task requeued for a new label"
+            for i, (label, _) in accepted.items():
+                self.queue.requeue(label.task_id)
+                result.rejected[i] = f"task {label.task_id}: {why}"
+            result.metrics = {"retrains_failed": 1.0, "tasks_requeued": float(len(accepted))}
+            return result
+        for label, _ in accepted.values():
+            self.queue.finish(label.task_id, label.annotator)
         return result
 
     def _apply_control(self, records: list[Record]) -> BatchResult:
@@ -416,14 +431,14 @@ class RankService(ModelService):
         """The annotator's live lease, else the best task leased now; plus the outcomes to publish."""
         held = self.queue.held_by(annotator)
         if held is not None:
-            return self._task_view(held), self._unsent_of(held.task.task_id)
+            return self._task_view(held, annotator), self._unsent_of(held.task.task_id)
         best = self.queue.best_for(annotator)
         if best is None:
-            return {"task": None, "queue": self.queue.counts()}, []
+            return {"task": None, **self._progress(annotator)}, []
         now = self.clock()
         data = {"annotator": annotator, "expires_at": now + self.queue.lease_s}
         outcomes = self._decide("lease", best.task.task_id, data, now)
-        return self._task_view(best), outcomes
+        return self._task_view(best, annotator), outcomes
 
     def _skip_locked(self, task_id: str, annotator: str) -> list[Outcome]:
         """The skip outcome to publish; a retry of a skip still unsent resends it, deciding nothing new."""
@@ -479,16 +494,27 @@ class RankService(ModelService):
             ts=self.clock(),
             grades=body["grades"],
             annotator=annotator,
+            model_version=self.model_version(),
         )
         self.queue.mark_submitted(entry)
         return entry, label
 
-    def _task_view(self, entry: Entry) -> dict[str, Any]:
+    def _task_view(self, entry: Entry, annotator: str) -> dict[str, Any]:
         return {
-            "task": entry.task.model_dump(mode="json", by_alias=True),
+            "task": entry.task.model_dump(mode="json", by_alias=True, exclude_none=True),
             "lease_expires": entry.lease_expires,
             "lease_s": self.queue.lease_s,
             "max_grade": MAX_GRADE,
+            **self._progress(annotator),
+        }
+
+    def _progress(self, annotator: str) -> dict[str, Any]:
+        """What the page shows beside a task: the queue's depth, the server's clock (a lease counts
+        down from ``lease_expires - now`` whatever the browser's clock says), the annotator's tally."""
+        return {
+            "queue": self.queue.counts(),
+            "now": self.clock(),
+            "labeled": self.queue.labeled_count(annotator),
         }
 
     # -- state -------------------------------------------------------------------------------
