@@ -1,10 +1,14 @@
 // The labeling page's script. Requests go through driftline.call (driftline-auth.js), which sends
 // the session's token; the service takes the annotator's name from that token, never from the page.
-// Producer-supplied text (ids, documents) is only ever set as textContent, never as HTML.
+// Producer-supplied text (query text, titles, snippets, ids) is only ever set as textContent, never
+// as HTML; links and images are used only when they are http(s) (the schema refuses others too).
+// Keyboard: Enter takes a task or submits it, 0-4 grade the highlighted row, arrows move, S skips.
 "use strict";
 const $ = (id) => document.getElementById(id);
-let current = null;
+let current = null;   // the task on screen
+let focusAt = 0;      // the highlighted row
 let signedIn = null;
+let leaseEnds = null; // performance.now() milliseconds at which the lease ends
 
 function say(text, kind) {
   $("status").textContent = text;
@@ -18,89 +22,181 @@ function ready() {
 
 const call = (method, url, body) => window.driftline.call(method, url, body);
 
+function webUrl(text) {
+  try {
+    const url = new URL(text);
+    return url.protocol === "http:" || url.protocol === "https:" ? url.href : null;
+  } catch { return null; }
+}
+
+function element(tag, props, ...children) {
+  const node = Object.assign(document.createElement(tag), props);
+  node.append(...children);
+  return node;
+}
+
 function gradeCell(docId, maxGrade) {
-  const set = document.createElement("fieldset");
+  const set = element("fieldset", {});
   for (let g = 0; g <= maxGrade; g++) {
-    const label = document.createElement("label");
-    const radio = document.createElement("input");
-    radio.type = "radio";
-    radio.name = `grade-${docId}`;
-    radio.value = String(g);
+    const radio = element("input", { type: "radio", name: `grade-${docId}`, value: String(g), tabIndex: -1 });
     radio.dataset.doc = docId;
-    label.append(radio, ` ${g} `);
-    set.append(label);
+    set.append(element("label", {}, radio, ` ${g} `));
   }
   return set;
 }
 
+function docCell(doc) {
+  const text = element("div", {});
+  const link = doc.url && webUrl(doc.url);
+  const name = doc.title || doc.doc_id;
+  text.append(link
+    ? element("a", { className: "title", href: link, target: "_blank", rel: "noopener noreferrer", textContent: name })
+    : element("div", { className: "title", textContent: name }));
+  if (doc.snippet) text.append(element("div", { className: "snippet", textContent: doc.snippet }));
+  if (doc.title) text.append(element("div", { className: "doc-id", textContent: doc.doc_id }));
+  const cell = element("td", {}, element("div", { className: "doc" }, text));
+  const image = doc.image_url && webUrl(doc.image_url);
+  if (image) cell.firstChild.prepend(element("img", { src: image, alt: "", referrerPolicy: "no-referrer" }));
+  return cell;
+}
+
+function rows() { return [...$("docs").querySelectorAll("tr")]; }
+
+function focusRow(index) {
+  const all = rows();
+  if (!all.length) return;
+  focusAt = Math.max(0, Math.min(all.length - 1, index));
+  all.forEach((tr, i) => { tr.classList.toggle("focused", i === focusAt); tr.ariaSelected = String(i === focusAt); });
+  all[focusAt].focus();
+}
+
+function grade(value) {
+  const tr = rows()[focusAt];
+  const radio = tr && tr.querySelector(`input[value="${value}"]`);
+  if (!radio) return;
+  radio.checked = true;
+  focusRow(focusAt + 1);
+}
+
+function progress(view) {
+  $("depth").textContent = String(view.queue.queued);
+  $("labeled").textContent = String(view.labeled);
+}
+
+function tick() {
+  if (leaseEnds === null) { $("lease-left").textContent = "–"; return; }
+  const left = Math.max(0, Math.round((leaseEnds - performance.now()) / 1000));
+  $("lease-left").textContent = `${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")}`;
+  if (left === 0 && current) {
+    say("Your lease expired: press Enter for a task (your grades would be refused).", "error");
+    leaseEnds = null;
+  }
+}
+
 function show(view) {
   current = view.task;
+  $("query-text").textContent = current.text || current.query_id;
   $("query").textContent = current.query_id;
   $("task-id").textContent = current.task_id;
   $("score").textContent = Number(current.score).toFixed(3);
   $("selector").textContent = current.selector;
-  $("lease").textContent = new Date(view.lease_expires * 1000).toLocaleTimeString();
-  const rows = current.documents.map((doc) => {
-    const tr = document.createElement("tr");
+  leaseEnds = performance.now() + (view.lease_expires - view.now) * 1000;  // the server's clock rules
+  $("docs").replaceChildren(...current.documents.map((doc) => {
+    const tr = element("tr", { tabIndex: -1 }, docCell(doc), element("td", {}, gradeCell(doc.doc_id, view.max_grade)));
     tr.dataset.doc = doc.doc_id;
-    const name = document.createElement("td");
-    name.textContent = doc.doc_id;
-    const grade = document.createElement("td");
-    grade.append(gradeCell(doc.doc_id, view.max_grade));
-    const feats = document.createElement("td");
-    feats.className = "features";
-    feats.textContent = doc.features.slice(0, 8).map((v) => Number(v).toPrecision(3)).join("  ");
-    tr.append(name, grade, feats);
+    tr.addEventListener("click", () => focusRow(rows().indexOf(tr)));
     return tr;
-  });
-  $("docs").replaceChildren(...rows);
+  }));
   $("task").hidden = false;
+  focusRow(0);
+  tick();
 }
 
-async function next() {
+function clear() {
+  current = null;
+  leaseEnds = null;
+  $("task").hidden = true;
+  tick();
+}
+
+async function next(before = "") {
   if (!ready()) return;
   try {
     const view = await call("GET", "/labeling/next");
+    progress(view);
     if (!view.task) {
-      current = null;
-      $("task").hidden = true;
-      say(`No task waiting (queued ${view.queue.queued}, leased ${view.queue.leased}).`);
+      clear();
+      say(`${before}No task waiting (queued ${view.queue.queued}, leased ${view.queue.leased}).`);
       return;
     }
     show(view);
-    say(`Task ${view.task.task_id} is yours for ${Math.round(view.lease_s)} s.`);
+    say(`${before}Task ${view.task.task_id} is yours for ${Math.round(view.lease_expires - view.now)} s.`);
   } catch (err) { say(err.message, "error"); }
 }
 
 async function submit(event) {
-  event.preventDefault();
+  if (event) event.preventDefault();
   if (!ready() || !current) return;
   const grades = {};
   for (const radio of $("docs").querySelectorAll("input[type=radio]:checked")) {
     grades[radio.dataset.doc] = Number(radio.value);
   }
-  const missing = current.documents.filter((d) => !(d.doc_id in grades)).length;
-  if (missing) { say(`Grade every document first (${missing} left).`, "error"); return; }
+  const missing = current.documents.findIndex((d) => !(d.doc_id in grades));
+  if (missing >= 0) {
+    const left = current.documents.filter((d) => !(d.doc_id in grades)).length;
+    say(`Grade every document first (${left} left).`, "error");
+    focusRow(missing);
+    return;
+  }
   try {
     await call("POST", `/labeling/${encodeURIComponent(current.task_id)}`, { grades });
-    say(`Submitted ${Object.keys(grades).length} grades for ${current.query_id}. Thank you!`, "ok");
-    current = null;
-    $("task").hidden = true;
+    const done = current;
+    clear();
+    await next(`Submitted ${Object.keys(grades).length} grades for ${done.query_id}. `);
   } catch (err) { say(err.message, "error"); }
 }
 
 async function skip() {
   if (!ready() || !current) return;
   try {
+    const skipped = current;
     await call("POST", `/labeling/${encodeURIComponent(current.task_id)}/skip`, {});
-    say(`Skipped ${current.query_id}.`);
-    await next();
+    clear();
+    await next(`Skipped ${skipped.query_id}. `);
   } catch (err) { say(err.message, "error"); }
 }
 
-$("load").addEventListener("click", next);
+async function refreshQueue() {
+  if (!signedIn) return;
+  try { $("depth").textContent = String((await call("GET", "/labeling/status")).queue.queued); } catch { /* next poll */ }
+}
+
+function onKey(event) {
+  const typing = event.target.closest && event.target.closest("input[type=password], input[type=text], textarea");
+  if (typing || event.ctrlKey || event.metaKey || event.altKey) return;
+  const key = event.key;
+  if (key === "Enter") {
+    if (event.target.closest && event.target.closest("button, a")) return;  // their own click
+    event.preventDefault();
+    if (current) submit(); else next();
+    return;
+  }
+  if (!current) return;
+  if (/^[0-9]$/.test(key) && rows()[focusAt]?.querySelector(`input[value="${key}"]`)) {
+    event.preventDefault(); grade(key);
+  } else if (key === "ArrowDown" || key === "ArrowUp") {
+    event.preventDefault(); focusRow(focusAt + (key === "ArrowDown" ? 1 : -1));
+  } else if (key === "s" || key === "S") {
+    event.preventDefault(); skip();
+  }
+}
+
+$("load").addEventListener("click", () => next());
 $("grades").addEventListener("submit", submit);
 $("skip").addEventListener("click", skip);
+document.addEventListener("keydown", onKey);
+setInterval(tick, 1000);
+setInterval(refreshQueue, 15000);
 window.driftline.onSignIn((principal) => {
   const first = !signedIn && principal;
   signedIn = principal;

@@ -4,14 +4,18 @@ grade, submit, label emitted under the token's name; producer-supplied text stay
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
+from models.ctr.movielens import fetch
+from rankers.movielens_queries import movielens_queries
 from rankers.records import query_records
 from streams.auth import HttpSecurity
 from streams.http import make_app
@@ -20,6 +24,7 @@ from streams.tokens import Role, TokenStore, new_token
 
 from .conftest import synthetic_queries
 from .service_helpers import QUERIES, FakeClock, Harness, labels_of
+from .test_movielens_queries import RATINGS, write_ml
 from .test_service import make
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -37,13 +42,10 @@ ALICE_TOKEN, ALICE = new_token("alice", Role.ANNOTATOR)
 HOSTILE = '<img src=x onerror="window.pwned=1">'
 
 
-@pytest.fixture
-def served() -> Iterator[tuple[Harness, str, dict[str, dict[str, int]]]]:
-    """A RankService with two queued tasks, its routes served by aiohttp on a free loopback port;
-    alice holds an annotator token."""
-    harness = make(FakeClock(), budget=2, budget_window=2)
-    queries, truth = query_records(synthetic_queries(2, docs=4))
-    harness.service.process(QUERIES, queries)
+@contextmanager
+def serving(harness: Harness) -> Iterator[str]:
+    """The harness's routes served by aiohttp on a free loopback port (alice holds an annotator
+    token); yields the base URL."""
     app = make_app([harness.service], security=HttpSecurity(store=TokenStore([ALICE])))
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(app)
@@ -54,11 +56,21 @@ def served() -> Iterator[tuple[Harness, str, dict[str, dict[str, int]]]]:
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     try:
-        yield harness, f"http://127.0.0.1:{port}", truth
+        yield f"http://127.0.0.1:{port}"
     finally:
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[Harness, str, dict[str, dict[str, int]]]]:
+    """A RankService with two queued tasks of feature vectors only, served."""
+    harness = make(FakeClock(), budget=2, budget_window=2)
+    queries, truth = query_records(synthetic_queries(2, docs=4))
+    harness.service.process(QUERIES, queries)
+    with serving(harness) as base:
+        yield harness, base, truth
 
 
 @pytest.fixture
@@ -152,11 +164,95 @@ def test_producer_supplied_text_is_shown_as_text_never_run(served, browser) -> N
     wait.until(ec.visibility_of_element_located((By.ID, "task")))
     assert "token" not in browser.current_url  # dropped from the address bar at once
     for _ in range(3):  # the hostile task comes after the two ordinary ones, whatever the order
-        if browser.find_element(By.ID, "query").text == HOSTILE:
+        shown = browser.find_element(By.ID, "query").text
+        if shown == HOSTILE:
             break
         browser.find_element(By.ID, "skip").click()
-        wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "Task"))
+        wait.until(lambda b, was=shown: b.find_element(By.ID, "query").text != was)
     assert browser.find_element(By.ID, "query").text == HOSTILE
+    assert browser.find_element(By.ID, "query-text").text == HOSTILE  # no text: the id stands in
     assert browser.find_element(By.CSS_SELECTOR, "#docs tr td").text == HOSTILE
-    assert browser.find_elements(By.CSS_SELECTOR, "#docs img, #query img") == []
+    assert browser.find_elements(By.CSS_SELECTOR, "#docs img, #query img, #query-text img") == []
     assert browser.execute_script("return window.pwned === undefined")
+
+
+def keys(browser: object, *pressed: str) -> None:
+    """Press keys wherever the focus is, as a person at the keyboard would."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    chain = ActionChains(browser)
+    for key in pressed:
+        chain.send_keys(key)
+    chain.perform()
+
+
+def test_a_person_labels_movies_by_keyboard_and_sees_the_next_task(tmp_path: Path, browser) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    queries, truth = movielens_queries(write_ml(tmp_path / "ml", RATINGS), docs_per_query=3)
+    harness = make(FakeClock(), budget=2, budget_window=2)
+    wait = WebDriverWait(browser, 20)
+    with serving(harness) as base:
+        browser.get(f"{base}/labeling#token={ALICE_TOKEN}")
+        wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "No task waiting"))
+        with harness.service.lock:  # the queries arrive while the page is open
+            harness.service.process(QUERIES, queries)
+        keys(browser, Keys.ENTER)  # take a task
+        wait.until(ec.visibility_of_element_located((By.ID, "task")))
+        query = next(q for q in queries if q.query_id == browser.find_element(By.ID, "query").text)
+        assert browser.find_element(By.ID, "query-text").text == query.text
+        titles = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#docs .title")]
+        assert titles == [d.title for d in query.documents]
+        assert "<script>x</script> (1990)" in titles  # a producer's markup, shown as the text it is
+        assert browser.execute_script("return document.querySelectorAll('#docs script').length") == 0
+        assert [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#docs .snippet")] == [
+            d.snippet for d in query.documents
+        ]
+        links = browser.find_elements(By.CSS_SELECTOR, "#docs a.title")
+        assert [a.get_attribute("href") for a in links] == [d.url for d in query.documents]
+        assert browser.find_element(By.ID, "depth").text == "1"  # two tasks: one leased, one waiting
+        assert browser.find_element(By.ID, "labeled").text == "0"
+        assert browser.find_element(By.ID, "lease-left").text in ("1:00", "0:59")  # lease_s = 60
+        wait.until(lambda b: b.find_element(By.ID, "lease-left").text in ("0:57", "0:56"))  # counts down
+
+        grades = list(truth[query.query_id].values())
+        keys(browser, *[str(g) for g in grades])  # each digit grades the row and moves down
+        # the focus stays on the last row; up to the first, down to the second, regrade it
+        keys(browser, Keys.ARROW_UP, Keys.ARROW_UP, Keys.ARROW_DOWN, "4")
+        grades[-2] = 4
+        first_task = browser.find_element(By.ID, "task-id").text
+        keys(browser, Keys.ENTER)  # submit
+        wait.until(
+            ec.text_to_be_present_in_element((By.ID, "status"), f"Submitted 3 grades for {query.query_id}")
+        )
+        wait.until(lambda b: b.find_element(By.ID, "task-id").text not in ("", first_task))  # the next task
+        assert browser.find_element(By.ID, "labeled").text == "1"
+        assert browser.find_element(By.ID, "depth").text == "0"
+
+        [label] = labels_of(harness.emitted)
+        assert (label.task_id, label.annotator, label.model_version) == (first_task, "alice", 0)
+        assert label.grades == dict(zip(truth[query.query_id], grades, strict=True))
+        assert browser.execute_script("return window.pwned === undefined")
+
+
+@pytest.mark.skipif(
+    not os.environ.get("DRIFTLINE_LABELING_SCREENSHOT"),
+    reason="writes docs' screenshot: DRIFTLINE_LABELING_SCREENSHOT=docs/img/labeling.png (real MovieLens)",
+)
+def test_screenshot_of_the_real_movielens_stream(browser) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    queries, _ = movielens_queries(fetch())
+    harness = make(FakeClock(), budget=2, budget_window=2)
+    harness.service.process(QUERIES, queries[:2])
+    with serving(harness) as base:
+        browser.set_window_size(1200, 900)
+        browser.get(f"{base}/labeling#token={ALICE_TOKEN}")
+        WebDriverWait(browser, 20).until(ec.visibility_of_element_located((By.ID, "task")))
+        keys(browser, "3", "4", "1")  # a person part way through
+        browser.save_screenshot(os.environ["DRIFTLINE_LABELING_SCREENSHOT"])
