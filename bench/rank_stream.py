@@ -1,0 +1,245 @@
+"""Active learning-to-rank where the service uses it: MQ2008 replayed through ``RankService`` (stream mode).
+
+Per seed: MQ2008's 784 queries are split into held-out test queries and a stream in a seeded order;
+every selector replays the same stream through its own ``RankService`` (production budget rule,
+percentile threshold and committee; see :mod:`rankers.stream_sim`), with truthful annotators
+answering ``--delay`` queries after each task's query. Held-out DCG@4 / NDCG@10 are compared at equal
+label counts: the gain over random with a paired bootstrap 95% CI, and the labels each selector
+needs to reach random's DCG@4. ``--pool-seeds N`` adds the pool simulation (``rankers.active``) on
+the same splits for the pool-mode table. Writes a JSON summary and a PNG of the learning curves.
+
+    .venv/bin/python bench/rank_stream.py --seeds 3 --pool-seeds 0     # development, a few minutes
+    .venv/bin/python bench/rank_stream.py                                # 30 seeds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from rankers.active import active_curve, split_queries
+from rankers.curve_stats import curve_at, labels_to_reach, paired_gain_ci
+from rankers.data import QueryBatch
+from rankers.lambdamart import LambdaMARTRanker
+from rankers.mq2008 import load_mq2008
+from rankers.selectors import make_selector
+from rankers.stream_sim import StreamSettings, make_service, stream_run
+
+METRICS = ("dcg@4", "ndcg@10")
+Points = dict[int, dict[str, float]]
+
+
+def run_mode(mode: str, data: QueryBatch, args: argparse.Namespace, raw: dict[str, Any], bar: tqdm) -> None:
+    """Fill ``raw[mode][selector]`` with one run per seed, seed by seed (so every selector of a seed
+    shares its split and order), saving ``args.raw`` after each seed: a long run cut short keeps its
+    finished seeds, and ``--report-only`` summarizes them."""
+    runs = raw.setdefault(mode, {name: [] for name in args.selectors})
+    seeds = args.seeds if mode == "stream" else args.pool_seeds
+    for seed in range(len(runs["random"]), seeds):
+        stream, test = split(data, seed, args.test_fraction)
+        for name in args.selectors:
+            runs[name].append(one_run(mode, name, seed, stream, test, args))
+            bar.update()
+        args.raw.parent.mkdir(parents=True, exist_ok=True)
+        args.raw.write_text(json.dumps(raw))
+
+
+def one_run(
+    mode: str, name: str, seed: int, stream: QueryBatch, test: QueryBatch, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Held-out points per label count and, in stream mode, what the labels were spent on."""
+    if mode == "pool":
+        curve = active_curve(
+            stream, test, make_selector(name, seed=seed), lambda: make_ranker(args),
+            seed_queries=args.pool_seed_queries, step=args.pool_step, budget=max(args.budgets),
+            rng=np.random.default_rng(1000 + seed),
+        )  # fmt: skip
+        return {"points": curve.points}
+    settings = stream_settings(args)
+    run = stream_run(make_service(name, settings, seed), stream, test, settings)
+    grades = dict(zip(stream.query_ids, stream.split_scores(stream.grades), strict=True))
+    return {
+        "points": run.points,
+        "queries_seen": run.queries_seen,
+        "cold_start_tasks": run.task_selectors.count("cold-start"),
+        "no_relevant_share": float(np.mean([grades[q].max() == 0 for q in run.labeled_ids])),
+        "docs_per_label": float(np.mean([len(grades[q]) for q in run.labeled_ids])),
+    }
+
+
+def stream_settings(args: argparse.Namespace) -> StreamSettings:
+    return StreamSettings(
+        budget=args.budget, budget_window=args.budget_window, delay=args.delay, batch=args.batch,
+        max_labels=max(args.budgets), checkpoints=tuple(args.budgets), committee_size=args.committee,
+        rounds=args.rounds, service={"score_window": args.score_window},
+    )  # fmt: skip
+
+
+def make_ranker(args: argparse.Namespace) -> LambdaMARTRanker:
+    return LambdaMARTRanker(rounds=args.rounds, committee_size=args.committee)
+
+
+def split(data: QueryBatch, seed: int, test_fraction: float) -> tuple[QueryBatch, QueryBatch]:
+    """(stream or pool, held-out test); the stream's order is the seeded permutation itself."""
+    order, test_idx = split_queries(data.n_queries, test_fraction, np.random.default_rng(seed))
+    return data.select(order), data.select(test_idx)
+
+
+def summarize(
+    runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace, grid: np.ndarray
+) -> dict[str, Any]:
+    """Per selector and budget: mean metrics, gain over random with CI, labels to reach random;
+    and the mean of each stream diagnostic (what the labels were spent on)."""
+    rng = np.random.default_rng(0)
+    curves = {name: [run["points"] for run in selector_runs] for name, selector_runs in runs.items()}
+    on_grid = {
+        n: {m: np.array([curve_at(p, grid, m) for p in runs]) for m in METRICS} for n, runs in curves.items()
+    }
+    base = on_grid["random"]
+    out: dict[str, Any] = {}
+    for name, metrics in on_grid.items():
+        rows = {}
+        for budget in args.budgets:
+            at = int(np.searchsorted(grid, budget))
+            row: dict[str, Any] = {}
+            for m in METRICS:
+                ours, theirs = metrics[m][:, at], base[m][:, at]
+                both = ~np.isnan(ours) & ~np.isnan(theirs)
+                row[m] = float(np.mean(ours[both])) if both.any() else float("nan")
+                row["runs"] = int(both.sum())
+                if name != "random" and both.sum() >= 2:
+                    row[f"{m}_gain"] = paired_gain_ci(ours[both], theirs[both], rng)
+            target = float(np.nanmean(base["dcg@4"][:, at]))
+            row["labels_to_random_dcg@4"] = labels_to_reach(grid, np.mean(metrics["dcg@4"], axis=0), target)
+            rows[budget] = row
+        diagnostics = [k for k in runs[name][0] if k != "points"]
+        out[name] = {
+            "budgets": rows,
+            "curve": {m: np.mean(metrics[m], axis=0).tolist() for m in METRICS},
+            "diagnostics": {k: float(np.mean([run[k] for run in runs[name]])) for k in diagnostics},
+        }
+    return out
+
+
+def print_table(title: str, summary: dict[str, Any], budgets: list[int]) -> None:
+    print(f"\n### {title}")
+    print("| selector | labels | runs | DCG@4 | gain vs random [95% CI] | NDCG@10 | gain vs random [95% CI] "
+          "| labels to reach random's DCG@4 | fewer labels |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, result in summary.items():
+        for budget in budgets:
+            row = result["budgets"][budget]
+            gains = [_gain(row.get(f"{m}_gain")) for m in METRICS]
+            need = row["labels_to_random_dcg@4"]
+            need_s = f">{max(budgets)}" if need is None else f"{need:.0f}"
+            fewer = "" if need is None else f"{100 * (1 - need / budget):+.0f}%"
+            print(
+                f"| {name} | {budget} | {row['runs']} | {row['dcg@4']:.3f} | {gains[0]} "
+                f"| {row['ndcg@10']:.4f} | {gains[1]} | {need_s} | {fewer} |"
+            )
+    diagnostics = next(iter(summary.values()))["diagnostics"]
+    if diagnostics:
+        print("\n| selector | " + " | ".join(diagnostics) + " |")
+        print("|---|" + "---|" * len(diagnostics))
+        for name, result in summary.items():
+            print(f"| {name} | " + " | ".join(f"{v:.3g}" for v in result["diagnostics"].values()) + " |")
+
+
+def _gain(gain: tuple[float, float, float] | None) -> str:
+    if gain is None:
+        return ""
+    mean, low, high = (100 * g for g in gain)
+    return f"{mean:+.2f}% [{low:+.2f}, {high:+.2f}]"
+
+
+def plot(results: dict[str, dict[str, Any]], grid: np.ndarray, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, metric in zip(axes, METRICS, strict=True):
+        for mode, style in (("stream", "-"), ("pool", ":")):
+            for i, (name, result) in enumerate(results.get(mode, {}).items()):
+                curve = np.array(result["curve"][metric])
+                ax.plot(grid, curve, style, color=f"C{i}", label=f"{mode} {name}")
+        ax.set_xlabel("labeled queries")
+        ax.set_ylabel(f"held-out {metric.upper()}")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.suptitle("MQ2008 active learning-to-rank, mean over seeds (stream: through RankService)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def load_raw(path: Path) -> dict[str, Any]:
+    """Runs saved by an earlier call (JSON made the label counts strings: back to ints)."""
+    if not path.is_file():
+        return {}
+    raw = json.loads(path.read_text())
+    for runs in raw.values():
+        for selector_runs in runs.values():
+            for run in selector_runs:
+                run["points"] = {int(k): v for k, v in run["points"].items()}
+    return raw
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seeds", type=int, default=30, help="stream orderings (and splits)")
+    parser.add_argument(
+        "--pool-seeds", type=int, default=10, help="pool-mode runs on the same splits (0: none)"
+    )
+    parser.add_argument("--selectors", default="random,re,pv,re+pv,dv+pv")
+    parser.add_argument("--budgets", default="50,100,200", help="label counts compared (the last is the cap)")
+    parser.add_argument("--budget", type=int, default=50, help="service budget: tasks per window")
+    parser.add_argument("--budget-window", type=int, default=100, help="service budget window, queries")
+    parser.add_argument("--score-window", type=int, default=1024, help="service percentile window")
+    parser.add_argument("--delay", type=int, default=20, help="queries between a task's query and its label")
+    parser.add_argument("--batch", type=int, default=40, help="queries per micro-batch (a retrain per one)")
+    parser.add_argument("--committee", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=100, help="trees per retrain")
+    parser.add_argument("--test-fraction", type=float, default=0.25)
+    parser.add_argument("--pool-seed-queries", type=int, default=10)
+    parser.add_argument("--pool-step", type=int, default=10)
+    parser.add_argument("--raw", type=Path, default=Path("var/bench/rank_stream_runs.json"))
+    parser.add_argument("--resume", action="store_true", help="keep the seeds --raw holds, run the rest")
+    parser.add_argument("--report-only", action="store_true", help="summarize --raw, run nothing")
+    parser.add_argument("--json", type=Path, default=Path("var/bench/rank_stream.json"))
+    parser.add_argument("--png", type=Path, default=Path("docs/img/rank_stream.png"))
+    args = parser.parse_args()
+    args.selectors = args.selectors.split(",")
+    args.budgets = sorted(int(b) for b in args.budgets.split(","))
+    if "random" not in args.selectors:
+        parser.error("--selectors must include random (the baseline)")
+    raw = load_raw(args.raw) if args.resume or args.report_only else {}
+    if not args.report_only:
+        data = load_mq2008()
+        print(f"MQ2008: {data.n_queries} queries; {vars(args)}")
+        done = sum(len(r) for runs in raw.values() for r in runs.values())
+        total = len(args.selectors) * (args.seeds + args.pool_seeds)
+        with tqdm(total=total, initial=done, desc="runs", unit="run") as bar:
+            for mode in ("stream", "pool") if args.pool_seeds else ("stream",):
+                run_mode(mode, data, args, raw, bar)
+    grid = np.arange(5, max(args.budgets) + 1, 5)
+    results = {mode: summarize(runs, args, grid) for mode, runs in raw.items()}
+    for mode, result in results.items():
+        print_table(f"{mode} mode, {len(raw[mode]['random'])} seeds", result, args.budgets)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    summary = {"args": {k: str(v) for k, v in vars(args).items()}, "grid": grid.tolist(), **results}
+    args.json.write_text(json.dumps(summary, indent=1))
+    plot(results, grid, args.png)
+    print(f"\nwrote {args.json} and {args.png}")
+
+
+if __name__ == "__main__":
+    main()
