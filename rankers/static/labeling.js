@@ -56,7 +56,11 @@ function docCell(doc) {
   if (doc.title) text.append(element("div", { className: "doc-id", textContent: doc.doc_id }));
   const cell = element("td", {}, element("div", { className: "doc" }, text));
   const image = doc.image_url && webUrl(doc.image_url);
-  if (image) cell.firstChild.prepend(element("img", { src: image, alt: "", referrerPolicy: "no-referrer" }));
+  if (image) {
+    const img = element("img", { src: image, alt: "", referrerPolicy: "no-referrer" });
+    img.addEventListener("error", () => img.remove());  // unreachable, or refused by the page's CSP
+    cell.firstChild.prepend(img);
+  }
   return cell;
 }
 
