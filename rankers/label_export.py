@@ -135,7 +135,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     for warning in warnings:
         print(f"driftline: warning: {warning}", file=sys.stderr)
     skipped = f"; {export.unreadable} message(s) on the topic were not labels" if export.unreadable else ""
-    counts = f"{len(export.rows)} labels ({export.refused} refused by the rank service)"
+    counts = f"{len(export.rows)} label(s) ({export.refused} refused by the rank service)"
     print(f"exported {counts} to {args.out}{skipped}")
     return 0
 
