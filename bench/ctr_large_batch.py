@@ -1,0 +1,296 @@
+"""CowClip at real size: DeepFM on the synthetic Criteo-layout stream, batch 1K to 128K, 3 seeds.
+
+Per seed, the stream's rows ``[0, --rows)`` are generated once (in parallel worker processes) and
+trained on for one epoch in every cell; rows ``[--rows, --rows + --heldout)`` are the held-out rows
+scored after it. Cells: every batch size x {``adam`` (base lr at every batch, no clip), ``cowclip``
+(CowClip + scaling rule)}. The table gives held-out AUC mean ± standard error over seeds, logloss,
+training samples/s, wall seconds of the epoch and the share of looked-up embedding rows CowClip
+clipped. The JSON is rewritten after every finished cell, so a run cut off still leaves its cells.
+
+Imports torch, numpy, tqdm, matplotlib and rich only (no Kafka client), so it runs on a bare GPU box:
+
+    .venv/bin/python bench/ctr_large_batch.py --device cuda                  # the full default grid
+    .venv/bin/python bench/ctr_large_batch.py --rows 2000000 --heldout 200000 --batches 1024,8192,65536
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from models.ctr.large_batch import (  # noqa: E402
+    OPTIMIZERS,
+    CellConfig,
+    CellResult,
+    TableLayout,
+    make_split,
+    train_cell,
+)
+
+#: Seconds per training step and per sample, measured on an H200 (``--device cuda``) with this
+#: bench's defaults; used only for the estimate printed at start.
+GPU_STEP_S = 2.5e-3
+GPU_SAMPLE_S = 1.0e-7
+#: Rows per second the generator makes per worker process (docs/ctr.md: about 1.2M on this machine).
+GENERATOR_ROWS_PER_S = 1.0e6
+
+
+def load() -> str:
+    """The 1/5/15-minute load averages: printed beside every timing, since machines are shared."""
+    return "load {:.2f} {:.2f} {:.2f} ({} cores)".format(*os.getloadavg(), os.cpu_count())
+
+
+def summarise(results: Sequence[CellResult]) -> list[dict[str, float | int | str]]:
+    """One row per (batch, optimizer): means over seeds, and the AUC's standard error."""
+    table = []
+    for batch in sorted({r.batch for r in results}):
+        for optimizer in OPTIMIZERS:
+            cell = [r for r in results if r.batch == batch and r.optimizer == optimizer]
+            if not cell:
+                continue
+            aucs = np.array([r.auc for r in cell])
+            stderr = float(aucs.std(ddof=1) / math.sqrt(len(aucs))) if len(aucs) > 1 else math.nan
+            table.append(
+                {
+                    "batch": batch,
+                    "optimizer": optimizer,
+                    "seeds": len(cell),
+                    "auc": float(aucs.mean()),
+                    "auc_stderr": stderr,
+                    "logloss": float(np.mean([r.logloss for r in cell])),
+                    "samples_per_s": float(np.mean([r.samples_per_s for r in cell])),
+                    "wall_s": float(np.mean([r.wall_s for r in cell])),
+                    "clipped": float(np.mean([r.clipped for r in cell])),
+                }
+            )
+    return table
+
+
+def render(table: Sequence[dict[str, float | int | str]]) -> str:
+    lines = [
+        f"{'batch':>7} {'optimizer':9} {'seeds':>5} {'AUC':>8} {'± se':>7} {'logloss':>8} "
+        f"{'samples/s':>10} {'wall s':>8} {'clipped':>8}"
+    ]
+    for row in table:
+        lines.append(
+            f"{row['batch']:>7} {row['optimizer']:9} {row['seeds']:>5} {row['auc']:>8.4f} "
+            f"{row['auc_stderr']:>7.4f} {row['logloss']:>8.4f} {row['samples_per_s']:>10,.0f} "
+            f"{row['wall_s']:>8.1f} {row['clipped']:>8.2%}"
+        )
+    return "\n".join(lines)
+
+
+def plot(table: Sequence[dict[str, float | int | str]], path: Path, title: str) -> None:
+    """AUC against batch size (log axis), one line per optimizer, standard-error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(6.4, 4.2))
+    for optimizer in OPTIMIZERS:
+        rows = [r for r in table if r["optimizer"] == optimizer]
+        if rows:
+            axes.errorbar(
+                [r["batch"] for r in rows],
+                [r["auc"] for r in rows],
+                yerr=[0.0 if math.isnan(r["auc_stderr"]) else r["auc_stderr"] for r in rows],
+                marker="o",
+                capsize=4,
+                label="CowClip + scaling rule" if optimizer == "cowclip" else "Adam (base lr)",
+            )
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel("batch size")
+    axes.set_ylabel("held-out AUC (mean ± s.e. over seeds)")
+    axes.set_title(title, fontsize=9)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    pyplot.close(figure)
+
+
+def estimate_s(args: argparse.Namespace, batches: Sequence[int], device: torch.device) -> float:
+    """Rough seconds for the whole run: generation, plus steps x per-step cost, plus samples x
+    per-sample cost. On CPU the per-step cost is measured by :func:`measure_cpu_step`."""
+    generate = args.seeds * (args.rows + args.heldout) / (GENERATOR_ROWS_PER_S * max(args.workers, 1))
+    if device.type == "cuda":
+        step_s, sample_s = GPU_STEP_S, GPU_SAMPLE_S
+    else:
+        step_s, sample_s = measure_cpu_step(args)
+    steps = sum(-(-args.rows // b) for b in batches) * len(OPTIMIZERS) * args.seeds
+    samples = args.rows * len(batches) * len(OPTIMIZERS) * args.seeds
+    return generate + steps * step_s + samples * sample_s
+
+
+def measure_cpu_step(args: argparse.Namespace) -> tuple[float, float]:
+    """(seconds per step, seconds per sample) on CPU: timed at two small batch sizes, then fitted as
+    ``time = steps * a + samples * b``."""
+    layout = TableLayout.criteo(args.max_table_rows)
+    train, heldout = make_split(1000, 3 * 4096, 1024, layout, torch.device("cpu"))
+    timings = []
+    for batch in (256, 4096):
+        config = CellConfig(batch=batch, optimizer="cowclip", hidden=args.hidden)
+        timings.append(train_cell(config, layout, train, heldout).wall_s)
+    steps = [len(train) / 256, len(train) / 4096]
+    per_step = (timings[0] - timings[1]) / (steps[0] - steps[1])
+    per_sample = max(timings[1] - steps[1] * per_step, 0.0) / len(train)
+    return max(per_step, 0.0), per_sample
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=20_000_000, help="training rows (one epoch)")
+    parser.add_argument("--heldout", type=int, default=1_000_000, help="later rows scored after training")
+    parser.add_argument("--batches", default="1024,8192,65536,131072")
+    parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1: each its own stream and init")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--json", type=Path, default=Path("var/bench/ctr_large_batch.json"))
+    parser.add_argument("--plot", type=Path, default=None, help="PNG of AUC against batch size")
+    parser.add_argument(
+        "--max-table-rows", type=int, default=2_000_000, help="rows per field's table at most"
+    )
+    parser.add_argument("--embed-lr", type=float, default=CellConfig.embed_lr)
+    parser.add_argument("--dense-lr", type=float, default=CellConfig.dense_lr)
+    parser.add_argument("--l2", type=float, default=CellConfig.l2)
+    parser.add_argument("--clip-ratio", type=float, default=CellConfig.clip_ratio, help="CowClip r")
+    parser.add_argument("--zeta", type=float, default=CellConfig.zeta, help="CowClip lower bound")
+    parser.add_argument("--warmup", type=float, default=CellConfig.warmup, help="share of the epoch")
+    parser.add_argument("--hidden", default="400,400,400", help="DNN widths")
+    parser.add_argument("--workers", type=int, default=max(1, min(8, (os.cpu_count() or 1) - 1)))
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (0: torch's default; 1 resists a shared box's load)",
+    )
+    parser.add_argument("--no-estimate", action="store_true", help="skip the start-up estimate (CPU: timed)")
+    args = parser.parse_args(argv)
+    args.hidden = tuple(int(w) for w in args.hidden.split(","))
+    try:
+        args.batch_list = [int(b) for b in args.batches.split(",")]
+    except ValueError:
+        parser.error(f"--batches must be comma-separated integers, not {args.batches!r}")
+    args.optimizer_list = args.optimizers.split(",")
+    unknown = set(args.optimizer_list) - set(OPTIMIZERS)
+    if unknown:
+        parser.error(f"unknown optimizers {sorted(unknown)}; choose from {', '.join(OPTIMIZERS)}")
+    if args.rows < 1 or args.heldout < 1 or args.seeds < 1 or min(args.batch_list) < 1:
+        parser.error("--rows, --heldout, --seeds and every batch size must be >= 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda, but torch sees no CUDA device")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    layout = TableLayout.criteo(args.max_table_rows)
+    base = CellConfig(
+        batch=args.batch_list[0],
+        hidden=args.hidden,
+        embed_lr=args.embed_lr,
+        dense_lr=args.dense_lr,
+        l2=args.l2,
+        clip_ratio=args.clip_ratio,
+        zeta=args.zeta,
+        warmup=args.warmup,
+    )
+    label = (
+        f"synthetic Criteo layout, {args.rows:,} training rows (1 epoch), {args.heldout:,} held out, "
+        f"{args.seeds} seeds, {args.device}"
+    )
+    print(
+        f"{label}; tables {layout.total:,} rows (per field min(cardinality, {args.max_table_rows:,})), "
+        f"dim {base.embed_dim}, DNN {'x'.join(map(str, base.hidden))}; base lr embed {base.embed_lr:g} "
+        f"dense {base.dense_lr:g}, L2 {base.l2:g} at batch {base.base_batch}; CowClip r {base.clip_ratio:g} "
+        f"zeta {base.zeta:g}, warm-up {base.warmup:g} epoch; {load()}",
+        flush=True,
+    )
+    if not args.no_estimate:
+        print(f"estimated run time: {estimate_s(args, args.batch_list, device) / 60:.1f} min", flush=True)
+    results: list[CellResult] = []
+    cells = len(args.batch_list) * len(args.optimizer_list)
+    context = multiprocessing.get_context("fork")
+    began = time.perf_counter()
+    with ProcessPoolExecutor(args.workers, mp_context=context) if args.workers > 1 else _no_pool() as pool:
+        for seed in range(args.seeds):
+            generated = time.perf_counter()
+            train, heldout = make_split(seed, args.rows, args.heldout, layout, device, pool)
+            print(f"seed {seed}: data in {time.perf_counter() - generated:.1f} s ({load()})", flush=True)
+            for index, (batch, optimizer) in enumerate(
+                (b, o) for b in args.batch_list for o in args.optimizer_list
+            ):
+                config = replace(base, batch=batch, optimizer=optimizer, seed=seed)
+                desc = f"seed {seed} cell {index + 1}/{cells} batch {batch} {optimizer}"
+                with tqdm(total=len(train), desc=desc, unit="row", unit_scale=True, leave=False) as bar:
+                    result = train_cell(config, layout, train, heldout, bar.update)
+                results.append(result)
+                tqdm.write(
+                    f"{desc}: AUC {result.auc:.4f} logloss {result.logloss:.4f} "
+                    f"{result.samples_per_s:,.0f} rows/s {result.wall_s:.1f} s clipped {result.clipped:.2%} "
+                    f"({load()})"
+                )
+                write_json(args, label, results)
+            del train, heldout
+    table = summarise(results)
+    print(f"\n{label}; total {time.perf_counter() - began:.0f} s; {load()}\n{render(table)}", flush=True)
+    if args.plot is not None:
+        plot(table, args.plot, label)
+        print(f"plot: {args.plot}")
+    print(f"json: {args.json}")
+
+
+class _no_pool:
+    """``with``-able stand-in for a process pool: generation runs in this process."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def write_json(args: argparse.Namespace, label: str, results: Sequence[CellResult]) -> None:
+    """Every finished cell and the summary table so far (rewritten after each cell)."""
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "label": label,
+        "args": {k: v if isinstance(v, int | float | str) else str(v) for k, v in vars(args).items()},
+        "load": load(),
+        "cells": [asdict(r) for r in results],
+        "table": summarise(results),
+    }
+    temporary = args.json.with_suffix(".tmp")
+    temporary.write_text(json.dumps(report, indent=2))
+    temporary.replace(args.json)
+
+
+if __name__ == "__main__":
+    main()
