@@ -1,4 +1,5 @@
-"""What every role's HTTP face shares: the server's start and stop, and the common ``/health`` fields.
+"""What every role's HTTP face shares: the server's start and stop, the common ``/health`` fields,
+and the dashboard page (:mod:`streams.dashboard`).
 
 A worker and a serving replica differ in what they run beside HTTP, not in how they answer probes:
 ``/health`` is a 200 liveness answer whose ``status`` is ok or degraded (with the problems), and
@@ -16,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from streams.config import Settings
+from streams.dashboard import attach as attach_dashboard
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,9 @@ def health_body(
 
 @contextlib.asynccontextmanager
 async def serving_http(settings: Settings, app: web.Application, what: str) -> AsyncIterator[None]:
-    """Serve ``app`` on the settings' host and port for the duration of the block."""
+    """Serve ``app`` (with the dashboard beside its routes) on the settings' host and port for the
+    duration of the block."""
+    attach_dashboard(app, settings.bootstrap)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:

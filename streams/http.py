@@ -41,6 +41,8 @@ ReadyProbe = Callable[[], tuple[bool, str]]
 OwnerLookup = Callable[[str, int], str | None]
 PROXIED = "X-Driftline-Proxied"
 PROXY_SESSION = web.AppKey("proxy_session", aiohttp.ClientSession)
+#: The security an application's routes are guarded by, so routes added later get the same.
+SECURITY = web.AppKey("security", HttpSecurity)
 RETRY_AFTER_S = "1"
 #: Pages run only this server's scripts (no inline script, no eval), load nothing from elsewhere
 #: and cannot be framed; their inline styles are allowed.
@@ -186,6 +188,12 @@ class HasRoutes(Protocol):
     def routes(self) -> list[Route]: ...
 
 
+def add_routes(app: web.Application, routes: Iterable[Route], owner_url: OwnerLookup | None = None) -> None:
+    """Serve ``routes`` from ``app`` (made by :func:`make_app`), guarded by the app's own security."""
+    for route in routes:
+        app.router.add_route(route.method, route.path, adapt(route, app[SECURITY], owner_url))
+
+
 def make_app(
     services: Iterable[HasRoutes],
     metrics_text: Callable[[], bytes] | None = None,
@@ -200,6 +208,7 @@ def make_app(
     """
     security = security or installed()
     app = web.Application(client_max_size=security.limits.max_body_bytes, middlewares=[_hardened])
+    app[SECURITY] = security
 
     async def health_handler(_: web.Request) -> web.Response:
         return _json(health() if health else {"status": "ok"})
@@ -239,6 +248,5 @@ def make_app(
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/auth/whoami", whoami_handler)
     app.router.add_get("/driftline-auth.js", auth_script_handler)
-    for route in (r for service in services for r in service.routes()):
-        app.router.add_route(route.method, route.path, adapt(route, security, owner_url))
+    add_routes(app, (r for service in services for r in service.routes()), owner_url)
     return app

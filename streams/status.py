@@ -21,7 +21,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
@@ -214,6 +214,12 @@ class ServiceSummary:
     metric: tuple[str, float] | None
     model_version: int
     statuses: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary as the dashboard's ``/status`` answers it: the metric as ``{name, value}``."""
+        body = asdict(self)
+        body["metric"] = {"name": self.metric[0], "value": self.metric[1]} if self.metric else None
+        return body
 
 
 def main_metric(metric: dict[str, float]) -> str | None:

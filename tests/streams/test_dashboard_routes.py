@@ -1,0 +1,142 @@
+"""The dashboard's routes without a browser: the page and its assets come from this server under a
+strict CSP, ``/status`` folds the status rows per service behind the reader check, and an
+unreachable status topic is a clear 503, never a 500."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from kafka.errors import KafkaTimeoutError
+
+from streams import dashboard
+from streams.auth import HttpSecurity
+from streams.http import make_app
+from streams.schemas import ServiceStatus
+from streams.tokens import Role, TokenStore, new_token
+
+READER_TOKEN, READER = new_token("viewer", Role.READER)
+
+
+@contextlib.contextmanager
+def serving(app: web.Application) -> Iterator[str]:
+    """``app`` on a free loopback port from a thread of its own; yields its base URL."""
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+
+
+def fetch(url: str, token: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, dict(answer.headers), answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+class FakeBoard:
+    """Two instances of ctr and one of forecast, as a StatusBoard would hold them (synthetic)."""
+
+    def __init__(self, bootstrap: str, stale_s: float) -> None:
+        now = time.time()
+        self.closed = False
+        self.live = [
+            ServiceStatus(instance="a", role="worker", service="ctr", ts=now, ready=True, events_per_s=150.0,
+                          lag=3, metric={"auc": 0.7, "logloss": 0.6}, model_version=4, last_batch_ts=now - 1),
+            ServiceStatus(instance="b", role="worker", service="ctr", ts=now, ready=False, events_per_s=50.0,
+                          lag=2, metric={"auc": 0.8}, model_version=5),
+            ServiceStatus(instance="a", role="worker", service="forecast", ts=now, ready=True),
+        ]  # fmt: skip
+
+    def poll(self, timeout_s: float) -> int:
+        return 0
+
+    def rows(self) -> list[ServiceStatus]:
+        return self.live
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _app(monkeypatch: pytest.MonkeyPatch, board: Any) -> web.Application:
+    monkeypatch.setattr(dashboard, "StatusBoard", board)
+    security = HttpSecurity(store=TokenStore([READER]), queries_open=False)
+    app = make_app([], security=security)
+    dashboard.attach(app, "127.0.0.1:1")
+    return app
+
+
+def test_the_page_and_its_assets_come_from_this_server_under_a_strict_csp(monkeypatch) -> None:
+    with serving(_app(monkeypatch, FakeBoard)) as base:
+        code, headers, page = fetch(f"{base}/dashboard")  # a page needs no token
+        assert code == 200 and headers["Content-Type"].startswith("text/html")
+        assert "script-src 'self'" in headers["Content-Security-Policy"]
+        scripts = re.findall(rb"<script([^>]*)>", page)
+        assert scripts and all(b'src="/' in s for s in scripts), "every script is a file of this server"
+        assert not re.search(rb'(src|href)="(https?:)?//', page), "nothing is loaded from elsewhere"
+        assets = {"/dashboard.js": "text/javascript", "/vendor/uPlot.iife.min.js": "text/javascript",
+                  "/vendor/uPlot.min.css": "text/css", "/driftline-auth.js": "text/javascript"}  # fmt: skip
+        for path, kind in assets.items():
+            code, headers, body = fetch(base + path)
+            assert (code, headers["Content-Type"].split(";")[0]) == (200, kind) and body, path
+        assert b"uPlot" in fetch(f"{base}/vendor/uPlot.iife.min.js")[2]
+
+
+def test_status_folds_each_service_and_needs_a_reader_when_queries_do(monkeypatch) -> None:
+    boards: list[FakeBoard] = []
+
+    def board(bootstrap: str, stale_s: float) -> FakeBoard:
+        boards.append(FakeBoard(bootstrap, stale_s))
+        return boards[-1]
+
+    with serving(_app(monkeypatch, board)) as base:
+        assert fetch(f"{base}/status")[0] == 401
+        assert boards == []  # no board until a reader asks
+        code, _, body = fetch(f"{base}/status", READER_TOKEN)
+        assert fetch(f"{base}/status", READER_TOKEN)[0] == 200
+    assert len(boards) == 1 and boards[0].closed  # one board, closed with the server
+    assert code == 200
+    answer = json.loads(body)
+    assert answer["ts"] > 0
+    ctr, forecast = answer["services"]
+    assert (ctr["service"], ctr["instances"], ctr["ready"], ctr["events_per_s"], ctr["lag"]) == (
+        "ctr",
+        2,
+        1,
+        200.0,
+        5,
+    )
+    assert ctr["metric"] == {"name": "auc", "value": pytest.approx(0.75)} and ctr["model_version"] == 5
+    assert (
+        forecast["service"] == "forecast" and forecast["metric"] is None and forecast["last_batch_ts"] is None
+    )
+
+
+def test_an_unreachable_status_topic_is_a_clear_503(monkeypatch) -> None:
+    def unreachable(bootstrap: str, stale_s: float) -> FakeBoard:
+        raise KafkaTimeoutError(f"Unable to bootstrap from {bootstrap}")  # what kafka-python raises
+
+    with serving(_app(monkeypatch, unreachable)) as base:
+        code, headers, body = fetch(f"{base}/status", READER_TOKEN)
+    assert code == 503 and "Retry-After" in headers
+    assert b"the status topic cannot be read: KafkaTimeoutError: Unable to bootstrap from 127.0.0.1:1" in body
