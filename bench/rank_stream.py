@@ -36,17 +36,18 @@ Points = dict[int, dict[str, float]]
 
 def run_mode(mode: str, data: QueryBatch, args: argparse.Namespace, raw: dict[str, Any], bar: tqdm) -> None:
     """Fill ``raw[mode][selector]`` with one run per seed, seed by seed (so every selector of a seed
-    shares its split and order), saving ``args.raw`` after each seed: a long run cut short keeps its
-    finished seeds, and ``--report-only`` summarizes them."""
+    shares its split and order), saving the first ``--raw`` file after each seed: a long run cut short
+    keeps its finished seeds, and ``--report-only`` summarizes them."""
     runs = raw.setdefault(mode, {name: [] for name in args.selectors})
     seeds = args.seeds if mode == "stream" else args.pool_seeds
-    for seed in range(len(runs["random"]), seeds):
+    done = {run["seed"] for run in runs["random"]}
+    for seed in (s for s in range(args.first_seed, seeds) if s not in done):
         stream, test = split(data, seed, args.test_fraction)
         for name in args.selectors:
-            runs[name].append(one_run(mode, name, seed, stream, test, args))
+            runs[name].append({"seed": seed, **one_run(mode, name, seed, stream, test, args)})
             bar.update()
-        args.raw.parent.mkdir(parents=True, exist_ok=True)
-        args.raw.write_text(json.dumps(raw))
+        args.raw[0].parent.mkdir(parents=True, exist_ok=True)
+        args.raw[0].write_text(json.dumps(raw))
 
 
 def one_run(
@@ -179,15 +180,23 @@ def plot(results: dict[str, dict[str, Any]], grid: np.ndarray, path: Path) -> No
     fig.savefig(path, dpi=110)
 
 
-def load_raw(path: Path) -> dict[str, Any]:
-    """Runs saved by an earlier call (JSON made the label counts strings: back to ints)."""
-    if not path.is_file():
-        return {}
-    raw = json.loads(path.read_text())
+def load_raw(paths: list[Path]) -> dict[str, Any]:
+    """Runs saved by earlier calls, merged (e.g. seed ranges run side by side) and ordered by seed.
+
+    JSON made the label counts strings: back to ints. Runs saved without a seed are numbered in order.
+    """
+    raw: dict[str, Any] = {}
+    for path in (p for p in paths if p.is_file()):
+        for mode, runs in json.loads(path.read_text()).items():
+            merged = raw.setdefault(mode, {})
+            for name, selector_runs in runs.items():
+                for i, run in enumerate(selector_runs):
+                    run.setdefault("seed", i)
+                    run["points"] = {int(k): v for k, v in run["points"].items()}
+                merged.setdefault(name, []).extend(selector_runs)
     for runs in raw.values():
-        for selector_runs in runs.values():
-            for run in selector_runs:
-                run["points"] = {int(k): v for k, v in run["points"].items()}
+        for name in runs:
+            runs[name].sort(key=lambda run: run["seed"])
     return raw
 
 
@@ -211,7 +220,11 @@ def main() -> None:
     parser.add_argument("--test-fraction", type=float, default=0.25)
     parser.add_argument("--pool-seed-queries", type=int, default=10)
     parser.add_argument("--pool-step", type=int, default=10)
-    parser.add_argument("--raw", type=Path, default=Path("var/bench/rank_stream_runs.json"))
+    parser.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. seeds-1")
+    parser.add_argument(
+        "--raw", type=Path, nargs="+", default=[Path("var/bench/rank_stream_runs.json")],
+        help="per-run results: saved to the first file; --resume/--report-only merge them all",
+    )  # fmt: skip
     parser.add_argument("--resume", action="store_true", help="keep the seeds --raw holds, run the rest")
     parser.add_argument("--report-only", action="store_true", help="summarize --raw, run nothing")
     parser.add_argument("--json", type=Path, default=Path("var/bench/rank_stream.json"))
@@ -226,7 +239,7 @@ def main() -> None:
         data = load_mq2008()
         print(f"MQ2008: {data.n_queries} queries; {vars(args)}")
         done = sum(len(r) for runs in raw.values() for r in runs.values())
-        total = len(args.selectors) * (args.seeds + args.pool_seeds)
+        total = len(args.selectors) * sum(max(0, n - args.first_seed) for n in (args.seeds, args.pool_seeds))
         with tqdm(total=total, initial=done, desc="runs", unit="run") as bar:
             for mode in ("stream", "pool") if args.pool_seeds else ("stream",):
                 run_mode(mode, data, args, raw, bar)

@@ -2,10 +2,17 @@
 
 Windows are counted on the stream itself (query arrivals, or the queries' event time ``ts``), not on
 the wall clock, so a replay after a restart makes the same decisions.
+
+Pacing (``pace=True``, per queries only): after k of a window's N queries, at most
+``ceil(limit * k / N)`` tasks may have been spent, so the budget cannot go to the first queries of a
+window when the threshold lets everything through. That happens at cold start, where every query
+scores 0 until the first labels come back: unpaced, a budget of 50 per 100 queries with labels 20
+queries late spends 40 tasks on unselected queries; paced, about 20.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 BudgetUnit = Literal["queries", "seconds"]
@@ -14,12 +21,14 @@ BudgetUnit = Literal["queries", "seconds"]
 class LabelingBudget:
     """``limit`` tasks per ``window`` queries (``per="queries"``) or seconds of event time."""
 
-    def __init__(self, limit: int, window: float, per: BudgetUnit = "queries") -> None:
+    def __init__(self, limit: int, window: float, per: BudgetUnit = "queries", pace: bool = False) -> None:
         if per not in ("queries", "seconds"):
             raise ValueError(f"budget per must be 'queries' or 'seconds', got {per!r}")
         if limit < 0 or window <= 0:
             raise ValueError("budget limit must be >= 0 and window > 0")
-        self.limit, self.window, self.per = limit, float(window), per
+        if pace and per != "queries":
+            raise ValueError("pacing needs a window counted in queries (per='queries')")
+        self.limit, self.window, self.per, self.pace = limit, float(window), per, pace
         self.window_start: float | None = None
         self.seen = 0
         self.used = 0
@@ -34,10 +43,13 @@ class LabelingBudget:
 
     @property
     def left(self) -> int:
-        return self.limit - self.used
+        if not self.pace or self.window_start is None:
+            return self.limit - self.used
+        allowed = math.ceil(self.limit * (self.seen - self.window_start) / self.window - 1e-9)
+        return min(self.limit, allowed) - self.used
 
     def spend(self) -> None:
-        if self.used >= self.limit:
+        if self.left <= 0:
             raise RuntimeError("labeling budget exhausted for this window")
         self.used += 1
 

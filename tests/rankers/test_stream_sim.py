@@ -58,6 +58,16 @@ def test_every_selector_is_evaluated_at_exactly_the_checkpoint_label_counts(sele
     assert len(set(run.labeled_ids)) == SMALL.max_labels  # each labeled query once
 
 
+def test_a_paced_budget_spends_fewer_tasks_on_the_cold_start() -> None:
+    unpaced = StreamSettings(**{**SMALL.__dict__, "budget": 8, "budget_window": 20})
+    paced = StreamSettings(**{**unpaced.__dict__, "pace": True})
+    unpaced_cold = replay("re+pv", unpaced).task_selectors.count("cold-start")
+    paced_cold = replay("re+pv", paced).task_selectors.count("cold-start")
+    # the first model exists from query 9 on (first label due at 7, learned at the end of batch 6-8)
+    assert unpaced_cold == 8  # the budget alone decides: queries 0-7
+    assert paced_cold == 4  # ceil(8 * 9 / 20) by query 8
+
+
 def test_a_short_stream_ends_with_what_it_labeled() -> None:
     run = replay("random", n_stream=15)
     assert run.queries_seen == 15 and len(run.learned_at) < SMALL.max_labels
