@@ -119,6 +119,12 @@ class Windows:
         self.seq_len = seq_len
         self.horizon = horizon
 
+    def to(self, device: torch.device) -> Windows:
+        """Keep the series on ``device``, so batches (and targets) are cut there without a copy per step."""
+        self.values = self.values.to(device)
+        self.marks = None if self.marks is None else self.marks.to(device)
+        return self
+
     def origins(self, start: int, stop: int) -> np.ndarray:
         """Every origin whose look-back starts at row >= 0 and whose targets end by row ``stop``."""
         return np.arange(max(start, self.seq_len), stop - self.horizon + 1)

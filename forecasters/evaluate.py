@@ -89,9 +89,12 @@ class Dataset:
         marks = None if series.marks is None else series.marks[: split.online_end]
         return cls(csv.name, scaler.transform(values), marks, split)
 
-    def windows(self, seq_len: int, horizon: int) -> tuple[Windows, np.ndarray, np.ndarray, np.ndarray]:
-        """Windows and the train / validation / online origins, or a clear error when any is empty."""
-        windows = Windows(self.values, self.marks, seq_len, horizon)
+    def windows(
+        self, seq_len: int, horizon: int, device: torch.device
+    ) -> tuple[Windows, np.ndarray, np.ndarray, np.ndarray]:
+        """Windows on ``device`` and the train / validation / online origins, or a clear error when any
+        is empty."""
+        windows = Windows(self.values, self.marks, seq_len, horizon).to(device)
         s = self.split
         parts = (
             windows.origins(0, s.train_end),
@@ -129,7 +132,7 @@ def stream(
         if lag == 0:
             metrics = learner.learn(batch)  # scores the pre-update forecast, then learns its horizon
         else:
-            metrics = forecast_errors(learner.predict(batch).cpu(), batch.target)
+            metrics = forecast_errors(learner.predict(batch), batch.target)
             if i >= lag:  # row origins[i] has arrived: the window that ends on it is complete
                 learner.learn(windows.batch(origins[i - lag : i - lag + 1]))
         sq += metrics["mse"]
@@ -182,7 +185,7 @@ def evaluate(
     channels, marks = dataset.values.shape[1], 0 if dataset.marks is None else dataset.marks.shape[1]
     rows: list[Row] = []
     for horizon in horizons:
-        windows, train, val, online = dataset.windows(seq_len, horizon)
+        windows, train, val, online = dataset.windows(seq_len, horizon, device)
         online = online[:steps] if steps else online
         for kind, seed in itertools.product(models, seeds):
             spec = ForecasterSpec(kind=kind, seq_len=seq_len, horizon=horizon, channels=channels, marks=marks)
@@ -328,9 +331,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m forecasters.evaluate") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m forecasters.evaluate",
+        prog=prog,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
+from bench import forecast_online
 from forecasters.batch import WindowBatch
 from forecasters.cli import register
 from forecasters.data import REPO_ROOT, Windows
@@ -175,6 +176,34 @@ def test_files_without_a_date_column_or_with_text_are_refused(tmp_path: Path) ->
         Dataset.load(text)
     with pytest.raises(ValueError, match="no such file"):
         Dataset.load(tmp_path / "missing.csv")
+
+
+def test_readme_bench_is_a_thin_caller_whose_flags_override_its_defaults(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv = write_csv(tmp_path / "s.csv", 300)
+    out = tmp_path / "bench.json"
+    argv = [
+        "--csv",
+        str(csv),
+        "--models",
+        "last-value",
+        "--horizon",
+        "3",
+        "--seq-len",
+        "12",
+        "--steps",
+        "7",
+        "--json",
+        str(out),
+    ]
+    assert forecast_online.main([*argv, "--quiet"]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["model"], r["horizon"], r["protocol"], r["steps"]) for r in rows] == [
+        ("last-value", 3, "delayed", 7),
+        ("last-value", 3, "paper", 7),
+    ]
+    assert "OneNet published on ETTh2 (paper protocol" in capsys.readouterr().out
 
 
 def test_seeds_are_a_count_or_a_list() -> None:
