@@ -43,6 +43,8 @@ class Entry:
     annotator: str | None = None
     lease_expires: float = 0.0
     skipped_by: set[str] = field(default_factory=set)
+    #: Labels learned into this task so far, by annotator (overlap: it waits for more of them).
+    labels: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def state_at(self, now: float) -> Status:
         """The status at ``now``: a lease past ``lease_expires`` counts as queued (annotator kept, so
@@ -60,6 +62,7 @@ class Entry:
             "annotator": self.annotator,
             "lease_expires": self.lease_expires,
             "skipped_by": sorted(self.skipped_by),
+            "labels": self.labels,
         }
 
     @classmethod
@@ -72,6 +75,7 @@ class Entry:
             annotator=data["annotator"],
             lease_expires=float(data["lease_expires"]),
             skipped_by=set(data["skipped_by"]),
+            labels=dict(data.get("labels", {})),
         )
 
 
@@ -115,10 +119,13 @@ class LabelingQueue:
         return None
 
     def best_for(self, annotator: str) -> Entry | None:
-        """The most informative queued task ``annotator`` has not skipped (oldest first on ties)."""
+        """The most informative queued task ``annotator`` has neither skipped nor labeled (oldest first
+        on ties)."""
         now = self.clock()
         waiting = [
-            e for e in self.entries.values() if e.state_at(now) == "queued" and annotator not in e.skipped_by
+            e
+            for e in self.entries.values()
+            if e.state_at(now) == "queued" and annotator not in e.skipped_by and annotator not in e.labels
         ]
         return max(waiting, key=lambda e: (e.task.score, -e.seq), default=None)
 
@@ -156,22 +163,26 @@ class LabelingQueue:
             entry.status = "leased"
 
     def requeue(self, task_id: str) -> None:
-        """The task's label could not be learned: the task waits for a new label, from anyone."""
+        """The task waits for another label: its last could not be learned, or it needs more (overlap)."""
         entry = self._open(task_id)
         entry.status, entry.annotator, entry.lease_expires = "queued", None, 0.0
 
-    def finish(self, task_id: str, annotator: str) -> None:
-        """``annotator``'s label was learned: the task leaves the queue for good."""
+    def finish(self, task_id: str, annotators: list[str]) -> None:
+        """The task's labels (by ``annotators``) were learned: it leaves the queue for good."""
         self.entries.pop(task_id, None)
         self.done[task_id] = None
         while len(self.done) > self.done_max:
             del self.done[next(iter(self.done))]
-        self.labeled_by[annotator] = self.labeled_by.get(annotator, 0) + 1
+        for annotator in annotators:
+            self.labeled_by[annotator] = self.labeled_by.get(annotator, 0) + 1
 
     def labeled_count(self, annotator: str) -> int:
-        """Tasks ``annotator`` labeled: learned, plus submitted and on their way to the model."""
-        on_the_way = sum(e.status == "submitted" and e.annotator == annotator for e in self.entries.values())
-        return self.labeled_by.get(annotator, 0) + on_the_way
+        """Tasks ``annotator`` labeled: learned, held for more labels (overlap), or on their way."""
+        open_ = sum(
+            annotator in e.labels or (e.status == "submitted" and e.annotator == annotator)
+            for e in self.entries.values()
+        )
+        return self.labeled_by.get(annotator, 0) + open_
 
     # -- reporting and state ----------------------------------------------------------------------
     def counts(self) -> dict[str, int]:

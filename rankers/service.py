@@ -10,7 +10,10 @@
   retrain and so one new committee member. A retrain that raises is undone here rather than left to
   the runner: its labels are refused (dead-lettered with the error, so ``driftline dead-letters
   replay`` can send them again once the cause is fixed) and their tasks **requeued** for a new label,
-  instead of staying "submitted" for ever.
+  instead of staying "submitted" for ever. With ``overlap = k`` a task is learned only once k
+  different annotators labeled it, from their consensus (:mod:`rankers.agreement`, which also keeps
+  each annotator's rank agreement with the others); until then each label is kept in the task and the
+  task goes back to the queue for an annotator who has not labeled it.
 - ``control`` topic (:class:`Outcome`): the leases and skips decided over HTTP. A handler decides under
   the service lock (applied here at once, so no two annotators get the same task), publishes the
   outcome keyed by task id and answers only once Kafka has it (503 if it cannot). The worker applies
@@ -43,6 +46,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from models.checkpoints import CheckpointStore
+from rankers.agreement import Agreement, consensus
 from rankers.budget import BudgetUnit, LabelingBudget
 from rankers.data import MAX_GRADE
 from rankers.holdback import Held, HoldBack
@@ -109,6 +113,7 @@ class RankService(ModelService):
         score_window: int = 1024,
         lease_s: float = 300.0,
         done_max: int = 100_000,
+        overlap: int = 1,
         pending_max: int = 10_000,
         pending_ttl_s: float | None = None,
         seed: int = 0,
@@ -132,6 +137,10 @@ class RankService(ModelService):
             raise ValueError("min_quantile must lie in [0, 1]")
         self.min_quantile = min_quantile
         self.score_scale = PercentileScale(score_window)
+        if overlap < 1:
+            raise ValueError("overlap must be >= 1 (annotators per task)")
+        self.overlap = overlap
+        self.agreement = Agreement()
         self.queue = LabelingQueue(lease_s, clock, done_max)
         #: Labels and outcomes waiting for the query that creates their task; by default they wait a
         #: few lease lengths, ample for a replay to reach the query.
@@ -225,14 +234,15 @@ class RankService(ModelService):
         return result
 
     def _learn_known(self, labels: list[Label]) -> BatchResult:
-        """One retrain on the labels that fit their open task; the rest rejected (by index) with why."""
+        """Keep each label that fits its open task; learn, in one retrain, the consensus of the tasks
+        that now have ``overlap`` labels, and requeue the others for more. The rest rejected (by
+        index) with why."""
         result = BatchResult()
-        accepted: dict[int, tuple[Label, LabelingTask]] = {}
-        in_batch: set[str] = set()
+        kept: dict[str, list[int]] = {}  # task id -> this batch's labels kept for it
         for i, label in enumerate(labels):
             entry = self.queue.entries.get(label.task_id)
-            if entry is None or label.task_id in in_batch:
-                seen = label.task_id in self.queue.done or label.task_id in in_batch
+            if entry is None or label.annotator in entry.labels or len(entry.labels) >= self.overlap:
+                seen = entry is not None or label.task_id in self.queue.done
                 what = "duplicate label for task" if seen else "label for unknown task"
                 result.rejected[i] = f"{what} {label.task_id}"
                 continue
@@ -240,25 +250,35 @@ class RankService(ModelService):
             if problem:
                 result.rejected[i] = f"task {label.task_id}: {problem}"
                 continue
-            accepted[i] = (label, entry.task)
-            in_batch.add(label.task_id)
-        if not accepted:
+            entry.labels[label.annotator] = dict(label.grades)
+            kept.setdefault(label.task_id, []).append(i)
+        entries = [self.queue.entries[t] for t in kept]
+        complete = [e for e in entries if len(e.labels) >= self.overlap]
+        for entry in entries:
+            if len(entry.labels) < self.overlap and entry.status == "submitted":
+                self.queue.requeue(entry.task.task_id)  # its label is in: the next annotator's turn
+        if not complete:
             return result
-        queries = [Query(query_id=t.query_id, ts=t.ts, documents=t.documents) for _, t in accepted.values()]
-        grades = [dict(label.grades) for label, _ in accepted.values()]
+        queries = [
+            Query(query_id=e.task.query_id, ts=e.task.ts, documents=e.task.documents) for e in complete
+        ]
         before = self.ranker.state_dict()
         try:
-            result.metrics = self.ranker.learn(query_batch(queries, grades))
+            result.metrics = self.ranker.learn(query_batch(queries, [consensus(e.labels) for e in complete]))
         except Exception as exc:  # whatever failed the retrain: undo it, requeue its tasks, say why
             self.ranker.load_state_dict(before)
             why = f"retrain failed ({type(exc).__name__}: {exc}); task requeued for a new label"
-            for i, (label, _) in accepted.items():
-                self.queue.requeue(label.task_id)
-                result.rejected[i] = f"task {label.task_id}: {why}"
-            result.metrics = {"retrains_failed": 1.0, "tasks_requeued": float(len(accepted))}
+            for entry in complete:
+                for i in kept[entry.task.task_id]:
+                    del entry.labels[labels[i].annotator]
+                    result.rejected[i] = f"task {entry.task.task_id}: {why}"
+                self.queue.requeue(entry.task.task_id)
+            result.metrics = {"retrains_failed": 1.0, "tasks_requeued": float(len(complete))}
             return result
-        for label, _ in accepted.values():
-            self.queue.finish(label.task_id, label.annotator)
+        for entry in complete:
+            if len(entry.labels) > 1:
+                self.agreement.add(entry.labels)
+            self.queue.finish(entry.task.task_id, list(entry.labels))
         return result
 
     def _apply_control(self, records: list[Record]) -> BatchResult:
@@ -478,6 +498,9 @@ class RankService(ModelService):
             "committee": len(self.ranker.committee()),
             "labeled_queries": 0 if self.ranker.labeled is None else self.ranker.labeled.n_queries,
             "held_back": len(self.held),
+            "overlap": self.overlap,
+            "now": self.clock(),  # a page counts a lease down from lease_expires - now
+            "agreement": self.agreement.summary(),
         }
 
     def _accept(self, task_id: str, annotator: str, body: dict[str, Any]) -> tuple[Entry, Label]:
@@ -509,13 +532,9 @@ class RankService(ModelService):
         }
 
     def _progress(self, annotator: str) -> dict[str, Any]:
-        """What the page shows beside a task: the queue's depth, the server's clock (a lease counts
-        down from ``lease_expires - now`` whatever the browser's clock says), the annotator's tally."""
-        return {
-            "queue": self.queue.counts(),
-            "now": self.clock(),
-            "labeled": self.queue.labeled_count(annotator),
-        }
+        """What the page shows beside a task: the queue's depth and the annotator's tally (no clock,
+        so asking again for the same lease gives the same answer; the clock is on the status)."""
+        return {"queue": self.queue.counts(), "labeled": self.queue.labeled_count(annotator)}
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -526,6 +545,7 @@ class RankService(ModelService):
             "queue": self.queue.state_dict(),
             "budget": self.budget.state_dict(),
             "held": self.held.state_dict(),
+            "agreement": self.agreement.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -536,6 +556,7 @@ class RankService(ModelService):
         self.queue.load_state_dict(state["queue"])
         self.budget.load_state_dict(state["budget"])
         self.held.load_state_dict(state.get("held", {"held": []}))  # checkpoints from before hold-back
+        self.agreement.load_state_dict(state.get("agreement", {"pairs": {}}))
         with self._unsent_lock:
             self._unsent.clear()  # the loaded state (and its outcome seqs, which the runner restores) rules
 

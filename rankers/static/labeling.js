@@ -8,7 +8,8 @@ const $ = (id) => document.getElementById(id);
 let current = null;   // the task on screen
 let focusAt = 0;      // the highlighted row
 let signedIn = null;
-let leaseEnds = null; // performance.now() milliseconds at which the lease ends
+let leaseEnds = null; // the lease's end, in the server's seconds
+let skew = 0;         // server clock - browser clock, seconds (from /labeling/status)
 
 function say(text, kind) {
   $("status").textContent = text;
@@ -82,14 +83,24 @@ function grade(value) {
   focusRow(focusAt + 1);
 }
 
+const serverNow = () => Date.now() / 1000 + skew;
+
 function progress(view) {
   $("depth").textContent = String(view.queue.queued);
   $("labeled").textContent = String(view.labeled);
 }
 
+// Queue depth and the server's clock; a lease counts down by the server's clock, not the browser's.
+async function refreshStatus() {
+  const sent = Date.now() / 1000;
+  const status = await call("GET", "/labeling/status");
+  skew = status.now - (sent + Date.now() / 1000) / 2;
+  $("depth").textContent = String(status.queue.queued);
+}
+
 function tick() {
   if (leaseEnds === null) { $("lease-left").textContent = "–"; return; }
-  const left = Math.max(0, Math.round((leaseEnds - performance.now()) / 1000));
+  const left = Math.max(0, Math.round(leaseEnds - serverNow()));
   $("lease-left").textContent = `${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")}`;
   if (left === 0 && current) {
     say("Your lease expired: press Enter for a task (your grades would be refused).", "error");
@@ -104,7 +115,7 @@ function show(view) {
   $("task-id").textContent = current.task_id;
   $("score").textContent = Number(current.score).toFixed(3);
   $("selector").textContent = current.selector;
-  leaseEnds = performance.now() + (view.lease_expires - view.now) * 1000;  // the server's clock rules
+  leaseEnds = view.lease_expires;
   $("docs").replaceChildren(...current.documents.map((doc) => {
     const tr = element("tr", { tabIndex: -1 }, docCell(doc), element("td", {}, gradeCell(doc.doc_id, view.max_grade)));
     tr.dataset.doc = doc.doc_id;
@@ -126,7 +137,7 @@ function clear() {
 async function next(before = "") {
   if (!ready()) return;
   try {
-    const view = await call("GET", "/labeling/next");
+    const [view] = await Promise.all([call("GET", "/labeling/next"), refreshStatus()]);
     progress(view);
     if (!view.task) {
       clear();
@@ -134,7 +145,7 @@ async function next(before = "") {
       return;
     }
     show(view);
-    say(`${before}Task ${view.task.task_id} is yours for ${Math.round(view.lease_expires - view.now)} s.`);
+    say(`${before}Task ${view.task.task_id} is yours for ${Math.round(view.lease_expires - serverNow())} s.`);
   } catch (err) { say(err.message, "error"); }
 }
 
@@ -170,10 +181,6 @@ async function skip() {
   } catch (err) { say(err.message, "error"); }
 }
 
-async function refreshQueue() {
-  if (!signedIn) return;
-  try { $("depth").textContent = String((await call("GET", "/labeling/status")).queue.queued); } catch { /* next poll */ }
-}
 
 function onKey(event) {
   const typing = event.target.closest && event.target.closest("input[type=password], input[type=text], textarea");
@@ -200,7 +207,7 @@ $("grades").addEventListener("submit", submit);
 $("skip").addEventListener("click", skip);
 document.addEventListener("keydown", onKey);
 setInterval(tick, 1000);
-setInterval(refreshQueue, 15000);
+setInterval(() => { if (signedIn) refreshStatus().catch(() => {}); }, 15000);  // errors: next poll
 window.driftline.onSignIn((principal) => {
   const first = !signedIn && principal;
   signedIn = principal;

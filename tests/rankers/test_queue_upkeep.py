@@ -1,11 +1,14 @@
 """The queue's upkeep: a failed retrain requeues its tasks, done task ids stay within their horizon,
-and the annotator's view carries what the page shows (display text, queue depth, clock, tally)."""
+the annotator's view carries what the page shows (display text, queue depth, tally; the clock on
+the status), and overlap labeling learns a consensus and reports each annotator's agreement."""
 
 from __future__ import annotations
 
 import lightgbm as lgb
 import pytest
 
+from rankers.agreement import consensus, spearman
+from rankers.data import QueryBatch
 from rankers.records import query_records
 from streams.schemas import Query
 
@@ -79,7 +82,7 @@ def test_done_task_ids_are_kept_within_the_horizon_newest_first(data) -> None:
         make(FakeClock(), done_max=0)
 
 
-def test_the_annotator_view_has_display_text_queue_depth_clock_and_tally(data) -> None:
+def test_the_annotator_view_has_display_text_queue_depth_and_tally(data) -> None:
     queries, truth = data
     clock = FakeClock(5_000.0)
     h = make(clock, budget=2, budget_window=2)
@@ -97,7 +100,9 @@ def test_the_annotator_view_has_display_text_queue_depth_clock_and_tally(data) -
     task = view["task"]
     assert task["text"] == f"Likes: film {int(task['query_id'][1:])}"
     assert [d["title"] for d in task["documents"]] == [f"Film {d}" for d in truth[task["query_id"]]]
-    assert (view["now"], view["lease_expires"], view["labeled"]) == (5_000.0, 5_060.0, 0)
+    assert (view["lease_expires"], view["labeled"]) == (5_060.0, 0)
+    assert h.call("GET", "/labeling/status").body["now"] == 5_000.0  # the server's clock, for the countdown
+    assert h.call("GET", "/labeling/next", query={"annotator": "ann"}).body == view  # asked again: the same
     assert view["queue"]["queued"] == 1 and view["queue"]["leased"] == 1
     h.submit(task["task_id"], truth[task["query_id"]], "ann")
     [label] = labels_of(h.emitted)
@@ -111,6 +116,53 @@ def test_the_annotator_view_has_display_text_queue_depth_clock_and_tally(data) -
     assert h.call("GET", "/labeling/next", query={"annotator": "bob"}).body == {
         "task": None,
         "queue": {"queued": 0, "leased": 0, "submitted": 1, "done": 1},
-        "now": 5_000.0,
         "labeled": 0,
     }
+
+
+def test_with_overlap_a_task_is_learned_from_the_consensus_of_k_annotators(
+    data, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queries, truth = data
+    h = make(FakeClock(), budget=1, budget_window=1, overlap=2)
+    h.service.process(QUERIES, queries[:1])
+    task = h.next_task("alice")
+    docs = list(truth[task["query_id"]])
+    alice = dict(zip(docs, [4, 3, 2, 1, 0, 0], strict=True))
+    bob = dict(zip(docs, [3, 4, 2, 0, 1, 1], strict=True))
+    h.submit(task["task_id"], alice, "alice")
+    h.deliver_labels()
+    assert h.service.model_version() == 0  # one label of two: kept, not learned
+    assert h.next_task("alice") is None  # she labeled it; it waits for someone else
+    assert h.call("GET", "/labeling/next", query={"annotator": "alice"}).body["labeled"] == 1
+    again = h.next_task("bob")
+    assert again is not None and again["task_id"] == task["task_id"]
+    h.submit(task["task_id"], bob, "bob")
+    learned: list[dict[str, int]] = []
+    learn = h.service.ranker.learn
+
+    def spy(batch: QueryBatch) -> dict[str, float]:
+        learned.append(dict(zip(docs, batch.grades.tolist(), strict=True)))
+        return learn(batch)
+
+    monkeypatch.setattr(h.service.ranker, "learn", spy)
+    h.deliver_labels()
+    assert learned == [dict(zip(docs, [3, 3, 2, 0, 0, 0], strict=True))]  # the lower median per document
+    assert h.service.model_version() == 1 and h.service.queue.labeled_by == {"alice": 1, "bob": 1}
+    agreement = h.call("GET", "/labeling/status").body["agreement"]
+    rho = spearman(list(alice.values()), list(bob.values()))
+    assert agreement == {name: {"pairs": 1, "rank_correlation": rho} for name in ("alice", "bob")}
+    assert rho is not None and 0.5 < rho < 1
+
+
+def test_spearman_and_consensus() -> None:
+    assert spearman([0, 1, 2, 3], [1, 2, 3, 4]) == pytest.approx(1.0)
+    assert spearman([0, 1, 2, 3], [3, 2, 1, 0]) == pytest.approx(-1.0)
+    assert spearman([2, 2, 2], [0, 1, 2]) is None  # no order to compare
+    assert spearman([0, 0, 1, 1], [0, 1, 0, 1]) == pytest.approx(0.0)  # ties averaged
+    assert consensus({"a": {"x": 4, "y": 0}, "b": {"x": 1, "y": 2}, "c": {"x": 2, "y": 2}}) == {
+        "x": 2,
+        "y": 2,
+    }
+    with pytest.raises(ValueError, match="overlap"):
+        make(FakeClock(), overlap=0)
