@@ -5,8 +5,9 @@ service's training never shares a GIL with another's. Users still reach everythi
 port they asked for: this front forwards a service's routes (by path prefix,
 :data:`ROUTE_PREFIXES`) to the worker that runs it, and anything else (``/auth/whoami``, an unknown
 path) to the first worker, which answers it like any worker does. ``/health``, ``/ready`` and
-``/metrics`` combine every worker's answers: degraded if one is, ready once all are, and one
-Prometheus exposition holding every worker's series.
+``/metrics`` combine every worker's answers: degraded if one is, ready once all are, every
+worker's services and drift alarms in one ``/health``, and one Prometheus exposition holding every
+worker's series; ``GET /models`` is every worker's lineage in one object.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ ROUTE_PREFIXES: dict[str, tuple[str, ...]] = {
     "rank": ("/rank", "/labeling"),
     "tally": ("/tally",),
 }
+#: Model lineage: ``GET /models`` is every worker's answer in one; ``/models/<service>/...`` is
+#: that service's worker's.
+MODELS = "/models"
 #: Combined answers and forwarded requests wait this long for a worker (a busy one stalls briefly).
 WORKER_TIMEOUT_S = 30.0
 #: Headers that describe one connection, not the message (and Host, which names the front): never
@@ -47,9 +51,11 @@ SESSION = web.AppKey("front_session", aiohttp.ClientSession)
 
 
 def worker_for(path: str, workers: Mapping[str, str]) -> str:
-    """The base URL of the worker that answers ``path``: its service's, else the first worker's."""
+    """The base URL of the worker that answers ``path``: its service's (by route prefix, or
+    ``/models/<service>/...``), else the first worker's."""
     for service, url in workers.items():
-        if any(path.startswith(prefix) for prefix in ROUTE_PREFIXES.get(service, ())):
+        prefixes = (*ROUTE_PREFIXES.get(service, ()), f"{MODELS}/{service}/")
+        if any(path.startswith(prefix) for prefix in prefixes):
             return url
     return next(iter(workers.values()))
 
@@ -76,10 +82,12 @@ def merge_metrics(texts: Iterable[str]) -> bytes:
     return generate_latest(registry)
 
 
-async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, bytes]:
+async def _get(
+    session: aiohttp.ClientSession, url: str, headers: Mapping[str, str] | None = None
+) -> tuple[int, bytes]:
     """Status and body of a GET, or 0 and the reason when the worker does not answer."""
     try:
-        async with session.get(url) as answer:
+        async with session.get(url, headers=headers) as answer:
             return answer.status, await answer.read()
     except (aiohttp.ClientError, TimeoutError) as exc:
         return 0, f"{url} did not answer: {type(exc).__name__}: {exc}".encode()
@@ -91,13 +99,14 @@ def make_front(workers: Mapping[str, str]) -> web.Application:
         raise ValueError("the front needs at least one worker")
     app = web.Application(client_max_size=64 * 1024**2)  # each worker enforces its own, lower limit
 
-    async def each(path: str) -> dict[str, tuple[int, bytes]]:
-        answers = await asyncio.gather(*(_get(app[SESSION], url + path) for url in workers.values()))
+    async def each(path: str, headers: Mapping[str, str] | None = None) -> dict[str, tuple[int, bytes]]:
+        answers = await asyncio.gather(*(_get(app[SESSION], url + path, headers) for url in workers.values()))
         return dict(zip(workers, answers, strict=True))
 
     async def health(_: web.Request) -> web.Response:
         problems: list[str] = []
         services: dict[str, Any] = {}
+        drift: dict[str, Any] = {}
         for service, (status, body) in (await each("/health")).items():
             if status != 200:
                 problems.append(f"{service} worker: {body.decode(errors='replace')}")
@@ -105,12 +114,14 @@ def make_front(workers: Mapping[str, str]) -> web.Application:
             answer = json.loads(body)
             problems += answer.get("problems", [])
             services.update(answer.get("services", {}))
+            drift.update(answer.get("drift", {}))
         return web.json_response(
             {
                 "status": "degraded" if problems else "ok",
                 "problems": problems,
                 "role": "main job",
                 "workers": dict(workers),
+                "drift": drift,
                 "services": services,
             }
         )
@@ -125,6 +136,17 @@ def make_front(workers: Mapping[str, str]) -> web.Application:
         answers = await each("/metrics")
         texts = [body.decode() for status, body in answers.values() if status == 200]
         return web.Response(body=merge_metrics(texts), content_type="text/plain", charset="utf-8")
+
+    async def models(request: web.Request) -> web.Response:
+        auth = {k: v for k, v in request.headers.items() if k.lower() == "authorization"}
+        answers = list((await each(MODELS, auth)).values())
+        found = [json.loads(body) for status, body in answers if status == 200]
+        if found:
+            return web.json_response({service: v for lineage in found for service, v in lineage.items()})
+        status, body = answers[0]  # no worker has lineage for this caller: the first one says why
+        if status == 0:
+            return unavailable(body.decode(errors="replace"))
+        return web.Response(body=body, status=status, content_type="application/json")
 
     async def forward(request: web.Request) -> web.StreamResponse:
         url = worker_for(request.path, workers)
@@ -150,6 +172,7 @@ def make_front(workers: Mapping[str, str]) -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get(MODELS, models)
     app.router.add_route("*", "/{path:.*}", forward)
     return app
 

@@ -140,3 +140,72 @@ def test_an_unreachable_status_topic_is_a_clear_503(monkeypatch) -> None:
         code, headers, body = fetch(f"{base}/status", READER_TOKEN)
     assert code == 503 and "Retry-After" in headers
     assert b"the status topic cannot be read: KafkaTimeoutError: Unable to bootstrap from 127.0.0.1:1" in body
+
+
+# -- what the dashboard reads through the main job's one port --------------------------------------
+SEEN = web.AppKey("seen", list)
+
+
+def lineage_worker(service: str, lineage: bool) -> web.Application:
+    """A worker of ``service`` with drift in its ``/health`` and, if ``lineage``, a ``/models``."""
+    seen: list[tuple[str, str | None]] = []
+
+    async def health(_: web.Request) -> web.Response:
+        drift = {service: {"alarms": 1, "in_alarm": False, "last_alarm_ts": 5.0}}
+        return web.json_response({"status": "ok", "problems": [], "services": {service: {}}, "drift": drift})
+
+    async def models(request: web.Request) -> web.Response:
+        seen.append((request.path, request.headers.get("Authorization")))
+        if not lineage:
+            return web.json_response({"error": "Not Found"}, status=404)
+        return web.json_response({service: {"serving": 1, "versions": [{"version": 1}]}})
+
+    app = web.Application()
+    app[SEEN] = seen
+    app.router.add_get("/health", health)
+    app.router.add_route("*", "/models{rest:.*}", models)
+    return app
+
+
+async def _through_the_front(lineage: tuple[bool, bool]) -> dict[str, Any]:
+    from aiohttp import ClientSession
+
+    from tests.streams.test_front import front_of
+    from tests.streams.test_front import serving as serving_async
+
+    ctr_app, rank_app = lineage_worker("ctr", lineage[0]), lineage_worker("rank", lineage[1])
+    auth = {"Authorization": f"Bearer {READER_TOKEN}"}
+    async with (
+        serving_async(ctr_app) as ctr,
+        serving_async(rank_app) as rank,
+        front_of({"ctr": ctr, "rank": rank}) as base,
+        ClientSession() as client,
+    ):
+        async with client.get(f"{base}/health") as answer:
+            health = await answer.json()
+        async with client.get(f"{base}/models", headers=auth) as answer:
+            models = (answer.status, await answer.json())
+        async with client.post(f"{base}/models/rank/rollback", json={}) as answer:
+            acted = answer.status
+    return {
+        "health": health,
+        "models": models,
+        "acted": acted,
+        "ctr": ctr_app[SEEN],
+        "rank": rank_app[SEEN],
+    }
+
+
+def test_the_front_merges_every_workers_drift_and_lineage_and_routes_model_actions() -> None:
+    out = asyncio.run(_through_the_front((True, True)))
+    assert set(out["health"]["drift"]) == {"ctr", "rank"}
+    status, models = out["models"]
+    assert status == 200 and set(models) == {"ctr", "rank"} and models["rank"]["serving"] == 1
+    assert ("/models", f"Bearer {READER_TOKEN}") in out["ctr"]  # the caller's token goes along
+    assert out["acted"] == 200 and out["rank"][-1] == ("/models/rank/rollback", None)
+    assert all(path == "/models" for path, _ in out["ctr"])  # rank's action never reached ctr's worker
+
+    status, models = asyncio.run(_through_the_front((False, True)))["models"]
+    assert status == 200 and set(models) == {"rank"}  # one worker without lineage: the others' still show
+    status, _ = asyncio.run(_through_the_front((False, False)))["models"]
+    assert status == 404  # no worker keeps lineage: the page says "not available"
