@@ -36,6 +36,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from models.ctr.large_batch import (  # noqa: E402
+    EMBED_SCALINGS,
     OPTIMIZERS,
     CellConfig,
     CellResult,
@@ -176,6 +177,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--l2", type=float, default=CellConfig.l2)
     parser.add_argument("--clip-ratio", type=float, default=CellConfig.clip_ratio, help="CowClip r")
     parser.add_argument("--zeta", type=float, default=CellConfig.zeta, help="CowClip lower bound")
+    parser.add_argument(
+        "--embed-scaling",
+        choices=tuple(EMBED_SCALINGS),
+        default=CellConfig.embed_scaling,
+        help="cowclip arm's embedding lr vs batch (paper: none)",
+    )
     parser.add_argument("--warmup", type=float, default=CellConfig.warmup, help="share of the epoch")
     parser.add_argument("--hidden", default="400,400,400", help="DNN widths")
     parser.add_argument("--workers", type=int, default=max(1, min(8, (os.cpu_count() or 1) - 1)))
@@ -221,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         clip_ratio=args.clip_ratio,
         zeta=args.zeta,
         warmup=args.warmup,
+        embed_scaling=args.embed_scaling,
     )
     label = (
         f"synthetic Criteo layout, {args.rows:,} training rows (1 epoch), {args.heldout:,} held out, "
@@ -230,7 +238,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{label}; tables {layout.total:,} rows (per field min(cardinality, {args.max_table_rows:,})), "
         f"dim {base.embed_dim}, DNN {'x'.join(map(str, base.hidden))}; base lr embed {base.embed_lr:g} "
         f"dense {base.dense_lr:g}, L2 {base.l2:g} at batch {base.base_batch}; CowClip r {base.clip_ratio:g} "
-        f"zeta {base.zeta:g}, warm-up {base.warmup:g} epoch; {load()}",
+        f"zeta {base.zeta:g}, warm-up {base.warmup:g} epoch, embedding lr scaling {base.embed_scaling}; "
+        f"{load()}",
         flush=True,
     )
     if not args.no_estimate:

@@ -39,6 +39,8 @@ from models.ctr.rowwise import RowClip, RowwiseAdam
 from models.ctr.synth import BLOCK, CRITEO_CARDINALITIES, CriteoSynth, SynthConfig
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "cowclip")
+#: Exponent of ``k`` in the ``cowclip`` arm's embedding learning rate, by name.
+EMBED_SCALINGS: dict[str, float] = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
 #: Rows scored per forward pass on the held-out rows (bounds evaluation memory).
 EVAL_CHUNK = 262_144
 
@@ -174,6 +176,9 @@ class CellConfig:
     l2: float = 1e-5
     clip_ratio: float = 1.0
     zeta: float = 1e-5
+    #: Embedding lr at batch ``k * base_batch`` in the ``cowclip`` arm: ``"none"`` (the paper: unchanged),
+    #: ``"sqrt"`` (x sqrt(k), as the dense lr) or ``"linear"`` (x k); an experiment knob.
+    embed_scaling: str = "none"
     #: Share of the epoch over which the dense learning rate warms up (``cowclip`` only). The paper
     #: warms up over its first epoch of ~10; one epoch here, so a tenth of it.
     warmup: float = 0.1
@@ -184,6 +189,8 @@ class CellConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, not {self.optimizer!r}")
         if self.batch < 1 or self.base_batch < 1:
             raise ValueError("batch and base_batch must be >= 1")
+        if self.embed_scaling not in EMBED_SCALINGS:
+            raise ValueError(f"embed_scaling must be one of {EMBED_SCALINGS}, not {self.embed_scaling!r}")
         if not 0 <= self.warmup <= 1:
             raise ValueError("warmup is a share of the epoch, between 0 and 1")
 
@@ -209,14 +216,15 @@ class CellResult:
     device: str
 
 
-def _optimizers(
+def build_optimizers(
     net: WideTableDeepFM, config: CellConfig, steps: int
 ) -> tuple[RowwiseAdam, RowwiseAdam, torch.optim.Adam, Callable[[int], float]]:
     """Vector-table step, first-order-table step, dense Adam, and the dense lr at each step."""
     scaled = config.optimizer == "cowclip"
     rule = LargeBatchRule(config.batch if scaled else config.base_batch, config.base_batch)
     clip = RowClip(config.clip_ratio, config.zeta) if scaled else None
-    embed_lr, l2 = rule.embed_lr(config.embed_lr), rule.l2(config.l2)
+    embed_lr = rule.embed_lr(config.embed_lr) * rule.k ** EMBED_SCALINGS[config.embed_scaling]
+    l2 = rule.l2(config.l2)
     vectors = RowwiseAdam([net.vectors], lr=embed_lr, l2=l2, clip=clip)
     weights = RowwiseAdam([net.weights], lr=embed_lr, l2=l2)
     dense_params = [p for name, p in net.named_parameters() if name not in ("vectors", "weights")]
@@ -262,7 +270,7 @@ def train_cell(
     net = WideTableDeepFM(layout, train.dense.shape[1], config.embed_dim, config.hidden, config.init_std)
     net = net.to(device)
     steps = -(-len(train) // config.batch)
-    vectors, weights, dense, dense_lr = _optimizers(net, config, steps)
+    vectors, weights, dense, dense_lr = build_optimizers(net, config, steps)
     clipped = 0.0
     _sync(device)
     began = time.perf_counter()

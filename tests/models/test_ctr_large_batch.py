@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from models.ctr.large_batch import CellConfig, TableLayout, WideTableDeepFM, make_split, train_cell
+from models.ctr.large_batch import (
+    CellConfig,
+    TableLayout,
+    WideTableDeepFM,
+    build_optimizers,
+    make_split,
+    train_cell,
+)
 from models.ctr.rowwise import RowClip, RowwiseAdam
 from models.ctr.synth import CRITEO_CARDINALITIES
 
@@ -95,6 +102,32 @@ def test_one_epoch_learns_the_teacher_with_both_optimizers(split) -> None:
     assert results["adam"].clipped == 0.0
 
 
+@pytest.mark.parametrize(
+    ("optimizer", "scaling", "embed_lr", "dense_lr", "l2", "clipped"),
+    [
+        ("adam", "none", 1e-4, 1e-4, 1e-5, False),  # base values at every batch size
+        ("adam", "sqrt", 1e-4, 1e-4, 1e-5, False),  # the embedding knob is the cowclip arm's only
+        ("cowclip", "none", 1e-4, 8e-4, 64e-5, True),  # the paper at 64K: dense x sqrt(64), L2 x 64
+        ("cowclip", "sqrt", 8e-4, 8e-4, 64e-5, True),
+        ("cowclip", "linear", 64e-4, 8e-4, 64e-5, True),
+    ],
+)
+def test_arms_follow_the_scaling_rule_at_64k(
+    optimizer: str, scaling: str, embed_lr: float, dense_lr: float, l2: float, clipped: bool
+) -> None:
+    config = CellConfig(batch=65_536, optimizer=optimizer, embed_scaling=scaling, warmup=0.5, **SMALL)
+    net = WideTableDeepFM(TableLayout((10, 10)), dense=2, dim=4, hidden=(4,), init_std=0.1)
+    vectors, weights, dense, lr_at = build_optimizers(net, config, steps=100)
+    assert vectors.lr == pytest.approx(embed_lr) and weights.lr == pytest.approx(embed_lr)
+    assert vectors.l2 == pytest.approx(l2) and weights.l2 == pytest.approx(l2)
+    assert (vectors.clip is not None) == clipped and weights.clip is None
+    assert lr_at(99) == pytest.approx(dense_lr)
+    tables = {id(net.vectors), id(net.weights)}
+    assert not any(id(p) in tables for group in dense.param_groups for p in group["params"])
+    # The cowclip arm warms the dense lr up over half of the 100 steps; adam starts at its peak.
+    assert lr_at(0) == pytest.approx(dense_lr / 50 if clipped else dense_lr)
+
+
 def test_cell_config_rejects_bad_values() -> None:
     with pytest.raises(ValueError, match="optimizer"):
         CellConfig(batch=1024, optimizer="sgd")
@@ -102,6 +135,8 @@ def test_cell_config_rejects_bad_values() -> None:
         CellConfig(batch=1024, warmup=2.0)
     with pytest.raises(ValueError, match="batch"):
         CellConfig(batch=0)
+    with pytest.raises(ValueError, match="embed_scaling"):
+        CellConfig(batch=1024, embed_scaling="cubic")
 
 
 #: Runs the bench with the packages in ABSENT made unimportable, as on the lent GPU machines.
