@@ -64,14 +64,17 @@ function routeProblem(name, code, body) {
 
 // -- charts -------------------------------------------------------------------------------------
 const fromZero = (u, min, max) => [0, max > 0 ? max * 1.1 : 1];
+// Clock times only, spaced for a phone: uPlot's default adds a date line that crowds narrow charts.
+const clock = { space: 80, values: (u, splits) => splits.map((ts) => new Date(ts * 1000).toLocaleTimeString()) };
 
 function rateChart(svc, box) {
   return new uPlot({
     width: box.clientWidth, height: CHART_HEIGHT,
     scales: { x: { time: true }, rate: { range: fromZero }, lag: { range: fromZero } },
+    legend: { live: false },
     series: [{}, { label: "events/s", scale: "rate", stroke: "#1565c0", width: 2 },
              { label: "lag", scale: "lag", stroke: "#c62828", width: 1, dash: [4, 3] }],
-    axes: [{}, { scale: "rate", size: 48 }, { scale: "lag", side: 1, size: 48, grid: { show: false } }],
+    axes: [clock, { scale: "rate", size: 48 }, { scale: "lag", side: 1, size: 48, grid: { show: false } }],
   }, [svc.t, svc.rate, svc.lag], box);
 }
 
@@ -80,7 +83,7 @@ function metricChart(svc, box) {
     width: box.clientWidth, height: CHART_HEIGHT, legend: { show: false },
     scales: { x: { time: true } },
     series: [{}, { label: "metric", stroke: "#2e7d32", width: 2, spanGaps: false }],
-    axes: [{}, { size: 56 }],
+    axes: [clock, { size: 56 }],
   }, [svc.t, svc.metric], box);
 }
 
