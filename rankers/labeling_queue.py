@@ -167,12 +167,15 @@ class LabelingQueue:
         entry = self._open(task_id)
         entry.status, entry.annotator, entry.lease_expires = "queued", None, 0.0
 
-    def finish(self, task_id: str, annotators: list[str]) -> None:
-        """The task's labels (by ``annotators``) were learned: it leaves the queue for good."""
+    def finish(self, task_id: str) -> None:
+        """The task's labels were learned: it leaves the queue for good."""
         self.entries.pop(task_id, None)
         self.done[task_id] = None
         while len(self.done) > self.done_max:
             del self.done[next(iter(self.done))]
+
+    def credit(self, annotators: list[str]) -> None:
+        """One more learned task to each of ``annotators``' tally."""
         for annotator in annotators:
             self.labeled_by[annotator] = self.labeled_by.get(annotator, 0) + 1
 

@@ -278,7 +278,8 @@ class RankService(ModelService):
         for entry in complete:
             if len(entry.labels) > 1:
                 self.agreement.add(entry.labels)
-            self.queue.finish(entry.task.task_id, list(entry.labels))
+            self.queue.credit(list(entry.labels))
+            self.queue.finish(entry.task.task_id)
         return result
 
     def _apply_control(self, records: list[Record]) -> BatchResult:
