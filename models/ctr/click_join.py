@@ -22,7 +22,7 @@ all windows would never close, so ``max_pending`` bounds the memory: beyond it t
 impressions are closed as negatives (counted as ``forced_negatives``).
 
 Pending features live in preallocated numpy columns (int32 bucket ids, float32 dense values), not
-as records: about 450 bytes per pending impression with 26 + 13 fields (docs/ctr.md). The state is
+as records: about 400 bytes per pending impression with 26 + 13 fields (docs/ctr.md). The state is
 arrays and id lists, so the runner's snapshots copy it cheaply and checkpoints hold it whole: after
 a crash the restored join resumes exactly where the checkpoint left it, and the replayed events
 give the same labels, so no impression is learned twice. Pure: no Kafka, no torch.
