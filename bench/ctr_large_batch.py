@@ -40,17 +40,14 @@ from models.ctr.large_batch import (  # noqa: E402
     OPTIMIZERS,
     CellConfig,
     CellResult,
+    Rows,
     TableLayout,
     make_split,
     train_cell,
 )
 
-#: Seconds per training step and per sample, measured on an H200 (``--device cuda``) with this
-#: bench's defaults; used only for the estimate printed at start.
-GPU_STEP_S = 2.5e-3
-GPU_SAMPLE_S = 1.0e-7
-#: Rows per second the generator makes per worker process (docs/ctr.md: about 1.2M on this machine).
-GENERATOR_ROWS_PER_S = 1.0e6
+#: Rows the start-up estimate times its two probe cells on (at most).
+PROBE_ROWS = 32_768
 
 
 def load() -> str:
@@ -129,32 +126,26 @@ def plot(table: Sequence[dict[str, float | int | str]], path: Path, title: str) 
     pyplot.close(figure)
 
 
-def estimate_s(args: argparse.Namespace, batches: Sequence[int], device: torch.device) -> float:
-    """Rough seconds for the whole run: generation, plus steps x per-step cost, plus samples x
-    per-sample cost. On CPU the per-step cost is measured by :func:`measure_cpu_step`."""
-    generate = args.seeds * (args.rows + args.heldout) / (GENERATOR_ROWS_PER_S * max(args.workers, 1))
-    if device.type == "cuda":
-        step_s, sample_s = GPU_STEP_S, GPU_SAMPLE_S
-    else:
-        step_s, sample_s = measure_cpu_step(args)
-    steps = sum(-(-args.rows // b) for b in batches) * len(OPTIMIZERS) * args.seeds
-    samples = args.rows * len(batches) * len(OPTIMIZERS) * args.seeds
-    return generate + steps * step_s + samples * sample_s
+def measure_step(config: CellConfig, layout: TableLayout, train: Rows, heldout: Rows) -> tuple[float, float]:
+    """(seconds per step, seconds per sample) on this run's device and data: two probe cells on the
+    first rows (after a warm-up cell that pays for CUDA's start-up), fitted as
+    ``time = steps * a + samples * b``. Small batches measure the per-step overhead, large ones the
+    per-sample work."""
+    probe, scored = train.slice(0, PROBE_ROWS), heldout.slice(0, 1_000)
+    train_cell(replace(config, batch=256), layout, probe.slice(0, 2_048), scored)  # warm-up
+    small, large = 512, max(len(probe) // 2, 1)
+    seconds = [train_cell(replace(config, batch=b), layout, probe, scored).wall_s for b in (small, large)]
+    steps = [-(-len(probe) // b) for b in (small, large)]
+    per_step = max((seconds[0] - seconds[1]) / max(steps[0] - steps[1], 1), 0.0)
+    return per_step, max(seconds[1] - steps[1] * per_step, 0.0) / len(probe)
 
 
-def measure_cpu_step(args: argparse.Namespace) -> tuple[float, float]:
-    """(seconds per step, seconds per sample) on CPU: timed at two small batch sizes, then fitted as
-    ``time = steps * a + samples * b``."""
-    layout = TableLayout.criteo(args.max_table_rows)
-    train, heldout = make_split(1000, 3 * 4096, 1024, layout, torch.device("cpu"))
-    timings = []
-    for batch in (256, 4096):
-        config = CellConfig(batch=batch, optimizer="cowclip", hidden=args.hidden)
-        timings.append(train_cell(config, layout, train, heldout).wall_s)
-    steps = [len(train) / 256, len(train) / 4096]
-    per_step = (timings[0] - timings[1]) / (steps[0] - steps[1])
-    per_sample = max(timings[1] - steps[1] * per_step, 0.0) / len(train)
-    return max(per_step, 0.0), per_sample
+def estimate_s(args: argparse.Namespace, per_step: float, per_sample: float, generate_s: float) -> float:
+    """Seconds the whole grid should take: every seed's data, then steps and samples at the measured
+    costs (the cowclip arm's clip adds a little; evaluation is left out)."""
+    steps = sum(-(-args.rows // b) for b in args.batch_list) * len(args.optimizer_list) * args.seeds
+    samples = args.rows * len(args.batch_list) * len(args.optimizer_list) * args.seeds
+    return args.seeds * generate_s + steps * per_step + samples * per_sample
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -192,7 +183,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=1,
         help="torch CPU threads (0: torch's default; 1 resists a shared box's load)",
     )
-    parser.add_argument("--no-estimate", action="store_true", help="skip the start-up estimate (CPU: timed)")
+    parser.add_argument(
+        "--no-estimate", action="store_true", help="skip the start-up estimate (two short timed cells)"
+    )
     args = parser.parse_args(argv)
     args.hidden = tuple(int(w) for w in args.hidden.split(","))
     try:
@@ -242,8 +235,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{load()}",
         flush=True,
     )
-    if not args.no_estimate:
-        print(f"estimated run time: {estimate_s(args, args.batch_list, device) / 60:.1f} min", flush=True)
     results: list[CellResult] = []
     cells = len(args.batch_list) * len(args.optimizer_list)
     context = multiprocessing.get_context("fork")
@@ -252,7 +243,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         for seed in range(args.seeds):
             generated = time.perf_counter()
             train, heldout = make_split(seed, args.rows, args.heldout, layout, device, pool)
-            print(f"seed {seed}: data in {time.perf_counter() - generated:.1f} s ({load()})", flush=True)
+            generate_s = time.perf_counter() - generated
+            print(f"seed {seed}: data in {generate_s:.1f} s ({load()})", flush=True)
+            if seed == 0 and not args.no_estimate:
+                per_step, per_sample = measure_step(base, layout, train, heldout)
+                total = estimate_s(args, per_step, per_sample, generate_s)
+                print(
+                    f"measured {per_step * 1e3:.2f} ms per step + {per_sample * 1e6:.2f} us per sample: "
+                    f"estimated run time {total / 60:.1f} min ({load()})",
+                    flush=True,
+                )
             for index, (batch, optimizer) in enumerate(
                 (b, o) for b in args.batch_list for o in args.optimizer_list
             ):

@@ -162,12 +162,12 @@ def test_bench_runs_without_kafka_pydantic_lightgbm_or_river(tmp_path: Path) -> 
     command = [
         sys.executable, "-c", _BLOCKED_RUN, ",".join(ABSENT),
         "--rows", "6000", "--heldout", "2000", "--batches", "512,2048", "--seeds", "2",
-        "--hidden", "8", "--max-table-rows", "2000", "--workers", "2", "--no-estimate",
+        "--hidden", "8", "--max-table-rows", "2000", "--workers", "2",
         "--json", str(out), "--plot", str(png),
     ]  # fmt: skip
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "AUC" in done.stdout and "clipped" in done.stdout
+    assert "AUC" in done.stdout and "clipped" in done.stdout and "estimated run time" in done.stdout
     report = json.loads(out.read_text())
     assert len(report["cells"]) == 2 * 2 * 2  # seeds x batches x optimizers
     fields = {"batch", "optimizer", "seed", "steps", "auc", "logloss", "samples_per_s", "wall_s", "clipped"}
