@@ -31,7 +31,8 @@ from rankers.selectors import make_selector
 from rankers.stream_sim import StreamSettings, make_service, stream_run
 
 METRICS = ("dcg@4", "ndcg@10")
-Points = dict[int, dict[str, float]]
+#: What a stream run's labels were spent on (means over seeds in the diagnostics table).
+STREAM_DIAGNOSTICS = ("queries_seen", "cold_start_tasks", "no_relevant_share", "docs_per_label")
 
 
 def run_mode(mode: str, data: QueryBatch, args: argparse.Namespace, raw: dict[str, Any], bar: tqdm) -> None:
@@ -118,11 +119,17 @@ def summarize(
             target = float(np.nanmean(base["dcg@4"][:, at]))
             row["labels_to_random_dcg@4"] = labels_to_reach(grid, np.mean(metrics["dcg@4"], axis=0), target)
             rows[budget] = row
-        diagnostics = [k for k in runs[name][0] if k != "points"]
+        diagnostics = {
+            k: float(np.mean([run[k] for run in runs[name]]))
+            for k in STREAM_DIAGNOSTICS
+            if k in runs[name][0]
+        }
+        if diagnostics:
+            diagnostics["labels_reached"] = float(np.mean([max(run["points"]) for run in runs[name]]))
         out[name] = {
             "budgets": rows,
             "curve": {m: np.mean(metrics[m], axis=0).tolist() for m in METRICS},
-            "diagnostics": {k: float(np.mean([run[k] for run in runs[name]])) for k in diagnostics},
+            "diagnostics": diagnostics,
         }
     return out
 
@@ -181,23 +188,26 @@ def plot(results: dict[str, dict[str, Any]], grid: np.ndarray, path: Path) -> No
 
 
 def load_raw(paths: list[Path]) -> dict[str, Any]:
-    """Runs saved by earlier calls, merged (e.g. seed ranges run side by side) and ordered by seed.
+    """Runs saved by earlier calls, merged (e.g. seed ranges run side by side) and ordered by seed;
+    a seed saved twice (overlapping ranges) counts once, from the first file that has it.
 
     JSON made the label counts strings: back to ints. Runs saved without a seed are numbered in order.
     """
-    raw: dict[str, Any] = {}
+    merged: dict[str, dict[str, dict[int, Any]]] = {}
     for path in (p for p in paths if p.is_file()):
         for mode, runs in json.loads(path.read_text()).items():
-            merged = raw.setdefault(mode, {})
+            seen = {seed for by_seed in merged.get(mode, {}).values() for seed in by_seed}
             for name, selector_runs in runs.items():
+                by_seed = merged.setdefault(mode, {}).setdefault(name, {})
                 for i, run in enumerate(selector_runs):
                     run.setdefault("seed", i)
                     run["points"] = {int(k): v for k, v in run["points"].items()}
-                merged.setdefault(name, []).extend(selector_runs)
-    for runs in raw.values():
-        for name in runs:
-            runs[name].sort(key=lambda run: run["seed"])
-    return raw
+                    if run["seed"] not in seen:
+                        by_seed[run["seed"]] = run
+    return {
+        mode: {name: [by_seed[s] for s in sorted(by_seed)] for name, by_seed in runs.items()}
+        for mode, runs in merged.items()
+    }
 
 
 def main() -> None:
