@@ -163,6 +163,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--max-table-rows", type=int, default=2_000_000, help="rows per field's table at most"
     )
+    parser.add_argument(
+        "--base-batch", type=int, default=CellConfig.base_batch, help="batch the base lrs are set for"
+    )
     parser.add_argument("--embed-lr", type=float, default=CellConfig.embed_lr)
     parser.add_argument("--dense-lr", type=float, default=CellConfig.dense_lr)
     parser.add_argument("--l2", type=float, default=CellConfig.l2)
@@ -196,8 +199,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     unknown = set(args.optimizer_list) - set(OPTIMIZERS)
     if unknown:
         parser.error(f"unknown optimizers {sorted(unknown)}; choose from {', '.join(OPTIMIZERS)}")
-    if args.rows < 1 or args.heldout < 1 or args.seeds < 1 or min(args.batch_list) < 1:
-        parser.error("--rows, --heldout, --seeds and every batch size must be >= 1")
+    if min(args.rows, args.heldout, args.seeds, args.base_batch, *args.batch_list) < 1:
+        parser.error("--rows, --heldout, --seeds, --base-batch and every batch size must be >= 1")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but torch sees no CUDA device")
     return args
@@ -215,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     base = CellConfig(
         batch=args.batch_list[0],
         hidden=args.hidden,
+        base_batch=args.base_batch,
         embed_lr=args.embed_lr,
         dense_lr=args.dense_lr,
         l2=args.l2,
