@@ -8,11 +8,11 @@ the serving version's; the candidate serves only if it is no worse than ``promot
 evidence: both losses, the margin, and the window (sample count and offsets).
 
 **Probation.** A promoted version with a predecessor is scored beside that predecessor on every
-following batch (the same events, before training) for ``probation_samples`` impressions. When it
-is worse by more than ``rollback_margin`` over ``rollback_samples`` consecutive impressions, the
-predecessor serves again, training restarts from it (so the bad update is not simply repeated) and
-the rollback is recorded. A changed world makes old and new versions worse alike: no rollback
-then; the drift alarm (:mod:`streams.drift`) reports it and its action adapts.
+following batch (the same events, before training) for ``probation_samples`` impressions. When its
+mean logloss over the last ``rollback_samples`` impressions exceeds the predecessor's by more than
+``rollback_margin``, the predecessor serves again, training restarts from it (so the bad update
+is not simply repeated) and the rollback is recorded. A changed world makes old and new versions
+worse alike: no rollback then; the drift alarm (:mod:`streams.drift`) reports it and its action adapts.
 
 All of it runs inside ``process`` from stream data only, so a replay after a crash decides alike;
 "time" is therefore counted in impressions, not seconds.
@@ -46,7 +46,7 @@ class LifecycleConfig:
     promotion_margin: float = 0.02
     #: A promoted version counts as worse when its logloss exceeds its predecessor's by this much...
     rollback_margin: float = 0.05
-    #: ... over this many consecutive impressions: then the predecessor serves again.
+    #: ... on average over the last this many impressions: then the predecessor serves again.
     rollback_samples: int = 20_000
     #: Impressions a promoted version is compared with its predecessor before it is trusted.
     probation_samples: int = 200_000
@@ -138,8 +138,13 @@ class CtrLifecycle:
         version = history.publish(candidate.scorer, candidate.samples_seen, candidate.steps, metrics)
         self.published(version, evidence, reason)
         if predecessor is not None:
-            self.probation = {"version": version.number, "predecessor": predecessor.number, "evaluated": 0}
-            self.probation.update(worse=0, first_worse_at=None, new_loss=[], old_loss=[])
+            self.probation = {
+                "version": version.number,
+                "predecessor": predecessor.number,
+                "since": time.time(),
+                "evaluated": 0,
+                "window": [],  # [samples, version's logloss, predecessor's logloss] per batch
+            }
         return [self.service.update_output(version)]
 
     def published(self, version: ModelVersion, evidence: dict[str, Any], reason: str) -> None:
@@ -165,39 +170,40 @@ class CtrLifecycle:
         if serving is None or serving.number != probation["version"] or predecessor is None:
             self.probation = None  # served over by hand, or the predecessor is no longer kept
             return []
-        new, old = batch_loss(serving.scorer, batch), batch_loss(predecessor.scorer, batch)
+        window = probation["window"]
+        window.append([len(batch), batch_loss(serving.scorer, batch), batch_loss(predecessor.scorer, batch)])
         probation["evaluated"] += len(batch)
-        if new > old * (1 + self.config.rollback_margin):
-            probation["worse"] += len(batch)
-            probation["first_worse_at"] = probation["first_worse_at"] or time.time()
-            probation["new_loss"].append(new)
-            probation["old_loss"].append(old)
-        else:
-            probation.update(worse=0, first_worse_at=None, new_loss=[], old_loss=[])
-        if probation["worse"] >= self.config.rollback_samples:
-            return [self._roll_back(serving, predecessor, probation)]
+        while sum(n for n, _, _ in window[1:]) >= self.config.rollback_samples:
+            window.pop(0)
+        samples = sum(n for n, _, _ in window)
+        new, old = (sum(n * loss[i] for n, *loss in window) / samples for i in (0, 1))
+        if samples >= self.config.rollback_samples and new > old * (1 + self.config.rollback_margin):
+            return [self._roll_back(serving, predecessor, samples, new, old)]
         if probation["evaluated"] >= self.config.probation_samples:
             self.probation = None
         return []
 
-    def _roll_back(self, bad: ModelVersion, good: ModelVersion, probation: dict[str, Any]) -> Output:
+    def _roll_back(
+        self, bad: ModelVersion, good: ModelVersion, samples: int, new: float, old: float
+    ) -> Output:
         history, learner = self.service.history, self.service.learner
-        history.adopt(good, bad.number)
-        learner.restore(good.scorer)
-        self.probation = None
+        assert self.probation is not None
         evidence = {
             "metric": "logloss",
             "rolled_back_from": bad.number,
-            "serving_loss": probation["new_loss"],
-            "predecessor_loss": probation["old_loss"],
+            "serving": new,
+            "predecessor": old,
             "margin": self.config.rollback_margin,
-            "worse_samples": probation["worse"],
-            "first_worse_at": probation["first_worse_at"],
-            "window": self._window(probation["worse"]),
+            "promoted_at": self.probation["since"],
+            "window": {**self._window(samples), "after": None},
         }
+        history.adopt(good, bad.number)
+        learner.restore(good.scorer)
+        self.probation = None
         reason = (
-            f"v{bad.number} did worse than v{good.number} by more than {self.config.rollback_margin:.0%} "
-            f"on the same {probation['worse']:,} impressions; v{good.number} serves again"
+            f"v{bad.number} did worse than v{good.number} on the same last {samples:,} impressions "
+            f"(logloss {new:.4f} > {old:.4f} + {self.config.rollback_margin:.0%}); "
+            f"v{good.number} serves again"
         )
         self.lineage.record(good.number, "rolled_back", reason, evidence)
         log.warning("ctr: automatic rollback: %s", reason)

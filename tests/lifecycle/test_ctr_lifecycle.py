@@ -1,0 +1,107 @@
+"""Gate, automatic rollback and drift on MovieLens-100K with injected label flips (synthetic change).
+
+Batches 0-59 train clean once (module fixture); each scenario starts from that state at batch 60,
+and the service considers a candidate at batches 70, 80 and 90.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from models.ctr.service import CtrService
+from streams.drift import DriftSettings
+from streams.schemas import Impression
+from tests.lifecycle.scenario import BATCH, rows, trainer
+
+CLEAN = DriftSettings(action="alarm")
+
+
+@pytest.fixture(scope="module")
+def stream() -> list[Impression]:
+    return rows()
+
+
+@pytest.fixture(scope="module")
+def warmed(stream: list[Impression]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """State after 60 clean batches: 6 versions, all promoted, no alarm."""
+    first = trainer(CLEAN)
+    first.feed(stream, range(60), lambda b: False)
+    assert first.service.model_version() == 6
+    assert first.drift.alarms == 0, "a model learning on clean data must not alarm"
+    assert not first.events("rolled_back")
+    return first.service.state_dict(), first.drift.state_dict()
+
+
+def lrs(service: CtrService) -> list[float]:
+    learner = service.learner
+    return [g["lr"] for g in learner.embed_optimizer.param_groups + learner.dense_optimizer.param_groups]
+
+
+def test_a_candidate_trained_on_corrupted_labels_is_rejected_on_a_clean_slice(
+    stream: list[Impression], warmed: tuple[dict[str, Any], dict[str, Any]]
+) -> None:
+    run = trainer(CLEAN, warmed)
+    # Batches 72-79: flipped labels trained with 3x the learning rates; batch 80, the slice the
+    # candidate is validated on, is clean.
+    run.feed(stream, range(60, 81), lambda b: 72 <= b < 80, boost=3)
+    rejected = run.events("rejected")
+    assert [v for v, _ in rejected] == [8], "the candidate of batch 80 must be rejected"
+    evidence = rejected[0][1]["evidence"]
+    assert evidence["candidate"] > evidence["serving"] * (1 + evidence["margin"])
+    assert evidence["serving_version"] == 7 == run.service.model_version()
+    window = evidence["window"]
+    assert window["samples"] == BATCH
+    assert window["after"] == {"driftline.impressions:0": 80 * BATCH - 1}
+    assert window["to"] == {"driftline.impressions:0": 81 * BATCH - 1}
+    body = run.service.lifecycle.lineage.body()
+    assert body["serving"] == 7 and [r["version"] for r in body["versions"]][-2:] == [7, 8]
+
+
+def test_a_corrupted_update_that_passes_the_gate_is_rolled_back(
+    stream: list[Impression], warmed: tuple[dict[str, Any], dict[str, Any]]
+) -> None:
+    run = trainer(CLEAN, warmed)
+    # Batches 72-80 corrupted as above: the candidate of batch 80 learned the flips and is validated on a
+    # flipped slice, so the gate lets it through; from batch 81 on the world is clean again.
+    run.feed(stream, range(60, 95), lambda b: 72 <= b <= 80, boost=3)
+    promoted = {v: h for v, h in run.events("promoted")}
+    assert 8 in promoted and run.batch_at(promoted[8]["at"]) == 80
+    rollbacks = run.events("rolled_back")
+    assert rollbacks, "the bad version must be rolled back"
+    version, event = rollbacks[0]
+    assert (version, event["evidence"]["rolled_back_from"]) == (7, 8)
+    acted = run.batch_at(event["at"])
+    assert 81 <= acted <= 85, acted
+    assert event["evidence"]["serving"] > event["evidence"]["predecessor"] * 1.08
+    assert run.service.lifecycle.lineage.serving == run.service.history.serving.number  # type: ignore[union-attr]
+    seconds = event["at"] - promoted[8]["at"]
+    print(
+        f"\ncorrupted update: bad v8 served from batch 80, rolled back at batch {acted} "
+        f"({(acted - 80) * BATCH} impressions, {seconds:.2f} s wall)"
+    )
+
+
+def test_a_lasting_label_flip_raises_the_drift_alarm_and_no_rollback(
+    stream: list[Impression], warmed: tuple[dict[str, Any], dict[str, Any]]
+) -> None:
+    run = trainer(DriftSettings(action="faster"), warmed)
+    before = lrs(run.service)
+    run.feed(stream, range(60, 62), lambda b: False)
+    run.feed(stream, range(62, 65), lambda b: True)  # the world changes for good at batch 62
+    assert run.drift.alarms == 1 and run.drift.in_alarm, "the flip must alarm within 3 batches"
+    alarm_at = run.drift.last_alarm_ts
+    assert lrs(run.service) == pytest.approx([lr * 3 for lr in before]), "action faster boosts the rates"
+    run.feed(stream, range(65, 100), lambda b: True)
+    assert not run.events("rolled_back"), "old versions are worse too: a changed world is no bad update"
+    assert len([v for v, h in run.events("promoted") if v > 6]) >= 2, "the adapted versions serve"
+    assert lrs(run.service) == pytest.approx(before), "the boost ends after faster_steps"
+    late = [loss for b, loss, _, _ in run.log if b >= 90]
+    early = [loss for b, loss, _, _ in run.log if b in (62, 63)]
+    assert sum(late) / len(late) < 0.8 * sum(early) / len(early), "training adapts to the new world"
+    flipped_at = next(t for b, _, _, t in run.log if b == 62)
+    print(
+        f"\nlasting flip at batch 62: drift alarm at batch {run.batch_at(alarm_at)} "
+        f"({alarm_at - flipped_at:.2f} s wall after the flipped batch was applied)"
+    )
