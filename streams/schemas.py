@@ -204,7 +204,7 @@ class LabelingTask(Record):
     documents: list[Document]
     score: Finite
     selector: str
-    text: str | None = None  # the query's display text
+    text: DisplayText | None = None  # the query's display text
 
 
 class Label(Record):
