@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from models.ctr.features import CtrBatch
 from models.ctr.learner import CtrLearner, CtrScorer
 from models.ctr.metrics import log_loss
-from models.ctr.versions import ModelVersion
+from models.ctr.versions import ModelVersion, NoOlderVersion, VersionHistory
 from streams.lineage import Lineage
 from streams.service import Output
 
@@ -217,6 +217,14 @@ class CtrLifecycle:
             if not self.faster_left:
                 scale_learning_rates(self.service.learner, 1 / self.config.faster_factor)
 
+    def served_by_hand(self, version: ModelVersion, action: str, was: int) -> None:
+        """Record an admin's promote or rollback (an outcome from the control topic)."""
+        if self.lineage.find(version.number) is None:  # trimmed from the lineage, or older than it
+            self.lineage.add(version.number, version.created, {}, {})
+        self.lineage.record(
+            version.number, action, f"by hand: v{version.number} serves instead of v{was}", {}
+        )
+
     # -- drift actions ---------------------------------------------------------------------------
     def on_drift(self, action: str) -> None:
         """``faster``: boost the learning rates for a while; ``warm-restart``: train on from the
@@ -242,6 +250,22 @@ class CtrLifecycle:
         self.probation = state["probation"]
         self.learned_offsets = dict(state["learned_offsets"])
         self.faster_left = int(state["faster_left"])
+
+
+def manual_target(history: VersionHistory, action: str, number: int | None) -> ModelVersion:
+    """The kept version an admin's ``action`` serves: ``number``, else the previous one for a
+    rollback and the newest for a promote; :class:`NoOlderVersion` (a 409) when there is none."""
+    if number is None:
+        if action == "rolled_back":
+            return history.previous()
+        newest = max(history.versions, key=lambda v: v.number, default=None)
+        if newest is None or newest is history.serving:
+            raise NoOlderVersion(f"no kept version newer than the serving one (kept: {history.numbers()})")
+        return newest
+    found = next((v for v in history.versions if v.number == number), None)
+    if found is None:
+        raise NoOlderVersion(f"version {number} is not kept (kept: {history.numbers()}); it cannot serve")
+    return found
 
 
 def scale_learning_rates(learner: CtrLearner, factor: float) -> None:

@@ -26,7 +26,7 @@ from models.ctr import movielens
 from models.ctr.click_labels import ClickLabels
 from models.ctr.features import CtrBatch, FeatureError, FeatureSpec, encode
 from models.ctr.learner import CtrConfig, CtrLearner
-from models.ctr.promotion import CtrLifecycle, LifecycleConfig
+from models.ctr.promotion import CtrLifecycle, LifecycleConfig, manual_target
 from models.ctr.registry import learner_class
 from models.ctr.routes import CtrRoutes, versions_body
 from models.ctr.versions import (
@@ -62,6 +62,8 @@ class Rollback:
     rolled_back_from: int
     trained_samples: int
     update: ModelUpdate
+    #: How the lineage records it: ``rolled_back`` or, for a version served again by hand, ``promoted``.
+    action: str = "rolled_back"
 
     @classmethod
     def of(cls, outcome: Outcome) -> Rollback:
@@ -71,8 +73,15 @@ class Rollback:
             update = parse_record(data["update"], ModelUpdate)
             assert isinstance(update, ModelUpdate)
             float(update.info["created"])  # how a kept version is told from a replayed namesake
+            action = str(data.get("action", "rolled_back"))  # absent before lineage
+            if action not in ("rolled_back", "promoted"):
+                raise ValueError(f"action must be rolled_back or promoted, got {action!r}")
             return cls(
-                int(data["version"]), int(data["rolled_back_from"]), int(data["trained_samples"]), update
+                int(data["version"]),
+                int(data["rolled_back_from"]),
+                int(data["trained_samples"]),
+                update,
+                action,
             )
         except (KeyError, TypeError, ValueError, RecordError) as exc:
             raise ApiError(
@@ -85,6 +94,7 @@ class Rollback:
             "rolled_back_from": self.rolled_back_from,
             "trained_samples": self.trained_samples,
             "update": self.update.model_dump(mode="json", by_alias=True, exclude_none=True),
+            "action": self.action,
         }
 
 
@@ -269,18 +279,29 @@ class CtrService(ModelService):
         data = outcome.data
         return {"model_version": data["version"], "rolled_back_from": data["rolled_back_from"]}
 
-    def _decide_rollback(self) -> Outcome:
-        """The rollback outcome, its target's weights written to the checkpoint store first.
+    async def serve_version(self, action: str, number: int | None) -> dict[str, Any]:
+        """``POST /models/ctr/{promote,rollback}``: serve a kept version by hand, durable like a rollback."""
+        outcome = await self.run_locked(self._decide_rollback, number, action)
+        await self.publish_outcome(outcome)
+        return {"serving": outcome.data["version"], "was": outcome.data["rolled_back_from"], "action": action}
+
+    def lineage_body(self) -> dict[str, Any]:
+        """This service's value in ``GET /models``; call holding the lock."""
+        return self.lifecycle.lineage.body()
+
+    def _decide_rollback(self, number: int | None = None, action: str = "rolled_back") -> Outcome:
+        """The outcome serving ``number`` (default: the previous kept version, or for ``promoted``
+        the newest), its target's weights written to the checkpoint store first.
 
         With the weights durable, a replay onto a state that lacks the target (a checkpoint older
         than the decision, versions renumbered by a re-batched replay) restores the same model.
         """
         try:
-            target = self.history.previous()
+            target = manual_target(self.history, action, number)
         except NoOlderVersion as exc:
             raise ApiError(409, str(exc)) from None
         update = encode_update(self.name, target, self._update_info(True), self.update_store / "rollbacks", 0)
-        rollback = Rollback(target.number, self.model_version(), self.learner.samples_seen, update)
+        rollback = Rollback(target.number, self.model_version(), self.learner.samples_seen, update, action)
         return self.new_outcome(ROLLBACK, key=self.name, data=rollback.data(), ts=time.time())
 
     def apply_outcome(self, outcome: Outcome) -> None:
@@ -307,6 +328,7 @@ class CtrService(ModelService):
                 raise ApiError(409, f"cannot roll back: {exc}") from None
         self.history.adopt(version, rollback.rolled_back_from)
         self.learner.restore(version.scorer)
+        self.lifecycle.served_by_hand(version, rollback.action, rollback.rolled_back_from)
         self._last_swap = self.clock()
 
     def _apply_due_rollbacks(self) -> list[Output]:
