@@ -93,12 +93,20 @@ def export_rows(labels: Iterable[Message], refused: dict[tuple[int, int], str]) 
 
 
 def write_jsonl(rows: Iterable[dict[str, Any]], out: Path) -> None:
-    """All lines or nothing: written beside ``out`` and renamed into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+    """All lines or nothing: written beside ``out`` and renamed into place; ValueError (a one-line
+    error on the command line) when it cannot be written."""
     partial = out.with_name(f".{out.name}.part")
-    with open(partial, "w", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(row, separators=(",", ":")) + "\n" for row in rows)
-    os.replace(partial, out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(partial, "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(row, separators=(",", ":")) + "\n" for row in rows)
+        os.replace(partial, out)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise ValueError(f"cannot write {out}: {exc.strerror or exc}") from None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def _read(bootstrap: str) -> tuple[Export, list[str]]:

@@ -76,6 +76,9 @@ def test_the_file_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         write_jsonl(failing(), out)
     assert out.read_text() == '{"a":1}\n{"b":[2]}\n'  # the previous export stands
+    assert [p.name for p in out.parent.iterdir()] == ["labels.jsonl"]  # no partial file left
+    with pytest.raises(ValueError, match=r"cannot write .*sub: Is a directory"):
+        write_jsonl([{"a": 1}], out.parent)
 
 
 @pytest.mark.kafka
