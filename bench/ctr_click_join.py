@@ -103,7 +103,7 @@ def memory(window_s: float, rate: float) -> dict[str, float]:
         "first_window_bytes": pending["bytes"] / pending["count"],
         "steady_bytes_per_window_second": steady / window_s,
         "pending": join.pending,
-        "remembered": len(join.state_dict()["done"]),
+        "remembered": int(join.gauges()["join_remembered"]),
         "us_per_impression": busy / rows * 1e6,
     }
 

@@ -30,6 +30,7 @@ give the same labels, so no impression is learned twice. Pure: no Kafka, no torc
 
 from __future__ import annotations
 
+import json
 import math
 from collections import deque
 from collections.abc import Sequence
@@ -194,7 +195,7 @@ class ClickJoin:
     def gauges(self) -> dict[str, float]:
         """Counters and sizes for the worker's metrics (``join_<name>``)."""
         sizes = {"pending": self.pending, "orphan_clicks": len(self._orphans),
-                 "ready": sum(map(len, self._ready))}  # fmt: skip
+                 "remembered": len(self._done), "ready": sum(map(len, self._ready))}  # fmt: skip
         return {f"join_{name}": float(value) for name, value in {**self.counts, **sizes}.items()}
 
     # -- internals -----------------------------------------------------------------------------
@@ -289,23 +290,25 @@ class ClickJoin:
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything the join holds, compacted to live rows in arrival order (cheap to copy)."""
+        """Everything the join holds, compacted to live rows in arrival order. Id lists are JSON
+        text: the runner deep-copies every snapshot, and one string copies (and saves) at once
+        where 10^5 string objects take a second."""
         live = np.flatnonzero(~np.isnan(self._ts[: len(self._ids)]))
         live = live[np.argsort(self._seq[live], kind="stable")]
         ready = _concat(self._ready) if self._ready else None
         return {
             "widths": list(self._widths),
-            "ids": [self._ids[slot] for slot in live.tolist()],
+            "ids": json.dumps([self._ids[slot] for slot in live.tolist()]),
             "ts": self._ts[live].copy(),
             "seq": self._seq[live].copy(),
             "categorical": self._categorical[live].copy(),
             "dense": self._dense[live].copy(),
             "next_seq": self._next_seq,
             "watermarks": [self._impression_watermark, self._click_watermark],
-            "done": list(self._done_order),
+            "done": json.dumps(list(self._done_order)),
             "done_ts": np.array([self._done[key] for key in self._done_order]),
-            "done_clicked": sorted(self._done_clicked),
-            "orphans": [key for key in self._orphan_order if key in self._orphans],
+            "done_clicked": json.dumps(sorted(self._done_clicked)),
+            "orphans": json.dumps([key for key in self._orphan_order if key in self._orphans]),
             "orphan_ts": np.array([self._orphans[k] for k in self._orphan_order if k in self._orphans]),
             "ready": None if ready is None else [ready.categorical, ready.dense, ready.labels],
             "counts": dict(self.counts),
@@ -316,15 +319,16 @@ class ClickJoin:
         if tuple(state["widths"]) != self._widths:
             raise ValueError(f"join state of widths {state['widths']} cannot load into {list(self._widths)}")
         self._clear()
-        self._insert(list(state["ids"]), state["ts"], state["categorical"], state["dense"])
-        self._seq[: len(state["ids"])] = state["seq"]
+        ids, done, orphans = (json.loads(state[key]) for key in ("ids", "done", "orphans"))
+        self._insert(ids, state["ts"], state["categorical"], state["dense"])
+        self._seq[: len(ids)] = state["seq"]
         self._next_seq = int(state["next_seq"])
         self._impression_watermark, self._click_watermark = map(float, state["watermarks"])
-        self._done = dict(zip(state["done"], map(float, state["done_ts"]), strict=True))
-        self._done_order = deque(state["done"])
-        self._done_clicked = set(state["done_clicked"])
-        self._orphans = dict(zip(state["orphans"], map(float, state["orphan_ts"]), strict=True))
-        self._orphan_order = deque(state["orphans"])
+        self._done = dict(zip(done, map(float, state["done_ts"]), strict=True))
+        self._done_order = deque(done)
+        self._done_clicked = set(json.loads(state["done_clicked"]))
+        self._orphans = dict(zip(orphans, map(float, state["orphan_ts"]), strict=True))
+        self._orphan_order = deque(orphans)
         if state["ready"] is not None:
             self._ready = [Labelled(*state["ready"])]
         self.counts = {**dict.fromkeys(COUNTS, 0), **state["counts"]}
