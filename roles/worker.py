@@ -23,6 +23,7 @@ from roles.host import STATUS_INTERVAL_S, health_body, serving_http
 from streams.config import Settings
 from streams.consumer import BatchConsumer
 from streams.http import make_app
+from streams.lifecycle_routes import LifecycleRoutes
 from streams.metrics import WorkerMetrics
 from streams.runner import CheckpointPolicy, ServiceRunner
 from streams.schemas import ServiceStatus
@@ -148,7 +149,8 @@ class WorkerRole:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then checkpoint every service and close."""
         await self.sink.start()
-        app = make_app(self.services, self.metrics.render, self.health, self.ready, self.directory.owner_url)
+        services = [*self.services, LifecycleRoutes(self.services)]
+        app = make_app(services, self.metrics.render, self.health, self.ready, self.directory.owner_url)
         try:
             async with serving_http(self.settings, app, f"{self.role} {self.instance}"):
                 tasks = [asyncio.create_task(c.run(stop)) for c in self.consumers]
