@@ -218,14 +218,14 @@ def test_cuda_without_a_gpu_is_a_clear_error(tmp_path: Path, capsys: pytest.Capt
     assert "no CUDA device" in capsys.readouterr().err
 
 
-def test_imports_without_kafka_clients_lightgbm_or_pydantic() -> None:
-    """A bare GPU machine has torch, numpy, pandas, tqdm and rich only."""
+def test_imports_without_kafka_clients_lightgbm_pydantic_or_river() -> None:
+    """A bare GPU machine has torch, numpy, pandas, tqdm and rich, not the service's other packages."""
     script = textwrap.dedent(
         """
         import importlib.abc, sys
         class Block(importlib.abc.MetaPathFinder):
             def find_spec(self, name, path, target=None):
-                if name.split(".")[0] in {"aiokafka", "kafka", "lightgbm", "pydantic"}:
+                if name.split(".")[0] in {"aiokafka", "kafka", "lightgbm", "pydantic", "river"}:
                     raise ImportError(name)
         sys.meta_path.insert(0, Block())
         import forecasters.evaluate
