@@ -72,11 +72,11 @@ def add_synth_parser(commands: Any) -> None:
     synth.set_defaults(func=cmd_synth)
 
 
-def _run(method: str, path: str, args: argparse.Namespace) -> dict[str, Any] | None:
+def _run(method: str, path: str, args: argparse.Namespace, payload: Any = None) -> dict[str, Any] | None:
     """The worker's JSON answer, or None after printing why there is none."""
     url = args.url.rstrip("/") + path
     try:
-        status, body = call(method, url, timeout=args.timeout, token=args.token)
+        status, body = call(method, url, payload, timeout=args.timeout, token=args.token)
     except OSError as exc:
         print(f"cannot reach the worker at {url}: {exc}", file=sys.stderr)
         return None

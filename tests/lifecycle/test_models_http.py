@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from models.ctr.service import CtrService
 from streams.auth import HttpSecurity
 from streams.client import call
 from streams.http import make_app
+from streams.lifecycle_cli import register
 from streams.lifecycle_routes import LifecycleRoutes
 from streams.service import Output
 from streams.tally import TallyService
@@ -112,3 +114,31 @@ def test_promote_and_rollback_are_admin_only_and_recorded(
 def test_bad_requests_say_why(base: str, path: str, body: object, status: int, says: str) -> None:
     answer = call("POST", f"{base}{path}", body)
     assert answer[0] == status and says in answer[1]["error"]
+
+
+def driftline_models(*argv: str) -> int:
+    """``driftline models ...`` through the group's own parser (as streams.cli registers it)."""
+    parser = argparse.ArgumentParser(prog="driftline")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["models", *argv])
+    return int(args.func(args))
+
+
+def test_cli_lists_promotes_and_rolls_back(
+    base: str, ctr: CtrService, tokens: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    serving, previous = ctr.model_version(), ctr.history.numbers()[-2]
+    assert driftline_models("list", "ctr", "--url", base) == 0
+    listing = capsys.readouterr().out
+    assert listing.startswith(f"ctr: serving version {serving}\n") and f"* v{serving}" in listing
+    assert "promoted" in listing and "tally" not in listing
+    assert driftline_models("rollback", "ctr", "--url", base, "--token", tokens["reader"]) == 1
+    assert "403" in capsys.readouterr().err
+    assert driftline_models("rollback", "ctr", "--url", base) == 0
+    assert capsys.readouterr().out == f"ctr: now serving version {previous} (was {serving})\n"
+    assert driftline_models("promote", "ctr", str(serving), "--url", base) == 0
+    assert ctr.model_version() == serving
+    assert driftline_models("list", "nope", "--url", base) == 1
+    assert "no service 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        driftline_models("promote", "ctr", "zero", "--url", base)
