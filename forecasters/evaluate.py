@@ -85,6 +85,8 @@ class Dataset:
         if split.train_end < 2:
             raise ValueError(f"{csv}: {len(series.values)} rows leave no train split")
         values = series.values[: split.online_end]
+        if np.isnan(values).any():
+            raise ValueError(f"{csv}: {int(np.isnan(values).sum())} missing values; fill or drop them first")
         scaler = Scaler.fit(values[: split.train_end])
         marks = None if series.marks is None else series.marks[: split.online_end]
         return cls(csv.name, scaler.transform(values), marks, split)

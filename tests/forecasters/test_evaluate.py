@@ -166,7 +166,7 @@ def test_bad_input_is_a_clear_error(
     assert re.search(message, err), err
 
 
-def test_files_without_a_date_column_or_with_text_are_refused(tmp_path: Path) -> None:
+def test_files_without_a_date_column_with_text_or_gaps_are_refused(tmp_path: Path) -> None:
     plain = write_csv(tmp_path / "plain.csv", 300, dated=False)
     with pytest.raises(ValueError, match="--no-date"):
         Dataset.load(plain)
@@ -174,6 +174,12 @@ def test_files_without_a_date_column_or_with_text_are_refused(tmp_path: Path) ->
     pd.DataFrame({"date": ["2021-01-01"] * 3, "a": [1, 2, 3], "b": ["x", "y", "z"]}).to_csv(text, index=False)
     with pytest.raises(ValueError, match=r"\['b'\] are not numeric"):
         Dataset.load(text)
+    gaps = write_csv(tmp_path / "gaps.csv", 300)
+    frame = pd.read_csv(gaps)
+    frame.loc[[5, 250], "c1"] = np.nan
+    frame.to_csv(gaps, index=False)
+    with pytest.raises(ValueError, match="2 missing values"):
+        Dataset.load(gaps)
     with pytest.raises(ValueError, match="no such file"):
         Dataset.load(tmp_path / "missing.csv")
 
