@@ -51,8 +51,8 @@ def encode(topic: str, value: Record | dict[str, Any] | bytes | str, validate: b
 
 
 def key_of(record: Record) -> str | None:
-    """The partitioning key of a record: its series, query or task id."""
-    for attr in ("series", "query_id", "id", "task_id"):
+    """The partitioning key of a record: its series, query, impression or task id."""
+    for attr in ("series", "query_id", "id", "impression_id", "task_id"):
         value = getattr(record, attr, None)
         if isinstance(value, str):
             return value

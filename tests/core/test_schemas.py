@@ -66,3 +66,11 @@ def test_query_documents_must_agree():
 def test_label_grades_in_range():
     with pytest.raises(RecordError, match="less than or equal to 4"):
         parse_record({"schema": "label/1", "task_id": "t", "query_id": "q", "ts": 0, "grades": {"d": 5}})
+
+
+def test_each_record_is_keyed_by_the_id_its_consumers_join_on():
+    from streams.producer import key_of
+    from streams.schemas import Click
+
+    assert key_of(Observation(series="s1", ts=0, values=[1.0])) == "s1"
+    assert key_of(Click(impression_id="imp-7", ts=3.0)) == "imp-7"
