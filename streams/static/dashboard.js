@@ -66,6 +66,9 @@ function routeProblem(name, code, body) {
 const fromZero = (u, min, max) => [0, max > 0 ? max * 1.1 : 1];
 // Clock times only, spaced for a phone: uPlot's default adds a date line that crowds narrow charts.
 const clock = { space: 80, values: (u, splits) => splits.map((ts) => new Date(ts * 1000).toLocaleTimeString()) };
+// Counts as 950, 12K, 1.2M: a narrow axis never clips them.
+const short = new Intl.NumberFormat(undefined, { notation: "compact", maximumFractionDigits: 1 });
+const counts = (u, splits) => splits.map((v) => short.format(v));
 
 function rateChart(svc, box) {
   return new uPlot({
@@ -74,7 +77,8 @@ function rateChart(svc, box) {
     legend: { live: false },
     series: [{}, { label: "events/s", scale: "rate", stroke: "#1565c0", width: 2 },
              { label: "lag", scale: "lag", stroke: "#c62828", width: 1, dash: [4, 3] }],
-    axes: [clock, { scale: "rate", size: 48 }, { scale: "lag", side: 1, size: 48, grid: { show: false } }],
+    axes: [clock, { scale: "rate", size: 48, values: counts },
+           { scale: "lag", side: 1, size: 48, values: counts, grid: { show: false } }],
   }, [svc.t, svc.rate, svc.lag], box);
 }
 
