@@ -44,11 +44,16 @@ function when(ts) {
 }
 
 // A short one-line form of evidence, offsets or validation, whatever their shape.
+const plain = (v) => (typeof v === "number" && !Number.isInteger(v) ? Number(v.toPrecision(4)) : v);
+
 function brief(value) {
   if (value === null || value === undefined) return "–";
-  const text = typeof value === "object"
-    ? Object.entries(value).map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`).join(", ")
-    : String(value);
+  let text = String(plain(value));
+  if (typeof value === "object") {
+    const parts = Object.entries(value)
+      .map(([k, v]) => `${k}=${v !== null && typeof v === "object" ? JSON.stringify(v) : plain(v)}`);
+    text = parts.length ? parts.join(", ") : "none";
+  }
   return text.length > 300 ? `${text.slice(0, 300)}…` : text;
 }
 
@@ -252,7 +257,10 @@ function renderVersions(svc) {
       ...versions.slice(0, 10).map((v) => versionItem(svc, v, String(v.version) === String(entry.serving))));
     const parts = [list];
     if (versions.length > 10) parts.push(note(`${versions.length - 10} older version(s) not shown`));
-    if (state.admin) parts.push(el("p", {}, button("Roll back", () => act(svc, "rollback"))));
+    // One version (a service that keeps none) has nothing to roll back to.
+    if (state.admin && versions.length > 1) {
+      parts.push(el("p", {}, button("Roll back", () => act(svc, "rollback"))));
+    }
     svc.versions.replaceChildren(...parts);
   }
 }
