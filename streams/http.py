@@ -47,7 +47,7 @@ RETRY_AFTER_S = "1"
 #: Pages run only this server's scripts (no inline script, no eval), load nothing from elsewhere
 #: and cannot be framed; their inline styles are allowed.
 PAGE_CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: https:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 #: Bodies past this size are decoded and checked in a thread, so the event loop keeps answering.

@@ -37,6 +37,14 @@ class TopicLayoutError(ValueError):
     """An existing topic's partition count differs from the one asked for."""
 
 
+def topic_configs(spec: TopicSpec) -> dict[str, str]:
+    """Broker settings a topic is created with: compaction, and unlimited retention where kept forever."""
+    configs = {"cleanup.policy": "compact"} if spec.compacted else {}
+    if spec.keep_forever:
+        configs["retention.ms"] = "-1"
+    return configs
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     """A logical topic: short name, record type, whether it is compacted, fixed partition count."""
@@ -44,6 +52,8 @@ class TopicSpec:
     short: str
     record_type: type[Record]
     compacted: bool = False
+    #: Never delete by age (``retention.ms=-1``): a log that is the record of truth, like labels.
+    keep_forever: bool = False
     #: None: the deployment's count (co-partitioned keyed topics); a number: always that many.
     partitions: int | None = None
 
@@ -55,7 +65,7 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec("impressions", Impression),
         TopicSpec("clicks", Click),
         TopicSpec("queries", Query),
-        TopicSpec("labels", Label),
+        TopicSpec("labels", Label, keep_forever=True),
         TopicSpec("labeling-queue", LabelingTask),
         TopicSpec("forecasts", Forecast),
         TopicSpec("tallies", Tallied),
@@ -122,7 +132,7 @@ def ensure_topics(bootstrap: str, partitions: int | None = None, timeout_s: floa
                 topic_name(short),
                 partition_count(spec, partitions),
                 1,
-                topic_configs={"cleanup.policy": "compact"} if spec.compacted else {},
+                topic_configs=topic_configs(spec),
             )
             for short, spec in TOPICS.items()
             if topic_name(short) not in existing

@@ -122,7 +122,6 @@ def test_export_through_a_real_worker(kafka, worker_factory, minted_tokens, tmp_
     assert read_topic(kafka.bootstrap, topic_name("dead-letter"), 1), "the duplicate was dead-lettered"
 
     monkeypatch.setenv("DRIFTLINE_BOOTSTRAP_SERVERS", kafka.bootstrap)
-    monkeypatch.setitem(cli.PLUGIN_CLIS, "labels", ("rankers.label_export", "labels"))  # see the report
     out = tmp_path / "labels.jsonl"
     assert cli.main(["labels", "export", "--out", str(out)]) == 0
     rows = sorted((json.loads(line) for line in out.read_text().splitlines()), key=lambda r: r["ts"])

@@ -255,9 +255,25 @@ def test_topics_are_created_with_a_partition_count_that_never_changes(
     try:
         (observations,) = admin.describe_topics([f"{topic_prefix}observations"])
         assert len(observations["partitions"]) == 6
+        retention = {
+            name: _topic_config(admin, f"{topic_prefix}{name}", "retention.ms")
+            for name in ("labels", "queries")
+        }
+        assert retention["labels"] == "-1"  # labels are the record of truth: never deleted by age
+        assert retention["queries"] is None  # the broker's default retention
     finally:
         admin.close()
     assert main(["topics", "--partitions", "6"]) == 0  # idempotent
     assert main(["topics", "--partitions", "12"]) == 2
     error = capsys.readouterr().err
     assert "cannot use 12 partitions" in error and "observations has 6" in error
+
+
+def _topic_config(admin: KafkaAdminClient, topic: str, key: str) -> str | None:
+    """A setting the topic was created with (None: the broker's default applies)."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    answer = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    (by_name,) = answer.values()
+    entry = by_name[topic].get(key)
+    return None if entry is None else entry["value"]
