@@ -8,8 +8,11 @@ label counts: the gain over random with a paired bootstrap 95% CI, and the label
 needs to reach random's DCG@4. ``--pool-seeds N`` adds the pool simulation (``rankers.active``) on
 the same splits for the pool-mode table. Writes a JSON summary and a PNG of the learning curves.
 
-    .venv/bin/python bench/rank_stream.py --seeds 3 --pool-seeds 0     # development, a few minutes
-    .venv/bin/python bench/rank_stream.py                                # 30 seeds
+    .venv/bin/python bench/rank_stream.py --seeds 3                      # development
+    .venv/bin/python bench/rank_stream.py                                # 30 seeds, stream mode
+    .venv/bin/python bench/rank_stream.py --seeds 0 --pool-seeds 10      # pool mode on the same splits
+    .venv/bin/python bench/rank_stream.py --first-seed 10 --seeds 20 --raw var/bench/b.json   # a seed range
+    .venv/bin/python bench/rank_stream.py --report-only --raw var/bench/rank_stream_runs*.json  # merge
 """
 
 from __future__ import annotations
@@ -216,7 +219,7 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, default=30, help="stream orderings (and splits)")
     parser.add_argument(
-        "--pool-seeds", type=int, default=10, help="pool-mode runs on the same splits (0: none)"
+        "--pool-seeds", type=int, default=0, help="pool-mode runs on the same splits (0: none)"
     )
     parser.add_argument("--selectors", default="random,re,pv,re+pv,dv+pv")
     parser.add_argument("--budgets", default="50,100,200", help="label counts compared (the last is the cap)")
@@ -251,10 +254,11 @@ def main() -> None:
         done = sum(len(r) for runs in raw.values() for r in runs.values())
         total = len(args.selectors) * sum(max(0, n - args.first_seed) for n in (args.seeds, args.pool_seeds))
         with tqdm(total=total, initial=done, desc="runs", unit="run") as bar:
-            for mode in ("stream", "pool") if args.pool_seeds else ("stream",):
-                run_mode(mode, data, args, raw, bar)
+            for mode, seeds in (("stream", args.seeds), ("pool", args.pool_seeds)):
+                if seeds > args.first_seed:
+                    run_mode(mode, data, args, raw, bar)
     grid = np.arange(5, max(args.budgets) + 1, 5)
-    results = {mode: summarize(runs, args, grid) for mode, runs in raw.items()}
+    results = {mode: summarize(runs, args, grid) for mode, runs in raw.items() if runs["random"]}
     for mode, result in results.items():
         print_table(f"{mode} mode, {len(raw[mode]['random'])} seeds", result, args.budgets)
     args.json.parent.mkdir(parents=True, exist_ok=True)
