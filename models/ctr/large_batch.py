@@ -109,6 +109,8 @@ def make_split(
     """
     if train < 1 or heldout < 1:
         raise ValueError("need at least one training and one held-out row")
+    if len(layout.sizes) != len(CRITEO_CARDINALITIES):
+        raise ValueError(f"the stream has {len(CRITEO_CARDINALITIES)} fields, the layout {len(layout.sizes)}")
     total = train + heldout
     piece = BLOCK * max(1, -(-total // BLOCK) // 32)
     bounds = [(start, min(start + piece, total)) for start in range(0, total, piece)]
@@ -267,8 +269,8 @@ def train_cell(
     """
     device = train.rows.device
     torch.manual_seed(config.seed)
-    net = WideTableDeepFM(layout, train.dense.shape[1], config.embed_dim, config.hidden, config.init_std)
-    net = net.to(device)
+    with device:  # tables of millions of rows are drawn where they live, not on the host and copied
+        net = WideTableDeepFM(layout, train.dense.shape[1], config.embed_dim, config.hidden, config.init_std)
     steps = -(-len(train) // config.batch)
     vectors, weights, dense, dense_lr = build_optimizers(net, config, steps)
     clipped = 0.0

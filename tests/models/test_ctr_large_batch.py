@@ -65,6 +65,8 @@ def test_split_is_the_streams_rows_in_order_with_heldout_after(split) -> None:
     assert abs(float(train.dense.mean())) < 1e-3  # standardised on the training rows
     other, _ = make_split(1, 1_000, 10, layout, CPU)
     assert not torch.equal(other.rows, train.rows[:1_000])
+    with pytest.raises(ValueError, match="26 fields"):
+        make_split(0, 10, 10, TableLayout((10, 10)), CPU)
 
 
 def _clip_fraction(scale: float) -> float:
