@@ -156,11 +156,41 @@ class DilatedTCN(nn.Module):
         return h[..., -1]
 
 
+NORMS = ("last", "revin")
+
+
+class WindowNorm(nn.Module):
+    """Each window relative to its last value (``last``, NLinear) or also divided by its own spread
+    (``revin``: instance normalisation, floored at ``floor`` scaled units so flat windows stay finite);
+    ``restore`` maps a forecast back."""
+
+    def __init__(self, kind: str = "last", floor: float = 0.1) -> None:
+        super().__init__()
+        if kind not in NORMS:
+            raise ValueError(f"unknown window norm {kind!r}; known: {', '.join(NORMS)}")
+        self.kind = kind
+        self.floor = floor
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        last = x[:, -1:, :]
+        if self.kind == "last":
+            return x - last, last, torch.ones_like(last)
+        scale = x.std(1, keepdim=True, unbiased=False).clamp(min=self.floor).detach()
+        return (x - last) / scale, last, scale
+
+    @staticmethod
+    def restore(out: torch.Tensor, last: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return out * scale + last
+
+
 class CrossTimeMLP(nn.Module):
     """Channel-independent branch: each variable's window -> Linear(L -> hidden) -> residual MLP -> H."""
 
-    def __init__(self, seq_len: int, horizon: int, hidden: int = 64, depth: int = 2) -> None:
+    def __init__(
+        self, seq_len: int, horizon: int, hidden: int = 64, depth: int = 2, norm: str = "last"
+    ) -> None:
         super().__init__()
+        self.norm = WindowNorm(norm)
         self.embed = nn.Linear(seq_len, hidden)
         self.blocks = nn.ModuleList(
             nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.GELU()) for _ in range(depth)
@@ -168,11 +198,11 @@ class CrossTimeMLP(nn.Module):
         self.head = nn.Linear(hidden, horizon)
 
     def forward(self, x: torch.Tensor, marks: torch.Tensor | None = None) -> torch.Tensor:
-        last = x[:, -1:, :]
-        z = self.embed((x - last).transpose(1, 2))  # [B, C, hidden]
+        x, last, scale = self.norm(x)
+        z = self.embed(x.transpose(1, 2))  # [B, C, hidden]
         for block in self.blocks:
             z = z + block(z)
-        return self.head(z).transpose(1, 2) + last
+        return self.norm.restore(self.head(z).transpose(1, 2), last, scale)
 
 
 class CrossVariableTCN(nn.Module):
@@ -186,8 +216,10 @@ class CrossVariableTCN(nn.Module):
         hidden: int = 32,
         repr_dim: int = 64,
         depth: int = 4,
+        norm: str = "last",
     ) -> None:
         super().__init__()
+        self.norm = WindowNorm(norm)
         self.channels = channels
         self.marks = marks
         self.encoder = DilatedTCN(channels + marks, hidden, repr_dim, depth)
@@ -198,10 +230,10 @@ class CrossVariableTCN(nn.Module):
             raise ValueError(
                 f"cross-variable branch was built for {self.channels} channels, got {x.shape[-1]}"
             )
-        last = x[:, -1:, :]
-        x = x - last
+        x, last, scale = self.norm(x)
         if self.marks:
             if marks is None or marks.shape[-1] != self.marks:
                 raise ValueError(f"cross-variable branch needs {self.marks} calendar features per step")
             x = torch.cat([x, marks], -1)
-        return self.head(self.encoder(x)).reshape(x.shape[0], -1, self.channels) + last
+        out = self.head(self.encoder(x)).reshape(x.shape[0], -1, self.channels)
+        return self.norm.restore(out, last, scale)

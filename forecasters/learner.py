@@ -35,6 +35,16 @@ class Forecaster(Learner[WindowBatch, torch.Tensor]):
         """Per-row ensemble weights to report with a forecast; single models have none."""
         return {}
 
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The optimizers whose learning rate a schedule may scale (none for rules)."""
+        return []
+
+    def scale_lr(self, factor: float) -> None:
+        """Multiply every learning rate by ``factor``; it stays in the optimizers' state (checkpoints)."""
+        for optimizer in self.optimizers():
+            for group in optimizer.param_groups:
+                group["lr"] *= factor
+
 
 class StatelessForecaster(Forecaster):
     """A rule with nothing to learn: ``learn`` only scores it."""
@@ -68,6 +78,9 @@ class NetForecaster(Forecaster):
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=weight_decay)
         self.single_pass = behaves_same_in_train_mode(net)
 
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer]
+
     def predict(self, batch: WindowBatch) -> torch.Tensor:
         batch = batch.to(self.device)
         self.net.eval()
@@ -96,3 +109,18 @@ class NetForecaster(Forecaster):
 
 def mse_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return nn.functional.mse_loss(prediction, target)
+
+
+def huber_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Squared below one (scaled) unit of error, linear above: an outlier's gradient stays bounded."""
+    return nn.functional.huber_loss(prediction, target, delta=1.0)
+
+
+LOSSES: dict[str, LossFn] = {"mse": mse_loss, "huber": huber_loss}
+
+
+def loss_named(name: str) -> LossFn:
+    """The training loss called ``name`` (a clear error for an unknown one)."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; known: {', '.join(LOSSES)}")
+    return LOSSES[name]

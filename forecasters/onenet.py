@@ -1,18 +1,20 @@
 """OneNet-style online ensembling (Wen et al., NeurIPS 2023) of a cross-time and a cross-variable branch.
 
-Every ``learn`` is test-then-train: score the current mix, then (1) one AdamW step on
-MSE(branch 1) + MSE(branch 2), (2) one step of the short-term bias MLP, (3) an exponentiated-gradient
-update of the per-variable branch weights on each branch's loss at this step. The mix is
-sigma(logit(p) + b) * y1 + (1 - sigma(...)) * y2 where p is the EG weight of branch 1 and b the bias
-the MLP produced at the series' previous step (it needs the truth, so it lags one step).
+Every ``learn`` is test-then-train: score the current forecast, then (1) one AdamW step on
+loss(branch 1) + loss(branch 2) (Huber by default: an outlier window's gradient stays bounded), (2) one
+step of the short-term bias MLP, (3) an update of the per-variable branch weights (OCP, see
+:mod:`forecasters.ensemble`) on each branch's error at this step, (4) an update of the residual gain
+(:mod:`forecasters.gain`). The mix is sigma(w + b) * y1 + (1 - sigma(...)) * y2 where w is branch 1's
+OCP logit and b the bias the MLP produced at the series' previous step (it needs the truth, so it lags
+one step); the forecast is last + g * (mix - last), g the gain per horizon step and variable.
 
 A ``sequential`` batch holds consecutive steps of its series (the service's chunks when it is behind,
 see :meth:`WindowBatch.steps`). The cheap per-step parts then still advance step by step inside it: the
-k-th pair of a series is mixed with the EG weights after the k - 1 steps before it (one EG update per
-step, on that step's rows) and with the bias its previous pair produced (from that pair's truth, by the
-pre-update MLP), exactly as k per-step calls would, given the networks. Only the branches and the bias
-MLP take one gradient step for the whole batch, and no pair is scored by anything that used its own
-target. docs/forecasters.md ("Adaptive cadence") has what this recovers of per-step's score on ETTh2.
+k-th pair of a series is mixed with the OCP weights and gain after the k - 1 steps before it (one update
+per step, on that step's rows) and with the bias its previous pair produced (from that pair's truth, by
+the pre-update MLP), exactly as k per-step calls would, given the networks. Only the branches and the
+bias MLP take one gradient step for the whole batch, and no pair is scored by anything that used its
+own target. docs/forecasters.md ("Adaptive cadence") has what this recovers of per-step's score on ETTh2.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from forecasters.batch import WindowBatch
-from forecasters.ensemble import ExponentiatedGradient
-from forecasters.learner import Forecaster, behaves_same_in_train_mode, forecast_errors
+from forecasters.ensemble import build_ensemble, moments
+from forecasters.gain import ResidualGain
+from forecasters.learner import Forecaster, behaves_same_in_train_mode, forecast_errors, loss_named
 from models.device import default_device
 
 BRANCHES = ("cross_time", "cross_variable")
@@ -52,7 +55,7 @@ class BiasMLP(nn.Module):
 
 
 class OneNet(Forecaster):
-    """Two branches ``net(x, marks) -> [B, H, C]`` mixed per variable by EG weights plus a learned bias."""
+    """Two branches ``net(x, marks) -> [B, H, C]`` mixed per variable by OCP weights plus a learned bias."""
 
     name = "onenet"
 
@@ -66,6 +69,9 @@ class OneNet(Forecaster):
         bias_lr: float = 1e-3,
         eta: float = 0.5,
         device: torch.device | None = None,
+        loss: str = "huber",
+        ocp: str = "eg",
+        gain: bool = True,
     ) -> None:
         self.device = device or default_device()
         self.horizon = horizon
@@ -75,7 +81,9 @@ class OneNet(Forecaster):
         self.single_pass = [behaves_same_in_train_mode(net) for net in self.branches]
         self.bias = BiasMLP(horizon).to(self.device)
         self.bias_optimizer = torch.optim.Adam(self.bias.parameters(), lr=bias_lr)
-        self.weights = ExponentiatedGradient(len(BRANCHES), channels, eta)
+        self.loss_fn = loss_named(loss)
+        self.weights = build_ensemble(ocp, channels, eta)
+        self.gain = ResidualGain(horizon, channels) if gain else None
         #: The bias from each series' previous step: {series: [C] float32}.
         self.last_bias: dict[str, np.ndarray] = {}
 
@@ -87,9 +95,8 @@ class OneNet(Forecaster):
         return y1, y2
 
     def _logit(self) -> torch.Tensor:
-        """logit of branch 1's EG weight, [C]."""
-        log_w = self.weights.weights.log().to(self.device)
-        return log_w[0] - log_w[1]
+        """logit of branch 1's ensemble weight, [C]."""
+        return self.weights.logit().to(self.device)
 
     def _previous_bias(self, batch: WindowBatch) -> torch.Tensor:
         keys = batch.keys or (_SINGLE_SERIES,) * batch.x.shape[0]
@@ -105,7 +112,11 @@ class OneNet(Forecaster):
         batch = batch.to(self.device)
         y1, y2 = self._branch_outputs(batch)
         share = self._share(batch)[:, None, :]
-        return share * y1 + (1 - share) * y2
+        mix = share * y1 + (1 - share) * y2
+        if self.gain is None:
+            return mix
+        last = batch.x[:, -1:, :]
+        return last + self.gain.gain().to(self.device) * (mix - last)
 
     def mixing_weights(self, batch: WindowBatch) -> dict[str, list[list[float]]]:
         share = self._share(batch.to(self.device)).cpu()
@@ -115,18 +126,28 @@ class OneNet(Forecaster):
     def _advance_weights(
         self, y1: torch.Tensor, y2: torch.Tensor, y: torch.Tensor, step: np.ndarray
     ) -> torch.Tensor:
-        """Branch 1's logit for every row [B, C], taken before the EG update of the row's step; one
-        update per step, on the branches' per-variable loss over that step's rows."""
-        rows_step = torch.from_numpy(step).to(self.device)
-        steps = int(step.max()) + 1
-        squared = torch.stack([(out - y).pow(2).mean(1) for out in (y1, y2)], 1)  # [B, 2, C]
-        totals = squared.new_zeros(steps, *squared.shape[1:]).index_add_(0, rows_step, squared)
-        losses = (totals / torch.bincount(rows_step, minlength=steps)[:, None, None]).cpu()
+        """Branch 1's logit for every row [B, C], taken before the ensemble update of the row's step; one
+        update per step, on the branches' per-variable error moments over that step's rows."""
         logits = []
-        for loss in losses:
+        for stats in _step_means(moments(y1, y2, y), step):
             logits.append(self._logit())
-            self.weights.update(loss)
-        return torch.stack(logits)[rows_step]
+            self.weights.update(stats)
+        return torch.stack(logits)[torch.from_numpy(step).to(self.device)]
+
+    def _advance_gain(
+        self, mix: torch.Tensor, last: torch.Tensor, y: torch.Tensor, step: np.ndarray
+    ) -> torch.Tensor:
+        """The forecast for every row from its ``mix``, with the gain taken before the gain update of
+        the row's step; one update per step, on that step's rows."""
+        if self.gain is None:
+            return mix
+        residual = mix - last
+        gains = []
+        for moments_of_step in _step_means(self.gain.moments(residual, y - last), step):
+            gains.append(self.gain.gain())
+            self.gain.update(moments_of_step)
+        gain = torch.stack(gains).to(self.device)[torch.from_numpy(step).to(self.device)]
+        return last + gain * residual
 
     def learn(self, batch: WindowBatch) -> dict[str, float]:
         batch = batch.to(self.device)
@@ -151,9 +172,10 @@ class OneNet(Forecaster):
             (prior >= 0)[:, None], bias.detach()[prior.clamp(min=0)], self._previous_bias(batch)
         )
         share = torch.sigmoid(logit + previous_bias)[:, None, :]
-        metrics = forecast_errors(share * y1 + (1 - share) * y2, y)
+        forecast = self._advance_gain(share * y1 + (1 - share) * y2, batch.x[:, -1:, :], y, step)
+        metrics = forecast_errors(forecast, y)
 
-        branch_loss = sum(F.mse_loss(out, y) for out in outputs)
+        branch_loss = sum(self.loss_fn(out, y) for out in outputs)
         self.optimizer.zero_grad(set_to_none=True)
         branch_loss.backward()
         self.optimizer.step()
@@ -169,6 +191,10 @@ class OneNet(Forecaster):
             self.last_bias[key] = row
         return {**metrics, "loss": float(branch_loss.detach()), "bias_loss": float(bias_loss.detach())}
 
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The branches' optimizer (the reference decays only that one; the bias and OCP keep theirs)."""
+        return [self.optimizer]
+
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -178,6 +204,7 @@ class OneNet(Forecaster):
             "bias_optimizer": self.bias_optimizer.state_dict(),
             "weights": self.weights.state_dict(),
             "last_bias": dict(self.last_bias),
+            "gain": None if self.gain is None else self.gain.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -187,3 +214,14 @@ class OneNet(Forecaster):
         self.bias_optimizer.load_state_dict(state["bias_optimizer"])
         self.weights.load_state_dict(state["weights"])
         self.last_bias = dict(state["last_bias"])
+        if self.gain is not None and state.get("gain") is not None:
+            self.gain.load_state_dict(state["gain"])
+
+
+def _step_means(values: torch.Tensor, step: np.ndarray) -> torch.Tensor:
+    """``values`` [B, ...] averaged over the rows of each step (``step`` [B]): [steps, ...] on CPU."""
+    rows_step = torch.from_numpy(step).to(values.device)
+    steps = int(step.max()) + 1
+    totals = values.new_zeros(steps, *values.shape[1:]).index_add_(0, rows_step, values)
+    counts = torch.bincount(rows_step, minlength=steps).reshape(-1, *[1] * (values.dim() - 1))
+    return (totals / counts).cpu()

@@ -12,6 +12,10 @@ from forecasters.data import Windows
 from forecasters.learner import Forecaster, StatelessForecaster, forecast_errors
 
 Progress = Callable[[int, float, float], None]
+#: Online learning rate as a share of the warm-up's. OneNet under delayed labels on ETTh2 (first 1,000
+#: steps, 3 seeds, 1 warm-up epoch): H=48 MSE .758 +- .006 at 0.1 against .897 +- .144 at 0.25
+#: (docs/forecasters.md, "Delayed labels: what made it stable").
+ONLINE_LR_SCALE = 0.1
 
 
 @dataclass(frozen=True)
@@ -44,8 +48,15 @@ def fit(
     patience: int = 3,
     seed: int = 0,
     progress: Progress | None = None,
+    online_lr_scale: float = ONLINE_LR_SCALE,
 ) -> FitReport:
-    """Train on shuffled ``train`` origins; keep the state with the best validation MSE (OneNet's warm-up)."""
+    """Train on shuffled ``train`` origins; keep the state with the best validation MSE (OneNet's warm-up).
+
+    The kept state's learning rates are then multiplied by ``online_lr_scale`` for the online phase
+    (they stay in its optimizer state, so a pretrained checkpoint carries them to the service).
+    """
+    if not 0 < online_lr_scale <= 1:
+        raise ValueError(f"online_lr_scale must be in (0, 1], got {online_lr_scale}")
     if isinstance(learner, StatelessForecaster) or epochs < 1:
         return FitReport(0, validation_mse(learner, windows, val), 0)
     rng = np.random.default_rng(seed)
@@ -61,4 +72,5 @@ def fit(
         elif epoch - best_epoch >= patience:
             break
     learner.load_state_dict(best_state)
+    learner.scale_lr(online_lr_scale)
     return FitReport(epoch, best, best_epoch)

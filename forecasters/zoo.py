@@ -25,6 +25,13 @@ class ForecasterSpec:
     marks: int = 0
     period: int = 24
     lr: float = 1e-3
+    #: OneNet only: the branches' training loss (``huber`` | ``mse``), the OCP form (``eg`` scale-free |
+    #: ``eg-mse`` | ``adam``), each window's normalisation (``last`` | ``revin``) and the residual gain.
+    #: Defaults are the measured best under delayed labels (docs/forecasters.md).
+    loss: str = "huber"
+    ocp: str = "eg"
+    norm: str = "last"
+    gain: bool = True
 
     @classmethod
     def from_dict(cls, values: dict[str, object]) -> ForecasterSpec:
@@ -39,8 +46,18 @@ class ForecasterSpec:
 
 
 def _onenet(spec: ForecasterSpec, cross_time: torch.nn.Module, device: torch.device | None) -> OneNet:
-    cross_variable = CrossVariableTCN(spec.channels, spec.horizon, spec.marks)
-    return OneNet(cross_time, cross_variable, spec.channels, spec.horizon, lr=spec.lr, device=device)
+    cross_variable = CrossVariableTCN(spec.channels, spec.horizon, spec.marks, norm=spec.norm)
+    return OneNet(
+        cross_time,
+        cross_variable,
+        spec.channels,
+        spec.horizon,
+        lr=spec.lr,
+        device=device,
+        loss=spec.loss,
+        ocp=spec.ocp,
+        gain=spec.gain,
+    )
 
 
 BUILDERS: dict[str, Callable[[ForecasterSpec, torch.device | None], Forecaster]] = {
@@ -48,7 +65,9 @@ BUILDERS: dict[str, Callable[[ForecasterSpec, torch.device | None], Forecaster]]
     "seasonal-naive": lambda spec, _: SeasonalNaive(spec.horizon, spec.period),
     "dlinear": lambda spec, device: DLinear(spec.seq_len, spec.horizon, spec.lr, device),
     "card": lambda spec, device: CARD(spec.card_config(), spec.lr, device),
-    "onenet": lambda spec, device: _onenet(spec, CrossTimeMLP(spec.seq_len, spec.horizon), device),
+    "onenet": lambda spec, device: _onenet(
+        spec, CrossTimeMLP(spec.seq_len, spec.horizon, norm=spec.norm), device
+    ),
     "onenet-card": lambda spec, device: _onenet(spec, CARDNet(spec.card_config()), device),
 }
 

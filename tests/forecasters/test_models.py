@@ -10,10 +10,11 @@ import torch
 
 from forecasters.baselines import LastValue, SeasonalNaive
 from forecasters.batch import WindowBatch
-from forecasters.branches import CrossTimeMLP, CrossVariableTCN, DilatedTCN
+from forecasters.branches import CrossTimeMLP, CrossVariableTCN, DilatedTCN, WindowNorm
 from forecasters.card import CARDConfig, CARDNet, ema_matrix, signal_decay_l1, token_blend
 from forecasters.data import Windows
-from forecasters.ensemble import ExponentiatedGradient
+from forecasters.ensemble import ExponentiatedGradient, LogitAdam, moments
+from forecasters.gain import ResidualGain
 from forecasters.learner import forecast_errors
 from forecasters.onenet import BRANCHES, OneNet
 from forecasters.training import fit, validation_mse
@@ -22,8 +23,8 @@ from forecasters.zoo import BUILDERS, ForecasterSpec, build_forecaster
 LEARNED = ["dlinear", "card", "onenet", "onenet-card"]
 
 
-def spec(kind: str, channels: int = 3) -> ForecasterSpec:
-    return ForecasterSpec(kind=kind, seq_len=32, horizon=4, channels=channels, period=12)
+def spec(kind: str, channels: int = 3, **options: object) -> ForecasterSpec:
+    return ForecasterSpec(kind=kind, seq_len=32, horizon=4, channels=channels, period=12, **options)  # type: ignore[arg-type]
 
 
 def test_last_value_and_seasonal_naive_copy_the_right_steps() -> None:
@@ -145,12 +146,12 @@ def test_tcn_evaluates_only_what_the_last_step_reads(length: int) -> None:
 def test_exponentiated_gradient_moves_weight_to_the_better_expert_per_variable() -> None:
     eg = ExponentiatedGradient(experts=2, variables=2, eta=0.5, share=0.0)
     for _ in range(10):
-        eg.update(torch.tensor([[0.1, 1.0], [1.0, 0.1]]))
+        eg.observe(torch.tensor([[0.1, 1.0], [1.0, 0.1]]))
     assert eg.weights[0, 0] > 0.95 and eg.weights[1, 1] > 0.95
     assert torch.allclose(eg.weights.sum(0), torch.ones(2))
     floored = ExponentiatedGradient(experts=2, variables=1, eta=50.0, share=0.01)
     for _ in range(100):
-        floored.update(torch.tensor([[10.0], [0.0]]))
+        floored.observe(torch.tensor([[10.0], [0.0]]))
     assert floored.weights[0, 0] >= 0.005
 
 
@@ -230,3 +231,106 @@ def test_unknown_kind_and_options_are_clear_errors() -> None:
         build_forecaster(ForecasterSpec(kind="prophet"))
     with pytest.raises(ValueError, match="unknown forecaster options"):
         ForecasterSpec.from_dict({"kind": "card", "depth": 3})
+
+
+def test_scale_free_eg_moves_at_most_eta_per_step_however_large_the_outlier() -> None:
+    raw = ExponentiatedGradient(experts=2, variables=1, eta=0.5)
+    free = ExponentiatedGradient(experts=2, variables=1, eta=0.5, scale_free=True)
+    outlier = torch.tensor([[5000.0], [1.0]])  # one ETTh2-LULL-sized error on branch 1
+    raw.observe(outlier)
+    free.observe(outlier)
+    assert raw.logit().item() < -6  # raw EG hands everything to branch 2 at once (down to the share floor)
+    assert -0.5 <= free.logit().item() < 0  # scale-free: at most eta
+    for _ in range(20):  # a branch that keeps losing still loses its weight
+        free.observe(torch.tensor([[1.0], [0.1]]))
+    assert free.weights[1, 0] > 0.95
+
+
+def test_logit_adam_moves_the_share_towards_the_better_branch_per_variable() -> None:
+    ocp = LogitAdam(variables=2)
+    y = torch.zeros(1, 4, 2)
+    y1 = torch.tensor([0.1, 2.0]).expand(1, 4, 2)  # branch 1 good on variable 0, bad on 1
+    y2 = torch.tensor([2.0, 0.1]).expand(1, 4, 2)
+    for _ in range(200):
+        ocp.update(moments(y1, y2, y)[0])
+    logit = ocp.logit()
+    assert logit[0] > 0.1 and logit[1] < -0.1
+
+
+def test_moments_give_the_mix_error_for_any_share() -> None:
+    y1, y2, y = torch.randn(3, 1, 5, 2).unbind(0)
+    m11, m22, m12 = moments(y1, y2, y)[0]
+    s = torch.tensor([0.3, 0.8])
+    direct = (s * y1 + (1 - s) * y2 - y).pow(2).mean(1)[0]
+    assert torch.allclose(s**2 * m11 + (1 - s) ** 2 * m22 + 2 * s * (1 - s) * m12, direct, atol=1e-5)
+
+
+def test_residual_gain_shrinks_where_the_model_has_no_skill() -> None:
+    torch.manual_seed(0)
+    gain = ResidualGain(horizon=2, channels=1, decay=0.95)
+    for _ in range(300):
+        wanted = torch.randn(2, 1)
+        # lead 0: the residual is the truth (skill); lead 1: noise unrelated to it (a random walk)
+        residual = torch.stack([wanted[0], torch.randn(1)])
+        gain.update(gain.moments(residual[None], wanted[None])[0])
+    g = gain.gain()[:, 0]
+    assert g[0] > 0.95 and g[1] < 0.35
+
+
+def test_revin_window_norm_makes_a_branch_scale_and_shift_equivariant() -> None:
+    net = CrossTimeMLP(32, 4, norm="revin").eval()
+    x = torch.randn(2, 32, 3)
+    with torch.no_grad():
+        assert torch.allclose(net(5 * x + 2), 5 * net(x) + 2, atol=1e-4)
+    with pytest.raises(ValueError, match="unknown window norm"):
+        WindowNorm("zscore")
+
+
+def test_fit_hands_the_online_phase_a_reduced_learning_rate(sine_windows: Windows) -> None:
+    learner = build_forecaster(spec("onenet"))
+    origins = sine_windows.origins(0, 400)
+    fit(learner, sine_windows, origins[:100], origins[100:150], epochs=1, online_lr_scale=0.1)
+    assert [g["lr"] for o in learner.optimizers() for g in o.param_groups] == [pytest.approx(1e-4)]
+    with pytest.raises(ValueError, match="online_lr_scale"):
+        fit(learner, sine_windows, origins[:100], origins[100:150], epochs=1, online_lr_scale=0.0)
+
+
+@pytest.mark.parametrize("options", [{"ocp": "adam"}, {"ocp": "eg-mse", "gain": False, "loss": "mse"}])
+def test_onenet_variants_round_trip(options: dict[str, object], sine_windows: Windows) -> None:
+    origins = sine_windows.origins(0, 400)
+    learner = build_forecaster(spec("onenet", **options))
+    learner.learn(sine_windows.batch(origins[:8]))
+    twin = build_forecaster(spec("onenet", **options))
+    twin.load_state_dict(copy.deepcopy(learner.state_dict()))
+    probe = sine_windows.batch(origins[100:110])
+    for model in (learner, twin):
+        model.learn(sine_windows.batch(origins[8:16]))
+    assert torch.allclose(learner.predict(probe), twin.predict(probe), atol=1e-6)
+
+
+def test_unknown_onenet_options_are_clear_errors() -> None:
+    with pytest.raises(ValueError, match="unknown loss 'l3'"):
+        build_forecaster(spec("onenet", loss="l3"))
+    with pytest.raises(ValueError, match="unknown ocp form"):
+        build_forecaster(spec("onenet", ocp="hedge"))
+
+
+@pytest.mark.parametrize("kind", ["onenet", "onenet-card"])
+def test_one_outlier_window_leaves_no_lasting_mark(kind: str, sine_windows: Windows) -> None:
+    """ETTh2's onenet-card H=48 spikes (issue 13): MSE-trained branches and raw-loss EG let one window with
+    an outlier target (LULL) wreck later forecasts. After one such window and a few ordinary ones, the
+    forecasts on ordinary windows must be about as good as after ordinary windows only."""
+    origins = sine_windows.origins(0, 400)
+    learner = build_forecaster(spec(kind))
+    for batch in sine_windows.batches(origins[:200], 16, np.random.default_rng(0)):
+        learner.learn(batch)
+    ordinary, jolted = copy.deepcopy(learner), copy.deepcopy(learner)
+    window = sine_windows.batch(origins[200:201])
+    ordinary.learn(window)
+    jolted.learn(WindowBatch(window.x, window.target + torch.tensor([100.0, 0.0, 0.0])))
+    for origin in origins[201:205]:
+        for model in (ordinary, jolted):
+            model.learn(sine_windows.batch(np.array([origin])))
+    probe = origins[300:340]
+    after_ordinary = validation_mse(ordinary, sine_windows, probe)
+    assert validation_mse(jolted, sine_windows, probe) < 1.3 * after_ordinary
