@@ -187,6 +187,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="torch CPU threads (0: torch's default; 1 resists a shared box's load)",
     )
     parser.add_argument(
+        "--resume", action="store_true", help="keep the cells already in --json (same settings), run the rest"
+    )
+    parser.add_argument(
         "--no-estimate", action="store_true", help="skip the start-up estimate (two short timed cells)"
     )
     args = parser.parse_args(argv)
@@ -227,39 +230,46 @@ def main(argv: Sequence[str] | None = None) -> None:
         warmup=args.warmup,
         embed_scaling=args.embed_scaling,
     )
-    label = (
+    data = (
         f"synthetic Criteo layout, {args.rows:,} training rows (1 epoch), {args.heldout:,} held out, "
-        f"{args.seeds} seeds, {args.device}"
+        f"{args.device}"
     )
-    print(
-        f"{label}; tables {layout.total:,} rows (per field min(cardinality, {args.max_table_rows:,})), "
+    settings = (
+        f"{data}; tables {layout.total:,} rows (per field min(cardinality, {args.max_table_rows:,})), "
         f"dim {base.embed_dim}, DNN {'x'.join(map(str, base.hidden))}; base lr embed {base.embed_lr:g} "
         f"dense {base.dense_lr:g}, L2 {base.l2:g} at batch {base.base_batch}; CowClip r {base.clip_ratio:g} "
-        f"zeta {base.zeta:g}, warm-up {base.warmup:g} epoch, embedding lr scaling {base.embed_scaling}; "
-        f"{load()}",
-        flush=True,
+        f"zeta {base.zeta:g}, warm-up {base.warmup:g} epoch, embedding lr scaling {base.embed_scaling}"
     )
-    results: list[CellResult] = []
+    label = f"{data}, {args.seeds} seeds"
+    print(f"{settings}; {load()}", flush=True)
+    results = finished_cells(args, settings)
+    done = {(r.seed, r.batch, r.optimizer) for r in results}
     cells = len(args.batch_list) * len(args.optimizer_list)
+    estimated = args.no_estimate
     context = multiprocessing.get_context("fork")
     began = time.perf_counter()
     with ProcessPoolExecutor(args.workers, mp_context=context) if args.workers > 1 else _no_pool() as pool:
         for seed in range(args.seeds):
+            grid = [(b, o) for b in args.batch_list for o in args.optimizer_list]
+            if all((seed, b, o) in done for b, o in grid):
+                print(f"seed {seed}: all {cells} cells already in {args.json}", flush=True)
+                continue
             generated = time.perf_counter()
             train, heldout = make_split(seed, args.rows, args.heldout, layout, device, pool)
             generate_s = time.perf_counter() - generated
             print(f"seed {seed}: data in {generate_s:.1f} s ({load()})", flush=True)
-            if seed == 0 and not args.no_estimate:
+            if not estimated:
+                estimated = True
                 per_step, per_sample = measure_step(base, layout, train, heldout)
                 total = estimate_s(args, per_step, per_sample, generate_s)
                 print(
                     f"measured {per_step * 1e3:.2f} ms per step + {per_sample * 1e6:.2f} us per sample: "
-                    f"estimated run time {total / 60:.1f} min ({load()})",
+                    f"estimated run time of the whole grid {total / 60:.1f} min ({load()})",
                     flush=True,
                 )
-            for index, (batch, optimizer) in enumerate(
-                (b, o) for b in args.batch_list for o in args.optimizer_list
-            ):
+            for index, (batch, optimizer) in enumerate(grid):
+                if (seed, batch, optimizer) in done:
+                    continue
                 config = replace(base, batch=batch, optimizer=optimizer, seed=seed)
                 desc = f"seed {seed} cell {index + 1}/{cells} batch {batch} {optimizer}"
                 with tqdm(total=len(train), desc=desc, unit="row", unit_scale=True, leave=False) as bar:
@@ -270,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     f"{result.samples_per_s:,.0f} rows/s {result.wall_s:.1f} s clipped {result.clipped:.2%} "
                     f"({load()})"
                 )
-                write_json(args, label, results)
+                write_json(args, label, settings, results)
             del train, heldout
     table = summarise(results)
     print(f"\n{label}; total {time.perf_counter() - began:.0f} s; {load()}\n{render(table)}", flush=True)
@@ -290,11 +300,26 @@ class _no_pool:
         return None
 
 
-def write_json(args: argparse.Namespace, label: str, results: Sequence[CellResult]) -> None:
+def finished_cells(args: argparse.Namespace, settings: str) -> list[CellResult]:
+    """With ``--resume``, the cells an earlier run with the same settings left in ``--json``: a run
+    cut off by a time limit, started again with the same command, does only what is missing."""
+    if not args.resume or not args.json.exists():
+        return []
+    report = json.loads(args.json.read_text())
+    if report.get("settings") != settings:
+        raise SystemExit(
+            f"{args.json} holds a run with other settings ({report.get('settings')!r}); "
+            "drop --resume or write to another --json"
+        )
+    return [CellResult(**cell) for cell in report["cells"]]
+
+
+def write_json(args: argparse.Namespace, label: str, settings: str, results: Sequence[CellResult]) -> None:
     """Every finished cell and the summary table so far (rewritten after each cell)."""
     args.json.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "label": label,
+        "settings": settings,
         "args": {k: v if isinstance(v, int | float | str) else str(v) for k, v in vars(args).items()},
         "load": load(),
         "cells": [asdict(r) for r in results],

@@ -159,15 +159,27 @@ runpy.run_path("bench/ctr_large_batch.py", run_name="__main__")
 """
 
 
+def run_bench(*args: str) -> subprocess.CompletedProcess[str]:
+    """The bench at a tiny size, with the packages in ABSENT made unimportable."""
+    tiny = [
+        "--rows",
+        "6000",
+        "--heldout",
+        "2000",
+        "--seeds",
+        "2",
+        "--hidden",
+        "8",
+        "--max-table-rows",
+        "2000",
+    ]
+    command = [sys.executable, "-c", _BLOCKED_RUN, ",".join(ABSENT), *tiny, "--workers", "2", *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
 def test_bench_runs_without_kafka_pydantic_lightgbm_or_river(tmp_path: Path) -> None:
     out, png = tmp_path / "out.json", tmp_path / "auc.png"
-    command = [
-        sys.executable, "-c", _BLOCKED_RUN, ",".join(ABSENT),
-        "--rows", "6000", "--heldout", "2000", "--batches", "512,2048", "--seeds", "2",
-        "--hidden", "8", "--max-table-rows", "2000", "--workers", "2",
-        "--json", str(out), "--plot", str(png),
-    ]  # fmt: skip
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = run_bench("--batches", "512,2048", "--json", str(out), "--plot", str(png))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "AUC" in done.stdout and "clipped" in done.stdout and "estimated run time" in done.stdout
     report = json.loads(out.read_text())
@@ -179,6 +191,21 @@ def test_bench_runs_without_kafka_pydantic_lightgbm_or_river(tmp_path: Path) -> 
     ]  # fmt: skip
     assert all(r["auc_stderr"] >= 0 for r in report["table"])
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+    # Started again with --resume, a run keeps the finished cells and does only the missing ones.
+    again = run_bench("--batches", "512,2048,1024", "--no-estimate", "--resume", "--json", str(out))
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = json.loads(out.read_text())["cells"]
+    assert resumed[:8] == report["cells"]
+    assert sorted((c["seed"], c["batch"]) for c in resumed[8:]) == [
+        (0, 1024),
+        (0, 1024),
+        (1, 1024),
+        (1, 1024),
+    ]
+    # ... but only over a run with the same settings.
+    other = run_bench("--batches", "512", "--zeta", "1e-3", "--no-estimate", "--resume", "--json", str(out))
+    assert other.returncode != 0 and "other settings" in other.stderr
 
 
 def test_the_blocker_really_blocks() -> None:
