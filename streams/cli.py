@@ -24,6 +24,7 @@ PLUGIN_CLIS: dict[str, tuple[str, str]] = {
     "ctr": ("models.cli", "CTR models: serving versions, rollback, synthetic Criteo-layout streams"),
     "dead-letters": ("streams.dead_letters", "dead letters: send them back to their topics once fixed"),
     "labels": ("rankers.label_export", "labels: export every accepted label as JSON lines"),
+    "models": ("streams.lifecycle_cli", "model lifecycle: list versions, promote, roll back"),
 }
 
 
