@@ -9,12 +9,10 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from streams.client import TOKEN_VARIABLE, call
+from streams.client import add_worker_options, ask_worker
 
 if TYPE_CHECKING:
     from streams.schemas import Impression
-
-DEFAULT_URL = "http://127.0.0.1:8080"
 
 
 def register(subparsers: Any) -> None:
@@ -26,15 +24,7 @@ def register(subparsers: Any) -> None:
     versions = commands.add_parser("versions", help="list the kept model versions and which one serves")
     versions.set_defaults(func=cmd_versions)
     for command in (rollback, versions):
-        command.add_argument(
-            "--url", default=DEFAULT_URL, help=f"worker HTTP address (default {DEFAULT_URL})"
-        )
-        command.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the worker")
-        command.add_argument(
-            "--token",
-            default=None,
-            help=f"bearer token (default ${TOKEN_VARIABLE}); rollback needs an admin token",
-        )
+        add_worker_options(command, "rollback needs an admin token")
     add_synth_parser(commands)
 
 
@@ -72,23 +62,8 @@ def add_synth_parser(commands: Any) -> None:
     synth.set_defaults(func=cmd_synth)
 
 
-def _run(method: str, path: str, args: argparse.Namespace, payload: Any = None) -> dict[str, Any] | None:
-    """The worker's JSON answer, or None after printing why there is none."""
-    url = args.url.rstrip("/") + path
-    try:
-        status, body = call(method, url, payload, timeout=args.timeout, token=args.token)
-    except OSError as exc:
-        print(f"cannot reach the worker at {url}: {exc}", file=sys.stderr)
-        return None
-    if status != 200:
-        reason = body.get("error", body) if isinstance(body, dict) else body
-        print(f"{method} {url} answered {status}: {reason}", file=sys.stderr)
-        return None
-    return body
-
-
 def cmd_rollback(args: argparse.Namespace) -> int:
-    body = _run("POST", "/ctr/rollback", args)
+    body = ask_worker("POST", "/ctr/rollback", args)
     if body is None:
         return 1
     print(
@@ -98,7 +73,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
-    body = _run("GET", "/ctr/versions", args)
+    body = ask_worker("GET", "/ctr/versions", args)
     if body is None:
         return 1
     print(

@@ -6,13 +6,40 @@ set, so write routes (which always need a token, see :mod:`streams.auth`) work f
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import sys
 import urllib.error
 import urllib.request
 from typing import Any
 
 TOKEN_VARIABLE = "DRIFTLINE_TOKEN"
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+def add_worker_options(command: argparse.ArgumentParser, token_help: str) -> None:
+    """``--url``, ``--timeout`` and ``--token`` of a command that talks to a worker's HTTP API."""
+    command.add_argument("--url", default=DEFAULT_URL, help=f"worker HTTP address (default {DEFAULT_URL})")
+    command.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the worker")
+    command.add_argument(
+        "--token", default=None, help=f"bearer token (default ${TOKEN_VARIABLE}); {token_help}"
+    )
+
+
+def ask_worker(method: str, path: str, args: argparse.Namespace, payload: Any = None) -> Any:
+    """The worker's JSON answer to a CLI command, or None after printing why there is none."""
+    url = args.url.rstrip("/") + path
+    try:
+        status, body = call(method, url, payload, timeout=args.timeout, token=args.token)
+    except OSError as exc:
+        print(f"cannot reach the worker at {url}: {exc}", file=sys.stderr)
+        return None
+    if status != 200:
+        reason = body.get("error", body) if isinstance(body, dict) else body
+        print(f"{method} {url} answered {status}: {reason}", file=sys.stderr)
+        return None
+    return body
 
 
 def call(

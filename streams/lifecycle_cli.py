@@ -12,8 +12,7 @@ import sys
 import time
 from typing import Any
 
-from models.cli import DEFAULT_URL, _run
-from streams.client import TOKEN_VARIABLE
+from streams.client import add_worker_options, ask_worker
 
 SERVE_COMMANDS = (
     ("promote", "serve VERSION (default: the newest kept version)"),
@@ -34,15 +33,7 @@ def register(subparsers: Any) -> None:
         command.add_argument("version", nargs="?", type=_version, help="version number")
         command.set_defaults(func=cmd_serve, word=word)
     for command in (listing, *(commands.choices[w] for w in ("promote", "rollback"))):
-        command.add_argument(
-            "--url", default=DEFAULT_URL, help=f"worker HTTP address (default {DEFAULT_URL})"
-        )
-        command.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the worker")
-        command.add_argument(
-            "--token",
-            default=None,
-            help=f"bearer token (default ${TOKEN_VARIABLE}); promote and rollback need admin",
-        )
+        add_worker_options(command, "promote and rollback need admin")
 
 
 def _version(text: str) -> int:
@@ -56,7 +47,7 @@ def _version(text: str) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    body = _run("GET", "/models", args)
+    body = ask_worker("GET", "/models", args)
     if body is None:
         return 1
     if args.service is not None and args.service not in body:
@@ -88,7 +79,7 @@ def _when(ts: float | None) -> str:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     body: dict[str, Any] | None = None if args.version is None else {"version": args.version}
-    answer = _run("POST", f"/models/{args.service}/{args.word}", args, body)
+    answer = ask_worker("POST", f"/models/{args.service}/{args.word}", args, body)
     if answer is None:
         return 1
     print(f"{args.service}: now serving version {answer['serving']} (was {answer['was']})")
