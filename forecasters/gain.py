@@ -2,8 +2,9 @@
 
 The forecast is ``last + g * (mix - last)``; ``g`` is the least-squares shrinkage of the model's
 residual towards the truth's, ``sum(r * d) / sum(r * r)`` over exponentially weighted past steps
-(r = mix - last, d = y - last), clipped to [0, 1]. Each row's miss d - r is first clipped to three
-times its running RMS, so one outlier target (ETTh2's LULL) cannot swing g for a hundred steps.
+(r = mix - last, d = y - last), clipped to [0, 1]. Each row's miss d - r is first clipped to
+``MISS_CLIP`` times its running RMS, so one outlier target (ETTh2's LULL) cannot swing g for a hundred
+steps.
 Where the model has no skill beyond the last value at some lead (a random walk, or far ahead) g falls
 towards 0 and the forecast towards last-value; where it has skill g stays near 1. It learns from the
 delayed signal itself: every learned window.
@@ -14,6 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+#: Misses beyond this many running RMS are clipped. 3 biased g upwards on ETTh2's heavy-tailed misses
+#: (delayed H=48, first 1,000 steps: 1.013 +- .051 against .758 unclipped); 10 matched unclipped (.755).
+MISS_CLIP = 10.0
 
 
 class ResidualGain:
@@ -32,8 +37,8 @@ class ResidualGain:
         return (self.cross / self.power.clamp(min=1e-12)).clamp(0.0, 1.0)
 
     def moments(self, residual: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
-        """Per row [B, 3, H, C]: r*d, r*r and (d - r)^2 with d - r clipped to 3x its running RMS."""
-        bound = 3 * self.miss.sqrt().to(residual.device)
+        """Per row [B, 3, H, C]: r*d, r*r and (d - r)^2 with d - r clipped to MISS_CLIP x its running RMS."""
+        bound = MISS_CLIP * self.miss.sqrt().to(residual.device)
         miss = torch.maximum(torch.minimum(wanted - residual, bound), -bound)
         return torch.stack([residual * (residual + miss), residual.square(), miss.square()], 1)
 
