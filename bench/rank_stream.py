@@ -81,7 +81,7 @@ def stream_settings(args: argparse.Namespace) -> StreamSettings:
     return StreamSettings(
         budget=args.budget, budget_window=args.budget_window, delay=args.delay, batch=args.batch,
         max_labels=max(args.budgets), checkpoints=tuple(args.budgets), committee_size=args.committee,
-        rounds=args.rounds, service={"score_window": args.score_window},
+        rounds=args.rounds, pace=args.pace, service={"score_window": args.score_window},
     )  # fmt: skip
 
 
@@ -226,6 +226,7 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=50, help="service budget: tasks per window")
     parser.add_argument("--budget-window", type=int, default=100, help="service budget window, queries")
     parser.add_argument("--score-window", type=int, default=1024, help="service percentile window")
+    parser.add_argument("--pace", action="store_true", help="pace the budget over each window")
     parser.add_argument("--delay", type=int, default=20, help="queries between a task's query and its label")
     parser.add_argument("--batch", type=int, default=40, help="queries per micro-batch (a retrain per one)")
     parser.add_argument("--committee", type=int, default=4)
