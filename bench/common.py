@@ -25,6 +25,7 @@ if str(ROOT) not in sys.path:
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
+from bench.machine import load  # noqa: E402  (the benches import it from here too)
 from roles.main_job import stop_process, wait_http  # noqa: E402
 from streams.broker import EmbeddedBroker, free_port  # noqa: E402
 from streams.client import get_json  # noqa: E402
@@ -37,11 +38,6 @@ PREFIX = "bench."
 
 #: A metric sample: (name, sorted label pairs) -> value.
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def load() -> str:
-    """The 1/5/15-minute load averages, printed beside every timing (the machine is shared)."""
-    return "load {:.2f} {:.2f} {:.2f} ({} cores)".format(*os.getloadavg(), os.cpu_count())
 
 
 def say(message: str) -> None:

@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from bench.machine import load  # noqa: E402
 from models.ctr.large_batch import (  # noqa: E402
     EMBED_SCALINGS,
     OPTIMIZERS,
@@ -48,11 +49,6 @@ from models.ctr.large_batch import (  # noqa: E402
 
 #: Rows the start-up estimate times its two probe cells on (at most).
 PROBE_ROWS = 32_768
-
-
-def load() -> str:
-    """The 1/5/15-minute load averages: printed beside every timing, since machines are shared."""
-    return "load {:.2f} {:.2f} {:.2f} ({} cores)".format(*os.getloadavg(), os.cpu_count())
 
 
 def summarise(results: Sequence[CellResult]) -> list[dict[str, float | int | str]]:
