@@ -1,0 +1,194 @@
+"""Inject a drift into a MovieLens replay and time what the running CTR worker does about it.
+
+Run it beside ``driftline run --services ctr`` (or any worker serving ``ctr``)::
+
+    python -m bench.lifecycle_demo --url http://127.0.0.1:8080
+
+It replays MovieLens-100K impressions (real ratings in their real order) onto the impressions
+topic with two **synthetic** changes: a corrupted stretch (``--corrupt START:COUNT``: the labels
+of those events flipped, then clean again: a bad update the promotion gate may let through and
+probation should roll back) and a lasting flip (``--shift-at N``: every label flipped from event N
+on: a changed world that should raise the drift alarm and no rollback). Meanwhile it polls
+``/health`` (drift alarms) and ``GET /models`` (rollbacks) and prints each action with the seconds
+since the first corrupted event of its change was sent. Open ``/dashboard`` to watch the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from streams.client import call  # noqa: E402
+from streams.schemas import Impression  # noqa: E402
+
+
+@dataclass
+class Timeline:
+    """What was sent and what the worker did, in wall time (``time.time()``); shared by the
+    replay thread and the poller."""
+
+    #: Versions promoted so far (the poller counts them; the corrupted stretch follows them).
+    promotions: int = 0
+    corrupt_sent: float | None = None
+    corrupt_ended: float | None = None
+    shift_sent: float | None = None
+    #: (wall time seen, what): alarms from ``/health``, rollbacks from ``/models``.
+    actions: list[tuple[float, str]] = field(default_factory=list)
+    #: The ``rolled_back`` lineage entries seen, in the order seen.
+    rollbacks: list[dict[str, Any]] = field(default_factory=list)
+
+    def since(self, at: float) -> str:
+        """``at`` relative to the change it answers (the last change sent before it)."""
+        changes = [
+            (t, name) for t, name in ((self.corrupt_sent, "corrupted"), (self.shift_sent, "shift")) if t
+        ]
+        before = [(t, name) for t, name in changes if t <= at]
+        if not before:
+            return "before any change"
+        t, name = max(before)
+        return f"{at - t:.1f} s after the first {name} event was sent"
+
+
+@dataclass
+class Injection:
+    """Which events get their label flipped.
+
+    The corrupted stretch spans one whole swap interval: from the first promotion seen after
+    event ``start`` until the next one, so the version promoted at its end trained on flipped
+    labels only and was validated on a flipped slice (the bad update a gate cannot catch). From
+    event ``shift_at`` (if given) every label is flipped for good.
+    """
+
+    start: int
+    shift_at: int | None = None
+    #: Promotions seen when the stretch began (None: not yet begun).
+    began_at: int | None = None
+
+    def flips(self, index: int, timeline: Timeline) -> bool:
+        now = time.time()
+        if self.shift_at is not None and index >= self.shift_at:
+            timeline.shift_sent = timeline.shift_sent or now
+            return True
+        if index < self.start or timeline.corrupt_ended:
+            return False
+        if self.began_at is None:
+            self.began_at = timeline.promotions
+        if timeline.promotions == self.began_at:
+            return False  # wait for a fresh version: the stretch starts right after a swap
+        if timeline.promotions == self.began_at + 1:
+            timeline.corrupt_sent = timeline.corrupt_sent or now
+            return True
+        timeline.corrupt_ended = now  # the next version is out: the world is clean again
+        return False
+
+
+def inject(records: Iterable[Impression], injection: Injection, timeline: Timeline) -> Iterator[Impression]:
+    """``records`` with the injected label flips."""
+    for index, record in enumerate(records):
+        if injection.flips(index, timeline):
+            record = record.model_copy(update={"clicked": 1 - int(record.clicked or 0)})
+        yield record
+
+
+def poll(url: str, service: str, timeline: Timeline, stop: threading.Event, token: str | None) -> None:
+    """Record each new drift alarm and each rollback of ``service`` until ``stop``."""
+    alarms, events = 0, set()
+    while not stop.wait(0.25):
+        now = time.time()
+        try:
+            status, health = call("GET", f"{url}/health", token=token, timeout=5)
+            drift = (health.get("drift") or {}).get(service, {}) if status == 200 else {}
+            status, models = call("GET", f"{url}/models", token=token, timeout=5)
+        except OSError:  # a busy worker answers late: ask again on the next round
+            continue
+        if drift.get("alarms", 0) > alarms:
+            alarms = drift["alarms"]
+            timeline.actions.append((now, f"drift alarm #{alarms}"))
+        versions = models.get(service, {}).get("versions", []) if status == 200 else []
+        history = [(v["version"], h) for v in versions for h in v["history"]]
+        timeline.promotions = sum(1 for _, entry in history if entry["action"] == "promoted")
+        for version, entry in history:
+            if entry["action"] == "rolled_back" and (version, entry["at"]) not in events:
+                events.add((version, entry["at"]))
+                timeline.rollbacks.append(entry)
+                timeline.actions.append((now, f"rollback: {entry['reason']}"))
+
+
+def replay(
+    bootstrap: str,
+    url: str,
+    injection: Injection,
+    rate: float,
+    limit: int,
+    token: str | None = None,
+    service: str = "ctr",
+    settle_s: float = 10.0,
+    stop: threading.Event | None = None,
+    timeline: Timeline | None = None,
+) -> Timeline:
+    """Send ``limit`` injected impressions at ``rate`` (until ``stop`` is set), watching ``url``
+    meanwhile and ``settle_s`` after, into ``timeline``: what was sent and seen."""
+    from models.ctr.movielens import iter_impressions
+    from streams.producer import make_producer, send_all
+
+    timeline = timeline or Timeline()
+    stop = stop or threading.Event()
+    watcher = threading.Thread(target=poll, args=(url, service, timeline, stop, token), daemon=True)
+    watcher.start()
+    producer = make_producer(bootstrap)
+    try:
+        impressions = (r for r in itertools.islice(iter_impressions(), limit) if not stop.is_set())
+        records = inject(impressions, injection, timeline)
+        send_all(producer, "impressions", records, rate=rate, total=limit, progress=False)
+        stop.wait(settle_s)
+    finally:
+        stop.set()
+        producer.close()
+        watcher.join(10)
+    return timeline
+
+
+def main(argv: list[str] | None = None) -> int:
+    from streams.config import Settings
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8080", help="the worker's (or main job's) HTTP")
+    parser.add_argument("--bootstrap-servers", help="Kafka (default: $DRIFTLINE_BOOTSTRAP_SERVERS or local)")
+    parser.add_argument("--rate", type=float, default=1000.0, help="events/s")
+    parser.add_argument("--limit", type=int, default=60_000, help="impressions to send")
+    parser.add_argument(
+        "--corrupt-from",
+        type=int,
+        default=15_000,
+        help="flip labels over the next whole swap interval after this",
+    )
+    parser.add_argument("--shift-at", type=int, default=40_000, help="flip every label from here on")
+    parser.add_argument("--token", help="reader token, if the worker's queries need one")
+    args = parser.parse_args(argv)
+    bootstrap = Settings.from_env(bootstrap_servers=args.bootstrap_servers).bootstrap
+    injection = Injection(args.corrupt_from, shift_at=args.shift_at)
+    print(
+        f"synthetic changes: labels flipped over one swap interval after event {injection.start} and from "
+        f"event {injection.shift_at} on; {args.limit} events at {args.rate:.0f}/s; watch {args.url}/dashboard"
+    )
+    timeline = replay(bootstrap, args.url, injection, args.rate, args.limit, args.token)
+    for at, what in timeline.actions:
+        print(f"{time.strftime('%H:%M:%S', time.localtime(at))}  {timeline.since(at)}: {what}")
+    if not timeline.actions:
+        print("no alarm and no rollback seen")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

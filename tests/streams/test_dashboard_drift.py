@@ -1,0 +1,115 @@
+"""A drift injected into a MovieLens replay, seen on the dashboard of a real worker (headless Chromium).
+
+The replay (``bench/lifecycle_demo.py``) flips the labels of a stretch of events (synthetic
+corrupted update) and then of every event from a later point on (synthetic lasting shift). The
+page must show the drift alarm badge and, in the version timeline, the automatic rollback, which
+``GET /models`` records too.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from bench.lifecycle_demo import Injection, Timeline, replay
+from streams.client import get_json
+from tests.rankers.test_labeling_page import browser  # noqa: F401 - the shared headless Chromium
+from tests.streams.test_dashboard import SERVICE_STATE, _wait_for
+
+T = TypeVar("T")
+
+pytestmark = [pytest.mark.browser, pytest.mark.kafka]
+
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "dashboard_drift.png"
+#: Small batches and versions every few seconds, so the whole story fits a short test; the drift
+#: threshold is half the default because the corrupted stretch lasts only one swap interval (5 s).
+DRIFT = {"DRIFTLINE_DRIFT_THRESHOLD": "0.5"}
+OPTIONS = [
+    "ctr.batch_size=500",
+    "ctr.batch_window_s=0.5",
+    "ctr.swap_interval_s=5",
+    "ctr.embed_dim=8",
+    "ctr.hidden=[32,32]",
+    "ctr.embed_lr=0.01",
+    "ctr.dense_lr=0.01",
+    "ctr.warmup_samples=0",
+    "ctr.rollback_samples=1500",
+    "ctr.rollback_margin=0.08",
+]
+
+
+def test_an_injected_drift_shows_an_alarm_and_a_rollback_on_the_page(
+    kafka,
+    worker_factory,
+    browser,  # noqa: F811 - the fixture imported above
+) -> None:
+    worker = worker_factory("ctr", OPTIONS, env=DRIFT).start()
+    browser.set_window_size(1000, 2200)  # the alarm and the rollback in one screenshot
+    browser.get(f"{worker.base}/dashboard")
+    injection, timeline, stop = Injection(start=12_000), Timeline(), threading.Event()
+    sender = threading.Thread(
+        target=replay,
+        args=(kafka.bootstrap, worker.base, injection),
+        kwargs={"rate": 1000, "limit": 30_000, "settle_s": 0, "stop": stop, "timeline": timeline},
+    )
+    sender.start()
+    try:
+        bad = _wait_until(lambda: _bad_update_rolled_back(timeline), timeline, worker.base)
+        alarms = _wait_until(lambda: _alarms_after_corruption(timeline), timeline, worker.base)
+        seen = _wait_for(browser, SERVICE_STATE, lambda s: bad["reason"] in s["versions"], "ctr")
+        seen = _wait_for(browser, SERVICE_STATE, lambda s: s["drift"].startswith("drift alarm"), "ctr")
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(SCREENSHOT))
+    finally:
+        stop.set()
+        sender.join(30)
+    assert "rolled_back at" in seen["versions"]
+    status, body = get_json(f"{worker.base}/models")
+    assert status == 200
+    entries = [h for v in body["ctr"]["versions"] for h in v["history"] if h["reason"] == bad["reason"]]
+    assert [e["action"] for e in entries] == ["rolled_back"]
+    evidence = entries[0]["evidence"]
+    assert evidence["serving"] > evidence["predecessor"] * (1 + evidence["margin"])
+    assert timeline.corrupt_sent is not None
+    begun, ended = timeline.corrupt_sent, timeline.corrupt_ended or 0.0
+    print(
+        f"\nsynthetic corrupted stretch (first flipped event sent at 0 s, last at {ended - begun:.1f} s): "
+        f"first drift alarm seen at {alarms[0] - begun:.1f} s; v{evidence['rolled_back_from']} (trained on "
+        f"the flips) promoted at {evidence['promoted_at'] - begun:.1f} s, "
+        f"rolled back at {bad['at'] - begun:.1f} s"
+    )
+
+
+def _bad_update_rolled_back(timeline: Timeline) -> dict[str, Any] | None:
+    """The rollback of a version promoted after the corrupted stretch began (one trained on flips)."""
+    begun = timeline.corrupt_sent
+    return next((r for r in timeline.rollbacks if begun and r["evidence"]["promoted_at"] > begun), None)
+
+
+def _alarms_after_corruption(timeline: Timeline) -> list[float] | None:
+    """When each drift alarm after the corrupted stretch began was seen."""
+    begun = timeline.corrupt_sent
+    found = [at for at, what in timeline.actions if begun and at > begun and what.startswith("drift alarm")]
+    return found or None
+
+
+def _wait_until(seen: Callable[[], T | None], timeline: Timeline, base: str, timeout_s: float = 60.0) -> T:
+    """What ``seen`` finds within ``timeout_s``; else fail with the timeline and the lineage."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = seen()
+        if found:
+            return found
+        time.sleep(0.25)
+    _, body = get_json(f"{base}/models")
+    lineage = [
+        (v["version"], h["action"], h["at"], h["reason"])
+        for v in body["ctr"]["versions"]
+        for h in v["history"]
+    ]
+    raise AssertionError(f"the worker never acted on the injected change: {timeline}; lineage {lineage}")
