@@ -213,24 +213,28 @@ def plot(traces: list[Trace], best: float, growth: list[list[object]], events: i
     import matplotlib.pyplot as plt
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for trace in traces:
+    styles = [
+        {"linestyle": ":", "color": "black"} if trace.label.startswith("Kafka") else {"color": f"C{i}"}
+        for i, trace in enumerate(traces)
+    ]
+    for trace, style in zip(traces, styles, strict=True):
         at, auc = (np.array(values) for values in zip(*trace.auc, strict=True))
         smooth = np.convolve(auc, np.ones(8) / 8, mode="valid") if len(auc) >= 8 else auc
-        style = {"linestyle": ":", "color": "black"} if trace.label.startswith("Kafka") else {}
         label = f"{trace.label}, {trace.buckets:,} buckets"
         left.plot(at[len(at) - len(smooth) :], smooth, label=label, **style)
     left.axhline(best, color="grey", linewidth=0.8, label=f"hidden teacher {best:.3f}")
     left.set(xlabel="events", ylabel="progressive AUC (rolling mean of 8 batches)",
              title="SYNTHETIC Criteo-layout stream: progressive AUC")  # fmt: skip
     left.legend(fontsize=8)
-    for trace in traces:
+    for trace, style in zip(traces, styles, strict=True):
         at, rss = (np.array(values) for values in zip(*trace.rss, strict=True))
-        right.plot(at, rss / MB, label=f"RSS, {trace.label}, {trace.buckets:,} buckets")
+        right.plot(at, rss / MB, label=f"RSS, {trace.label}, {trace.buckets:,} buckets", **style)
     right.set(xlabel="events", ylabel="RSS (MB)", title="memory while new ids keep arriving (SYNTHETIC)")
     right.set_ylim(bottom=0)
     ids = right.twinx()
     fifth = events // 5
-    ids.plot([fifth * (i + 1) for i in range(len(growth))], [row[2] for row in growth], "k--", marker="o",
+    seen = [row[2] for row in growth]
+    ids.plot([fifth * (i + 1) for i in range(len(growth))], seen, "--", color="grey", marker="o",
              label="distinct ids seen")  # fmt: skip
     ids.set_ylabel("distinct (field, id) pairs seen")
     ids.set_ylim(bottom=0)
@@ -244,7 +248,7 @@ def plot(traces: list[Trace], best: float, growth: list[list[object]], events: i
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=200_000, help="rows of the synthetic stream")
-    parser.add_argument("--buckets", default="2048,8192,65536", help="in-process bucket counts")
+    parser.add_argument("--buckets", default="2048,8192,65536", help="in-process bucket counts (empty: none)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--id-lifetime", type=int, default=50_000,
                         help="mean rows a popularity slot keeps its id (synth's --id-lifetime)")  # fmt: skip
@@ -253,7 +257,7 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.events < 5 * 4096:
         parser.error("--events must be at least 20,480 (five worker batches)")
-    args.buckets = [int(b) for b in args.buckets.split(",")]
+    args.buckets = [int(b) for b in args.buckets.split(",") if b]
     return args
 
 
