@@ -33,7 +33,8 @@ def validation_mse(
     """Mean squared error of ``learner.predict`` over ``origins`` (the model does not change)."""
     total, count = 0.0, 0
     for batch in windows.batches(origins, batch_size):
-        total += forecast_errors(learner.predict(batch), batch.target)["mse"] * len(batch.x)
+        prediction = learner.predict(batch)
+        total += forecast_errors(prediction, batch.target.to(prediction.device))["mse"] * len(batch.x)
         count += len(batch.x)
     return total / max(count, 1)
 
