@@ -11,16 +11,23 @@ A gold task's label is never learned; it is scored against the known grades, per
     scale is shifted (all grades one lower still ranks perfectly, though ``exact`` is then 0).
 
 :func:`gold_due` spaces the gold tasks evenly at ``gold_rate`` per ordinary query, from a count
-rather than a random draw, so a replay of the same queries mixes the same gold tasks in.
+rather than a random draw, so a replay of the same queries mixes the same gold tasks in. The known
+grades come from a held-out set of graded queries (:func:`load_gold`: JSON lines ``{"query": <Query>,
+"grades": {doc_id: grade}}``), used in turn.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
+from rankers.data import MAX_GRADE
 from rankers.metrics import query_ndcg
+from streams.schemas import Query
 
 NDCG_K = 10
 
@@ -33,6 +40,25 @@ def gold_due(seen: int, rate: float) -> bool:
     if seen < 1:
         raise ValueError("seen counts queries from 1")
     return int(seen * rate) > int((seen - 1) * rate)
+
+
+def load_gold(path: Path) -> list[tuple[Query, dict[str, int]]]:
+    """The held-out graded queries of ``path``, in file order; ValueError naming the line that is bad."""
+    gold = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            row = json.loads(line)
+            query = Query.model_validate(row["query"])
+            grades = {str(d): g for d, g in row["grades"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError, ValidationError) as exc:
+            raise ValueError(f"{path}:{n}: not a gold query ({type(exc).__name__}: {exc})") from None
+        docs = {d.doc_id for d in query.documents}
+        if set(grades) != docs or any(type(g) is not int or not 0 <= g <= MAX_GRADE for g in grades.values()):
+            raise ValueError(f"{path}:{n}: grades must be integers 0..{MAX_GRADE} for exactly its documents")
+        gold.append((query, grades))
+    if not gold:
+        raise ValueError(f"{path}: no gold queries")
+    return gold
 
 
 def score_label(given: dict[str, int], truth: dict[str, int]) -> tuple[float, float | None]:

@@ -13,7 +13,10 @@
   instead of staying "submitted" for ever. With ``overlap = k`` a task is learned only once k
   different annotators labeled it, from their consensus (:mod:`rankers.agreement`, which also keeps
   each annotator's rank agreement with the others); until then each label is kept in the task and the
-  task goes back to the queue for an annotator who has not labeled it.
+  task goes back to the queue for an annotator who has not labeled it. With ``gold_rate`` > 0 a task
+  from ``gold_path`` (held-out graded queries, :mod:`rankers.gold`) follows every 1/gold_rate-th
+  query; its labels are not learned but scored against the known grades, per annotator, on
+  ``GET /labeling/status`` (``gold``, beside ``agreement``).
 - ``control`` topic (:class:`Outcome`): the leases and skips decided over HTTP. A handler decides under
   the service lock (applied here at once, so no two annotators get the same task), publishes the
   outcome keyed by task id and answers only once Kafka has it (503 if it cannot). The worker applies
@@ -49,6 +52,7 @@ from models.checkpoints import CheckpointStore
 from rankers.agreement import Agreement, consensus
 from rankers.budget import BudgetUnit, LabelingBudget
 from rankers.data import MAX_GRADE
+from rankers.gold import GoldScores, gold_due, load_gold
 from rankers.holdback import Held, HoldBack
 from rankers.labeling_queue import Entry, LabelingQueue
 from rankers.lambdamart import LambdaMARTRanker, UpdateMode
@@ -114,6 +118,8 @@ class RankService(ModelService):
         lease_s: float = 300.0,
         done_max: int = 100_000,
         overlap: int = 1,
+        gold_rate: float = 0.0,
+        gold_path: str | None = None,
         pending_max: int = 10_000,
         pending_ttl_s: float | None = None,
         seed: int = 0,
@@ -141,6 +147,16 @@ class RankService(ModelService):
             raise ValueError("overlap must be >= 1 (annotators per task)")
         self.overlap = overlap
         self.agreement = Agreement()
+        if not 0.0 <= gold_rate <= 1.0 or (gold_rate > 0 and not gold_path):
+            raise ValueError(
+                "gold_rate must lie in [0, 1]; above 0 it needs gold_path (held-out graded queries)"
+            )
+        self.gold_rate = gold_rate
+        self.gold = load_gold(Path(gold_path)) if gold_path and gold_rate > 0 else []
+        self.gold_scores = GoldScores()
+        #: Open gold tasks (task id -> index into ``gold``) and the queries counted toward gold_rate.
+        self.gold_tasks: dict[str, int] = {}
+        self.queries_seen = 0
         self.queue = LabelingQueue(lease_s, clock, done_max)
         #: Labels and outcomes waiting for the query that creates their task; by default they wait a
         #: few lease lengths, ample for a replay to reach the query.
@@ -204,6 +220,10 @@ class RankService(ModelService):
             scores, selector_name = np.zeros(len(chosen)), "cold-start"
         queued = 0
         for query, score in zip(chosen, scores, strict=True):
+            if self.gold:
+                self.queries_seen += 1
+                if gold_due(self.queries_seen, self.gold_rate):
+                    result.outputs.append(self._push_gold())
             self.budget.arrive(query.ts)
             too_dull = self.ranker.fitted and self.score_scale(np.array([score]))[0] < self.min_quantile
             if too_dull or self.budget.left <= 0:
@@ -218,6 +238,32 @@ class RankService(ModelService):
             queued += 1
         result.metrics = {"queries_scored": float(len(chosen)), "tasks_queued": float(queued)}
         return result
+
+    def _push_gold(self) -> Output:
+        """Queue the next gold query as a task that looks like any other (its id, selector and score
+        do not give it away); its known grades stay here."""
+        k = int(self.queries_seen * self.gold_rate) - 1  # gold tasks so far, less this one
+        query, _ = self.gold[k % len(self.gold)]
+        task_id = "t-" + hashlib.sha1(f"gold\x00{k}".encode()).hexdigest()[:16]
+        task = LabelingTask(
+            task_id=task_id, query_id=query.query_id, ts=query.ts, documents=list(query.documents),
+            score=0.0, selector=self.selector.name, text=query.text,
+        )  # fmt: skip
+        self.queue.push(task)
+        self.gold_tasks[task_id] = k % len(self.gold)
+        return Output(topic_name("labeling-queue"), query.query_id, task)
+
+    def _score_gold(self, entry: Entry, label: Label) -> None:
+        """A gold task's label is scored against the known grades, never learned."""
+        task_id = entry.task.task_id
+        self.gold_scores.add(label.annotator, dict(label.grades), self.gold[self.gold_tasks[task_id]][1])
+        entry.labels[label.annotator] = dict(label.grades)
+        self.queue.credit([label.annotator])
+        if len(entry.labels) >= self.overlap:
+            self.queue.finish(task_id)
+            del self.gold_tasks[task_id]
+        elif entry.status == "submitted":
+            self.queue.requeue(task_id)
 
     def _learn(self, labels: list[Label]) -> BatchResult:
         """Learn the labels of known tasks; hold back those whose task is not created yet."""
@@ -249,6 +295,9 @@ class RankService(ModelService):
             problem = _grade_problems(dict(label.grades), [d.doc_id for d in entry.task.documents])
             if problem:
                 result.rejected[i] = f"task {label.task_id}: {problem}"
+                continue
+            if label.task_id in self.gold_tasks:
+                self._score_gold(entry, label)
                 continue
             entry.labels[label.annotator] = dict(label.grades)
             kept.setdefault(label.task_id, []).append(i)
@@ -502,6 +551,7 @@ class RankService(ModelService):
             "overlap": self.overlap,
             "now": self.clock(),  # a page counts a lease down from lease_expires - now
             "agreement": self.agreement.summary(),
+            "gold": self.gold_scores.summary(),  # per annotator, against the known grades of gold tasks
         }
 
     def _accept(self, task_id: str, annotator: str, body: dict[str, Any]) -> tuple[Entry, Label]:
@@ -547,6 +597,11 @@ class RankService(ModelService):
             "budget": self.budget.state_dict(),
             "held": self.held.state_dict(),
             "agreement": self.agreement.state_dict(),
+            "gold": {
+                "scores": self.gold_scores.state_dict(),
+                "tasks": dict(self.gold_tasks),
+                "queries_seen": self.queries_seen,
+            },
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -558,6 +613,9 @@ class RankService(ModelService):
         self.budget.load_state_dict(state["budget"])
         self.held.load_state_dict(state.get("held", {"held": []}))  # checkpoints from before hold-back
         self.agreement.load_state_dict(state.get("agreement", {"pairs": {}}))
+        gold = state.get("gold", {"scores": {"by_annotator": {}}, "tasks": {}, "queries_seen": 0})
+        self.gold_scores.load_state_dict(gold["scores"])
+        self.gold_tasks, self.queries_seen = dict(gold["tasks"]), int(gold["queries_seen"])
         with self._unsent_lock:
             self._unsent.clear()  # the loaded state (and its outcome seqs, which the runner restores) rules
 
