@@ -38,8 +38,8 @@ class Timeline:
     """What was sent and what the worker did, in wall time (``time.time()``); shared by the
     replay thread and the poller."""
 
-    #: Versions promoted so far (the poller counts them; the corrupted stretch follows them).
-    promotions: int = 0
+    #: The newest version promoted so far (the poller reads it; the corrupted stretch follows it).
+    newest: int = 0
     corrupt_sent: float | None = None
     corrupt_ended: float | None = None
     shift_sent: float | None = None
@@ -72,8 +72,9 @@ class Injection:
 
     start: int
     shift_at: int | None = None
-    #: Promotions seen when the stretch began (None: not yet begun).
-    began_at: int | None = None
+    #: The newest version when event ``start`` went out, then the one the stretch corrupts.
+    armed_at: int | None = None
+    corrupting: int | None = None
 
     def flips(self, index: int, timeline: Timeline) -> bool:
         now = time.time()
@@ -82,12 +83,13 @@ class Injection:
             return True
         if index < self.start or timeline.corrupt_ended:
             return False
-        if self.began_at is None:
-            self.began_at = timeline.promotions
-        if timeline.promotions == self.began_at:
+        if self.armed_at is None:
+            self.armed_at = timeline.newest
+        if timeline.newest == self.armed_at:
             return False  # wait for a fresh version: the stretch starts right after a swap
-        if timeline.promotions == self.began_at + 1:
-            timeline.corrupt_sent = timeline.corrupt_sent or now
+        if self.corrupting is None:
+            self.corrupting, timeline.corrupt_sent = timeline.newest, now
+        if timeline.newest == self.corrupting:
             return True
         timeline.corrupt_ended = now  # the next version is out: the world is clean again
         return False
@@ -117,7 +119,8 @@ def poll(url: str, service: str, timeline: Timeline, stop: threading.Event, toke
             timeline.actions.append((now, f"drift alarm #{alarms}"))
         versions = models.get(service, {}).get("versions", []) if status == 200 else []
         history = [(v["version"], h) for v in versions for h in v["history"]]
-        timeline.promotions = sum(1 for _, entry in history if entry["action"] == "promoted")
+        # The newest number, not a count: the lineage keeps only the last versions.
+        timeline.newest = max((v for v, entry in history if entry["action"] == "promoted"), default=0)
         for version, entry in history:
             if entry["action"] == "rolled_back" and (version, entry["at"]) not in events:
                 events.add((version, entry["at"]))

@@ -46,12 +46,15 @@ function when(ts) {
 // A short one-line form of evidence, offsets or validation, whatever their shape.
 const plain = (v) => (typeof v === "number" && !Number.isInteger(v) ? Number(v.toPrecision(4)) : v);
 
+// An evidence field: times (keys ending in _at, epoch seconds) as dates, not rounded to 1.796e9.
+const field = (key, v) => (key.endsWith("_at") && typeof v === "number" ? when(v) : plain(v));
+
 function brief(value) {
   if (value === null || value === undefined) return "–";
   let text = String(plain(value));
   if (typeof value === "object") {
     const parts = Object.entries(value)
-      .map(([k, v]) => `${k}=${v !== null && typeof v === "object" ? JSON.stringify(v) : plain(v)}`);
+      .map(([k, v]) => `${k}=${v !== null && typeof v === "object" ? JSON.stringify(v) : field(k, v)}`);
     text = parts.length ? parts.join(", ") : "none";
   }
   return text.length > 300 ? `${text.slice(0, 300)}…` : text;
