@@ -113,6 +113,7 @@ class RankService(ModelService):
         budget: int = 10,
         budget_per: BudgetUnit = "queries",
         budget_window: float = 100,
+        budget_pace: bool = False,
         min_quantile: float | None = None,
         score_window: int = 1024,
         lease_s: float = 300.0,
@@ -136,7 +137,7 @@ class RankService(ModelService):
         self.selector: Selector = make_selector(
             selector, alpha=alpha, window=score_window, seed=seed, re_top=re_top
         )
-        self.budget = LabelingBudget(budget, budget_window, budget_per)
+        self.budget = LabelingBudget(budget, budget_window, budget_per, pace=budget_pace)
         if min_quantile is None:  # aim at `budget` tasks per window of queries; no threshold per second
             min_quantile = max(0.0, 1.0 - budget / budget_window) if budget_per == "queries" else 0.0
         if not 0.0 <= min_quantile <= 1.0:

@@ -20,7 +20,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from rankers.budget import LabelingBudget
 from rankers.data import QueryBatch
 from rankers.metrics import mean_metrics
 from rankers.records import query_records
@@ -43,8 +42,7 @@ class StreamSettings:
     checkpoints: tuple[int, ...] = (50, 100, 200)
     committee_size: int = 4
     rounds: int = 100
-    #: Pace the budget over each window (:mod:`rankers.budget`); RankService has no option for it
-    #: yet, so the replay swaps the service's budget for a paced one.
+    #: Pace the budget over each window (:mod:`rankers.budget`; the service's ``budget_pace``).
     pace: bool = False
     service: dict[str, Any] = field(default_factory=dict)
 
@@ -68,14 +66,11 @@ class StreamRun:
 
 def make_service(selector: str, settings: StreamSettings, seed: int) -> RankService:
     """A service configured like a worker, with a fixed clock (nothing here depends on wall time)."""
-    service = RankService(
+    return RankService(
         selector=selector, seed=seed, committee_size=settings.committee_size, rounds=settings.rounds,
-        budget=settings.budget, budget_window=settings.budget_window, clock=lambda: 0.0,
-        **settings.service,
+        budget=settings.budget, budget_window=settings.budget_window, budget_pace=settings.pace,
+        clock=lambda: 0.0, **settings.service,
     )  # fmt: skip
-    if settings.pace:
-        service.budget = LabelingBudget(settings.budget, settings.budget_window, pace=True)
-    return service
 
 
 class _Annotators:
