@@ -47,6 +47,8 @@ class Timeline:
     actions: list[tuple[float, str]] = field(default_factory=list)
     #: The ``rolled_back`` lineage entries seen, in the order seen.
     rollbacks: list[dict[str, Any]] = field(default_factory=list)
+    #: Polls the worker did not answer in time (a busy worker answers late).
+    missed_polls: int = 0
 
     def since(self, at: float) -> str:
         """``at`` relative to the change it answers (the last change sent before it)."""
@@ -113,6 +115,7 @@ def poll(url: str, service: str, timeline: Timeline, stop: threading.Event, toke
             drift = (health.get("drift") or {}).get(service, {}) if status == 200 else {}
             status, models = call("GET", f"{url}/models", token=token, timeout=5)
         except OSError:  # a busy worker answers late: ask again on the next round
+            timeline.missed_polls += 1
             continue
         if drift.get("alarms", 0) > alarms:
             alarms = drift["alarms"]
@@ -162,6 +165,10 @@ def replay(
     return timeline
 
 
+def _clock(at: float | None) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(at)) if at else "never"
+
+
 def main(argv: list[str] | None = None) -> int:
     from streams.config import Settings
 
@@ -187,9 +194,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     timeline = replay(bootstrap, args.url, injection, args.rate, args.limit, args.token)
     for at, what in timeline.actions:
-        print(f"{time.strftime('%H:%M:%S', time.localtime(at))}  {timeline.since(at)}: {what}")
+        print(f"{_clock(at)}  {timeline.since(at)}: {what}")
     if not timeline.actions:
         print("no alarm and no rollback seen")
+    begun, ended, shift = timeline.corrupt_sent, timeline.corrupt_ended, timeline.shift_sent
+    print(
+        f"corrupted stretch sent {_clock(begun)} to {_clock(ended)} "
+        f"(newest version then v{injection.corrupting}); "
+        f"lasting flip from {_clock(shift)}; {timeline.missed_polls} poll(s) unanswered within 5 s"
+    )
     return 0
 
 

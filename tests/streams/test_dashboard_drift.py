@@ -8,6 +8,7 @@ page must show the drift alarm badge and, in the version timeline, the automatic
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -61,6 +62,7 @@ def test_an_injected_drift_shows_an_alarm_and_a_rollback_on_the_page(
     try:
         bad = _wait_until(lambda: _bad_update_rolled_back(timeline), timeline, worker.base)
         alarms = _wait_until(lambda: _alarms_after_corruption(timeline), timeline, worker.base)
+        stop.set()  # no more batches: the alarm stays in force (it holds for a number of batches)
         seen = _wait_for(browser, SERVICE_STATE, lambda s: bad["reason"] in s["versions"], "ctr")
         seen = _wait_for(browser, SERVICE_STATE, lambda s: s["drift"].startswith("drift alarm"), "ctr")
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
@@ -69,6 +71,7 @@ def test_an_injected_drift_shows_an_alarm_and_a_rollback_on_the_page(
         stop.set()
         sender.join(30)
     assert "rolled_back at" in seen["versions"]
+    assert re.search(r"promoted_at=\d+/\d+/\d{4}", seen["versions"]), "evidence times read as dates"
     status, body = get_json(f"{worker.base}/models")
     assert status == 200
     entries = [h for v in body["ctr"]["versions"] for h in v["history"] if h["reason"] == bad["reason"]]
