@@ -14,6 +14,7 @@ instead, over TLS material from :mod:`streams.broker_tls`.
 from __future__ import annotations
 
 import base64
+import fcntl
 import logging
 import os
 import secrets
@@ -80,11 +81,22 @@ class KafkaJars:
         return (self.root / "RESOLVED").exists()
 
     def resolve(self, out: IO[str] | None = None) -> Path:
-        """Download the jars with Maven unless already cached; return the lib directory."""
+        """Download the jars with Maven unless already cached; return the lib directory.
+
+        Processes that start brokers at once on a fresh machine (parallel test workers, several
+        `driftline broker`) take turns on a file lock, so one downloads and the others find it done.
+        """
         if self.ready:
             return self.lib
-        mvn = _require("mvn", "install Apache Maven (e.g. `apt-get install maven`) to fetch Kafka's jars")
         self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".resolving.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not self.ready:
+                self._download(out)
+        return self.lib
+
+    def _download(self, out: IO[str] | None) -> None:
+        mvn = _require("mvn", "install Apache Maven (e.g. `apt-get install maven`) to fetch Kafka's jars")
         pom = resources.files("streams").joinpath("kafka-pom.xml").read_text()
         (self.root / "pom.xml").write_text(pom)
         if out:
@@ -102,7 +114,6 @@ class KafkaJars:
                 f"resolved {len(list(self.lib.glob('*.jar')))} jars in {time.monotonic() - started:.1f}s",
                 file=out,
             )
-        return self.lib
 
 
 def free_port() -> int:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from streams.broker import BrokerError, EmbeddedBroker, KafkaJars
@@ -48,3 +50,18 @@ def test_service_names_and_options():
     }
     with pytest.raises(SystemExit):
         parse_options(["nodot=1"])
+
+
+def test_brokers_starting_at_once_download_the_jars_once(monkeypatch, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    calls = tmp_path / "mvn-calls"
+    fake = tmp_path / "bin" / "mvn"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\necho run >> {calls}\nsleep 0.5\n")  # a slow download
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    with ThreadPoolExecutor(3) as pool:
+        libs = list(pool.map(lambda _: KafkaJars(tmp_path / "cache").resolve(), range(3)))
+    assert len(set(libs)) == 1
+    assert calls.read_text().splitlines() == ["run"]  # one download; the others waited and found it done
