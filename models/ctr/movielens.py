@@ -67,7 +67,7 @@ def fetch(cache: Path | None = None) -> Path:
             raise RuntimeError(f"could not download {RECBOLE} from PyPI: {done.stderr.strip()[-2000:]}")
         with zipfile.ZipFile(wheels[0]) as wheel:
             for name in FILES:
-                partial = target / f".ml-100k.{name}.part"
+                partial = target / f".ml-100k.{name}.{os.getpid()}.part"  # own name: fetches may race
                 partial.write_bytes(wheel.read(_MEMBER.format(name)))
                 os.replace(partial, target / f"ml-100k.{name}")
     return target

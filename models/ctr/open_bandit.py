@@ -81,7 +81,7 @@ def fetch(cache: Path | None = None) -> Path:
             source = tar.extractfile(member)
             if source is None:
                 raise RuntimeError(f"obp 0.5.7 archive lacks {member}")
-            partial = target / f".{_local_name(member)}.part"
+            partial = target / f".{_local_name(member)}.{os.getpid()}.part"  # own name: fetches may race
             partial.write_bytes(source.read())
             os.replace(partial, target / _local_name(member))
     return target
