@@ -170,10 +170,11 @@ def _clock(at: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from streams.client import DEFAULT_URL
     from streams.config import Settings
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", default="http://127.0.0.1:8080", help="the worker's (or main job's) HTTP")
+    parser.add_argument("--url", default=DEFAULT_URL, help="the worker's (or main job's) HTTP")
     parser.add_argument("--bootstrap-servers", help="Kafka (default: $DRIFTLINE_BOOTSTRAP_SERVERS or local)")
     parser.add_argument("--rate", type=float, default=1000.0, help="events/s")
     parser.add_argument("--limit", type=int, default=60_000, help="impressions to send")

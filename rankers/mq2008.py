@@ -1,15 +1,11 @@
 """LETOR 4.0 MQ2008 from the shared data folder: the five gzip subsets S1-S5 as one QueryBatch.
 
 The subsets are disjoint (each is one fold's test file), so together they are the whole data set:
-784 queries, 46 features, grades 0-2. :func:`rankers.data.load_letor` reads plain text, so each
-subset is unpacked to a temporary file first (about 2 MB each).
+784 queries, 46 features, grades 0-2, read by :func:`rankers.data.load_letor` as they are.
 """
 
 from __future__ import annotations
 
-import gzip
-import shutil
-import tempfile
 from pathlib import Path
 
 from rankers.data import QueryBatch, load_letor
@@ -31,8 +27,5 @@ def load_mq2008(folder: Path | None = None) -> QueryBatch:
         path = folder / f"{subset}.txt.gz"
         if not path.is_file():
             raise FileNotFoundError(f"MQ2008 subset missing: {path} (see shared/data/README)")
-        with gzip.open(path, "rb") as packed, tempfile.NamedTemporaryFile(suffix=".txt") as plain:
-            shutil.copyfileobj(packed, plain)
-            plain.flush()
-            parts.append(load_letor(plain.name, MQ2008_FEATURES))
+        parts.append(load_letor(path, MQ2008_FEATURES))
     return QueryBatch.concat(parts)

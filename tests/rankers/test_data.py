@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,15 @@ def test_letor_reader_groups_queries_and_places_sparse_features(tmp_path: Path) 
     assert batch.query_ids == ("7", "9")
     assert batch.offsets.tolist() == [0, 2, 3]
     assert batch.grades.tolist() == [2, 0, 4]
+    assert batch.features.tolist() == [[0.5, 0, 2], [0, 1, 0], [1, 1, 1]]
+
+
+def test_letor_reader_reads_gzip_files_as_they_ship(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.txt.gz"
+    with gzip.open(path, "wt") as handle:
+        handle.write("2 qid:7 1:0.5 3:2\n0 qid:7 2:1\n4 qid:9 1:1 2:1 3:1\n")
+    batch = load_letor(path)
+    assert batch.query_ids == ("7", "9")
     assert batch.features.tolist() == [[0.5, 0, 2], [0, 1, 0], [1, 1, 1]]
 
 
