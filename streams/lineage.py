@@ -15,6 +15,44 @@ from typing import Any
 ACTIONS = ("promoted", "rolled_back", "rejected")
 
 
+@dataclass(frozen=True)
+class GateEvidence:
+    """What a promotion gate compared: both versions' metric on one held-back window.
+
+    ``window`` names the slice (sample count and offsets) neither version trained on. ``serving`` is
+    None when nothing serves yet (the first version always passes).
+    """
+
+    metric: str
+    candidate: float
+    serving: float | None
+    serving_version: int | None
+    margin: float
+    window: dict[str, Any]
+    #: True for losses (MSE, logloss), False for gains (NDCG): which way "no worse" points.
+    lower_is_better: bool = True
+
+    def passes(self) -> bool:
+        """No worse than serving by ``margin`` (relative), the gate's one rule for every family."""
+        if self.serving is None:
+            return True
+        if self.lower_is_better:
+            return self.candidate <= self.serving * (1 + self.margin)
+        return self.candidate >= self.serving * (1 - self.margin)
+
+    def reason(self) -> str:
+        if self.serving is None:
+            return "first version: nothing serves yet"
+        better = "<=" if self.lower_is_better else ">="
+        worse = ">" if self.lower_is_better else "<"
+        sign = "+" if self.lower_is_better else "-"
+        relation = better if self.passes() else worse
+        return (
+            f"{self.metric} {self.candidate:.4f} {relation} serving's {self.serving:.4f} "
+            f"{sign} {self.margin:.0%} margin"
+        )
+
+
 @dataclass
 class VersionRecord:
     """One version and what happened to it."""
@@ -68,6 +106,16 @@ class Lineage:
         if action != "rejected":
             self.serving = version
         self._trim()
+
+    def gate(
+        self, version: int, trained_at: float, offsets: dict[str, int], evidence: GateEvidence
+    ) -> bool:
+        """Record candidate ``version`` and the gate's decision on it; True when it now serves."""
+        body = asdict(evidence)
+        self.add(version, trained_at, offsets, body)
+        passed = evidence.passes()
+        self.record(version, "promoted" if passed else "rejected", evidence.reason(), body)
+        return passed
 
     def find(self, version: int) -> VersionRecord | None:
         return next((r for r in self.records if r.version == version), None)

@@ -1,0 +1,50 @@
+"""The one promotion rule every family's gate uses, and how a decision lands in the lineage."""
+
+from __future__ import annotations
+
+import pytest
+
+from streams.lineage import GateEvidence, Lineage
+
+
+def evidence(candidate: float, serving: float | None, *, lower_is_better: bool = True) -> GateEvidence:
+    return GateEvidence(
+        metric="m",
+        candidate=candidate,
+        serving=serving,
+        serving_version=None if serving is None else 1,
+        margin=0.02,
+        window={"samples": 10, "after": {"t:0": 4}, "to": {"t:0": 14}},
+        lower_is_better=lower_is_better,
+    )
+
+
+@pytest.mark.parametrize(
+    ("candidate", "serving", "lower_is_better", "passes"),
+    [
+        (1.0, None, True, True),  # nothing serves yet
+        (1.019, 1.0, True, True),  # a loss within the margin
+        (1.021, 1.0, True, False),  # a loss past it
+        (0.981, 1.0, False, True),  # a gain within the margin
+        (0.979, 1.0, False, False),  # a gain past it
+    ],
+)
+def test_no_worse_than_serving_by_the_margin(
+    candidate: float, serving: float | None, lower_is_better: bool, passes: bool
+) -> None:
+    assert evidence(candidate, serving, lower_is_better=lower_is_better).passes() is passes
+
+
+def test_a_decision_is_recorded_with_its_evidence_and_only_a_pass_serves() -> None:
+    lineage = Lineage()
+    assert lineage.gate(1, 100.0, {"t:0": 4}, evidence(1.0, None))
+    assert not lineage.gate(2, 200.0, {"t:0": 9}, evidence(1.5, 1.0))
+    assert lineage.serving == 1
+    body = lineage.body()
+    rejected = body["versions"][1]
+    assert rejected["offsets"] == {"t:0": 9}
+    assert rejected["validation"]["candidate"] == 1.5 and rejected["validation"]["serving"] == 1.0
+    [event] = rejected["history"]
+    assert event["action"] == "rejected"
+    assert "1.5000 > serving's 1.0000" in event["reason"]
+    assert event["evidence"]["window"]["to"] == {"t:0": 14}
