@@ -12,7 +12,9 @@ the ``horizon`` rows that just completed). The update cadence then adapts to loa
   scored before any update has used it and a series' chunks are learnt in order.
 
 After training, all touched series with a full look-back are forecast in one batch; the forecasts go
-to the forecasts topic and into the table that ``GET /forecast/{series}`` reads.
+to the forecasts topic and into the table that ``GET /forecast/{series}`` reads. They come from the
+version that serves, which the promotion gate (:mod:`forecasters.promotion`) replaces only by a frozen
+copy of the learner that did no worse on held-back windows; before any version serves, from the learner.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from forecasters.batch import WindowBatch
 from forecasters.data import Scaler, calendar_features
 from forecasters.learner import Forecaster
 from forecasters.pretrained import load_pretrained
+from forecasters.promotion import ForecastGate, PromotionConfig
 from forecasters.routes import ForecastRoutes
 from forecasters.windows import RollingWindow, SeriesWindows
 from forecasters.zoo import ForecasterSpec, build_forecaster
@@ -77,11 +80,13 @@ class TrainingPair:
 
 @dataclass(slots=True)
 class LatestForecast:
-    """The newest forecast of one series: [horizon, channels] values and per-variable branch weights."""
+    """The newest forecast of one series: [horizon, channels] values, per-variable branch weights and
+    the model version that made it."""
 
     ts: float
     values: np.ndarray
     weights: dict[str, list[float]]
+    version: int
 
 
 class ForecastService(ModelService):
@@ -99,6 +104,7 @@ class ForecastService(ModelService):
         max_train_batch: int = MAX_TRAIN_BATCH,
         series_ttl_s: float | None = None,
         batch_window_s: float = BATCH_WINDOW_S,
+        promotion: PromotionConfig | None = None,
     ) -> None:
         super().__init__()
         if spec.marks not in (0, CALENDAR_FEATURES):
@@ -116,7 +122,9 @@ class ForecastService(ModelService):
         self.scaler = scaler or Scaler(
             np.zeros(spec.channels, np.float32), np.ones(spec.channels, np.float32)
         )
+        #: The learner's starting version (pretrained, or 0); candidates are numbered on from it.
         self.version = version
+        self.gate = ForecastGate(version, promotion)
         self.batch_size = batch_size
         self.max_train_batch = max_train_batch
         self.batch_window_s = float(batch_window_s)
@@ -130,7 +138,8 @@ class ForecastService(ModelService):
         return [Subscription(topic_name("observations"), Observation, self.batch_size, self.batch_window_s)]
 
     def model_version(self) -> int:
-        return self.version
+        """The serving version (the learner's starting one until a candidate passes the gate)."""
+        return self.gate.version(self.version)
 
     # -- stream ----------------------------------------------------------------------------------
     def _reject_reason(self, obs: Observation) -> str | None:
@@ -205,14 +214,18 @@ class ForecastService(ModelService):
         """One test-then-train ``learn`` per round; progressive metrics averaged over every pair."""
         totals: dict[str, float] = {}
         trained = 0
+        self.gate.before_batch(self.learner)
         for round_ in rounds:
-            metrics = self.learner.learn(self._batch([p.series for p in round_], round_, training=True))
+            batch = self._batch([p.series for p in round_], round_, training=True)
+            self.gate.score(batch)  # a held-back slice is scored before the learner trains on it
+            metrics = self.learner.learn(batch)
             for key, value in metrics.items():
                 totals[key] = totals.get(key, 0.0) + value * len(round_)
             trained += len(round_)
         self.updates += len(rounds)
         averages = {key: total / trained for key, total in totals.items()} if trained else {}
-        return {**averages, "trained_windows": float(trained), "train_steps": float(len(rounds))}
+        decision = self.gate.after_batch(trained, self.batch_offsets)
+        return {**averages, "trained_windows": float(trained), "train_steps": float(len(rounds)), **decision}
 
     def process(self, topic: str, records: list[Record]) -> BatchResult:
         with self.lock:
@@ -234,14 +247,17 @@ class ForecastService(ModelService):
         if not ready:
             return []
         batch = self._batch(list(ready), list(ready.values()), training=False)
-        scaled = self.learner.predict(batch).cpu().numpy()
+        serving, version = self.gate.forecaster(self.learner), self.model_version()
+        scaled = serving.predict(batch).cpu().numpy()
         values = scaled * self.scaler.std + self.scaler.mean
-        weights = self.learner.mixing_weights(batch)
+        weights = serving.mixing_weights(batch)
         outputs = []
         forecasts_topic = topic_name("forecasts")
         for row, (series, window) in enumerate(ready.items()):
             row_weights = {name: rows[row] for name, rows in weights.items()}
-            entry = LatestForecast(float(window.times[-1]), values[row].astype(np.float32), row_weights)
+            entry = LatestForecast(
+                float(window.times[-1]), values[row].astype(np.float32), row_weights, version
+            )
             self.table[series] = entry
             outputs.append(Output(forecasts_topic, series, self._record(series, entry, self.spec.horizon)))
         return outputs
@@ -253,7 +269,7 @@ class ForecastService(ModelService):
             horizon=horizon,
             values=entry.values[:horizon].tolist(),
             model=self.spec.kind,
-            model_version=self.version,
+            model_version=entry.version,
             weights=entry.weights,
         )
 
@@ -276,6 +292,19 @@ class ForecastService(ModelService):
             )
         return self._record(series, entry, self.spec.horizon)
 
+    # -- lineage (GET /models) -------------------------------------------------------------------
+    def lineage_body(self) -> dict[str, Any]:
+        """Every gated candidate with its decision and evidence (called holding the lock)."""
+        return self.gate.lineage.body()
+
+    async def serve_version(self, action: str, number: int | None) -> dict[str, Any]:
+        """Forecast versions change only through the gate: a manual promote or rollback is a 409."""
+        raise ApiError(
+            409,
+            "forecast versions serve only by passing the promotion gate (see GET /models): "
+            "the forecast service has no manual promote or rollback",
+        )
+
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         with self.lock:
@@ -286,7 +315,8 @@ class ForecastService(ModelService):
                 "scaler": (self.scaler.mean, self.scaler.std),
                 "learner": self.learner.state_dict(),
                 "windows": self.windows.state_dict(),
-                "table": {s: (e.ts, e.values, e.weights) for s, e in self.table.items()},
+                "table": {s: (e.ts, e.values, e.weights, e.version) for s, e in self.table.items()},
+                "gate": self.gate.state_dict(),
             }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -299,22 +329,38 @@ class ForecastService(ModelService):
             self.scaler = Scaler(*state["scaler"])
             self.learner.load_state_dict(state["learner"])
             self.windows.load_state_dict(state["windows"])
-            self.table = {
-                s: LatestForecast(ts, values, weights) for s, (ts, values, weights) in state["table"].items()
-            }
+            self.table = {s: _table_entry(e, self.version) for s, e in state["table"].items()}
+            self.gate = ForecastGate(self.version, self.gate.config)
+            if "gate" in state:  # absent before the promotion gate: a fresh lineage, the learner serves
+                self.gate.load_state_dict(state["gate"], self.learner)
 
 
-SERVICE_OPTIONS = ("batch_size", "max_train_batch", "series_ttl_s", "batch_window_s")
+def _table_entry(saved: tuple[Any, ...], version: int) -> LatestForecast:
+    """A checkpointed table entry; one saved before the gate has no version: the learner's made it."""
+    ts, values, weights, *made_by = saved
+    return LatestForecast(ts, values, weights, made_by[0] if made_by else version)
+
+
+#: Worker options that are no forecaster spec field (a serving replica ignores them all).
+SERVICE_OPTIONS = (
+    "batch_size",
+    "max_train_batch",
+    "series_ttl_s",
+    "batch_window_s",
+    *PromotionConfig.option_names(),
+)
 
 
 def build_service(data_dir: Path, **options: Any) -> ForecastService:
     """A service, warm-started from ``<data_dir>/pretrained/<kind>`` if ``forecasters pretrain`` ran.
 
     ``options`` are :class:`ForecasterSpec` fields (kind, seq_len, horizon, channels, ...),
-    ``batch_size``, ``batch_window_s``, ``max_train_batch`` and ``series_ttl_s``. With a pretrained
-    checkpoint its spec wins; an option contradicting it is an error.
+    ``batch_size``, ``batch_window_s``, ``max_train_batch``, ``series_ttl_s`` and the promotion
+    gate's (:class:`PromotionConfig`). With a pretrained checkpoint its spec wins; an option
+    contradicting it is an error.
     """
-    service_options = {k: options.pop(k) for k in SERVICE_OPTIONS if k in options}
+    service_options: dict[str, Any] = {"promotion": PromotionConfig.pop_from(options)}
+    service_options.update({k: options.pop(k) for k in SERVICE_OPTIONS if k in options})
     spec = ForecasterSpec.from_dict(options)
     found = load_pretrained(Path(data_dir), spec.kind)
     if found is None:
