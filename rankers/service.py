@@ -56,6 +56,7 @@ from rankers.gold import GoldScores, gold_due, load_gold
 from rankers.holdback import Held, HoldBack
 from rankers.labeling_queue import Entry, LabelingQueue
 from rankers.lambdamart import LambdaMARTRanker, UpdateMode
+from rankers.promotion import GateConfig, RankGate
 from rankers.records import query_batch
 from rankers.selectors import PercentileScale, Selector, make_selector
 from streams.schemas import DeadLetter, Label, LabelingTask, Outcome, Query, Record
@@ -127,6 +128,7 @@ class RankService(ModelService):
         batch_size: int = 64,
         batch_window_s: float = 0.2,
         store: CheckpointStore | None = None,
+        gate: GateConfig | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__()
@@ -134,6 +136,8 @@ class RankService(ModelService):
             rounds=rounds, mode=mode, committee_size=committee_size, seed=seed, store=store,
             max_labeled_queries=max_labeled_queries,
         )  # fmt: skip
+        #: Which checkpoint serves ``/rank``: a retrain's candidate only once it passed the gate.
+        self.gate = RankGate(gate)
         self.selector: Selector = make_selector(
             selector, alpha=alpha, window=score_window, seed=seed, re_top=re_top
         )
@@ -312,11 +316,14 @@ class RankService(ModelService):
         queries = [
             Query(query_id=e.task.query_id, ts=e.task.ts, documents=e.task.documents) for e in complete
         ]
-        before = self.ranker.state_dict()
+        before, gate_before = self.ranker.state_dict(), self.gate.state_dict()
         try:
-            result.metrics = self.ranker.learn(query_batch(queries, [consensus(e.labels) for e in complete]))
+            batch = query_batch(queries, [consensus(e.labels) for e in complete])
+            result.metrics = self.ranker.learn(batch)
+            result.metrics.update(self.gate.retrained(self.ranker, batch, self.batch_offsets, self.clock()))
         except Exception as exc:  # whatever failed the retrain: undo it, requeue its tasks, say why
             self.ranker.load_state_dict(before)
+            self.gate.load_state_dict(gate_before, self.ranker)
             why = f"retrain failed ({type(exc).__name__}: {exc}); task requeued for a new label"
             for entry in complete:
                 for i in kept[entry.task.task_id]:
@@ -475,7 +482,7 @@ class RankService(ModelService):
         except ValidationError as exc:
             reason = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             raise ApiError(400, f"bad documents: {reason}") from None
-        snapshot = self.ranker.snapshot()  # no lock: a retrain in progress does not hold up ranking
+        snapshot = self.gate.snapshot  # no lock: a retrain in progress does not hold up ranking
         if snapshot is None:
             raise ApiError(503, "no model yet: it needs at least one labeled query")
         booster, version = snapshot
@@ -592,6 +599,7 @@ class RankService(ModelService):
     def state_dict(self) -> dict[str, Any]:
         return {
             "ranker": self.ranker.state_dict(),
+            "gate": self.gate.state_dict(),
             "selector": self.selector.state_dict(),
             "score_history": list(self.score_scale.history),
             "queue": self.queue.state_dict(),
@@ -607,6 +615,7 @@ class RankService(ModelService):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.ranker.load_state_dict(state["ranker"])
+        self.gate.load_state_dict(state.get("gate"), self.ranker)  # None: a checkpoint from before the gate
         self.selector.load_state_dict(state["selector"])
         self.score_scale.history.clear()
         self.score_scale.history.extend(state["score_history"])
@@ -621,7 +630,16 @@ class RankService(ModelService):
             self._unsent.clear()  # the loaded state (and its outcome seqs, which the runner restores) rules
 
     def model_version(self) -> int:
-        return self.ranker.n_updates
+        """The serving version (the ranker's newer checkpoints may still wait for the gate)."""
+        return self.gate.serving_version
+
+    # -- lineage (GET /models) ---------------------------------------------------------------------
+    def lineage_body(self) -> dict[str, Any]:
+        return self.gate.lineage.body()
+
+    async def serve_version(self, action: str, number: int | None) -> dict[str, Any]:
+        """Only the gate picks the serving booster: no booster is kept to serve again by hand."""
+        raise ApiError(409, "rank serves what its promotion gate passed; no version serves by hand")
 
 
 def _body(request: ApiRequest) -> dict[str, Any]:
@@ -657,4 +675,4 @@ def build_service(data_dir: Path, **options: Any) -> RankService:
     """The worker's factory: every retrain is also kept as a versioned checkpoint under ``data_dir``."""
     committee = int(options.get("committee_size", 4))
     store = CheckpointStore(data_dir, "lambdamart-committee", keep=max(10, committee))
-    return RankService(store=store, **options)
+    return RankService(store=store, gate=GateConfig.pop_from(options), **options)
