@@ -1,0 +1,229 @@
+"""The forecast promotion gate, in process on a synthetic sine (no Kafka): which version serves, why,
+with what evidence, and that all of it survives a checkpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from forecasters.batch import WindowBatch
+from forecasters.learner import Forecaster, forecast_errors
+from forecasters.promotion import PromotionConfig
+from forecasters.service import ForecastService, build_service
+from forecasters.serving import build_serving
+from forecasters.zoo import ForecasterSpec
+from streams.lifecycle_routes import LifecycleRoutes
+from streams.schemas import Forecast, Observation
+from streams.service import ApiError, ApiRequest, BatchResult
+from streams.topics import topic_name
+
+from .conftest import sine_values
+
+SPEC = ForecasterSpec(kind="dlinear", seq_len=8, horizon=3, channels=2, lr=0.01)
+OBSERVATIONS = topic_name("observations")
+PARTITION = f"{OBSERVATIONS}:0"
+#: A candidate every 4 learned windows, scored on the next 3. One observation per batch from row 10
+#: (the first pair's last row) on: v1 is frozen before row 14, scored on the pairs ending at rows
+#: 14-16 and decided after row 16; v2 is frozen before row 18 and decided after row 20.
+GATE = PromotionConfig(candidate_every=4, gate_windows=3, promotion_margin=0.05)
+VALUES = sine_values(64, 2)
+
+
+def feed(service: ForecastService, rows: range) -> list[BatchResult]:
+    """One observation of series "a" per micro-batch; its offset is the row number (as a runner sets)."""
+    results = []
+    for row in rows:
+        service.batch_offsets = {PARTITION: row}
+        obs = Observation(series="a", ts=row * 3600.0, values=VALUES[row].tolist())
+        results.append(service.process(OBSERVATIONS, [obs]))
+    return results
+
+
+def pairs_ending_at(rows: range) -> WindowBatch:
+    """Series "a"'s training pairs (look-back 8 -> the next 3 rows) whose targets end at ``rows``."""
+    x = torch.from_numpy(np.stack([VALUES[r - 10 : r - 2] for r in rows]))
+    y = torch.from_numpy(np.stack([VALUES[r - 2 : r + 1] for r in rows]))
+    return WindowBatch(x, y, keys=("a",) * len(rows))
+
+
+def forecast_from(learner: Forecaster, last_row: int) -> np.ndarray:
+    """``learner``'s forecast from the look-back ending at ``last_row`` (the scaler is the identity)."""
+    lookback = torch.from_numpy(VALUES[last_row - 7 : last_row + 1][None])
+    return learner.predict(WindowBatch(lookback)).numpy()[0]
+
+
+def published(result: BatchResult) -> Forecast:
+    (output,) = result.outputs
+    assert isinstance(output.record, Forecast)
+    return output.record
+
+
+def get_forecast(service: ForecastService) -> dict[str, Any]:
+    """``GET /forecast/a`` through the service's route."""
+    (route,) = service.routes()
+    return asyncio.run(route.handler(ApiRequest("GET", {"series": "a"}, {}))).body
+
+
+def events(service: ForecastService) -> list[tuple[int, str]]:
+    return [(v["version"], e["action"]) for v in service.lineage_body()["versions"] for e in v["history"]]
+
+
+def test_the_first_candidate_serves_with_its_held_back_score_as_evidence() -> None:
+    service = ForecastService(SPEC, promotion=GATE)
+    feed(service, range(14))
+    frozen = copy.deepcopy(service.learner)  # what the gate freezes before row 14
+    before = feed(service, range(14, 16))
+    assert service.model_version() == 0 and events(service) == []
+    assert [published(r).model_version for r in before] == [0, 0]  # the learner's until a version serves
+    decided = feed(service, [16])[0]
+    assert decided.metrics["gate_version"] == 1 and decided.metrics["gate_promoted"] == 1
+    assert service.model_version() == 1 and published(decided).model_version == 1
+    body = service.lineage_body()
+    assert body["serving"] == 1 and events(service) == [(1, "promoted")]
+    (record,) = body["versions"]
+    assert record["offsets"] == {PARTITION: 13}  # v1 learned up to row 13's batch
+    held_back = pairs_ending_at(range(14, 17))
+    expected = forecast_errors(frozen.predict(held_back), held_back.target)
+    evidence = record["history"][0]["evidence"]
+    assert evidence["metric"] == "mse" and evidence["candidate"] == pytest.approx(expected["mse"], rel=1e-5)
+    assert evidence["serving"] is None and evidence["serving_version"] is None
+    assert evidence["window"] == {"samples": 3, "after": {PARTITION: 13}, "to": {PARTITION: 16}}
+    assert "first version" in record["history"][0]["reason"] and record["validation"] == evidence
+
+
+def test_a_better_candidate_replaces_the_serving_version() -> None:
+    service = ForecastService(SPEC, promotion=GATE)
+    feed(service, range(18))
+    serving, candidate = copy.deepcopy(service.gate.serving), copy.deepcopy(service.learner)
+    assert serving is not None and serving.version == 1
+    results = feed(service, range(18, 21))
+    assert events(service) == [(1, "promoted"), (2, "promoted")] and service.model_version() == 2
+    held_back = pairs_ending_at(range(18, 21))
+    evidence = service.lineage_body()["versions"][1]["history"][0]["evidence"]
+    for side, learner in (("candidate", candidate), ("serving", serving.learner)):
+        expected = forecast_errors(learner.predict(held_back), held_back.target)["mse"]
+        assert evidence[side] == pytest.approx(expected, rel=1e-5)
+    assert evidence["candidate"] < evidence["serving"] and evidence["serving_version"] == 1
+    assert evidence["margin"] == 0.05
+    assert evidence["window"] == {"samples": 3, "after": {PARTITION: 17}, "to": {PARTITION: 20}}
+    assert [published(r).model_version for r in results] == [1, 1, 2]
+    assert np.allclose(published(results[-1]).values, forecast_from(candidate, 20), atol=1e-6)
+
+
+def test_a_broken_candidate_is_rejected_and_the_old_version_keeps_serving() -> None:
+    service = ForecastService(SPEC, promotion=GATE)
+    feed(service, range(17))
+    v1 = copy.deepcopy(service.gate.serving)
+    assert v1 is not None and v1.version == 1
+    with torch.no_grad():  # corrupt the learner before v2 is frozen from it
+        for parameter in service.learner.net.parameters():  # type: ignore[attr-defined]
+            parameter.mul_(-50.0)
+    results = feed(service, range(17, 24))
+    assert events(service) == [(1, "promoted"), (2, "rejected")]  # v3 is still being scored
+    assert service.model_version() == 1 and service.lineage_body()["serving"] == 1
+    rejected = service.lineage_body()["versions"][1]
+    evidence = rejected["history"][0]["evidence"]
+    assert evidence["candidate"] > evidence["serving"] * (1 + evidence["margin"])
+    assert evidence["serving_version"] == 1 and evidence["window"]["samples"] == 3
+    assert rejected["offsets"] == {PARTITION: 17} and rejected["history"][0]["reason"].startswith("mse ")
+    for row, result in zip(range(17, 24), results, strict=True):  # v1's forecasts, not the learner's
+        record = published(result)
+        assert record.model_version == 1
+        assert np.allclose(record.values, forecast_from(v1.learner, row), atol=1e-6)
+    assert not np.allclose(forecast_from(service.learner, 23), forecast_from(v1.learner, 23), atol=1e-2)
+
+
+def test_a_backlog_scores_only_the_slice_the_gate_needs() -> None:
+    service = ForecastService(SPEC, promotion=GATE, max_train_batch=4)
+    feed(service, range(14))
+    frozen = copy.deepcopy(service.learner)
+    service.batch_offsets = {PARTITION: 30}
+    backlog = [Observation(series="a", ts=r * 3600.0, values=VALUES[r].tolist()) for r in range(14, 31)]
+    result = service.process(OBSERVATIONS, backlog)  # 17 pairs in rounds of 4, only 3 held back
+    assert result.metrics["trained_windows"] == 17 and result.metrics["gate_promoted"] == 1
+    evidence = service.lineage_body()["versions"][0]["history"][0]["evidence"]
+    held_back = pairs_ending_at(range(14, 17))
+    expected = forecast_errors(frozen.predict(held_back), held_back.target)["mse"]
+    assert evidence["candidate"] == pytest.approx(expected, rel=1e-5)
+    assert evidence["window"] == {"samples": 3, "after": {PARTITION: 13}, "to": {PARTITION: 30}}
+
+
+def test_the_gate_state_round_trips_mid_trial_and_decides_the_same() -> None:
+    service = ForecastService(SPEC, promotion=GATE)
+    feed(service, range(19))  # v2 frozen before row 18 and scored on one of its three pairs
+    assert service.gate.trial is not None and service.gate.trial.windows == 1
+    restarted = ForecastService(SPEC, promotion=GATE)
+    restarted.load_state_dict(copy.deepcopy(service.state_dict()))
+    assert restarted.lineage_body() == service.lineage_body() and restarted.model_version() == 1
+    first, second = feed(service, range(19, 27)), feed(restarted, range(19, 27))
+    assert [r.metrics for r in first] == [r.metrics for r in second]
+    assert [published(r) for r in first] == [published(r) for r in second]
+
+    def decisions(s: ForecastService) -> list[tuple[Any, ...]]:
+        return [
+            (v["version"], v["offsets"], e["action"], e["evidence"])
+            for v in s.lineage_body()["versions"]
+            for e in v["history"]
+        ]
+
+    assert decisions(restarted) == decisions(service) and len(decisions(service)) == 3
+
+
+def test_a_checkpoint_from_before_the_gate_loads_with_a_fresh_lineage() -> None:
+    old = ForecastService(SPEC, version=4, promotion=GATE)
+    feed(old, range(12))
+    state = copy.deepcopy(old.state_dict())
+    del state["gate"]
+    state["table"] = {s: entry[:3] for s, entry in state["table"].items()}  # no version per entry then
+    service = ForecastService(SPEC, promotion=GATE)
+    service.load_state_dict(state)
+    assert service.model_version() == 4 and service.lineage_body() == {"serving": None, "versions": []}
+    assert get_forecast(service) == get_forecast(old) and get_forecast(service)["model_version"] == 4
+    feed(service, range(12, 19))  # 4 learned windows before v5 is frozen, then its 3 held back
+    assert events(service) == [(5, "promoted")] and service.model_version() == 5
+
+
+def test_get_models_shows_the_lineage_and_manual_serving_is_refused() -> None:
+    service = ForecastService(SPEC, promotion=GATE)
+    feed(service, range(21))
+    routes = {(r.method, r.path): r.handler for r in LifecycleRoutes([service]).routes()}
+    models = asyncio.run(routes["GET", "/models"](ApiRequest("GET", {}, {})))
+    assert models.body == {"forecast": service.lineage_body()}
+    assert models.body["forecast"]["serving"] == 2 and len(models.body["forecast"]["versions"]) == 2
+    for word in ("promote", "rollback"):
+        request = ApiRequest("POST", {"service": "forecast"}, {})
+        with pytest.raises(ApiError) as refused:
+            asyncio.run(routes["POST", f"/models/{{service}}/{word}"](request))
+        assert refused.value.status == 409 and "promotion gate" in refused.value.message
+
+
+def test_gate_options_come_from_the_worker_options(tmp_path: Path) -> None:
+    options = {"candidate_every": "100", "gate_windows": 16, "promotion_margin": "0.1"}
+    service = build_service(tmp_path, kind="dlinear", seq_len=8, horizon=3, channels=2, **options)
+    assert service.gate.config == PromotionConfig(candidate_every=100, gate_windows=16, promotion_margin=0.1)
+    assert build_service(tmp_path, kind="dlinear", seq_len=8, horizon=3, channels=2).gate.config == (
+        PromotionConfig()
+    )
+    assert build_serving(tmp_path, seq_len=8, horizon=3, gate_windows=16).horizon == 3  # replicas ignore them
+
+
+@pytest.mark.parametrize(
+    ("key", "bad", "message"),
+    [
+        ("candidate_every", "0", "candidate_every must be an integer >= 1, got 0"),
+        ("gate_windows", "many", "gate_windows must be an integer >= 1, got 'many'"),
+        ("gate_windows", 2.5, "gate_windows must be an integer >= 1, got 2.5"),
+        ("candidate_every", True, "candidate_every must be an integer >= 1, got True"),
+        ("promotion_margin", "-0.1", "promotion_margin must be a number >= 0, got -0.1"),
+        ("promotion_margin", "nan", "promotion_margin must be a number >= 0, got nan"),
+    ],
+)
+def test_bad_gate_options_are_refused_with_a_clear_error(key: str, bad: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        PromotionConfig.pop_from({key: bad})
