@@ -31,7 +31,6 @@ import copy
 import json
 import subprocess
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ from tqdm import tqdm
 from forecasters.batch import WindowBatch
 from forecasters.data import ETT_SPLIT, REPO_ROOT, Scaler, Windows, data_dir, ett_windows, load_etth2
 from forecasters.learner import Forecaster
-from forecasters.service import ForecastService, Rows
+from forecasters.service import ForecastService
 from forecasters.training import fit
 from forecasters.zoo import ForecasterSpec, build_forecaster
 from streams.schemas import Observation
@@ -73,8 +72,10 @@ class Row:
 class ChunkService(ForecastService):
     """The service before stepwise mixing: every pair of a chunk mixed as the pre-update model does."""
 
-    def _batch(self, series: Sequence[str], windows: Sequence[Rows], training: bool) -> WindowBatch:
-        return replace(super()._batch(series, windows, training), sequential=False)
+    def _batch(
+        self, keys: tuple[str, ...], values: np.ndarray, times: np.ndarray, training: bool
+    ) -> WindowBatch:
+        return replace(super()._batch(keys, values, times, training), sequential=False)
 
 
 MIXES = {"chunk": ChunkService, "stepwise": ForecastService}
