@@ -13,6 +13,7 @@ the same splits for the pool-mode table. Writes a JSON summary and a PNG of the 
     .venv/bin/python bench/rank_stream.py --seeds 0 --pool-seeds 10      # pool mode on the same splits
     .venv/bin/python bench/rank_stream.py --first-seed 10 --seeds 20 --raw var/bench/b.json   # a seed range
     .venv/bin/python bench/rank_stream.py --report-only --raw var/bench/rank_stream_runs*.json  # merge
+    .venv/bin/python bench/rank_stream.py --pace --option rank.budget_defer=20   # any RankService option
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from rankers.lambdamart import LambdaMARTRanker
 from rankers.mq2008 import load_mq2008
 from rankers.selectors import make_selector
 from rankers.stream_sim import StreamSettings, make_service, stream_run
+from streams.cli import parse_options
 
 METRICS = ("dcg@4", "ndcg@10")
 #: What a stream run's labels were spent on (means over seeds in the diagnostics table).
@@ -81,7 +83,7 @@ def stream_settings(args: argparse.Namespace) -> StreamSettings:
     return StreamSettings(
         budget=args.budget, budget_window=args.budget_window, delay=args.delay, batch=args.batch,
         max_labels=max(args.budgets), checkpoints=tuple(args.budgets), committee_size=args.committee,
-        rounds=args.rounds, pace=args.pace, service={"score_window": args.score_window},
+        rounds=args.rounds, pace=args.pace, service={"score_window": args.score_window, **args.option},
     )  # fmt: skip
 
 
@@ -227,6 +229,10 @@ def main() -> None:
     parser.add_argument("--budget-window", type=int, default=100, help="service budget window, queries")
     parser.add_argument("--score-window", type=int, default=1024, help="service percentile window")
     parser.add_argument("--pace", action="store_true", help="pace the budget over each window")
+    parser.add_argument(
+        "--option", action="append", default=[], metavar="rank.KEY=VALUE",
+        help="a RankService option, as `driftline worker --option` takes it (e.g. rank.budget_defer=20)",
+    )  # fmt: skip
     parser.add_argument("--delay", type=int, default=20, help="queries between a task's query and its label")
     parser.add_argument("--batch", type=int, default=40, help="queries per micro-batch (a retrain per one)")
     parser.add_argument("--committee", type=int, default=4)
@@ -246,6 +252,10 @@ def main() -> None:
     args = parser.parse_args()
     args.selectors = args.selectors.split(",")
     args.budgets = sorted(int(b) for b in args.budgets.split(","))
+    options = parse_options(args.option)
+    if set(options) - {"rank"}:
+        parser.error(f"--option names RankService options only (rank.KEY=VALUE), got {args.option}")
+    args.option = options.get("rank", {})
     if "random" not in args.selectors:
         parser.error("--selectors must include random (the baseline)")
     raw = load_raw(args.raw) if args.resume or args.report_only else {}

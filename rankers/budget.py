@@ -8,6 +8,10 @@ Pacing (``pace=True``, per queries only): after k of a window's N queries, at mo
 window when the threshold lets everything through. That happens at cold start, where every query
 scores 0 until the first labels come back: unpaced, a budget of 50 per 100 queries with labels 20
 queries late spends 40 tasks on unselected queries; paced, about 20.
+
+Deferring (``defer=N``, paced only): the last N undecided queries wait in a
+:class:`~rankers.deferral.CandidateBuffer` for the next slot, where the best of them is taken; the
+budget carries them in its state, so a checkpoint keeps what is waiting.
 """
 
 from __future__ import annotations
@@ -15,19 +19,29 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
+from rankers.deferral import CandidateBuffer
+
 BudgetUnit = Literal["queries", "seconds"]
 
 
 class LabelingBudget:
     """``limit`` tasks per ``window`` queries (``per="queries"``) or seconds of event time."""
 
-    def __init__(self, limit: int, window: float, per: BudgetUnit = "queries", pace: bool = False) -> None:
+    def __init__(
+        self, limit: int, window: float, per: BudgetUnit = "queries", pace: bool = False, defer: int = 0
+    ) -> None:
         if per not in ("queries", "seconds"):
             raise ValueError(f"budget per must be 'queries' or 'seconds', got {per!r}")
         if limit < 0 or window <= 0:
             raise ValueError("budget limit must be >= 0 and window > 0")
         if pace and per != "queries":
             raise ValueError("pacing needs a window counted in queries (per='queries')")
+        if defer and not pace:
+            raise ValueError(
+                "deferring needs a paced budget (pace=True): unpaced, a window's slots go at once"
+            )
+        #: Undecided queries waiting for a slot (None: each query is decided when it arrives).
+        self.candidates = CandidateBuffer(defer) if defer else None
         self.limit, self.window, self.per, self.pace = limit, float(window), per, pace
         self.window_start: float | None = None
         self.seen = 0
@@ -58,8 +72,13 @@ class LabelingBudget:
         return {"limit": self.limit, "per": self.per, "window": self.window, "left": self.left}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"window_start": self.window_start, "seen": self.seen, "used": self.used}
+        state: dict[str, Any] = {"window_start": self.window_start, "seen": self.seen, "used": self.used}
+        if self.candidates is not None:
+            state["candidates"] = self.candidates.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.window_start = state["window_start"]
         self.seen, self.used = int(state["seen"]), int(state["used"])
+        if self.candidates is not None:
+            self.candidates.load_state_dict(state.get("candidates", {"waiting": []}))

@@ -115,6 +115,8 @@ class RankService(ModelService):
         budget_per: BudgetUnit = "queries",
         budget_window: float = 100,
         budget_pace: bool = False,
+        budget_defer: int = 0,
+        cold_start_tasks: int | None = None,
         min_quantile: float | None = None,
         score_window: int = 1024,
         lease_s: float = 300.0,
@@ -138,10 +140,13 @@ class RankService(ModelService):
         )  # fmt: skip
         #: Which checkpoint serves ``/rank``: a retrain's candidate only once it passed the gate.
         self.gate = RankGate(gate)
-        self.selector: Selector = make_selector(
-            selector, alpha=alpha, window=score_window, seed=seed, re_top=re_top
+        self.selector: Selector = make_selector(  # deferring scores the buffer in one call: no window
+            selector, alpha=alpha, window=0 if budget_defer else score_window, seed=seed, re_top=re_top
         )
-        self.budget = LabelingBudget(budget, budget_window, budget_per, pace=budget_pace)
+        self.budget = LabelingBudget(budget, budget_window, budget_per, pace=budget_pace, defer=budget_defer)
+        if cold_start_tasks is not None and cold_start_tasks < 0:
+            raise ValueError("cold_start_tasks must be >= 0 (or unset: the budget alone decides)")
+        self.cold_start_tasks = cold_start_tasks
         if min_quantile is None:  # aim at `budget` tasks per window of queries; no threshold per second
             min_quantile = max(0.0, 1.0 - budget / budget_window) if budget_per == "queries" else 0.0
         if not 0.0 <= min_quantile <= 1.0:
@@ -217,31 +222,52 @@ class RankService(ModelService):
         if not usable:
             return result
         chosen = [queries[i] for i in usable]
-        if self.ranker.fitted:
+        waiting = self.budget.candidates  # deferring: the buffer is scored at each slot instead
+        if self.ranker.fitted and waiting is None:
             batch = query_batch(chosen)
             scores = self.selector.score(batch.split_scores(self.ranker.committee_scores(batch)))
             selector_name = self.selector.name
         else:
             scores, selector_name = np.zeros(len(chosen)), "cold-start"
-        queued = 0
+        tasks: list[Query] = []
+
+        def queue_task(query: Query, score: float, name: str) -> None:
+            self.budget.spend()
+            task = LabelingTask(
+                task_id=task_id_for(query), query_id=query.query_id, ts=query.ts,
+                documents=list(query.documents), score=score, selector=name, text=query.text,
+            )  # fmt: skip
+            self.queue.push(task)
+            result.outputs.append(Output(topic_name("labeling-queue"), query.query_id, task))
+            tasks.append(query)
+
         for query, score in zip(chosen, scores, strict=True):
             if self.gold:
                 self.queries_seen += 1
                 if gold_due(self.queries_seen, self.gold_rate):
                     result.outputs.append(self._push_gold())
             self.budget.arrive(query.ts)
-            too_dull = self.ranker.fitted and self.score_scale(np.array([score]))[0] < self.min_quantile
-            if too_dull or self.budget.left <= 0:
+            if not self.ranker.fitted and self.cold_start_tasks is not None:
+                cold = sum(e.task.selector == "cold-start" for e in self.queue.entries.values())
+                if cold >= self.cold_start_tasks:  # wait for the first model
+                    if waiting is not None:
+                        waiting.add(task_id_for(query), query)
+                    continue
+            if waiting is None:
+                too_dull = self.ranker.fitted and self.score_scale(np.array([score]))[0] < self.min_quantile
+                if not too_dull and self.budget.left > 0:
+                    queue_task(query, float(score), selector_name)
                 continue
-            self.budget.spend()
-            task = LabelingTask(
-                task_id=task_id_for(query), query_id=query.query_id, ts=query.ts,
-                documents=list(query.documents), score=float(score), selector=selector_name, text=query.text,
-            )  # fmt: skip
-            self.queue.push(task)
-            result.outputs.append(Output(topic_name("labeling-queue"), query.query_id, task))
-            queued += 1
-        result.metrics = {"queries_scored": float(len(chosen)), "tasks_queued": float(queued)}
+            waiting.add(task_id_for(query), query)
+            while self.budget.left > 0 and waiting:
+                if self.ranker.fitted:
+                    key, best = waiting.best(self.ranker, self.selector, self.held)
+                    queue_task(waiting.take(key), best, self.selector.name)
+                else:
+                    queue_task(waiting.take(waiting.newest()), 0.0, "cold-start")
+        arrived = {id(q) for q in chosen}
+        self._release([q for q in tasks if id(q) not in arrived], result)  # they waited past their batch
+        result.metrics = {"queries_scored": float(len(chosen)), "tasks_queued": float(len(tasks))}
         return result
 
     def _push_gold(self) -> Output:
