@@ -3,7 +3,9 @@
 Both processes answer ``GET /forecast/{series}?horizon=H`` with the body :func:`forecast_body`
 renders from the series' latest :class:`Forecast` record, so the same forecast gives the same bytes
 wherever it is asked for. Where the record comes from, and the 404/503 answers when there is none,
-is the process's own ``latest`` lookup.
+is the process's own ``latest`` lookup. A series is asked for far more often than it is forecast: a
+process whose lookup returns the table's own record (a serving replica) passes ``encode_once``, and
+each record's answer is then encoded once and sent as those bytes until the record is replaced.
 """
 
 from __future__ import annotations
@@ -11,8 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from streams.http import json_bytes
 from streams.schemas import Forecast
 from streams.service import ApiError, ApiRequest, ApiResponse, Route
+
+#: Encoded answers kept at most (one per series; all are dropped when full, as a new one comes).
+MAX_ENCODED = 100_000
 
 
 def forecast_body(record: Forecast, horizon: int) -> dict[str, Any]:
@@ -45,9 +51,13 @@ class ForecastRoutes:
     old forecast or the new one and never waits for a training batch.
     """
 
-    def __init__(self, horizon: int, latest: Callable[[str], Forecast]) -> None:
+    def __init__(self, horizon: int, latest: Callable[[str], Forecast], encode_once: bool = False) -> None:
         self.horizon = horizon
         self.latest = latest
+        self.encode_once = encode_once
+        #: series -> (the record, the horizon asked for, its answer's bytes); only the event loop
+        #: touches it, and an entry counts only while its record is still the series' latest.
+        self._encoded: dict[str, tuple[Forecast, int, bytes]] = {}
 
     def routes(self) -> list[Route]:
         return [Route("GET", "/forecast/{series}", self.get_forecast)]
@@ -55,4 +65,18 @@ class ForecastRoutes:
     async def get_forecast(self, request: ApiRequest) -> ApiResponse:
         """The latest forecast of a series, cut to ``?horizon=H`` steps."""
         horizon = parse_horizon(request.query.get("horizon"), self.horizon)
-        return ApiResponse(forecast_body(self.latest(request.path_params["series"]), horizon))
+        record = self.latest(request.path_params["series"])
+        if not self.encode_once:  # a fresh record per query: keeping its bytes would only cost memory
+            return ApiResponse(forecast_body(record, horizon))
+        return ApiResponse(self.encoded(record, horizon))
+
+    def encoded(self, record: Forecast, horizon: int) -> bytes:
+        """The answer's bytes for ``record`` cut to ``horizon``, encoded once while it is the latest."""
+        kept = self._encoded.get(record.series)
+        if kept is not None and kept[0] is record and kept[1] == horizon:
+            return kept[2]
+        body = json_bytes(forecast_body(record, horizon))
+        if len(self._encoded) >= MAX_ENCODED:
+            self._encoded.clear()
+        self._encoded[record.series] = (record, horizon, body)
+        return body

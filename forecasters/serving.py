@@ -34,7 +34,7 @@ class ForecastServing:
         self.table: dict[str, Forecast] = {}
         self._caught_up = False
         self._model_version = 0
-        self.api = ForecastRoutes(horizon, self.latest_forecast)
+        self.api = ForecastRoutes(horizon, self.latest_forecast, encode_once=True)  # table records
 
     def routes(self) -> list[Route]:
         return self.api.routes()

@@ -14,6 +14,10 @@ Every route is guarded as :mod:`streams.auth` says (401/403/429 before the handl
 :mod:`streams.limits` (413 for a body past the limit, 400 for JSON past the depth or size limits,
 503 for a handler past the time limit). aiohttp's own refusals (404, 405) are JSON too. HTML
 answers carry a Content-Security-Policy that allows only this server's scripts.
+
+A JSON :class:`ApiResponse` whose body is ``bytes`` is sent as is: a route that answers the same
+body many times encodes it once with :func:`json_bytes`. Timeouts use ``asyncio.timeout``, not
+``wait_for``, which started a task (and a loop iteration) per request.
 """
 
 from __future__ import annotations
@@ -50,13 +54,21 @@ PAGE_CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: https:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
+#: Every JSON answer's Content-Type, encoded here or by the route.
+JSON_TYPE = {"content_type": "application/json", "charset": "utf-8"}
 #: Bodies past this size are decoded and checked in a thread, so the event loop keeps answering.
 DECODE_IN_THREAD_BYTES = 64 * 1024
 AUTH_SCRIPT = resources.files("streams").joinpath("static/driftline-auth.js").read_text(encoding="utf-8")
 
 
+def json_bytes(body: Any) -> bytes:
+    """``body`` as this server encodes every JSON answer; a route that answers the same body many
+    times may encode it once and answer with these bytes."""
+    return json.dumps(body, default=str).encode()
+
+
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response(body, status=status, dumps=lambda o: json.dumps(o, default=str), headers=headers)
+    return web.Response(body=json_bytes(body), status=status, headers=headers, **JSON_TYPE)
 
 
 def unavailable(reason: str) -> web.Response:
@@ -99,7 +111,8 @@ async def _read_body(request: web.Request, limits: Limits) -> bytes:
     if (request.content_length or 0) > limits.max_body_bytes:
         raise RequestRefused(413, _too_large(limits))
     try:
-        return await asyncio.wait_for(request.read(), limits.timeout_s)
+        async with asyncio.timeout(limits.timeout_s):  # no task per request, unlike wait_for
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise RequestRefused(413, _too_large(limits)) from None
     except TimeoutError:
@@ -143,7 +156,8 @@ def adapt(
             principal=principal.name if principal else None,
         )
         try:
-            answer: ApiResponse = await asyncio.wait_for(route.handler(api_request), limits.timeout_s)
+            async with asyncio.timeout(limits.timeout_s):
+                answer: ApiResponse = await route.handler(api_request)
         except ApiError as exc:
             if exc.status == 503:  # nothing to serve yet: say when to come back
                 return unavailable(exc.message)
@@ -160,9 +174,11 @@ def adapt(
         except Exception as exc:  # a handler bug must not kill the server
             log.exception("handler for %s %s failed", request.method, request.path)
             return _error(500, f"internal error: {type(exc).__name__}: {exc}")
-        if answer.content_type == "application/json":
-            return _json(answer.body, answer.status)
-        return web.Response(body=answer.body, status=answer.status, content_type=answer.content_type)
+        if answer.content_type != "application/json":
+            return web.Response(body=answer.body, status=answer.status, content_type=answer.content_type)
+        if isinstance(answer.body, bytes):  # encoded once by the route (see json_bytes), sent as is
+            return web.Response(body=answer.body, status=answer.status, **JSON_TYPE)
+        return _json(answer.body, answer.status)
 
     return aiohttp_handler
 

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from forecasters.routes import forecast_body
 from forecasters.service import ForecastService
 from forecasters.serving import ForecastServing, build_serving
 from streams.http import HasRoutes, make_app
 from streams.schemas import Forecast, parse_record
 from streams.topics import topic_name
 
-from .test_service import OBSERVATIONS, SPEC, error, get, observations
+from .test_service import OBSERVATIONS, SPEC, ask, error, observations
 
 NO_STORE = Path("unused")  # a forecast replica keeps nothing on disk
 
@@ -34,6 +37,14 @@ def replica_of(records: list[Forecast]) -> ForecastServing:
         serving.apply(record)
     serving.caught_up()
     return serving
+
+
+def get(replica: ForecastServing, series: str, **query: str) -> dict[str, Any]:
+    """A replica's answer body: bytes encoded once per record (see ForecastRoutes.encode_once)."""
+    answer = ask(replica, series, **query)
+    assert answer.status == 200 and isinstance(answer.body, bytes)
+    body: dict[str, Any] = json.loads(answer.body)
+    return body
 
 
 async def raw_answers(process: HasRoutes, paths: list[str]) -> list[tuple[int, bytes]]:
@@ -58,6 +69,17 @@ def test_a_replica_answers_the_workers_bytes_for_the_same_forecast() -> None:
     for record in published(worker, 3, start=12):
         replica.apply(record)
     assert asyncio.run(raw_answers(replica, paths)) == asyncio.run(raw_answers(worker, paths))
+
+
+def test_a_replica_encodes_each_forecast_once_per_horizon_until_it_is_replaced() -> None:
+    worker = ForecastService(SPEC)
+    replica = replica_of(published(worker, 12))
+    first = ask(replica, "a").body
+    assert ask(replica, "a").body is first  # the same bytes, not encoded again
+    assert ask(replica, "a", horizon="1").body != first
+    (newer,) = (r for r in published(worker, 1, start=12) if r.series == "a")
+    replica.apply(newer)
+    assert json.loads(ask(replica, "a").body) == forecast_body(newer, SPEC.horizon) != json.loads(first)
 
 
 def test_a_replica_answers_404_for_an_unknown_series_and_400_for_a_bad_horizon() -> None:
