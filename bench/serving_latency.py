@@ -16,17 +16,24 @@ Idle rows run at ``--idle-rate`` (light load: the p50 a lone user sees) and at t
 Targets (issue 10 item 7): /ctr/score p50 idle < 3 ms and p99 at 200 req/s while training < 15 ms;
 /forecast p99 at 1,000 req/s while training < 5 ms.
 
-Usage: flock /tmp/driftline-bench.lock python bench/serving_latency.py [--seconds 15]
+``--before REV`` measures the split twice in the same run, beside the same trainer: first a replica
+whose request path (:data:`REQUEST_PATH`) is REV's (the rest of the code is HEAD's, from ``git
+archive``), then one from the working tree, so that before and after share the machine's load.
+
+Usage: flock /tmp/driftline-bench.lock python bench/serving_latency.py [--seconds 15] [--before REV]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import itertools
 import multiprocessing
 import os
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -36,7 +43,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import Worker, load, scrape, start_role, total, wait_ready
+from bench.common import ROOT, Worker, load, scrape, start_role, total, wait_ready
 from bench.loadgen import HEADER, LoadReport, open_loop
 from streams.broker import EmbeddedBroker
 from streams.client import get_json
@@ -75,16 +82,20 @@ def on_cpu0() -> Iterator[None]:
 
 
 class Feeder:
-    """Produces records to a topic: a first batch now, then flat out from a child process until stopped.
+    """Produces records to a topic: a first batch now, then flat out from a child process while resumed.
 
     Flat out, the producer is pure Python busy with the GIL: in the load generator's process it
     starved the generator's event loop (requests sent seconds late), so it runs in its own process.
+    One child serves every training row (a second one would send the same records again: a
+    forecast series' timestamps must increase); between rows it is paused.
     """
+
+    PAUSED, RUNNING, STOPPING = 0, 1, 2
 
     def __init__(self, bootstrap: str, prefix: str, topic: str, records: Iterator[Record]) -> None:
         self.bootstrap, self.topic, self.records = bootstrap, prefix + topic, records
         context = multiprocessing.get_context("fork")  # the child goes on where send() stopped
-        self.stopping = context.Event()
+        self.state = context.Value("i", self.PAUSED, lock=False)  # read per record: no lock
         self.process = context.Process(target=self._send, args=(None,), daemon=True)
 
     def _send(self, count: int | None) -> None:
@@ -93,7 +104,10 @@ class Feeder:
         producer = make_producer(self.bootstrap)
         try:
             for record in itertools.islice(self.records, count):
-                if self.stopping.is_set():
+                while count is None and self.state.value == self.PAUSED:
+                    producer.flush()
+                    time.sleep(0.05)
+                if self.state.value == self.STOPPING:
                     break
                 key = key_of(record)
                 producer.send(self.topic, value=record.to_bytes(), key=key.encode() if key else None)
@@ -105,14 +119,20 @@ class Feeder:
         """Send ``count`` records now (synchronously)."""
         self._send(count)
 
-    def start(self) -> None:
-        """Feed flat out until :meth:`stop` (from cpu 0, the trainer's)."""
-        with on_cpu0():
-            self.process.start()
+    def resume(self) -> None:
+        """Feed flat out (from cpu 0, the trainer's) until :meth:`pause` or :meth:`stop`."""
+        self.state.value = self.RUNNING
+        if self.process.pid is None:
+            with on_cpu0():
+                self.process.start()
+
+    def pause(self) -> None:
+        self.state.value = self.PAUSED
 
     def stop(self) -> None:
-        self.stopping.set()
-        self.process.join()
+        self.state.value = self.STOPPING
+        if self.process.pid is not None:
+            self.process.join()
 
 
 def wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -125,6 +145,15 @@ def wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
 
 def applied(role: Worker, service: str) -> float:
     return total(scrape(role.base), "driftline_events_total", service=service)
+
+
+def settled(trainer: Worker, service: str, timeout_s: float = 60.0) -> None:
+    """Wait until the trainer has worked off what the feeder sent (1 s without a new event), so an
+    idle row after a training row is idle."""
+    deadline, last = time.monotonic() + timeout_s, -1.0
+    while (now := applied(trainer, service)) != last and time.monotonic() < deadline:
+        last = now
+        time.sleep(1.0)
 
 
 def measure(label: str, trainer: Worker, service: str, run: Callable[[], LoadReport]) -> tuple[str, str]:
@@ -158,52 +187,104 @@ def ctr_query() -> dict[str, Any]:
     return {"candidates": [{"categorical": dict(r.categorical), "dense": dict(r.dense)} for r in rows]}
 
 
+#: The replica's request path (the files ``--before`` takes from an older commit).
+REQUEST_PATH = (
+    "streams/http.py", "streams/limits.py", "models/ctr/routes.py", "models/ctr/serving.py",
+    "forecasters/routes.py", "forecasters/serving.py", "roles/serving.py",
+)  # fmt: skip
+
+
+def tree_with_request_path_of(rev: str, into: Path) -> Path:
+    """HEAD's code with :data:`REQUEST_PATH` as of ``rev``, written to ``into``."""
+
+    def git(*args: str) -> bytes:
+        return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True).stdout
+
+    with tarfile.open(fileobj=io.BytesIO(git("archive", "HEAD"))) as archive:
+        archive.extractall(into, filter="data")
+    for path in REQUEST_PATH:
+        (into / path).write_bytes(git("show", f"{rev}:{path}"))
+    return into
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A replica's code: the working tree's, or a tree that ``python -m`` imports instead."""
+
+    label: str
+    tree: Path | None = None
+
+    def env(self) -> dict[str, str]:
+        # -P: the working directory (the repository) is not put before PYTHONPATH on sys.path
+        return {} if self.tree is None else {"PYTHONSAFEPATH": "1", "PYTHONPATH": str(self.tree)}
+
+
 def run_case(
-    case: Case, bootstrap: str, home: Path, seconds: float, idle_rate: float, split: bool
+    case: Case, bootstrap: str, home: Path, seconds: float, idle_rate: float, replicas: list[Variant]
 ) -> list[tuple[str, str]]:
-    """Idle and training rows on the worker itself (one process) or on a replica beside it."""
+    """Idle and training rows on the worker itself (no ``replicas``) or on each replica in turn,
+    each started beside the same trainer and stopped before the next starts."""
     prefix = f"lat{case.service[0]}{int(time.time() * 1000) % 10**8}."
     store = {"DRIFTLINE_CHECKPOINT_STORE": str(home / prefix / "store")}
-    roles = [start_role("worker", case.service, home / prefix / "trainer", bootstrap, prefix, case.options,
-                        "0" if split else "1", store)]  # fmt: skip
-    if split:
-        roles.append(start_role("serve", case.service, home / prefix / "replica", bootstrap, prefix,
-                                case.options, "1", store))  # fmt: skip
-    trainer, server = roles[0], roles[-1]
-    name = f"{case.service} " + (
-        "split: replica (cpu 1), trainer (cpu 0)" if split else "one process: worker"
-    )
-    url = f"{server.base}{case.path}"
+    trainer = start_role("worker", case.service, home / prefix / "trainer", bootstrap, prefix, case.options,
+                         "0" if replicas else "1", store)  # fmt: skip
     rows = []
+    feeder = None
     try:
         wait_ready(trainer)
         feeder = Feeder(bootstrap, trainer.env["DRIFTLINE_TOPIC_PREFIX"], case.topic, case.records())
         feeder.send(case.first)
-        wait_ready(server)
         wait(lambda: applied(trainer, case.service) >= case.first, 180, "the first records trained")
-        if case.method == "GET":
-            wait(lambda: get_json(url)[0] == 200, 180, "a first answer")
+        if not replicas:
+            rows += measure_rows(
+                case, f"{case.service} one process", trainer, trainer, feeder, seconds, idle_rate
+            )
+        for variant in replicas:
+            settled(trainer, case.service)
+            server = start_role("serve", case.service, home / prefix / f"replica{variant.label}", bootstrap,
+                                prefix, case.options, "1", {**store, **variant.env()})  # fmt: skip
+            name = f"{case.service} replica{variant.label}"
+            try:
+                wait_ready(server)
+                rows += measure_rows(case, name, trainer, server, feeder, seconds, idle_rate)
+            finally:
+                server.stop()
+    finally:
+        if feeder is not None:
+            feeder.stop()
+        trainer.stop()
+    return rows
 
-        def at(rate: float) -> Callable[[], LoadReport]:
-            return lambda: open_loop(case.method, url, case.body, rate, seconds)
 
-        rows.append(measure(f"{name}, idle, {idle_rate:g}/s", trainer, case.service, at(idle_rate)))
-        rows.append(measure(f"{name}, idle, {case.rate:g}/s", trainer, case.service, at(case.rate)))
-        feeder.start()
+def measure_rows(
+    case: Case, name: str, trainer: Worker, server: Worker, feeder: Feeder, seconds: float, idle_rate: float
+) -> list[tuple[str, str]]:
+    """Idle at ``idle_rate`` and at the case's rate, then at its rate while the trainer trains flat out."""
+    url = f"{server.base}{case.path}"
+    if case.method == "GET":
+        wait(lambda: get_json(url)[0] == 200, 180, "a first answer")
+
+    def at(rate: float) -> Callable[[], LoadReport]:
+        return lambda: open_loop(case.method, url, case.body, rate, seconds)
+
+    rows = [
+        measure(f"{name}, idle, {idle_rate:g}/s", trainer, case.service, at(idle_rate)),
+        measure(f"{name}, idle, {case.rate:g}/s", trainer, case.service, at(case.rate)),
+    ]
+    feeder.resume()
+    try:
         time.sleep(3)  # training under way
         rows.append(measure(f"{name}, training, {case.rate:g}/s", trainer, case.service, at(case.rate)))
-        feeder.stop()
-        _, health = get_json(f"{server.base}/health")
-        version = health["services"][case.service]["model_version"]
-        rows.append((f"  ({name}: model v{version} at the end)", ""))
     finally:
-        for role in reversed(roles):
-            role.stop()
+        feeder.pause()
+    _, health = get_json(f"{server.base}/health")
+    version = health["services"][case.service]["model_version"]
+    rows.append((f"  ({name}: model v{version} at the end)", ""))
     return rows
 
 
 #: The figures before the serving work (docs/streams.md, commit 80309be; same bench, same machine).
-BEFORE = [
+EARLIER = [
     "ctr one process, idle, 20/s: p50 13.2 ms, p99 20.8 ms",
     "ctr split (replica cpu 1, trainer cpu 0), idle, 20/s: p50 12.3 ms, p99 22.4 ms",
     "ctr split, idle, 200/s: saturated at 131 req/s, p50 2,594 ms",
@@ -221,11 +302,19 @@ def main() -> None:
     parser.add_argument(
         "--swap-interval-s", type=float, default=5.0, help="the trainer's ctr.swap_interval_s"
     )
-    parser.add_argument("--skip", default="", help="comma-separated: ctr, forecast")
+    parser.add_argument("--skip", default="", help="comma-separated: ctr, forecast, one-process")
+    parser.add_argument(
+        "--before", metavar="REV", help="also measure a replica with REV's request path (REQUEST_PATH)"
+    )
     args = parser.parse_args()
     skip = set(args.skip.split(","))
     rows: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
+        replicas = [Variant(" after" if args.before else "")]
+        if args.before:
+            old = tree_with_request_path_of(args.before, Path(tmp) / "before")
+            replicas.insert(0, Variant(" before", old))
+        layouts = ([] if "one-process" in skip else [[]]) + [replicas]
         broker = EmbeddedBroker.on_free_ports(Path(tmp) / "kafka", Settings.from_env().cache)
         with on_cpu0():  # the broker inherits it; the generator keeps both cores
             broker.start()
@@ -237,9 +326,9 @@ def main() -> None:
             ]  # fmt: skip
             for case in cases:
                 if case.service not in skip:
-                    for split in (False, True):
+                    for layout in layouts:
                         rows += run_case(
-                            case, broker.bootstrap, Path(tmp), args.seconds, args.idle_rate, split
+                            case, broker.bootstrap, Path(tmp), args.seconds, args.idle_rate, layout
                         )
         finally:
             broker.stop()
@@ -247,11 +336,19 @@ def main() -> None:
         f"Serving latency, open loop ({args.seconds:.0f} s per row, latency from the scheduled send), "
         f"CPU only, ctr.swap_interval_s={args.swap_interval_s}; training rows: topic fed flat out"
     )
+    print("one process: the worker (cpu 1) trains and answers; replica: a serving replica (cpu 1) beside the")
+    print(
+        "trainer (cpu 0)"
+        + (f"; before: the request path of {args.before}, after: the working tree's" if args.before else "")
+    )
     print(HEADER + "  context")
     for row, context in rows:
         print(f"{row}  {context}")
     print("targets: ctr p50 idle < 3 ms; ctr p99 training 200/s < 15 ms; forecast p99 training 1000/s < 5 ms")
-    print("before:\n" + "\n".join(f"  {line}" for line in BEFORE))
+    print(
+        "earlier, before the first serving work (commit 80309be):\n"
+        + "\n".join(f"  {line}" for line in EARLIER)
+    )
 
 
 if __name__ == "__main__":
