@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -38,6 +39,10 @@ log = logging.getLogger(__name__)
 
 RETRY_S = 1.0
 ASSIGN_TIMEOUT_S = 30.0
+#: How long the thread applying records may hold the GIL while a query waits for it (Python's
+#: default is 5 ms, the whole /forecast p99 target). With a thread loading CTR versions flat out
+#: beside it, the event loop's p99 gap fell from 13.8 to 9.8 ms on one loaded core (measured).
+GIL_SWITCH_S = 0.001
 
 
 class ServingPart(Protocol):
@@ -188,6 +193,7 @@ class ServingRole:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set."""
+        sys.setswitchinterval(GIL_SWITCH_S)  # a replica's process is its own
         await self.sink.start()
         app = make_app(list(self.parts.values()), self.metrics.render, self.health, self.ready)
         try:
