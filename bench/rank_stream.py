@@ -193,26 +193,26 @@ def plot(results: dict[str, dict[str, Any]], grid: np.ndarray, path: Path) -> No
 
 
 def load_raw(paths: list[Path]) -> dict[str, Any]:
-    """Runs saved by earlier calls, merged (e.g. seed ranges run side by side) and ordered by seed;
-    a seed saved twice (overlapping ranges) counts once, from the first file that has it.
+    """Runs saved by earlier calls, merged (e.g. seed ranges run side by side, or selectors added to
+    a finished range) and ordered by seed; a selector's seed saved twice counts once, from the first
+    file that has it. Only the seeds every selector of a mode has are kept, so comparisons stay paired.
 
     JSON made the label counts strings: back to ints. Runs saved without a seed are numbered in order.
     """
     merged: dict[str, dict[str, dict[int, Any]]] = {}
     for path in (p for p in paths if p.is_file()):
         for mode, runs in json.loads(path.read_text()).items():
-            seen = {seed for by_seed in merged.get(mode, {}).values() for seed in by_seed}
             for name, selector_runs in runs.items():
                 by_seed = merged.setdefault(mode, {}).setdefault(name, {})
                 for i, run in enumerate(selector_runs):
                     run.setdefault("seed", i)
                     run["points"] = {int(k): v for k, v in run["points"].items()}
-                    if run["seed"] not in seen:
-                        by_seed[run["seed"]] = run
-    return {
-        mode: {name: [by_seed[s] for s in sorted(by_seed)] for name, by_seed in runs.items()}
-        for mode, runs in merged.items()
-    }
+                    by_seed.setdefault(run["seed"], run)
+    out = {}
+    for mode, runs in merged.items():
+        common = sorted(set.intersection(*(set(by_seed) for by_seed in runs.values())))
+        out[mode] = {name: [by_seed[s] for s in common] for name, by_seed in runs.items()}
+    return out
 
 
 def main() -> None:
