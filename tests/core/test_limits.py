@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from streams.limits import BadJson, Limits, json_depth, parse_json
+from streams.schemas import value_depth  # the decoded value's nesting: [[1]] is 2, a scalar 0
 
 LIMITS = Limits(
     max_body_bytes=1 << 20, max_json_depth=4, max_json_items=50, write_rate=0, write_burst=1, timeout_s=1
@@ -17,15 +18,6 @@ LIMITS = Limits(
 #: quote-parity path) and with escaped quotes and backslashes (the path that cuts strings out).
 PLAIN = ["]]]", "[[[{", "}", "é[ü]", ""]
 ESCAPED = ['"]]]', '\\"[[[', "\\\\", '\\\\"{{', "\n]"]
-
-
-def depth(value: Any) -> int:
-    """The decoded value's nesting, as the limits count it (``[[1]]`` is 2, a scalar 0)."""
-    if isinstance(value, dict):
-        return 1 + max(map(depth, value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max(map(depth, value), default=0)
-    return 0
 
 
 def random_json(rng: random.Random, budget: int, strings: list[str]) -> Any:
@@ -44,7 +36,7 @@ def test_text_depth_equals_the_decoded_depth_whatever_the_strings_hold(strings: 
         value = random_json(rng, rng.randint(0, 8), strings)
         raw = json.dumps(value, ensure_ascii=False, indent=rng.choice([None, 1])).encode()
         assert strings is ESCAPED or b"\\" not in raw  # PLAIN takes the quote-parity path
-        assert json_depth(raw) == depth(value), raw
+        assert json_depth(raw) == value_depth(value), raw
 
 
 def test_a_body_one_level_past_the_limit_is_refused_before_decoding_and_one_within_is_decoded() -> None:
