@@ -118,9 +118,10 @@ class CheckpointStore:
         try:
             with open(tmp / "state.pt", "wb") as handle:
                 half = len(payload) // 2
-                handle.write(payload[:half])
+                view = memoryview(payload)  # slices of bytes would be copies of the whole state
+                handle.write(view[:half])
                 faults.crash_point("mid_checkpoint")
-                handle.write(payload[half:])
+                handle.write(view[half:])
                 handle.flush()
                 os.fsync(handle.fileno())
             record = {

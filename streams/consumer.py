@@ -29,7 +29,7 @@ from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment, Cons
 from aiokafka.errors import KafkaError
 
 from streams.kafka_security import client_security
-from streams.runner import ServiceRunner
+from streams.runner import Parsed, ServiceRunner
 from streams.service import Subscription
 
 log = logging.getLogger(__name__)
@@ -241,16 +241,27 @@ class BatchConsumer:
         await consumer.start()
         log.info("%s: %s connected; joining group %s", self.runner.service.name, self.instance, self.group)
         lag_task = asyncio.create_task(self._track_lag(stop))
+        applying: asyncio.Task[None] | None = None
         try:
             while not stop.is_set():
+                # Taking and parsing a batch overlap the previous batch's training; batches still
+                # apply one at a time, in order, and a checkpoint comes between two of them.
                 generation = self._generation
                 batch = await self._take(consumer, stop)
-                if batch:
-                    await self._apply(batch, generation)
+                parsed = await self._parse(batch) if batch else []
+                if applying is not None:
+                    await applying
+                    applying = None
+                await self.runner.maybe_checkpoint()
+                if parsed and generation != self._generation:
+                    self._read_again_from_applied()  # now, while no batch is being taken
+                elif parsed:
+                    applying = asyncio.create_task(self._apply(parsed, generation))
                 elif self._catch_up:
                     await self._idle_catch_up(consumer)
-                await self.runner.maybe_checkpoint()
         finally:
+            if applying is not None:
+                await asyncio.wait([applying])
             lag_task.cancel()
             with contextlib.suppress(Exception):
                 await self.runner.close()
@@ -275,24 +286,30 @@ class BatchConsumer:
                 deadline = time.monotonic() + self.window_s
         return taken
 
-    async def _apply(self, batch: dict[TopicPartition, list], generation: int) -> None:
-        """Apply a batch unless the assignment changed since it was fetched.
-
-        Records taken across an assignment change may come from a position the fetcher had
-        before the seek to the checkpoint's offsets: such a batch is dropped and every owned
-        partition is read again from its applied offset, so nothing is skipped either way.
-        """
-        if generation != self._generation:
-            self._read_again_from_applied()
-            return
+    async def _parse(self, batch: dict[TopicPartition, list]) -> list[tuple[Subscription, Parsed]]:
+        """The owned partitions' records, by topic, parsed (pure: no state is read or changed)."""
         by_topic: dict[str, list] = {}
         for tp, records in batch.items():
             if (tp.topic, tp.partition) in self.owned:
                 by_topic.setdefault(tp.topic, []).extend(records)
-        for topic, records in by_topic.items():
+        return [
+            (self.subscriptions[topic], await self.runner.parse(self.subscriptions[topic], records))
+            for topic, records in by_topic.items()
+        ]
+
+    async def _apply(self, batch: list[tuple[Subscription, Parsed]], generation: int) -> None:
+        """Apply a batch unless the assignment changed since it was fetched.
+
+        Records taken across an assignment change or a seek may come from a position the fetcher
+        had before it: such a batch is dropped and every owned partition is read again from its
+        applied offset, so nothing is skipped either way (the loop checks before this task starts,
+        the runner again once it holds the batch lock).
+        """
+        for subscription, parsed in batch:
+            topic = subscription.topic
             try:
                 applied = await self.runner.apply(
-                    self.subscriptions[topic], records, lambda: generation == self._generation
+                    subscription, parsed, lambda: generation == self._generation
                 )
                 if applied is None:
                     self._read_again_from_applied()
@@ -311,8 +328,10 @@ class BatchConsumer:
         self._seek(self.runner.next_offsets(self.owned))
 
     def _seek(self, positions: Mapping[tuple[str, int], int]) -> None:
+        """Read ``positions`` next; a batch taken meanwhile (from the old positions) is dropped."""
         consumer = self.consumer
         assert consumer is not None
+        self._generation += 1
         for (topic, partition), offset in positions.items():
             consumer.seek(TopicPartition(topic, partition), offset)
 
