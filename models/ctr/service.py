@@ -24,7 +24,7 @@ from typing import Any
 
 from models.ctr import movielens
 from models.ctr.click_labels import ClickLabels
-from models.ctr.features import CtrBatch, FeatureError, FeatureSpec, encode
+from models.ctr.features import CtrBatch, FeatureError, FeatureSpec, RowEncoder
 from models.ctr.learner import CtrConfig, CtrLearner
 from models.ctr.promotion import CtrLifecycle, LifecycleConfig, manual_target
 from models.ctr.registry import learner_class
@@ -120,6 +120,8 @@ class CtrService(ModelService):
         super().__init__()
         self.learner = learner
         self.spec = learner.spec
+        #: Encodes the impressions that :meth:`_unusable` passed (it checked them against the spec).
+        self.encoder = RowEncoder(self.spec)
         self.batch_size = batch_size
         self.batch_window_s = batch_window_s
         self.swap_interval_s = swap_interval_s
@@ -191,7 +193,7 @@ class CtrService(ModelService):
         if joined is not None:
             joined.impressions([r for r in usable if r.clicked is None])
             usable = [r for r in usable if r.clicked is not None]
-        batches = [encode(self.spec, usable, [int(r.clicked or 0) for r in usable])] if usable else []
+        batches = [self.encoder.encode(usable, [int(r.clicked or 0) for r in usable])] if usable else []
         return batches + (joined.batches() if joined is not None else [])
 
     def _join_metrics(self) -> dict[str, float]:

@@ -34,7 +34,7 @@ def test_the_bucket_memo_stays_bounded_and_correct() -> None:
     for i in range(10):
         batch = encoder.encode([{"categorical": {"user": f"u{i}", "item": f"i{i}"}}])
         assert batch.categorical.tolist() == [[bucket_of(f"u{i}", 101), bucket_of(f"i{i}", 101)]]
-        assert len(encoder._memo) <= 3
+        assert len(encoder._bucket.known) <= 3
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from models.ctr.features import FeatureError, FeatureSpec, RunningNorm, bucket_of, encode
+from models.ctr.features import (
+    BucketMemo,
+    FeatureError,
+    FeatureSpec,
+    RowEncoder,
+    RunningNorm,
+    bucket_of,
+    encode,
+)
 from streams.schemas import Impression
 
 SPEC = FeatureSpec(categorical=("user", "item"), dense=("age",), buckets=101)
@@ -34,6 +42,34 @@ def test_unknown_fields_are_named() -> None:
         encode(SPEC, [impression({"user": "u", "colour": "red"})])
     with pytest.raises(FeatureError, match="height"):
         encode(SPEC, [impression({"user": "u"}, {"height": 2.0})])
+
+
+def test_the_training_encoder_gives_what_encode_gives_across_memo_resets() -> None:
+    rows = [
+        impression({"user": f"u{i % 7}", "item": f"i{i}"}, {"age": float(i)} if i % 3 else {})
+        for i in range(40)
+    ]
+    encoder = RowEncoder(SPEC)
+    encoder.memo.size = 5  # cleared several times on the way
+    for start in (0, 20):
+        part = rows[start : start + 20]
+        batch, reference = encoder.encode(part, [1] * 20), encode(SPEC, part, [1] * 20)
+        assert torch.equal(batch.categorical, reference.categorical)
+        assert torch.equal(batch.dense.isnan(), reference.dense.isnan())
+        assert torch.equal(batch.dense.nan_to_num(), reference.dense.nan_to_num())
+        assert batch.dense.dtype == torch.float32 and torch.equal(batch.labels, reference.labels)
+    assert len(encoder.memo.known) <= 5
+
+
+def test_the_bucket_memo_maps_missing_to_zero_and_stays_bounded() -> None:
+    memo = BucketMemo(101, size=3)
+    assert [memo(v) for v in (None, "a", "b", "c", None, "a")] == [
+        0,
+        *(bucket_of(v, 101) for v in "abc"),
+        0,
+        bucket_of("a", 101),
+    ]
+    assert len(memo.known) <= 3 and memo.known[None] == 0
 
 
 def test_labels_must_match_rows() -> None:
