@@ -85,18 +85,19 @@ class _Connection:
         self.reader, self.writer = reader, writer
 
     async def send(self, request: bytes) -> int:
-        """Send ``request``; return the answer's status once its body has been read."""
+        """Send ``request``; return the answer's status once its body has been read.
+
+        The head is read in one call and searched, not read line by line: at 1,000 requests/s the
+        generator's own CPU lands on the cores it measures.
+        """
         self.writer.write(request)
-        status = int((await self.reader.readline()).split(b" ", 2)[1])
-        length = None
-        while (line := await self.reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        if length is None:
+        head = (await self.reader.readuntil(b"\r\n\r\n")).lower()
+        start = head.find(b"\r\ncontent-length:")
+        if start < 0:
             raise ConnectionError("an answer without Content-Length")
+        length = int(head[start + 17 : head.index(b"\r\n", start + 2)])
         await self.reader.readexactly(length)
-        return status
+        return int(head.split(b" ", 2)[1])
 
     def close(self) -> None:
         self.writer.close()
@@ -130,10 +131,18 @@ async def _open(method: str, url: Target, body: bytes | None, rate: float, secon
             else:  # every open connection is busy: no client-side queue, lateness shows as latency
                 connection = _Connection(*await asyncio.open_connection(host, port))
                 opened.append(connection)
-            status = await asyncio.wait_for(connection.send(request), TIMEOUT_S)
+            async with asyncio.timeout(TIMEOUT_S):  # no extra task per request, unlike wait_for
+                status = await connection.send(request)
             failed[k] = status >= 500
             idle.append(connection)
-        except (OSError, ValueError, IndexError, asyncio.IncompleteReadError, TimeoutError):
+        except (
+            OSError,
+            ValueError,
+            IndexError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            TimeoutError,
+        ):
             failed[k] = True
             if connection is not None:
                 connection.close()  # its answer may still come: never reuse it
