@@ -3,19 +3,36 @@
 **Gate.** When a swap is due, the trained model is frozen *before* it trains on the batch at hand,
 so that batch is a held-back slice neither the candidate nor the serving version has seen. The
 candidate's progressive logloss on it (what ``learn`` measures before its step) is compared with
-the serving version's; the candidate serves only if it is no worse than ``promotion_margin``
-(relative). Either way the decision goes into the :class:`~streams.lineage.Lineage` with its
-evidence: both losses, the margin, and the window (sample count and offsets).
+the serving version's by the shared rule, :meth:`streams.lineage.GateEvidence.passes` (no worse than
+``promotion_margin``, relative), and :meth:`streams.lineage.Lineage.gate` records the decision with
+its evidence: both losses, the margin, and the window (sample count and offsets).
 
 **Probation.** A promoted version with a predecessor is scored beside that predecessor on every
 following batch (the same events, before training) for ``probation_samples`` impressions. When its
 mean logloss over the last ``rollback_samples`` impressions exceeds the predecessor's by more than
 ``rollback_margin``, the predecessor serves again, training restarts from it (so the bad update
-is not simply repeated) and the rollback is recorded. A changed world makes old and new versions
-worse alike: no rollback then; the drift alarm (:mod:`streams.drift`) reports it and its action adapts.
+is not simply repeated) and the rollback is recorded.
 
-All of it runs inside ``process`` from stream data only, so a replay after a crash decides alike;
-"time" is therefore counted in impressions, not seconds.
+**A changed world is no bad update.** On events from a changed world (concept drift, or a corrupted
+stretch such as a run of flipped labels) old versions do worse too, and the better fit of the old
+world can do worse than its predecessor: that is no evidence against the update. So:
+
+- a batch counts toward a rollback only once the drift alarm (:mod:`streams.drift`, which the runner
+  feeds each batch's error after ``process``) has seen it: :meth:`CtrLifecycle.watch` judges the
+  batches scored so far *before* it scores the batch at hand, one batch later than it could;
+- a drift alarm (:meth:`CtrLifecycle.on_drift`, any action) ends the running probation without a
+  verdict: the version keeps serving. Its window straddles the change, and judging it later would
+  compare two versions trained before the change on events after it, the same false evidence,
+  while a rollback would also throw away what training has adapted since the alarm. The next
+  promoted version, gated on the changed world, is on probation as usual (so the version that
+  learned a corrupted stretch is still rolled back once the world is clean again).
+
+The alarm must come within ``rollback_samples`` of a change for this to hold; a slower alarm lets
+the rollback go first, as before. The drift actions then adapt (``faster``, ``warm-restart``).
+
+All of it runs inside ``process`` and the runner's drift hook from stream data only, and the
+probation is part of the checkpointed state, so a replay after a crash decides alike; "time" is
+therefore counted in impressions, not seconds.
 """
 
 from __future__ import annotations
@@ -29,7 +46,7 @@ from models.ctr.features import CtrBatch
 from models.ctr.learner import CtrLearner, CtrScorer
 from models.ctr.metrics import log_loss
 from models.ctr.versions import ModelVersion, NoOlderVersion, VersionHistory
-from streams.lineage import Lineage
+from streams.lineage import GateEvidence, Lineage
 from streams.service import Output
 
 if TYPE_CHECKING:
@@ -111,41 +128,26 @@ class CtrLifecycle:
     def consider(self, candidate: Candidate, metrics: dict[str, float], batch: CtrBatch) -> list[Output]:
         """Promote or reject ``candidate`` on ``batch`` (which it has not trained on); the
         ``model-updates`` record of a promoted version is returned."""
-        history, cfg = self.service.history, self.config
-        serving = history.serving
-        evidence: dict[str, Any] = {
-            "metric": "logloss",
-            "candidate": metrics["logloss"],
-            "serving": None,
-            "serving_version": None,
-            "margin": cfg.promotion_margin,
-            "window": self._window(len(batch)),
-        }
-        if serving is None:
-            return self._promote(candidate, metrics, evidence, "first version: nothing serves yet")
-        evidence["serving"] = batch_loss(serving.scorer, batch)
-        evidence["serving_version"] = serving.number
-        limit = evidence["serving"] * (1 + cfg.promotion_margin)
-        if evidence["candidate"] <= limit:
-            reason = f"logloss {evidence['candidate']:.4f} <= serving's {evidence['serving']:.4f} + margin"
-            return self._promote(candidate, metrics, evidence, reason)
-        history.last_number += 1  # a rejected candidate keeps its number: lineage entries stay unique
-        self.lineage.add(history.last_number, time.time(), self.learned_offsets, evidence)
-        reason = f"logloss {evidence['candidate']:.4f} > serving's {evidence['serving']:.4f} + margin"
-        self.lineage.record(history.last_number, "rejected", reason, evidence)
-        return []
-
-    def _promote(
-        self, candidate: Candidate, metrics: dict[str, float], evidence: dict[str, Any], reason: str
-    ) -> list[Output]:
         history = self.service.history
-        predecessor = history.serving
+        serving = history.serving
+        evidence = GateEvidence(
+            metric="logloss",
+            candidate=metrics["logloss"],
+            serving=None if serving is None else batch_loss(serving.scorer, batch),
+            serving_version=None if serving is None else serving.number,
+            margin=self.config.promotion_margin,
+            window=self._window(len(batch)),
+        )
+        number = history.last_number + 1  # a rejected candidate keeps its number: lineage entries stay unique
+        if not self.lineage.gate(number, time.time(), self.learned_offsets, evidence):
+            history.last_number = number
+            return []
         version = history.publish(candidate.scorer, candidate.samples_seen, candidate.steps, metrics)
-        self.published(version, evidence, reason)
-        if predecessor is not None:
+        assert version.number == number, "the lineage names the version publish numbers"
+        if serving is not None:
             self.probation = {
                 "version": version.number,
-                "predecessor": predecessor.number,
+                "predecessor": serving.number,
                 "since": time.time(),
                 "evaluated": 0,
                 "window": [],  # [samples, version's logloss, predecessor's logloss] per batch
@@ -166,7 +168,8 @@ class CtrLifecycle:
 
     # -- probation and automatic rollback --------------------------------------------------------
     def watch(self, batch: CtrBatch) -> list[Output]:
-        """Score the version on probation and its predecessor on ``batch``; roll back when due."""
+        """Roll back when the batches scored so far say so, else score the version on probation
+        and its predecessor on ``batch`` (judged at the next batch, once the drift alarm saw it)."""
         probation, history = self.probation, self.service.history
         if probation is None:
             return []
@@ -175,19 +178,22 @@ class CtrLifecycle:
         if serving is None or serving.number != probation["version"] or predecessor is None:
             self.probation = None  # served over by hand, or the predecessor is no longer kept
             return []
-        window, scored = probation["window"], batch.slice(0, min(len(batch), self.config.probation_rows))
+        window = probation["window"]
+        samples = sum(n for n, _, _ in window)
+        if samples >= self.config.rollback_samples:
+            new, old = (sum(n * loss[i] for n, *loss in window) / samples for i in (0, 1))
+            if new > old * (1 + self.config.rollback_margin):
+                return [self._roll_back(serving, predecessor, samples, new, old)]
+        if probation["evaluated"] >= self.config.probation_samples:
+            self.probation = None
+            return []
+        scored = batch.slice(0, min(len(batch), self.config.probation_rows))
         window.append(
             [len(batch), batch_loss(serving.scorer, scored), batch_loss(predecessor.scorer, scored)]
         )
         probation["evaluated"] += len(batch)
         while sum(n for n, _, _ in window[1:]) >= self.config.rollback_samples:
             window.pop(0)
-        samples = sum(n for n, _, _ in window)
-        new, old = (sum(n * loss[i] for n, *loss in window) / samples for i in (0, 1))
-        if samples >= self.config.rollback_samples and new > old * (1 + self.config.rollback_margin):
-            return [self._roll_back(serving, predecessor, samples, new, old)]
-        if probation["evaluated"] >= self.config.probation_samples:
-            self.probation = None
         return []
 
     def _roll_back(
@@ -202,7 +208,7 @@ class CtrLifecycle:
             "predecessor": old,
             "margin": self.config.rollback_margin,
             "promoted_at": self.probation["since"],
-            "window": {**self._window(samples), "after": None},
+            "window": {"samples": samples, "after": None, "to": dict(self.learned_offsets)},
         }
         history.adopt(good, bad.number)
         learner.restore(good.scorer)
@@ -234,8 +240,16 @@ class CtrLifecycle:
 
     # -- drift actions ---------------------------------------------------------------------------
     def on_drift(self, action: str) -> None:
-        """``faster``: boost the learning rates for a while; ``warm-restart``: train on from the
-        serving version (the last that passed the gate)."""
+        """A drift alarm: the running probation ends without a verdict (see the module docstring);
+        then ``faster`` boosts the learning rates for a while and ``warm-restart`` trains on from
+        the serving version (the last that passed the gate); ``alarm`` adapts nothing."""
+        if self.probation is not None:
+            log.warning(
+                "ctr: drift alarm: v%d's probation against v%d ends without a verdict (a changed world)",
+                self.probation["version"],
+                self.probation["predecessor"],
+            )
+            self.probation = None
         learner, serving = self.service.learner, self.service.history.serving
         if action == "faster" and not self.faster_left:
             scale_learning_rates(learner, self.config.faster_factor)

@@ -1,15 +1,17 @@
 """Gate, automatic rollback and drift on MovieLens-100K with injected label flips (synthetic change).
 
 Batches 0-59 train clean once (module fixture); each scenario starts from that state at batch 60,
-and the service considers a candidate at batches 70, 80 and 90.
+and the service considers a candidate every 10 batches (70, 80, 90, ...).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from models.ctr.promotion import LifecycleConfig
 from models.ctr.service import CtrService
 from streams.drift import DriftSettings
 from streams.schemas import Impression
@@ -104,4 +106,35 @@ def test_a_lasting_label_flip_raises_the_drift_alarm_and_no_rollback(
     print(
         f"\nlasting flip at batch 62: drift alarm at batch {run.batch_at(alarm_at)} "
         f"({alarm_at - flipped_at:.2f} s wall after the flipped batch was applied)"
+    )
+
+
+def test_a_corrupted_stretch_right_after_a_promotion_alarms_and_rolls_nothing_back(
+    stream: list[Impression], warmed: tuple[dict[str, Any], dict[str, Any]]
+) -> None:
+    run = trainer(DriftSettings(action="faster"), warmed)
+    # The service's default rollback margin (5%): on the flipped events below, the version promoted
+    # at batch 110 does more than that worse than its predecessor (the better fit, the worse on flips).
+    default = LifecycleConfig().rollback_margin
+    run.service.lifecycle.config = replace(run.service.lifecycle.config, rollback_margin=default)
+    run.feed(stream, range(60, 111), lambda b: False)
+    good = run.service.model_version()
+    promoted = dict(run.events("promoted"))
+    assert run.batch_at(promoted[good]["at"]) == 110, "a clean version goes on probation at batch 110"
+    assert run.service.lifecycle.probation is not None
+
+    def corrupted(b: int) -> bool:
+        """Batches 111-119 flipped (a corrupted stretch), trained at the normal rates; clean after."""
+        return 111 <= b <= 119
+
+    run.feed(stream, range(111, 114), corrupted)
+    assert run.drift.alarms == 1, "the stretch must raise the drift alarm within 3 batches"
+    alarm_at = run.batch_at(run.drift.last_alarm_ts)  # type: ignore[arg-type]
+    assert run.service.lifecycle.probation is None, "the alarm ends the probation without a verdict"
+    run.feed(stream, range(114, 126), corrupted)
+    assert not run.events("rolled_back"), "the stretch is no bad update of the version promoted before it"
+    assert run.service.model_version() >= good, "no older version serves again"
+    print(
+        f"\ncorrupted stretch from batch 111 right after v{good}'s promotion: drift alarm at batch "
+        f"{alarm_at} ({(alarm_at - 110) * BATCH:,} impressions in), no rollback"
     )
