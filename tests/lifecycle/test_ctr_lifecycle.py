@@ -138,3 +138,15 @@ def test_a_corrupted_stretch_right_after_a_promotion_alarms_and_rolls_nothing_ba
         f"\ncorrupted stretch from batch 111 right after v{good}'s promotion: drift alarm at batch "
         f"{alarm_at} ({(alarm_at - 110) * BATCH:,} impressions in), no rollback"
     )
+
+
+def test_an_alarm_of_any_action_ends_the_probation_and_alarm_alone_adapts_nothing(
+    warmed: tuple[dict[str, Any], dict[str, Any]],
+) -> None:
+    run = trainer(CLEAN, warmed)
+    before = lrs(run.service)
+    assert run.service.lifecycle.probation is not None, "v6 is on probation at batch 60"
+    run.service.on_drift("alarm")
+    assert run.service.lifecycle.probation is None
+    assert run.service.lifecycle.state_dict()["probation"] is None, "the checkpoint holds the ending"
+    assert lrs(run.service) == before
