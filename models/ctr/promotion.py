@@ -21,11 +21,15 @@ world can do worse than its predecessor: that is no evidence against the update.
   feeds each batch's error after ``process``) has seen it: :meth:`CtrLifecycle.watch` judges the
   batches scored so far *before* it scores the batch at hand, one batch later than it could;
 - a drift alarm (:meth:`CtrLifecycle.on_drift`, any action) ends the running probation without a
-  verdict: the version keeps serving. Its window straddles the change, and judging it later would
-  compare two versions trained before the change on events after it, the same false evidence,
-  while a rollback would also throw away what training has adapted since the alarm. The next
-  promoted version, gated on the changed world, is on probation as usual (so the version that
-  learned a corrupted stretch is still rolled back once the world is clean again).
+  verdict when the predecessor does worse too: its mean logloss over the probation's window
+  exceeds its own on the gate's slice by more than ``rollback_margin``. The version keeps serving.
+  Its window straddles the change, and judging it later would compare two versions trained before
+  the change on events after it, the same false evidence, while a rollback would also throw away
+  what training has adapted since the alarm. When the predecessor does as before, the alarm may be
+  the new version's own breakage (the detector watches the trained model's error), and probation
+  goes on: so the version that learned a corrupted stretch, promoted at its end, is still rolled
+  back once the world is clean again, even if the alarm comes late. The next promoted version is
+  on probation as usual.
 
 The alarm must come within ``rollback_samples`` of a change for this to hold; a slower alarm lets
 the rollback go first, as before. The drift actions then adapt (``faster``, ``warm-restart``).
@@ -149,6 +153,7 @@ class CtrLifecycle:
                 "version": version.number,
                 "predecessor": serving.number,
                 "since": time.time(),
+                "baseline": evidence.serving,  # the predecessor's logloss on the gate's slice
                 "evaluated": 0,
                 "window": [],  # [samples, version's logloss, predecessor's logloss] per batch
             }
@@ -179,11 +184,9 @@ class CtrLifecycle:
             self.probation = None  # served over by hand, or the predecessor is no longer kept
             return []
         window = probation["window"]
-        samples = sum(n for n, _, _ in window)
-        if samples >= self.config.rollback_samples:
-            new, old = (sum(n * loss[i] for n, *loss in window) / samples for i in (0, 1))
-            if new > old * (1 + self.config.rollback_margin):
-                return [self._roll_back(serving, predecessor, samples, new, old)]
+        samples, new, old = window_means(window)
+        if samples >= self.config.rollback_samples and new > old * (1 + self.config.rollback_margin):
+            return [self._roll_back(serving, predecessor, samples, new, old)]
         if probation["evaluated"] >= self.config.probation_samples:
             self.probation = None
             return []
@@ -240,10 +243,11 @@ class CtrLifecycle:
 
     # -- drift actions ---------------------------------------------------------------------------
     def on_drift(self, action: str) -> None:
-        """A drift alarm: the running probation ends without a verdict (see the module docstring);
-        then ``faster`` boosts the learning rates for a while and ``warm-restart`` trains on from
-        the serving version (the last that passed the gate); ``alarm`` adapts nothing."""
-        if self.probation is not None:
+        """A drift alarm: the running probation ends without a verdict when its predecessor does
+        worse too (see the module docstring); then ``faster`` boosts the learning rates for a while
+        and ``warm-restart`` trains on from the serving version (the last that passed the gate);
+        ``alarm`` adapts nothing."""
+        if self.probation is not None and self._old_versions_worse_too(self.probation):
             log.warning(
                 "ctr: drift alarm: v%d's probation against v%d ends without a verdict (a changed world)",
                 self.probation["version"],
@@ -256,6 +260,13 @@ class CtrLifecycle:
             self.faster_left = self.config.faster_steps
         elif action == "warm-restart" and serving is not None:
             learner.restore(serving.scorer)
+
+    def _old_versions_worse_too(self, probation: dict[str, Any]) -> bool:
+        """The predecessor does more than ``rollback_margin`` worse on the probation's window than
+        on the gate's slice: the world changed under both versions (not only the new one broke)."""
+        samples, _, old = window_means(probation["window"])
+        baseline = probation.get("baseline")  # absent in probations checkpointed before it
+        return baseline is None or (samples > 0 and old > baseline * (1 + self.config.rollback_margin))
 
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -271,6 +282,15 @@ class CtrLifecycle:
         self.probation = state["probation"]
         self.learned_offsets = dict(state["learned_offsets"])
         self.faster_left = int(state["faster_left"])
+
+
+def window_means(window: list[list[float]]) -> tuple[int, float, float]:
+    """Impressions in a probation window and both versions' mean logloss over them (0s when empty)."""
+    samples = int(sum(n for n, _, _ in window))
+    if not samples:
+        return 0, 0.0, 0.0
+    new, old = (sum(n * loss[i] for n, *loss in window) / samples for i in (0, 1))
+    return samples, new, old
 
 
 def manual_target(history: VersionHistory, action: str, number: int | None) -> ModelVersion:

@@ -140,13 +140,18 @@ def test_a_corrupted_stretch_right_after_a_promotion_alarms_and_rolls_nothing_ba
     )
 
 
-def test_an_alarm_of_any_action_ends_the_probation_and_alarm_alone_adapts_nothing(
-    warmed: tuple[dict[str, Any], dict[str, Any]],
+def test_a_late_alarm_does_not_save_the_update_trained_on_a_corrupted_stretch(
+    stream: list[Impression], warmed: tuple[dict[str, Any], dict[str, Any]]
 ) -> None:
     run = trainer(CLEAN, warmed)
+    # As in the corrupted-update test: v8, trained on batches 72-80 flipped at 3x the learning rates,
+    # passes the gate on flipped batch 80; the world is clean again from batch 81.
+    run.feed(stream, range(60, 82), lambda b: 72 <= b <= 80, boost=3)
+    assert run.service.model_version() == 8 and run.service.lifecycle.probation is not None
     before = lrs(run.service)
-    assert run.service.lifecycle.probation is not None, "v6 is on probation at batch 60"
+    # An alarm that comes late, on clean events (action alarm: the runner does not call it yet).
     run.service.on_drift("alarm")
-    assert run.service.lifecycle.probation is None
-    assert run.service.lifecycle.state_dict()["probation"] is None, "the checkpoint holds the ending"
-    assert lrs(run.service) == before
+    assert run.service.lifecycle.probation is not None, "v7 does as on the gate's slice: probation goes on"
+    assert lrs(run.service) == before, "action alarm adapts nothing"
+    run.feed(stream, range(82, 90), lambda b: False)
+    assert [(v, h["evidence"]["rolled_back_from"]) for v, h in run.events("rolled_back")] == [(7, 8)]
