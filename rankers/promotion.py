@@ -58,7 +58,7 @@ class GateConfig:
     #: A candidate may have up to this much (relative) lower NDCG@10 than serving and still serve.
     promotion_margin: float = 0.05
     #: Judged held-back queries (with at least one relevant document) a decision needs.
-    promotion_queries: int = 20
+    promotion_queries: int = 10
 
     def __post_init__(self) -> None:
         if not 0 <= self.promotion_margin < 1:
