@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import io
 import itertools
+import math
 import multiprocessing
 import os
 import subprocess
@@ -144,7 +145,12 @@ def wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
 
 
 def applied(role: Worker, service: str) -> float:
-    return total(scrape(role.base), "driftline_events_total", service=service)
+    """Events the role has applied; NaN while its ``/metrics`` does not answer (a trainer fed flat
+    out beside 1,000 queries/s once took over 30 s), so that one slow scrape cannot lose the run."""
+    try:
+        return total(scrape(role.base), "driftline_events_total", service=service)
+    except OSError:
+        return math.nan
 
 
 def settled(trainer: Worker, service: str, timeout_s: float = 60.0) -> None:
@@ -161,7 +167,9 @@ def measure(label: str, trainer: Worker, service: str, run: Callable[[], LoadRep
     before, started = applied(trainer, service), time.perf_counter()
     report = run()
     rate = (applied(trainer, service) - before) / (time.perf_counter() - started)
-    return report.row(label), f"trainer applied {rate:,.0f} ev/s; {load()}"
+    row = report.row(label), f"trainer applied {rate:,.0f} ev/s; {load()}"
+    print("measured:", *row, flush=True)  # a run that fails later keeps what it measured
+    return row
 
 
 @dataclass(frozen=True)
