@@ -19,6 +19,7 @@ own target. docs/forecasters.md ("Adaptive cadence") has what this recovers of p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,7 @@ from torch import nn
 
 from forecasters.batch import WindowBatch
 from forecasters.ensemble import build_ensemble, moments
-from forecasters.gain import ResidualGain
+from forecasters.gain import GAIN_PRIOR, ResidualGain
 from forecasters.learner import Forecaster, behaves_same_in_train_mode, forecast_errors, loss_named
 from models.device import default_device
 
@@ -72,6 +73,7 @@ class OneNet(Forecaster):
         loss: str = "huber",
         ocp: str = "eg",
         gain: bool = True,
+        gain_prior: float = GAIN_PRIOR,
     ) -> None:
         self.device = device or default_device()
         self.horizon = horizon
@@ -83,7 +85,7 @@ class OneNet(Forecaster):
         self.bias_optimizer = torch.optim.Adam(self.bias.parameters(), lr=bias_lr)
         self.loss_fn = loss_named(loss)
         self.weights = build_ensemble(ocp, channels, eta)
-        self.gain = ResidualGain(horizon, channels) if gain else None
+        self.gain = ResidualGain(horizon, channels, prior=gain_prior) if gain else None
         #: The bias from each series' previous step: {series: [C] float32}.
         self.last_bias: dict[str, np.ndarray] = {}
 
@@ -112,11 +114,11 @@ class OneNet(Forecaster):
         batch = batch.to(self.device)
         y1, y2 = self._branch_outputs(batch)
         share = self._share(batch)[:, None, :]
-        mix = share * y1 + (1 - share) * y2
-        if self.gain is None:
-            return mix
+        forecast = share * y1 + (1 - share) * y2
         last = batch.x[:, -1:, :]
-        return last + self.gain.gain().to(self.device) * (mix - last)
+        if self.gain is not None:
+            forecast = last + self.gain.gain().to(self.device) * (forecast - last)
+        return forecast
 
     def mixing_weights(self, batch: WindowBatch) -> dict[str, list[list[float]]]:
         share = self._share(batch.to(self.device)).cpu()
@@ -128,11 +130,7 @@ class OneNet(Forecaster):
     ) -> torch.Tensor:
         """Branch 1's logit for every row [B, C], taken before the ensemble update of the row's step; one
         update per step, on the branches' per-variable error moments over that step's rows."""
-        logits = []
-        for stats in _step_means(moments(y1, y2, y), step):
-            logits.append(self._logit())
-            self.weights.update(stats)
-        return torch.stack(logits)[torch.from_numpy(step).to(self.device)]
+        return _per_step(moments(y1, y2, y), step, self._logit, self.weights.update)
 
     def _advance_gain(
         self, mix: torch.Tensor, last: torch.Tensor, y: torch.Tensor, step: np.ndarray
@@ -142,12 +140,8 @@ class OneNet(Forecaster):
         if self.gain is None:
             return mix
         residual = mix - last
-        gains = []
-        for moments_of_step in _step_means(self.gain.moments(residual, y - last), step):
-            gains.append(self.gain.gain())
-            self.gain.update(moments_of_step)
-        gain = torch.stack(gains).to(self.device)[torch.from_numpy(step).to(self.device)]
-        return last + gain * residual
+        gain = _per_step(self.gain.moments(residual, y - last), step, self.gain.gain, self.gain.update)
+        return last + gain.to(self.device) * residual
 
     def learn(self, batch: WindowBatch) -> dict[str, float]:
         batch = batch.to(self.device)
@@ -216,6 +210,21 @@ class OneNet(Forecaster):
         self.last_bias = dict(state["last_bias"])
         if self.gain is not None and state.get("gain") is not None:
             self.gain.load_state_dict(state["gain"])
+
+
+def _per_step(
+    rows: torch.Tensor,
+    step: np.ndarray,
+    current: Callable[[], torch.Tensor],
+    update: Callable[[torch.Tensor], None],
+) -> torch.Tensor:
+    """For every row, ``current()`` as it was before the update of the row's step; one ``update`` per
+    step, on the mean of ``rows`` [B, ...] over that step's rows. [B, ...] on ``rows``' device."""
+    states = []
+    for stats in _step_means(rows, step):
+        states.append(current())
+        update(stats)
+    return torch.stack(states).to(rows.device)[torch.from_numpy(step).to(rows.device)]
 
 
 def _step_means(values: torch.Tensor, step: np.ndarray) -> torch.Tensor:

@@ -10,6 +10,7 @@ import torch
 from forecasters.baselines import DLinear, LastValue, SeasonalNaive
 from forecasters.branches import CrossTimeMLP, CrossVariableTCN
 from forecasters.card import CARD, CARDConfig, CARDNet
+from forecasters.gain import GAIN_PRIOR
 from forecasters.learner import Forecaster
 from forecasters.onenet import OneNet
 
@@ -26,12 +27,14 @@ class ForecasterSpec:
     period: int = 24
     lr: float = 1e-3
     #: OneNet only: the branches' training loss (``huber`` | ``mse``), the OCP form (``eg`` scale-free |
-    #: ``eg-mse`` | ``adam``), each window's normalisation (``last`` | ``revin``) and the residual gain.
+    #: ``eg-mse`` | ``adam``), each window's normalisation (``last`` | ``revin``), the residual gain and its
+    #: ridge prior towards last-value (forecasters/gain.py).
     #: Defaults are the measured best under delayed labels (docs/forecasters.md).
     loss: str = "huber"
     ocp: str = "eg"
     norm: str = "last"
     gain: bool = True
+    gain_prior: float = GAIN_PRIOR
 
     @classmethod
     def from_dict(cls, values: dict[str, object]) -> ForecasterSpec:
@@ -57,6 +60,7 @@ def _onenet(spec: ForecasterSpec, cross_time: torch.nn.Module, device: torch.dev
         loss=spec.loss,
         ocp=spec.ocp,
         gain=spec.gain,
+        gain_prior=spec.gain_prior,
     )
 
 

@@ -334,3 +334,24 @@ def test_one_outlier_window_leaves_no_lasting_mark(kind: str, sine_windows: Wind
     probe = origins[300:340]
     after_ordinary = validation_mse(ordinary, sine_windows, probe)
     assert validation_mse(jolted, sine_windows, probe) < 1.3 * after_ordinary
+
+
+
+def test_gain_prior_keeps_a_no_skill_lead_at_last_value_and_a_skilled_one_on_the_model() -> None:
+    """Issue 13 (exchange_rate, close to a random walk): without the prior, noise keeps g off 0 much of
+    the time; with it g stays near 0 where the residual is unrelated to the truth, and near 1 where it is
+    the truth plus noise."""
+    torch.manual_seed(0)
+    plain, ridged = ResidualGain(2, 1, decay=0.99), ResidualGain(2, 1, decay=0.99, prior=16.0)
+    seen: dict[int, list[torch.Tensor]] = {0: [], 16: []}
+    for _ in range(1000):
+        wanted = torch.randn(2, 1)
+        residual = torch.stack([wanted[0] + 0.3 * torch.randn(1), 0.2 * torch.randn(1)])
+        for gain, key in ((plain, 0), (ridged, 16)):
+            gain.update(gain.moments(residual[None], wanted[None])[0])
+            seen[key].append(gain.gain()[:, 0])
+    plain_g, ridged_g = (torch.stack(seen[key][200:]).mean(0) for key in (0, 16))
+    assert ridged_g[1] < 0.25 * plain_g[1]
+    assert ridged_g[0] > 0.8
+    with pytest.raises(ValueError, match="prior must be >= 0"):
+        ResidualGain(2, 1, prior=-1.0)
