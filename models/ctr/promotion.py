@@ -20,16 +20,17 @@ world can do worse than its predecessor: that is no evidence against the update.
 - a batch counts toward a rollback only once the drift alarm (:mod:`streams.drift`, which the runner
   feeds each batch's error after ``process``) has seen it: :meth:`CtrLifecycle.watch` judges the
   batches scored so far *before* it scores the batch at hand, one batch later than it could;
-- a drift alarm (:meth:`CtrLifecycle.on_drift`, any action) ends the running probation without a
-  verdict when the predecessor does worse too: its mean logloss over the probation's window
-  exceeds its own on the gate's slice by more than ``rollback_margin``. The version keeps serving.
-  Its window straddles the change, and judging it later would compare two versions trained before
-  the change on events after it, the same false evidence, while a rollback would also throw away
-  what training has adapted since the alarm. When the predecessor does as before, the alarm may be
-  the new version's own breakage (the detector watches the trained model's error), and probation
-  goes on: so the version that learned a corrupted stretch, promoted at its end, is still rolled
-  back once the world is clean again, even if the alarm comes late. The next promoted version is
-  on probation as usual.
+- a drift alarm (:meth:`CtrLifecycle.on_drift`, any action) holds the running probation while
+  the predecessor does worse too: its mean logloss over the probation's window exceeds its own on
+  the gate's slice by more than ``rollback_margin``. A held probation decides nothing (the version
+  keeps serving and is scored on); it resumes once the predecessor does as before again (the
+  stretch is over), judged on events of that world. Under a lasting change it stays held until the
+  next promoted version, gated on the changed world, replaces it: judging it would compare two
+  versions trained before the change on events after it, and a rollback would also throw away what
+  training has adapted since. When the predecessor does as before at the alarm, the alarm may be
+  the new version's own breakage (the detector watches the trained model's error) and nothing is
+  held: so the version that learned a corrupted stretch, promoted at its end, is still rolled back
+  once the world is clean again, even if the alarm comes late.
 
 The alarm must come within ``rollback_samples`` of a change for this to hold; a slower alarm lets
 the rollback go first, as before. The drift actions then adapt (``faster``, ``warm-restart``).
@@ -185,7 +186,15 @@ class CtrLifecycle:
             return []
         window = probation["window"]
         samples, new, old = window_means(window)
-        if samples >= self.config.rollback_samples and new > old * (1 + self.config.rollback_margin):
+        if probation.get("held") and not self._old_versions_worse_too(probation):
+            probation["held"] = False
+            log.info("ctr: v%d's predecessor does as before again: probation resumes", serving.number)
+        held = probation.get("held", False)
+        if (
+            not held
+            and samples >= self.config.rollback_samples
+            and new > old * (1 + self.config.rollback_margin)
+        ):
             return [self._roll_back(serving, predecessor, samples, new, old)]
         if probation["evaluated"] >= self.config.probation_samples:
             self.probation = None
@@ -243,17 +252,17 @@ class CtrLifecycle:
 
     # -- drift actions ---------------------------------------------------------------------------
     def on_drift(self, action: str) -> None:
-        """A drift alarm: the running probation ends without a verdict when its predecessor does
-        worse too (see the module docstring); then ``faster`` boosts the learning rates for a while
-        and ``warm-restart`` trains on from the serving version (the last that passed the gate);
+        """A drift alarm: the running probation is held while its predecessor does worse too (see
+        the module docstring); then ``faster`` boosts the learning rates for a while and
+        ``warm-restart`` trains on from the serving version (the last that passed the gate);
         ``alarm`` adapts nothing."""
         if self.probation is not None and self._old_versions_worse_too(self.probation):
             log.warning(
-                "ctr: drift alarm: v%d's probation against v%d ends without a verdict (a changed world)",
+                "ctr: drift alarm: v%d's probation against v%d is held (old versions do worse too)",
                 self.probation["version"],
                 self.probation["predecessor"],
             )
-            self.probation = None
+            self.probation["held"] = True
         learner, serving = self.service.learner, self.service.history.serving
         if action == "faster" and not self.faster_left:
             scale_learning_rates(learner, self.config.faster_factor)
