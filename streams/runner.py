@@ -42,7 +42,6 @@ from models.checkpoints import Checkpoint, CheckpointError, CheckpointStore, ser
 from streams import faults
 from streams.drift import Adapts, DriftMonitor
 from streams.keyed import KeyedService
-from streams.memory import release_free_heap
 from streams.metrics import WorkerMetrics
 from streams.schemas import DeadLetter, Record, RecordError, parse_record
 from streams.service import BatchResult, ModelService, Output, Subscription
@@ -640,7 +639,6 @@ class ServiceRunner:
     async def _write_checkpoint(self, snapshot: _Snapshot, shards: set[int]) -> None:
         try:
             written, version = await asyncio.to_thread(self._write, snapshot, shards)
-            await asyncio.to_thread(release_free_heap)  # the copies just freed (streams.memory)
         except Exception as exc:  # a full disk, a lost mount: keep going on the in-memory restore point
             self._unsaved_shards |= shards
             self._unsaved_events = max(self._unsaved_events, 1)
