@@ -59,12 +59,21 @@ class CandidateBuffer:
     def newest(self) -> str:
         return next(reversed(self.waiting))
 
-    def best(self, ranker: LambdaMARTRanker, selector: Selector, first: Container[str]) -> tuple[str, float]:
+    def best(
+        self, ranker: LambdaMARTRanker, selector: Selector, first: Container[str]
+    ) -> tuple[str, float] | None:
         """The waiting query to label now and its selector score: one of ``first`` if any waits
-        (queries whose labels already exist), else the selector's best under the current committee."""
+        (queries whose labels already exist), else the selector's best under the current committee;
+        None when nothing the model can score waits. Queries of another feature count than the model
+        (taken in before the first model fixed it) are passed over here."""
+        width = ranker.n_features
+        for key in [k for k, q in self.waiting.items() if len(q.documents[0].features) != width]:
+            self.take(key)
         for key in self.waiting:
             if key in first:
                 return key, 0.0
+        if not self.waiting:
+            return None
         keys = list(self.waiting)
         values = selector.score(self._committee_scores(ranker, keys))
         i = int(np.argmax(values))  # ties: the oldest, which would be dropped soonest

@@ -261,8 +261,9 @@ class RankService(ModelService):
             waiting.add(task_id_for(query), query)
             while self.budget.left > 0 and waiting:
                 if self.ranker.fitted:
-                    key, best = waiting.best(self.ranker, self.selector, self.held)
-                    queue_task(waiting.take(key), best, self.selector.name)
+                    if (picked := waiting.best(self.ranker, self.selector, self.held)) is None:
+                        break
+                    queue_task(waiting.take(picked[0]), picked[1], self.selector.name)
                 else:
                     queue_task(waiting.take(waiting.newest()), 0.0, "cold-start")
         arrived = {id(q) for q in chosen}

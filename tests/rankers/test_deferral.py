@@ -46,13 +46,26 @@ def test_best_is_the_selectors_best_under_the_current_committee(ranker: LambdaMA
     buffer = CandidateBuffer(4)
     for name, spread in (("flat", 0.01), ("wide", 2.0), ("mid", 0.5)):
         buffer.add(name, spread_query(name, spread))
-    key, score = buffer.best(ranker, PredictionVariance(), first=set())
+    picked = buffer.best(ranker, PredictionVariance(), first=set())
+    assert picked is not None
+    key, score = picked
     expected = [PredictionVariance().score([ranker.committee_scores(query_batch([buffer.waiting[k]]))])[0]
                 for k in ("flat", "wide", "mid")]  # fmt: skip
     assert len(set(expected)) == 3  # the three queries are told apart
     assert key == ("flat", "wide", "mid")[expected.index(max(expected))]
     assert score == pytest.approx(max(expected))
-    assert buffer.best(ranker, PredictionVariance(), first={"flat"})[0] == "flat"  # its labels exist
+    assert buffer.best(ranker, PredictionVariance(), first={"flat"}) == ("flat", 0.0)  # its labels exist
+
+
+def test_queries_the_model_cannot_score_are_passed_over(ranker: LambdaMARTRanker) -> None:
+    buffer = CandidateBuffer(4)
+    narrow = Query(query_id="narrow", ts=0.0, documents=[Document(doc_id="n0", features=[1.0, 2.0])])
+    buffer.add("narrow", narrow)  # taken in before the first model fixed the feature count at 5
+    assert buffer.best(ranker, PredictionVariance(), first=set()) is None and len(buffer) == 0
+    buffer.add("narrow", narrow)
+    buffer.add("wide", spread_query("wide", 2.0))
+    picked = buffer.best(ranker, PredictionVariance(), first=set())
+    assert picked is not None and picked[0] == "wide" and list(buffer.waiting) == ["wide"]
 
 
 def test_cached_scores_are_refreshed_when_the_committee_changes() -> None:
@@ -61,11 +74,12 @@ def test_cached_scores_are_refreshed_when_the_committee_changes() -> None:
     model.learn(data.select(range(12)))
     buffer = CandidateBuffer(2)
     buffer.add("wide", spread_query("wide", 2.0))
-    before = buffer.best(model, PredictionVariance(), first=set())[1]
+    before = buffer.best(model, PredictionVariance(), first=set())
     model.learn(data.select(range(12, 24)))
-    after = buffer.best(model, PredictionVariance(), first=set())[1]
+    after = buffer.best(model, PredictionVariance(), first=set())
+    assert before is not None and after is not None
     fresh = PredictionVariance().score([model.committee_scores(query_batch([buffer.waiting["wide"]]))])[0]
-    assert after == pytest.approx(fresh) and after != pytest.approx(before)
+    assert after[1] == pytest.approx(fresh) and after[1] != pytest.approx(before[1])
 
 
 def test_a_deferring_budget_must_be_paced_and_carries_its_waiting_queries() -> None:
