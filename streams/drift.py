@@ -37,10 +37,11 @@ DETECTOR = "page-hinkley"
 
 @runtime_checkable
 class Adapts(Protocol):
-    """A service that can act on its drift alarm (``faster`` or ``warm-restart``)."""
+    """A service that hears its drift alarms: ``alarm`` only informs it (CTR holds a probation on
+    it), ``faster`` and ``warm-restart`` ask it to adapt."""
 
     def on_drift(self, action: str) -> None:
-        """Adapt to an alarm as ``action`` says; called under the service lock, replayed alike."""
+        """React to an alarm as ``action`` says; called under the service lock, replayed alike."""
 
 
 @dataclass(frozen=True)

@@ -507,7 +507,7 @@ class ServiceRunner:
             return
         log.warning("%s: drift alarm %d on %s", self.service.name, self.drift.alarms, self.drift.metric)
         action = self.drift.settings.action
-        if action != "alarm" and isinstance(self.service, Adapts):
+        if isinstance(self.service, Adapts):
             self.service.on_drift(action)
 
     def _full_state(self) -> dict[str, Any]:

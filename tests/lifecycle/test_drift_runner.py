@@ -47,9 +47,9 @@ class NullSink:
         return None
 
 
-def runner(root: Path, metrics: WorkerMetrics) -> ServiceRunner:
+def runner(root: Path, metrics: WorkerMetrics, action: str = "warm-restart") -> ServiceRunner:
     made = ServiceRunner(ErrorEcho(), root, NullSink(), metrics)
-    made.drift = DriftMonitor("forecast", "mse", settings=DriftSettings(action="warm-restart", hold=5))
+    made.drift = DriftMonitor("forecast", "mse", settings=DriftSettings(action=action, hold=5))
     return made
 
 
@@ -80,3 +80,10 @@ def test_an_alarm_acts_shows_in_metrics_and_survives_a_restart(tmp_path: Path) -
     assert restarted.drift.state_dict() == first.drift.state_dict()
     feed(restarted, [3.0] * 5, start=33)  # the new level is the baseline now: no second alarm
     assert restarted.drift.alarms == 1 and not restarted.drift.in_alarm
+
+
+def test_the_plain_alarm_action_still_reaches_the_service(tmp_path: Path) -> None:
+    """``alarm`` adapts nothing, but the service hears it (CTR holds a probation on it)."""
+    run = runner(tmp_path, WorkerMetrics(), action="alarm")
+    feed(run, [1.0, 1.1, 0.9] * 10 + [3.0] * 3, start=0)  # synthetic: the error triples
+    assert run.service.drift_actions == ["alarm"]  # type: ignore[attr-defined]
