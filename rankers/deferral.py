@@ -30,8 +30,10 @@ class CandidateBuffer:
     """The last ``size`` undecided queries, by task id, oldest first."""
 
     def __init__(self, size: int) -> None:
-        if size < 1:
-            raise ValueError("defer must be >= 1 (queries a candidate may wait), or 0 for no buffer")
+        if type(size) is not int or size < 1:
+            raise ValueError(
+                f"defer must be an integer >= 1 (queries a candidate may wait) or 0 (none), got {size!r}"
+            )
         self.size = size
         self.waiting: OrderedDict[str, Query] = OrderedDict()
         self._scores: dict[str, tuple[int, np.ndarray]] = {}  # task id -> (model version, committee scores)

@@ -144,8 +144,8 @@ class RankService(ModelService):
             selector, alpha=alpha, window=0 if budget_defer else score_window, seed=seed, re_top=re_top
         )
         self.budget = LabelingBudget(budget, budget_window, budget_per, pace=budget_pace, defer=budget_defer)
-        if cold_start_tasks is not None and cold_start_tasks < 0:
-            raise ValueError("cold_start_tasks must be >= 0 (or unset: the budget alone decides)")
+        if cold_start_tasks is not None and (type(cold_start_tasks) is not int or cold_start_tasks < 0):
+            raise ValueError(f"cold_start_tasks must be an integer >= 0 (or unset), got {cold_start_tasks!r}")
         self.cold_start_tasks = cold_start_tasks
         if min_quantile is None:  # aim at `budget` tasks per window of queries; no threshold per second
             min_quantile = max(0.0, 1.0 - budget / budget_window) if budget_per == "queries" else 0.0

@@ -85,8 +85,9 @@ def test_cached_scores_are_refreshed_when_the_committee_changes() -> None:
 def test_a_deferring_budget_must_be_paced_and_carries_its_waiting_queries() -> None:
     with pytest.raises(ValueError, match="paced"):
         LabelingBudget(5, 10, defer=3)
-    with pytest.raises(ValueError, match="defer"):
-        LabelingBudget(5, 10, pace=True, defer=-1)
+    for bad in (-1, "20", 2.5):
+        with pytest.raises(ValueError, match="defer must be an integer"):
+            LabelingBudget(5, 10, pace=True, defer=bad)  # type: ignore[arg-type]
     budget = LabelingBudget(5, 10, pace=True, defer=3)
     assert budget.candidates is not None
     budget.candidates.add("q1", spread_query("q1", 1.0))
@@ -169,8 +170,9 @@ def test_a_threshold_service_passes_over_queries_beyond_the_cold_start_cap() -> 
     queries, _ = query_records(synthetic_queries(8, docs=8, seed=4))
     result = service.process(QUERIES, queries)
     assert [o.record.query_id for o in result.outputs] == ["q0", "q2"]  # paced: a slot per 2 queries
-    with pytest.raises(ValueError, match="cold_start_tasks"):
-        deferring_service(cold_start_tasks=-1)
+    for bad in (-1, "10"):
+        with pytest.raises(ValueError, match="cold_start_tasks"):
+            deferring_service(cold_start_tasks=bad)
 
 
 def test_a_label_held_for_a_waiting_query_is_learned_when_its_task_is_made() -> None:
