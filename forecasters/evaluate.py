@@ -174,15 +174,18 @@ def evaluate(
     seeds: Sequence[int] = (0,),
     device: torch.device | None = None,
     progress: bool = True,
+    options: dict[str, Any] | None = None,
 ) -> list[Row]:
     """One row per (horizon, model, seed, protocol); a model is warmed up once per (horizon, seed) and
-    each protocol streams its own copy. ``steps`` = 0 streams the whole online part."""
+    each protocol streams its own copy. ``steps`` = 0 streams the whole online part. ``options`` are
+    :class:`ForecasterSpec` fields for every model (e.g. ``{"gain_prior": 8.0}``)."""
     unknown = [p for p in protocols if p not in PROTOCOLS]
     if unknown or steps < 0 or epochs < 0 or seq_len < 1 or min(horizons, default=0) < 1:
         raise ValueError(
             f"need protocols in {PROTOCOLS} (got {list(protocols)}), steps >= 0, epochs >= 0, "
             f"seq-len >= 1 and horizons >= 1"
         )
+    ForecasterSpec.from_dict(options or {})  # unknown or mistyped options fail before any work
     device = device or torch.device("cpu")
     channels, marks = dataset.values.shape[1], 0 if dataset.marks is None else dataset.marks.shape[1]
     rows: list[Row] = []
@@ -190,7 +193,14 @@ def evaluate(
         windows, train, val, online = dataset.windows(seq_len, horizon, device)
         online = online[:steps] if steps else online
         for kind, seed in itertools.product(models, seeds):
-            spec = ForecasterSpec(kind=kind, seq_len=seq_len, horizon=horizon, channels=channels, marks=marks)
+            shape = {
+                "kind": kind,
+                "seq_len": seq_len,
+                "horizon": horizon,
+                "channels": channels,
+                "marks": marks,
+            }
+            spec = ForecasterSpec.from_dict({**(options or {}), **shape})
             warm, warmup = warm_up(spec, windows, train, val, epochs, seed, device)
             for protocol in protocols:
                 label = f"{kind} H={horizon} {protocol} seed {seed}"
@@ -227,6 +237,17 @@ def seed_list(values: Sequence[int]) -> list[int]:
             raise ValueError("--seeds N needs N >= 1 (or list two or more seeds)")
         return list(range(values[0]))
     return list(values)
+
+
+def spec_option(text: str) -> tuple[str, Any]:
+    """``NAME=VALUE`` -> (name, value), the value read as JSON where it can be (``8``: a number)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
 
 
 def pick_device(name: str) -> torch.device:
@@ -293,6 +314,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=2, help="warm-up epochs (early stopping, patience 3)")
     parser.add_argument("--seq-len", type=int, default=60)
     parser.add_argument(
+        "--option",
+        type=spec_option,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a ForecasterSpec field for every model, e.g. gain_prior=8 or loss=mse (repeatable)",
+    )
+    parser.add_argument(
         "--seeds", type=int, nargs="+", default=[1], help="N = seeds 0..N-1, or two or more explicit seeds"
     )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -319,6 +348,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         seed_list(args.seeds),
         device,
         progress=not args.quiet,
+        options=dict(args.option),
     )
     s = dataset.split
     print_table(

@@ -42,6 +42,11 @@ class ForecasterSpec:
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown forecaster options {sorted(unknown)}; known: {sorted(known)}")
+        for name, value in values.items():
+            default = getattr(cls, name)
+            want: tuple[type, ...] = (int, float) if isinstance(default, float) else (type(default),)
+            if not isinstance(value, want) or (isinstance(value, bool) and not isinstance(default, bool)):
+                raise ValueError(f"forecaster option {name}={value!r}: expected {type(default).__name__}")
         return cls(**values)  # type: ignore[arg-type]
 
     def card_config(self) -> CARDConfig:

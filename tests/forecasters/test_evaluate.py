@@ -19,7 +19,7 @@ from bench import forecast_online
 from forecasters.batch import WindowBatch
 from forecasters.cli import register
 from forecasters.data import REPO_ROOT, Windows
-from forecasters.evaluate import Dataset, Split, main, seed_list, split_rows, stream
+from forecasters.evaluate import Dataset, Split, main, seed_list, spec_option, split_rows, stream
 from forecasters.learner import StatelessForecaster
 
 from .conftest import sine_values
@@ -154,6 +154,8 @@ def test_whole_online_part_and_a_file_without_dates(tmp_path: Path) -> None:
         (["--horizon", "40", "--seq-len", "60"], "too short for seq-len 60 \\+ horizon 40"),
         (["--steps", "-1"], "steps >= 0"),
         (["--seeds", "0"], "--seeds N needs N >= 1"),
+        (["--option", "depth=3"], "unknown forecaster options \\['depth'\\]"),
+        (["--option", "gain_prior=high"], "gain_prior='high': expected float"),
     ],
 )
 def test_bad_input_is_a_clear_error(
@@ -239,3 +241,10 @@ def test_imports_without_kafka_clients_lightgbm_pydantic_or_river() -> None:
     )
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_options_are_spec_fields_read_as_json_where_they_can_be() -> None:
+    assert spec_option("gain_prior=8") == ("gain_prior", 8)
+    assert spec_option("loss=mse") == ("loss", "mse")
+    with pytest.raises(argparse.ArgumentTypeError, match="NAME=VALUE"):
+        spec_option("gain_prior")

@@ -336,7 +336,6 @@ def test_one_outlier_window_leaves_no_lasting_mark(kind: str, sine_windows: Wind
     assert validation_mse(jolted, sine_windows, probe) < 1.3 * after_ordinary
 
 
-
 def test_gain_prior_keeps_a_no_skill_lead_at_last_value_and_a_skilled_one_on_the_model() -> None:
     """Issue 13 (exchange_rate, close to a random walk): without the prior, noise keeps g off 0 much of
     the time; with it g stays near 0 where the residual is unrelated to the truth, and near 1 where it is
@@ -355,3 +354,7 @@ def test_gain_prior_keeps_a_no_skill_lead_at_last_value_and_a_skilled_one_on_the
     assert ridged_g[0] > 0.8
     with pytest.raises(ValueError, match="prior must be >= 0"):
         ResidualGain(2, 1, prior=-1.0)
+    learner = build_forecaster(ForecasterSpec.from_dict({"kind": "onenet", "gain_prior": 8}))
+    assert isinstance(learner, OneNet) and learner.gain is not None and learner.gain.prior == 8
+    with pytest.raises(ValueError, match="gain=1: expected bool"):
+        ForecasterSpec.from_dict({"gain": 1})
