@@ -4,7 +4,9 @@
   a query becomes a :class:`LabelingTask` (produced on ``labeling-queue`` and held in the annotators'
   queue) when its score's percentile among recent queries reaches ``min_quantile`` and the labeling
   budget of the current window is not spent. Decisions are made query by query in arrival order, so
-  they do not depend on how the stream was cut into micro-batches. Before the first model exists every
+  they do not depend on how the stream was cut into micro-batches. With ``budget_defer`` the threshold
+  gives way to best-of-buffer: undecided queries wait, and each paced budget slot goes to the best of
+  them under the current committee (:mod:`rankers.deferral`). Before the first model exists every
   query scores 0 and the budget alone decides (``selector="cold-start"`` on the task).
 - ``labels`` topic (:class:`Label`): the labels of one micro-batch are learned together, which is one
   retrain and so one new committee member. A retrain that raises is undone here rather than left to
