@@ -8,6 +8,19 @@ import numpy as np
 import torch
 
 
+def calendar_marks(seconds: np.ndarray) -> np.ndarray:
+    """:func:`forecasters.data.calendar_features` of UTC epoch ``seconds`` (any shape, features last),
+    in numpy: pandas' fixed cost per call (~3 ms) was a fifth of a one-pair ``learn`` step."""
+    moments = np.floor(seconds).astype(np.int64).astype("datetime64[s]")
+    days = moments.astype("datetime64[D]")
+    hour = (moments - days).astype(np.int64) // 3600
+    weekday = (days.astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday (Monday = 0)
+    day = (days - days.astype("datetime64[M]")).astype(np.int64)  # day of the month - 1
+    yday = (days - days.astype("datetime64[Y]")).astype(np.int64)  # day of the year - 1
+    features = [hour / 23.0 - 0.5, weekday / 6.0 - 0.5, day / 30.0 - 0.5, yday / 365.0 - 0.5]
+    return np.stack(features, axis=-1).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class WindowBatch:
     """``x`` [B, L, C] look-back windows; ``y`` [B, H, C] targets (needed by ``learn``).

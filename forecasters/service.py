@@ -25,11 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
-from forecasters.batch import WindowBatch
-from forecasters.data import Scaler, calendar_features
+from forecasters.batch import WindowBatch, calendar_marks
+from forecasters.data import Scaler
 from forecasters.learner import Forecaster
 from forecasters.pretrained import load_pretrained
 from forecasters.promotion import ForecastGate, PromotionConfig
@@ -146,13 +145,7 @@ class ForecastService(ModelService):
         return None
 
     def _marks(self, times: np.ndarray) -> torch.Tensor | None:
-        """Calendar features per time, computed once per distinct time (windows overlap, series share
-        clocks: a 2,000-pair batch of hourly series has ~100 distinct times in 120,000)."""
-        if not self.spec.marks:
-            return None
-        distinct, inverse = np.unique(times, return_inverse=True)
-        features = calendar_features(pd.DatetimeIndex(pd.to_datetime(distinct, unit="s", utc=True)))
-        return torch.from_numpy(features[inverse.reshape(times.shape)])
+        return torch.from_numpy(calendar_marks(times)) if self.spec.marks else None
 
     def _batch(
         self, keys: tuple[str, ...], values: np.ndarray, times: np.ndarray, training: bool
