@@ -18,7 +18,7 @@ protocol), runs it with the project's Python, then runs ours through :func:`fore
 on the same windows (ETTh2, train-split scaling, online rows from 3600), the same number of online steps,
 warm-up epochs and protocol, and prints steps/s, MSE and MAE side by side with the machine load.
 
-    flock /tmp/driftline-bench.lock .venv/bin/python bench/forecast_reference.py \
+    flock /tmp/driftline-bench.lock .venv/bin/python -m bench.forecast_reference \
         --reference /tmp/onenet-ref --deps /tmp/onenet-deps --horizon 24 48 --steps 300
 
 Delayed labels (the default) mean window i is forecast with no gradient, then the window whose last
@@ -202,7 +202,7 @@ def table(rows: list[tuple[int, Result, Result, str, str]], protocol: str, epoch
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="bench/forecast_reference.py",
+        prog="python -m bench.forecast_reference",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
