@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import sys
 import time
 from collections.abc import Iterable, Mapping
 
@@ -30,7 +29,7 @@ from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment, Cons
 from aiokafka.errors import KafkaError
 
 from streams.kafka_security import client_security
-from streams.runner import Parsed, ServiceRunner
+from streams.runner import ServiceRunner
 from streams.service import Subscription
 
 log = logging.getLogger(__name__)
@@ -41,13 +40,6 @@ SESSION_TIMEOUT_MS = 8_000
 HEARTBEAT_INTERVAL_MS = 1_000
 #: Join metadata of a member that owns a shared service's partitions (see one_owner_assignor).
 OWNER = b"owner"
-#: The GIL switch interval of a worker (Python's default is 5 ms). The next batch is parsed while
-#: the previous one trains, and the trainer thread needs the GIL back after each torch operation:
-#: with 5 ms it waited out the parser's slice at each one (a ctr worker drained MovieLens
-#: impressions 20-40% slower with 5 ms than with 0.5 ms, measured without Kafka at load 15).
-SWITCH_INTERVAL_S = 0.0005
-#: How long one fetch waits while the previous batch still trains (see BatchConsumer._take).
-BUSY_POLL_S = 0.01
 
 
 def one_owner_assignor(owner: BatchConsumer) -> type[AbstractPartitionAssignor]:
@@ -243,54 +235,36 @@ class BatchConsumer:
         # collector's full scans, which otherwise stall a batch for tenths of a second each time
         # parsed records pile up (measured on the ctr worker: 280k objects, every ~6 s).
         gc.freeze()
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
         self.consumer = consumer = self._make_consumer()
         consumer.subscribe(list(self.subscriptions), listener=_Listener(self))
         self.runner.commit = self._commit
         await consumer.start()
         log.info("%s: %s connected; joining group %s", self.runner.service.name, self.instance, self.group)
         lag_task = asyncio.create_task(self._track_lag(stop))
-        applying: asyncio.Task[None] | None = None
         try:
             while not stop.is_set():
-                # Taking and parsing a batch overlap the previous batch's training; batches still
-                # apply one at a time, in order, and a checkpoint comes between two of them.
                 generation = self._generation
-                batch = await self._take(consumer, stop, applying)
-                parsed = await self._parse(batch) if batch else []
-                if applying is not None:
-                    await applying
-                    applying = None
-                await self.runner.maybe_checkpoint()
-                if parsed and generation != self._generation:
-                    self._read_again_from_applied()  # now, while no batch is being taken
-                elif parsed:
-                    applying = asyncio.create_task(self._apply(parsed, generation))
+                batch = await self._take(consumer, stop)
+                if batch:
+                    await self._apply(batch, generation)
                 elif self._catch_up:
                     await self._idle_catch_up(consumer)
+                await self.runner.maybe_checkpoint()
         finally:
-            if applying is not None:
-                await asyncio.wait([applying])
             lag_task.cancel()
             with contextlib.suppress(Exception):
                 await self.runner.close()
             await consumer.stop()
 
-    async def _take(
-        self, consumer: AIOKafkaConsumer, stop: asyncio.Event, busy: asyncio.Task[None] | None = None
-    ) -> dict[TopicPartition, list]:
-        """Up to ``batch_size`` records: what arrives within ``window_s`` of the first one, and
-        while ``busy`` (the previous batch, training) runs: a batch is never cut smaller than what
-        arrived meanwhile, as it was when batches were taken one after the other."""
+    async def _take(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> dict[TopicPartition, list]:
+        """Up to ``batch_size`` records: what arrives within ``window_s`` of the first one."""
         taken: dict[TopicPartition, list] = {}
         count = 0
         deadline: float | None = None
         while count < self.batch_size and not stop.is_set():
             wait = 0.5 if deadline is None else deadline - time.monotonic()
             if wait <= 0:
-                if busy is None or busy.done():
-                    break
-                wait = BUSY_POLL_S
+                break
             got = await consumer.getmany(timeout_ms=int(wait * 1000), max_records=self.batch_size - count)
             for tp, records in got.items():
                 taken.setdefault(tp, []).extend(records)
@@ -301,30 +275,24 @@ class BatchConsumer:
                 deadline = time.monotonic() + self.window_s
         return taken
 
-    async def _parse(self, batch: dict[TopicPartition, list]) -> list[tuple[Subscription, Parsed]]:
-        """The owned partitions' records, by topic, parsed (pure: no state is read or changed)."""
+    async def _apply(self, batch: dict[TopicPartition, list], generation: int) -> None:
+        """Apply a batch unless the assignment changed since it was fetched.
+
+        Records taken across an assignment change may come from a position the fetcher had
+        before the seek to the checkpoint's offsets: such a batch is dropped and every owned
+        partition is read again from its applied offset, so nothing is skipped either way.
+        """
+        if generation != self._generation:
+            self._read_again_from_applied()
+            return
         by_topic: dict[str, list] = {}
         for tp, records in batch.items():
             if (tp.topic, tp.partition) in self.owned:
                 by_topic.setdefault(tp.topic, []).extend(records)
-        return [
-            (self.subscriptions[topic], await self.runner.parse(self.subscriptions[topic], records))
-            for topic, records in by_topic.items()
-        ]
-
-    async def _apply(self, batch: list[tuple[Subscription, Parsed]], generation: int) -> None:
-        """Apply a batch unless the assignment changed since it was fetched.
-
-        Records taken across an assignment change or a seek may come from a position the fetcher
-        had before it: such a batch is dropped and every owned partition is read again from its
-        applied offset, so nothing is skipped either way (the loop checks before this task starts,
-        the runner again once it holds the batch lock).
-        """
-        for subscription, parsed in batch:
-            topic = subscription.topic
+        for topic, records in by_topic.items():
             try:
                 applied = await self.runner.apply(
-                    subscription, parsed, lambda: generation == self._generation
+                    self.subscriptions[topic], records, lambda: generation == self._generation
                 )
                 if applied is None:
                     self._read_again_from_applied()
@@ -343,10 +311,8 @@ class BatchConsumer:
         self._seek(self.runner.next_offsets(self.owned))
 
     def _seek(self, positions: Mapping[tuple[str, int], int]) -> None:
-        """Read ``positions`` next; a batch taken meanwhile (from the old positions) is dropped."""
         consumer = self.consumer
         assert consumer is not None
-        self._generation += 1
         for (topic, partition), offset in positions.items():
             consumer.seek(TopicPartition(topic, partition), offset)
 

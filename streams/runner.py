@@ -4,9 +4,7 @@ The protocol, for each batch of raw events (any objects with ``topic``, ``partit
 ``key`` and ``value``, such as aiokafka's records):
 
 1. drop events at or below the applied offset of their partition (redelivery);
-2. validate the rest; what fails is dead-lettered with the reason. Parsing is pure, so the consumer
-   may parse a batch (:meth:`ServiceRunner.parse`) while the previous one trains; ``apply`` then
-   keeps the records of the events that are still fresh once it holds the batch lock;
+2. validate the rest; what fails is dead-lettered with the reason;
 3. let the service process the records (a worker thread, holding the service lock). If it raises,
    the state is restored from the last in-memory snapshot, the batches since then are replayed,
    and the failed batch is bisected until the records that make it raise are isolated and
@@ -130,23 +128,6 @@ def _last_offsets(items: Sequence[_Item]) -> dict[str, int]:
 class _Item:
     event: Event
     record: Record
-
-
-@dataclass(frozen=True)
-class Parsed:
-    """A batch parsed ahead of :meth:`ServiceRunner.apply`: its raw events, their records and the
-    events that failed validation with the reason."""
-
-    events: Sequence[Event]
-    items: list[_Item]
-    dead: list[tuple[Event, str]]
-
-    def only(self, fresh: list[Event]) -> tuple[list[_Item], list[tuple[Event, str]]]:
-        """The items and dead events among ``fresh`` (a subset of :attr:`events`, in order)."""
-        if len(fresh) == len(self.events):
-            return self.items, self.dead
-        keep = {id(event) for event in fresh}
-        return [i for i in self.items if id(i.event) in keep], [d for d in self.dead if id(d[0]) in keep]
 
 
 #: The batches applied since the snapshot, as raw events with their subscription: replayed (parsed
@@ -353,21 +334,14 @@ class ServiceRunner:
                 self.metrics.forget_partition(self.service.name, topic, partition)
 
     # -- the batch protocol --------------------------------------------------------------------
-    async def parse(self, subscription: Subscription, events: Sequence[Event]) -> Parsed:
-        """Validate a batch off the event loop, without the batch lock (see :meth:`apply`)."""
-        items, dead = await asyncio.to_thread(self._parse, subscription, events)
-        return Parsed(events, items, dead)
-
     async def apply(
         self,
         subscription: Subscription,
-        events: Sequence[Event] | Parsed,
+        events: Sequence[Event],
         still_valid: Callable[[], bool] = lambda: True,
     ) -> BatchResult | None:
         """Apply one micro-batch of ``subscription``'s topic; see the module docstring.
 
-        ``events`` may be a :class:`Parsed` batch (parsed while the previous one trained): the
-        events at or below the applied offsets are dropped either way, here, under the lock.
         ``still_valid`` is asked once the batch lock is held: a consumer whose assignment changed
         meanwhile (a seek to the checkpoint's offsets) says no, the batch is not applied and the
         answer is None (the consumer then reads from the applied offsets again).
@@ -376,14 +350,12 @@ class ServiceRunner:
             if not still_valid():
                 return None
             started = time.perf_counter()
-            fresh, last = self._fresh(events.events if isinstance(events, Parsed) else events)
+            fresh, last = self._fresh(events)
             if not fresh:
                 return BatchResult()
             if self._snapshot is None:
                 await asyncio.to_thread(self._take_snapshot)
-            if not isinstance(events, Parsed):
-                events = await self.parse(subscription, fresh)
-            items, dead = events.only(fresh)
+            items, dead = await asyncio.to_thread(self._parse, subscription, fresh)  # off the event loop
             applied = _Applied(dead=dead)
             if items:
                 processed = await asyncio.to_thread(self._process_safely, subscription, items)
@@ -416,7 +388,7 @@ class ServiceRunner:
         return fresh, moved
 
     def _parse(
-        self, subscription: Subscription, events: Sequence[Event]
+        self, subscription: Subscription, events: list[Event]
     ) -> tuple[list[_Item], list[tuple[Event, str]]]:
         record_type = subscription.record_type
         items: list[_Item] = []

@@ -140,30 +140,6 @@ def test_invalid_events_are_dead_lettered_with_reason_and_offset(tmp_path):
     assert counts(runner) == {"a": (1, 1.0)}
 
 
-def test_a_batch_parsed_ahead_applies_only_its_fresh_events_and_dead_letters_the_bad_ones(tmp_path):
-    """The consumer parses a batch while the previous one trains; the offsets it was parsed
-    against may be stale by the time it applies, so redelivered events are dropped then."""
-    sink = ListSink()
-    runner = tally_runner(tmp_path, sink)
-    subscription = runner.service.subscriptions()[0]
-    topic = topic_name("observations")
-    events = [
-        *stream([("a", 1), ("a", 2)]),
-        Incoming(topic, 0, 2, b"a", b"nope"),
-        *stream([("a", 4)], start=3),
-    ]
-
-    async def go() -> None:
-        early = await runner.parse(subscription, events)  # parsed before the overlap is applied
-        await runner.apply(subscription, events[:3])
-        await runner.apply(subscription, early)
-
-    run(go())
-    assert counts(runner) == {"a": (3, 7.0)}
-    assert [d["offset"] for d in sink.on("dead-letter")] == [2]  # once, though parsed twice
-    assert runner.offsets == {f"{topic}:0": 3}
-
-
 class Leaky(TallyService):
     """Changes state and then raises on a poisoned series, as a model with a normaliser would."""
 
