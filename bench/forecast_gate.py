@@ -97,7 +97,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--gates", type=gate_config, nargs="+", default=["none", "512/64", "256/32", "128/32"]
+        "--gates",
+        type=gate_config,
+        nargs="+",
+        default=[gate_config(g) for g in ("none", "512/64", "256/32", "128/32")],
     )
     parser.add_argument("--rows", type=int, default=1536, help="online rows")
     parser.add_argument("--batch", type=int, default=1, help="observations per micro-batch")
