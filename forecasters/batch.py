@@ -9,8 +9,9 @@ import torch
 
 
 def calendar_marks(seconds: np.ndarray) -> np.ndarray:
-    """:func:`forecasters.data.calendar_features` of UTC epoch ``seconds`` (any shape, features last),
-    in numpy: pandas' fixed cost per call (~3 ms) was a fifth of a one-pair ``learn`` step."""
+    """Hour, weekday, day of month and day of year of UTC epoch ``seconds`` (any shape, features last),
+    each scaled to [-0.5, 0.5], in numpy: pandas' fixed cost per call (~3 ms) was a fifth of a
+    one-pair ``learn`` step. :func:`forecasters.data.calendar_features` is the same for CSV times."""
     moments = np.floor(seconds).astype(np.int64).astype("datetime64[s]")
     days = moments.astype("datetime64[D]")
     hour = (moments - days).astype(np.int64) // 3600

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from forecasters.batch import WindowBatch
+from forecasters.batch import WindowBatch, calendar_marks
 
 DATA_DIR_ENV = "DRIFTLINE_DATA_DIR"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -35,16 +35,10 @@ class Series:
 
 
 def calendar_features(times: pd.DatetimeIndex) -> np.ndarray:
-    """Hour, weekday, day of month and day of year, each scaled to [-0.5, 0.5] (Informer's ``timeenc``)."""
-    return np.stack(
-        [
-            times.hour / 23.0 - 0.5,
-            times.dayofweek / 6.0 - 0.5,
-            (times.day - 1) / 30.0 - 0.5,
-            (times.dayofyear - 1) / 365.0 - 0.5,
-        ],
-        axis=1,
-    ).astype(np.float32)
+    """Hour, weekday, day of month and day of year, each scaled to [-0.5, 0.5] (Informer's ``timeenc``),
+    of wall-clock ``times`` (a timezone-aware index counts in UTC): :func:`calendar_marks`, which the
+    service calls per batch on epoch seconds."""
+    return calendar_marks(times.values.astype("datetime64[s]").astype(np.int64))
 
 
 class NoDateColumn(ValueError):

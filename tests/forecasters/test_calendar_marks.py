@@ -1,4 +1,4 @@
-"""The numpy calendar features the service computes per batch equal forecasters.data's (pandas) ones."""
+"""The calendar features: numpy on epoch seconds (per batch in the service), equal to pandas' fields."""
 
 from __future__ import annotations
 
@@ -9,7 +9,20 @@ from forecasters.batch import calendar_marks
 from forecasters.data import calendar_features
 
 
-def test_numpy_calendar_marks_equal_the_pandas_features_bit_for_bit() -> None:
+def pandas_fields(times: pd.DatetimeIndex) -> np.ndarray:
+    """The definition, spelled with pandas' own calendar accessors (an independent oracle)."""
+    return np.stack(
+        [
+            times.hour / 23.0 - 0.5,
+            times.dayofweek / 6.0 - 0.5,
+            (times.day - 1) / 30.0 - 0.5,
+            (times.dayofyear - 1) / 365.0 - 0.5,
+        ],
+        axis=1,
+    ).astype(np.float32)
+
+
+def test_numpy_calendar_marks_equal_pandas_calendar_fields_bit_for_bit() -> None:
     rng = np.random.default_rng(0)
     seconds = np.concatenate(
         [
@@ -18,8 +31,14 @@ def test_numpy_calendar_marks_equal_the_pandas_features_bit_for_bit() -> None:
             [951782400.0, 951868799.5, 1709164800.0],  # 2000-02-29, its last half second, 2024-02-29
         ]
     )
-    expected = calendar_features(pd.DatetimeIndex(pd.to_datetime(seconds, unit="s", utc=True)))
+    expected = pandas_fields(pd.DatetimeIndex(pd.to_datetime(seconds, unit="s", utc=True)))
     assert np.array_equal(calendar_marks(seconds), expected)
+
+
+def test_csv_times_get_the_same_features_naive_or_utc() -> None:
+    naive = pd.DatetimeIndex(pd.date_range("2016-07-01", periods=24 * 400, freq="h"))
+    assert np.array_equal(calendar_features(naive), pandas_fields(naive))
+    assert np.array_equal(calendar_features(naive.tz_localize("UTC")), pandas_fields(naive))
 
 
 def test_marks_keep_the_shape_of_the_times_with_features_last() -> None:
