@@ -8,6 +8,7 @@ A service without version control answers :func:`single_version` instead, so the
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -33,16 +34,25 @@ class GateEvidence:
     lower_is_better: bool = True
 
     def passes(self) -> bool:
-        """No worse than serving by ``margin`` (relative), the gate's one rule for every family."""
-        if self.serving is None:
+        """No worse than serving by ``margin`` (relative), the gate's one rule for every family.
+
+        A non-finite candidate score (a diverged model) never passes; a finite one replaces a
+        non-finite serving score, so one NaN cannot lock the gate shut."""
+        if not math.isfinite(self.candidate):
+            return False
+        if self.serving is None or not math.isfinite(self.serving):
             return True
         if self.lower_is_better:
             return self.candidate <= self.serving * (1 + self.margin)
         return self.candidate >= self.serving * (1 - self.margin)
 
     def reason(self) -> str:
+        if not math.isfinite(self.candidate):
+            return f"{self.metric} of the candidate is {self.candidate}: not a finite score"
         if self.serving is None:
             return "first version: nothing serves yet"
+        if not math.isfinite(self.serving):
+            return f"{self.metric} of the serving version is {self.serving}: any finite score does better"
         better = "<=" if self.lower_is_better else ">="
         worse = ">" if self.lower_is_better else "<"
         sign = "+" if self.lower_is_better else "-"
@@ -111,7 +121,10 @@ class Lineage:
         self, version: int, trained_at: float, offsets: dict[str, int], evidence: GateEvidence
     ) -> bool:
         """Record candidate ``version`` and the gate's decision on it; True when it now serves."""
-        body = asdict(evidence)
+        body = {  # JSON has no NaN or infinity: a non-finite score is recorded as null
+            name: None if isinstance(value, float) and not math.isfinite(value) else value
+            for name, value in asdict(evidence).items()
+        }
         self.add(version, trained_at, offsets, body)
         passed = evidence.passes()
         self.record(version, "promoted" if passed else "rejected", evidence.reason(), body)

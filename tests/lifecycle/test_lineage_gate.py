@@ -27,6 +27,10 @@ def evidence(candidate: float, serving: float | None, *, lower_is_better: bool =
         (1.021, 1.0, True, False),  # a loss past it
         (0.981, 1.0, False, True),  # a gain within the margin
         (0.979, 1.0, False, False),  # a gain past it
+        (float("nan"), None, True, False),  # a diverged first candidate does not serve
+        (float("inf"), float("inf"), True, False),  # nor does a diverged one against a diverged one
+        (5.0, float("nan"), True, True),  # a finite score replaces a diverged serving version
+        (0.1, float("nan"), False, True),
     ],
 )
 def test_no_worse_than_serving_by_the_margin(
@@ -48,3 +52,13 @@ def test_a_decision_is_recorded_with_its_evidence_and_only_a_pass_serves() -> No
     assert event["action"] == "rejected"
     assert "1.5000 > serving's 1.0000" in event["reason"]
     assert event["evidence"]["window"]["to"] == {"t:0": 14}
+
+
+def test_a_diverged_candidate_is_recorded_as_rejected_with_a_null_score() -> None:
+    lineage = Lineage()
+    assert lineage.gate(1, 100.0, {"t:0": 4}, evidence(1.0, None))
+    assert not lineage.gate(2, 200.0, {"t:0": 9}, evidence(float("nan"), 1.0))
+    rejected = lineage.body()["versions"][1]
+    assert rejected["validation"]["candidate"] is None  # the body stays valid JSON
+    assert "not a finite score" in rejected["history"][0]["reason"]
+    assert lineage.serving == 1
