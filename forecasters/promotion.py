@@ -21,18 +21,19 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from forecasters.batch import WindowBatch
 from forecasters.learner import Forecaster, forecast_errors
 from streams.lineage import GateEvidence, Lineage
+from streams.option_config import OptionConfig
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class PromotionConfig:
+class PromotionConfig(OptionConfig):
     """``--option forecast.KEY=VALUE`` settings of the gate."""
 
     #: Learned windows between two candidates (counted from one freeze to the next). On ETTh2 (one
@@ -52,27 +53,6 @@ class PromotionConfig:
         margin = self.promotion_margin
         if isinstance(margin, bool) or not isinstance(margin, int | float) or not margin >= 0:
             raise ValueError(f"forecast promotion_margin must be a number >= 0, got {margin!r}")
-
-    @classmethod
-    def option_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
-
-    @classmethod
-    def pop_from(cls, options: dict[str, Any]) -> PromotionConfig:
-        """Take the gate's keys out of ``options``; a worker's option strings are parsed as numbers."""
-        return cls(**{name: _number(options.pop(name)) for name in cls.option_names() if name in options})
-
-
-def _number(value: Any) -> Any:
-    """``"64"`` -> 64, ``"0.05"`` -> 0.05; anything else is left for the config's check to refuse."""
-    if not isinstance(value, str):
-        return value
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            continue
-    return value
 
 
 @dataclass

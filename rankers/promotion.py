@@ -35,7 +35,7 @@ lives in the service state, serving and candidate boosters included, so a replay
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import lightgbm as lgb
@@ -45,6 +45,7 @@ from rankers.data import QueryBatch
 from rankers.lambdamart import LambdaMARTRanker
 from rankers.metrics import mean_metrics, query_ndcg
 from streams.lineage import GateEvidence, Lineage
+from streams.option_config import OptionConfig
 
 #: NDCG cut-off the gate compares (the metric the rankers are judged by throughout).
 NDCG_K = 10
@@ -52,7 +53,7 @@ METRIC = f"ndcg@{NDCG_K}"
 
 
 @dataclass(frozen=True)
-class GateConfig:
+class GateConfig(OptionConfig):
     """``--option rank.KEY=VALUE`` settings of the gate."""
 
     #: A candidate may have up to this much (relative) lower NDCG@10 than serving and still serve.
@@ -65,21 +66,6 @@ class GateConfig:
             raise ValueError(f"rank promotion_margin must lie in [0, 1), got {self.promotion_margin}")
         if self.promotion_queries < 1:
             raise ValueError(f"rank promotion_queries must be >= 1, got {self.promotion_queries}")
-
-    @classmethod
-    def pop_from(cls, options: dict[str, Any]) -> GateConfig:
-        """Take this config's keys out of ``options`` (worker option values may be strings)."""
-        found: dict[str, Any] = {}
-        for spec in fields(cls):
-            if spec.name not in options:
-                continue
-            value = options.pop(spec.name)
-            kind = float if spec.type == "float" else int
-            try:
-                found[spec.name] = kind(value)
-            except (TypeError, ValueError):
-                raise ValueError(f"rank {spec.name}={value!r}: expected a {kind.__name__}") from None
-        return cls(**found)
 
 
 @dataclass

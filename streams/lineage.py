@@ -117,9 +117,7 @@ class Lineage:
             self.serving = version
         self._trim()
 
-    def gate(
-        self, version: int, trained_at: float, offsets: dict[str, int], evidence: GateEvidence
-    ) -> bool:
+    def gate(self, version: int, trained_at: float, offsets: dict[str, int], evidence: GateEvidence) -> bool:
         """Record candidate ``version`` and the gate's decision on it; True when it now serves."""
         body = {  # JSON has no NaN or infinity: a non-finite score is recorded as null
             name: None if isinstance(value, float) and not math.isfinite(value) else value

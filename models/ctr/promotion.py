@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from models.ctr.features import CtrBatch
@@ -52,6 +52,7 @@ from models.ctr.learner import CtrLearner, CtrScorer
 from models.ctr.metrics import log_loss
 from models.ctr.versions import ModelVersion, NoOlderVersion, VersionHistory
 from streams.lineage import GateEvidence, Lineage
+from streams.option_config import OptionConfig
 from streams.service import Output
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class LifecycleConfig:
+class LifecycleConfig(OptionConfig):
     """``--option ctr.KEY=VALUE`` settings of the gate, the probation and the drift actions."""
 
     #: A candidate may have up to this much (relative) more logloss than serving and still serve.
@@ -86,16 +87,6 @@ class LifecycleConfig:
             raise ValueError(
                 "ctr rollback_samples, probation_samples, probation_rows and faster_steps must be >= 1"
             )
-
-    @classmethod
-    def pop_from(cls, options: dict[str, Any]) -> LifecycleConfig:
-        """Take this config's keys out of ``options`` (worker option values may be strings)."""
-        found = {}
-        for spec in fields(cls):
-            if spec.name in options:
-                kind = float if spec.type == "float" else int
-                found[spec.name] = kind(options.pop(spec.name))
-        return cls(**found)
 
 
 @dataclass(frozen=True)
