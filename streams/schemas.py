@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from typing import Annotated, Any, ClassVar, Literal, Self
 from urllib.parse import urlsplit
 
@@ -30,6 +29,7 @@ from pydantic import (
 )
 
 from streams.config import Settings
+from streams.limits import json_depth
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -40,23 +40,6 @@ def record_limits() -> tuple[int, int]:
     after changing them in-process)."""
     settings = Settings.from_env()
     return settings.max_record_bytes, settings.max_nesting_depth
-
-
-#: A JSON string (skipped whole, so brackets inside strings do not count) or a bracket.
-_JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
-
-
-def text_depth(raw: bytes) -> int:
-    """How deeply JSON text nests (``[[1]]`` is 2), without decoding it."""
-    depth = deepest = 0
-    for token in _JSON_TOKENS.finditer(raw):
-        char = token.group()
-        if char in (b"[", b"{"):
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in (b"]", b"}"):
-            depth -= 1
-    return deepest
 
 
 def value_depth(value: Any) -> int:
@@ -355,14 +338,22 @@ def _decode(raw: bytes | str, expected: type[Record] | None) -> Any:
     """JSON text to Python, refusing oversized and too deeply nested text before decoding it."""
     _check_size(expected or Record, raw)
     limit = record_limits()[1]
+    too_deep = f"JSON nested deeper than {limit} levels (max_nesting_depth)"
     text = raw.encode() if isinstance(raw, str) else raw
-    # nesting never exceeds the count of openers: most records are settled without the scan
-    if text.count(b"[") + text.count(b"{") > limit and text_depth(text) > limit:
-        raise RecordError(f"JSON nested deeper than {limit} levels (max_nesting_depth)")
+    # UTF-8 text is checked before decoding (HTTP bodies alike: streams.limits.json_depth); nesting
+    # never exceeds the count of openers, so most records are settled without the scan
+    by_text = json.detect_encoding(text).startswith("utf-8")
+    if by_text and text.count(b"[") + text.count(b"{") > limit and json_depth(text) > limit:
+        raise RecordError(too_deep)
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
+        if not by_text and value_depth(value) > limit:
+            raise RecordError(too_deep)
+    except RecursionError:
+        raise RecordError(too_deep) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RecordError(f"not valid JSON: {exc}") from exc
+    return value
 
 
 def parse_record(raw: bytes | str | dict[str, Any], expected: type[Record] | None = None) -> Record:

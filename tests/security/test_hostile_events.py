@@ -23,7 +23,6 @@ from streams.schemas import (
     RecordError,
     parse_record,
     record_limits,
-    text_depth,
 )
 from streams.tally import expected_counts
 from streams.topics import topic_name
@@ -126,7 +125,14 @@ def test_free_form_fields_are_bounded_and_brackets_in_strings_do_not_count(limit
         nested = {"x": nested}
     with pytest.raises(ValueError, match="nested deeper than 32 levels"):
         Outcome(service="rank", kind="lease", key="t", seq=1, ts=1.0, data={"x": nested})
-    assert text_depth(b'{"a": "[[[[{{{{\\"[[", "b": [[1]]}') == 3
+    escaped = '[[[[{{{{\\"[[' * 12  # brackets and escaped quotes inside a string do not nest
+    assert parse_record(encode({**good(1), "series": escaped}), Observation).series == escaped
+    deep: object = [1.0]
+    for _ in range(40):
+        deep = [deep]
+    for encoding in ("utf-8", "utf-16"):  # UTF-8 is refused before decoding, UTF-16 after it
+        with pytest.raises(RecordError, match="nested deeper than 32 levels"):
+            parse_record(json.dumps({**good(1), "values": deep}).encode(encoding), Observation)
     assert parse_record(encode({**good(1), "series": "[" * 100}), Observation).series == "[" * 100
 
 
