@@ -131,11 +131,12 @@ class ForecastService(ModelService):
 
     # -- stream ----------------------------------------------------------------------------------
     def _reject_reason(self, obs: Observation, last_ts: float | None) -> str | None:
-        """Why ``obs`` cannot be used (``last_ts``: its series' newest accepted time), or None."""
-        window = self.windows.get(obs.series)
+        """Why ``obs`` cannot be used (``last_ts``: its series' newest accepted time, in the window or
+        earlier in this batch), or None. Every accepted row has the forecaster's channel count, so a
+        series that has rows is told its own width changed."""
         width = len(obs.values)
-        if window is not None and width != window.channels:
-            return f"series {obs.series!r} has {window.channels} channels, this observation has {width}"
+        if width != self.spec.channels and last_ts is not None:
+            return f"series {obs.series!r} has {self.spec.channels} channels, this observation has {width}"
         if width != self.spec.channels:
             return (
                 f"this forecaster ({self.spec.kind}) serves {self.spec.channels}-channel series, got {width}"

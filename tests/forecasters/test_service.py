@@ -232,6 +232,13 @@ def test_bad_observations_are_rejected_with_reasons_and_the_rest_applied() -> No
     assert service.windows.get("new") is None
 
 
+def test_a_width_change_within_a_series_first_batch_names_the_series() -> None:
+    """The series has no window yet: its first row in the same batch sets its width."""
+    first, changed = observations(["b"], 0, 1)[0], Observation(series="b", ts=HOUR, values=[1.0, 2.0, 3.0])
+    result = ForecastService(SPEC).process(OBSERVATIONS, [first, changed])
+    assert result.rejected == {1: "series 'b' has 2 channels, this observation has 3"}
+
+
 def test_route_answers_the_latest_forecast_cut_to_the_horizon() -> None:
     service = ForecastService(SPEC)
     service.process(OBSERVATIONS, observations(["a"], 0, 12))
