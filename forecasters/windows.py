@@ -88,9 +88,6 @@ class RollingWindow:
         self.count = extended.count
         return extended
 
-    def has(self, rows: int) -> bool:
-        return self.count >= rows
-
 
 class SeriesWindows:
     """A :class:`RollingWindow` per series id, created on a series' first observation."""
