@@ -7,8 +7,8 @@ the serving version's by the shared rule, :meth:`streams.lineage.GateEvidence.pa
 ``promotion_margin``, relative), and :meth:`streams.lineage.Lineage.gate` records the decision with
 its evidence: both losses, the margin, and the window (sample count and offsets).
 
-**Probation.** A promoted version with a predecessor is scored beside that predecessor on every
-following batch (the same events, before training) for ``probation_samples`` impressions. When its
+**Probation** (the rule is :mod:`streams.probation`, shared by every family). A promoted version
+with a predecessor is scored beside that predecessor on every following batch (the same events, before training) for ``probation_samples`` impressions. When its
 mean logloss over the last ``rollback_samples`` impressions exceeds the predecessor's by more than
 ``rollback_margin``, the predecessor serves again, training restarts from it (so the bad update
 is not simply repeated) and the rollback is recorded.
@@ -53,6 +53,7 @@ from models.ctr.metrics import log_loss
 from models.ctr.versions import ModelVersion, NoOlderVersion, VersionHistory
 from streams.lineage import GateEvidence, Lineage
 from streams.option_config import OptionConfig
+from streams.probation import Probation, RollbackRule, Verdict
 from streams.service import Output
 
 if TYPE_CHECKING:
@@ -111,7 +112,10 @@ class CtrLifecycle:
         self.config = config or LifecycleConfig()
         self.lineage = Lineage()
         #: The version on probation, its predecessor, and the counts that decide a rollback.
-        self.probation: dict[str, Any] | None = None
+        self.probation: Probation | None = None
+        self.rule = RollbackRule(
+            self.config.rollback_margin, self.config.rollback_samples, self.config.probation_samples
+        )
         #: Offsets of everything trained on so far (the batch being processed excluded).
         self.learned_offsets: dict[str, int] = {}
         self.faster_left = 0
@@ -141,14 +145,7 @@ class CtrLifecycle:
         version = history.publish(candidate.scorer, candidate.samples_seen, candidate.steps, metrics)
         assert version.number == number, "the lineage names the version publish numbers"
         if serving is not None:
-            self.probation = {
-                "version": version.number,
-                "predecessor": serving.number,
-                "since": time.time(),
-                "baseline": evidence.serving,  # the predecessor's logloss on the gate's slice
-                "evaluated": 0,
-                "window": [],  # [samples, version's logloss, predecessor's logloss] per batch
-            }
+            self.probation = Probation(version.number, serving.number, time.time(), evidence.serving)
         return [self.service.update_output(version)]
 
     def published(self, version: ModelVersion, evidence: dict[str, Any], reason: str) -> None:
@@ -171,48 +168,27 @@ class CtrLifecycle:
         if probation is None:
             return []
         serving = history.serving
-        predecessor = next((v for v in history.versions if v.number == probation["predecessor"]), None)
-        if serving is None or serving.number != probation["version"] or predecessor is None:
+        predecessor = next((v for v in history.versions if v.number == probation.predecessor), None)
+        if serving is None or serving.number != probation.version or predecessor is None:
             self.probation = None  # served over by hand, or the predecessor is no longer kept
             return []
-        window = probation["window"]
-        samples, new, old = window_means(window)
-        if probation.get("held") and not self._old_versions_worse_too(probation):
-            probation["held"] = False
-            log.info("ctr: v%d's predecessor does as before again: probation resumes", serving.number)
-        held = probation.get("held", False)
-        if (
-            not held
-            and samples >= self.config.rollback_samples
-            and new > old * (1 + self.config.rollback_margin)
-        ):
-            return [self._roll_back(serving, predecessor, samples, new, old)]
-        if probation["evaluated"] >= self.config.probation_samples:
+        verdict = probation.verdict(self.rule)
+        if verdict is Verdict.ROLL_BACK:
+            return [self._roll_back(serving, predecessor, probation)]
+        if verdict is Verdict.TRUSTED:
             self.probation = None
             return []
         scored = batch.slice(0, min(len(batch), self.config.probation_rows))
-        window.append(
-            [len(batch), batch_loss(serving.scorer, scored), batch_loss(predecessor.scorer, scored)]
+        probation.add(
+            len(batch), batch_loss(serving.scorer, scored), batch_loss(predecessor.scorer, scored), self.rule
         )
-        probation["evaluated"] += len(batch)
-        while sum(n for n, _, _ in window[1:]) >= self.config.rollback_samples:
-            window.pop(0)
         return []
 
-    def _roll_back(
-        self, bad: ModelVersion, good: ModelVersion, samples: int, new: float, old: float
-    ) -> Output:
+    def _roll_back(self, bad: ModelVersion, good: ModelVersion, probation: Probation) -> Output:
         history, learner = self.service.history, self.service.learner
-        assert self.probation is not None
-        evidence = {
-            "metric": "logloss",
-            "rolled_back_from": bad.number,
-            "serving": new,
-            "predecessor": old,
-            "margin": self.config.rollback_margin,
-            "promoted_at": self.probation["since"],
-            "window": {"samples": samples, "after": None, "to": dict(self.learned_offsets)},
-        }
+        evidence = probation.evidence("logloss", self.rule)
+        samples, new, old = evidence.pop("samples"), evidence["serving"], evidence["predecessor"]
+        evidence["window"] = {"samples": samples, "after": None, "to": dict(self.learned_offsets)}
         history.adopt(good, bad.number)
         learner.restore(good.scorer)
         self.probation = None
@@ -247,13 +223,13 @@ class CtrLifecycle:
         the module docstring); then ``faster`` boosts the learning rates for a while and
         ``warm-restart`` trains on from the serving version (the last that passed the gate);
         ``alarm`` adapts nothing."""
-        if self.probation is not None and self._old_versions_worse_too(self.probation):
+        probation = self.probation
+        if probation is not None and probation.hear_alarm(self.rule):
             log.warning(
                 "ctr: drift alarm: v%d's probation against v%d is held (old versions do worse too)",
-                self.probation["version"],
-                self.probation["predecessor"],
+                probation.version,
+                probation.predecessor,
             )
-            self.probation["held"] = True
         learner, serving = self.service.learner, self.service.history.serving
         if action == "faster" and not self.faster_left:
             scale_learning_rates(learner, self.config.faster_factor)
@@ -261,36 +237,20 @@ class CtrLifecycle:
         elif action == "warm-restart" and serving is not None:
             learner.restore(serving.scorer)
 
-    def _old_versions_worse_too(self, probation: dict[str, Any]) -> bool:
-        """The predecessor does more than ``rollback_margin`` worse on the probation's window than
-        on the gate's slice: the world changed under both versions (not only the new one broke)."""
-        samples, _, old = window_means(probation["window"])
-        baseline = probation.get("baseline")  # absent in probations checkpointed before it
-        return baseline is None or (samples > 0 and old > baseline * (1 + self.config.rollback_margin))
-
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
             "lineage": self.lineage.state_dict(),
-            "probation": self.probation,
+            "probation": None if self.probation is None else self.probation.state_dict(),
             "learned_offsets": dict(self.learned_offsets),
             "faster_left": self.faster_left,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.lineage.load_state_dict(state["lineage"])
-        self.probation = state["probation"]
+        self.probation = Probation.from_state(state["probation"])
         self.learned_offsets = dict(state["learned_offsets"])
         self.faster_left = int(state["faster_left"])
-
-
-def window_means(window: list[list[float]]) -> tuple[int, float, float]:
-    """Impressions in a probation window and both versions' mean logloss over them (0s when empty)."""
-    samples = int(sum(n for n, _, _ in window))
-    if not samples:
-        return 0, 0.0, 0.0
-    new, old = (sum(n * loss[i] for n, *loss in window) / samples for i in (0, 1))
-    return samples, new, old
 
 
 def manual_target(history: VersionHistory, action: str, number: int | None) -> ModelVersion:

@@ -131,12 +131,12 @@ def test_a_corrupted_stretch_right_after_a_promotion_alarms_and_rolls_nothing_ba
     assert run.drift.alarms == 1, "the stretch must raise the drift alarm within 3 batches"
     alarm_at = run.batch_at(run.drift.last_alarm_ts)  # type: ignore[arg-type]
     probation = run.service.lifecycle.probation
-    assert probation is not None and probation["held"], "v10 does worse too: the alarm holds probation"
+    assert probation is not None and probation.held, "v10 does worse too: the alarm holds probation"
     run.feed(stream, range(114, 126), corrupted)
     assert not run.events("rolled_back"), "the stretch is no bad update of the version promoted before it"
     assert run.service.model_version() == good, "no older version serves again"
     probation = run.service.lifecycle.probation
-    assert probation is not None and probation["version"] == good and not probation["held"], (
+    assert probation is not None and probation.version == good and not probation.held, (
         "once the stretch is over, probation resumes on clean events"
     )
     print(
@@ -157,7 +157,7 @@ def test_a_late_alarm_does_not_save_the_update_trained_on_a_corrupted_stretch(
     # An alarm that comes late, on clean events (action alarm: the runner does not call it yet).
     run.service.on_drift("alarm")
     probation = run.service.lifecycle.probation
-    assert probation is not None and not probation.get("held"), "v7 does as on the gate's slice: no hold"
+    assert probation is not None and not probation.held, "v7 does as on the gate's slice: no hold"
     assert lrs(run.service) == before, "action alarm adapts nothing"
     run.feed(stream, range(82, 90), lambda b: False)
     assert [(v, h["evidence"]["rolled_back_from"]) for v, h in run.events("rolled_back")] == [(7, 8)]

@@ -1,0 +1,66 @@
+"""The shared probation rule: rollback on a bad update, hold on a changed world, trust at the end."""
+
+from __future__ import annotations
+
+import pytest
+
+from streams.probation import Probation, RollbackRule, Verdict
+
+RULE = RollbackRule(margin=0.05, samples=100, length=1_000)
+
+
+def probation(baseline: float | None = 1.0) -> Probation:
+    return Probation(version=2, predecessor=1, since=0.0, baseline=baseline)
+
+
+def test_a_worse_version_rolls_back_only_once_the_window_is_full() -> None:
+    p = probation()
+    p.add(50, 1.2, 1.0, RULE)
+    assert p.verdict(RULE) is Verdict.WATCH, "50 samples: the window is not full"
+    p.add(50, 1.2, 1.0, RULE)
+    assert p.verdict(RULE) is Verdict.ROLL_BACK
+
+
+def test_within_the_margin_is_no_rollback_and_the_version_is_trusted_at_the_end() -> None:
+    p = probation()
+    for _ in range(9):
+        p.add(100, 1.04, 1.0, RULE)
+        assert p.verdict(RULE) is Verdict.WATCH
+    p.add(100, 1.04, 1.0, RULE)
+    assert p.verdict(RULE) is Verdict.TRUSTED
+    assert sum(n for n, _, _ in p.window) <= 2 * RULE.samples, "the window slides"
+
+
+def test_an_alarm_holds_while_the_predecessor_does_worse_too_and_resumes_after() -> None:
+    p = probation(baseline=1.0)
+    p.add(100, 3.0, 2.0, RULE)  # the world changed: both do worse than the predecessor's baseline
+    assert p.hear_alarm(RULE)
+    assert p.verdict(RULE) is Verdict.WATCH, "held: no verdict on a changed world"
+    for _ in range(3):
+        p.add(100, 1.0, 1.0, RULE)  # the stretch is over
+    assert p.verdict(RULE) is Verdict.WATCH and not p.held, "the predecessor does as before: resumed"
+    p.add(100, 1.5, 1.0, RULE)
+    p.add(100, 1.5, 1.0, RULE)
+    assert p.verdict(RULE) is Verdict.ROLL_BACK
+
+
+def test_an_alarm_while_only_the_new_version_breaks_holds_nothing() -> None:
+    p = probation(baseline=1.0)
+    p.add(100, 2.0, 1.0, RULE)
+    assert not p.hear_alarm(RULE)
+    assert p.verdict(RULE) is Verdict.ROLL_BACK
+
+
+def test_state_round_trips_and_old_checkpoints_load() -> None:
+    p = probation()
+    p.add(30, 1.1, 1.0, RULE)
+    assert Probation.from_state(p.state_dict()) == p
+    legacy = {"version": 3, "predecessor": 2, "since": 1.0, "evaluated": 5, "window": [[5, 1.0, 1.0]]}
+    loaded = Probation.from_state(legacy)
+    assert loaded is not None and loaded.baseline is None and not loaded.held
+    assert Probation.from_state(None) is None
+
+
+def test_a_bad_rule_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="rollback margin"):
+        RollbackRule(margin=-0.1, samples=10, length=10)
