@@ -8,10 +8,11 @@ the serving version's by the shared rule, :meth:`streams.lineage.GateEvidence.pa
 its evidence: both losses, the margin, and the window (sample count and offsets).
 
 **Probation** (the rule is :mod:`streams.probation`, shared by every family). A promoted version
-with a predecessor is scored beside that predecessor on every following batch (the same events, before training) for ``probation_samples`` impressions. When its
-mean logloss over the last ``rollback_samples`` impressions exceeds the predecessor's by more than
-``rollback_margin``, the predecessor serves again, training restarts from it (so the bad update
-is not simply repeated) and the rollback is recorded.
+with a predecessor is scored beside that predecessor on every following batch (the same events,
+before training) for ``probation_samples`` impressions. When its mean logloss over the last
+``rollback_samples`` impressions exceeds the predecessor's by more than ``rollback_margin``, the
+predecessor serves again, training restarts from it (so the bad update is not simply repeated) and
+the rollback is recorded.
 
 **A changed world is no bad update.** On events from a changed world (concept drift, or a corrupted
 stretch such as a run of flipped labels) old versions do worse too, and the better fit of the old
