@@ -18,12 +18,12 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from streams.forwarding import FORWARDING, MODELS, forward, forwards, get_each, merged_lineage
 from streams.http import unavailable
 
 #: service -> the path prefixes of its routes (kept whole by tests/roles/test_front.py).
@@ -33,21 +33,8 @@ ROUTE_PREFIXES: dict[str, tuple[str, ...]] = {
     "rank": ("/rank", "/labeling"),
     "tally": ("/tally",),
 }
-#: Model lineage: ``GET /models`` is every worker's answer in one; ``/models/<service>/...`` is
-#: that service's worker's.
-MODELS = "/models"
 #: Combined answers and forwarded requests wait this long for a worker (a busy one stalls briefly).
 WORKER_TIMEOUT_S = 30.0
-#: Headers that describe one connection, not the message (and Host, which names the front): never
-#: forwarded either way. Bodies pass through as bytes, so Content-Encoding goes with them.
-HOP_BY_HOP = frozenset(
-    h.lower()
-    for h in (
-        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
-        "Transfer-Encoding", "Upgrade", "Host", "Content-Length",
-    )
-)  # fmt: skip
-SESSION = web.AppKey("front_session", aiohttp.ClientSession)
 
 
 def worker_for(path: str, workers: Mapping[str, str]) -> str:
@@ -82,25 +69,15 @@ def merge_metrics(texts: Iterable[str]) -> bytes:
     return generate_latest(registry)
 
 
-async def _get(
-    session: aiohttp.ClientSession, url: str, headers: Mapping[str, str] | None = None
-) -> tuple[int, bytes]:
-    """Status and body of a GET, or 0 and the reason when the worker does not answer."""
-    try:
-        async with session.get(url, headers=headers) as answer:
-            return answer.status, await answer.read()
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        return 0, f"{url} did not answer: {type(exc).__name__}: {exc}".encode()
-
-
 def make_front(workers: Mapping[str, str]) -> web.Application:
     """The front's application for ``workers`` (service -> base URL, the first one the default)."""
     if not workers:
         raise ValueError("the front needs at least one worker")
     app = web.Application(client_max_size=64 * 1024**2)  # each worker enforces its own, lower limit
+    forwards(app, WORKER_TIMEOUT_S)
 
-    async def each(path: str, headers: Mapping[str, str] | None = None) -> dict[str, tuple[int, bytes]]:
-        answers = await asyncio.gather(*(_get(app[SESSION], url + path, headers) for url in workers.values()))
+    async def each(path: str) -> dict[str, tuple[int, bytes]]:
+        answers = await get_each(app[FORWARDING], list(workers.values()), path)
         return dict(zip(workers, answers, strict=True))
 
     async def health(_: web.Request) -> web.Response:
@@ -138,42 +115,17 @@ def make_front(workers: Mapping[str, str]) -> web.Application:
         return web.Response(body=merge_metrics(texts), content_type="text/plain", charset="utf-8")
 
     async def models(request: web.Request) -> web.Response:
-        auth = {k: v for k, v in request.headers.items() if k.lower() == "authorization"}
-        answers = list((await each(MODELS, auth)).values())
-        found = [json.loads(body) for status, body in answers if status == 200]
-        if found:
-            return web.json_response({service: v for lineage in found for service, v in lineage.items()})
-        status, body = answers[0]  # no worker has lineage for this caller: the first one says why
-        if status == 0:
-            return unavailable(body.decode(errors="replace"))
-        return web.Response(body=body, status=status, content_type="application/json")
+        return await merged_lineage(request, list(workers.values()))
 
-    async def forward(request: web.Request) -> web.StreamResponse:
+    async def forward_to_worker(request: web.Request) -> web.Response:
         url = worker_for(request.path, workers)
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        raw = await request.read()
-        try:
-            async with app[SESSION].request(
-                request.method, url + request.path_qs, data=raw or None, headers=headers
-            ) as answer:
-                body = await answer.read()
-                kept = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
-                return web.Response(body=body, status=answer.status, headers=kept)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            return unavailable(f"the worker at {url} did not answer: {type(exc).__name__}")
+        return await forward(request, url, f"the worker at {url}")
 
-    async def session(app: web.Application):  # type: ignore[no-untyped-def]
-        timeout = aiohttp.ClientTimeout(total=WORKER_TIMEOUT_S)
-        async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as client:
-            app[SESSION] = client
-            yield
-
-    app.cleanup_ctx.append(session)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)
     app.router.add_get(MODELS, models)
-    app.router.add_route("*", "/{path:.*}", forward)
+    app.router.add_route("*", "/{path:.*}", forward_to_worker)
     return app
 
 

@@ -29,10 +29,10 @@ from collections.abc import Callable, Iterable
 from importlib import resources
 from typing import Any, Protocol
 
-import aiohttp
 from aiohttp import web
 
 from streams.auth import AuthError, HttpSecurity, installed, required_role
+from streams.forwarding import forward, forwards
 from streams.limits import BadJson, Limits, parse_json
 from streams.service import ApiError, ApiRequest, ApiResponse, NotOwner, Route
 from streams.tokens import Role, token_from_header
@@ -44,7 +44,8 @@ ReadyProbe = Callable[[], tuple[bool, str]]
 #: (service, partition) -> base URL of the worker that owns it, or None while unknown.
 OwnerLookup = Callable[[str, int], str | None]
 PROXIED = "X-Driftline-Proxied"
-PROXY_SESSION = web.AppKey("proxy_session", aiohttp.ClientSession)
+#: How long a request proxied to its key's owner may take.
+PROXY_TIMEOUT_S = 5.0
 #: The security an application's routes are guarded by, so routes added later get the same.
 SECURITY = web.AppKey("security", HttpSecurity)
 RETRY_AFTER_S = "1"
@@ -73,23 +74,6 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 def unavailable(reason: str) -> web.Response:
     return _json({"error": reason}, 503, {"Retry-After": RETRY_AFTER_S})
-
-
-async def _proxy(request: web.Request, url: str, raw: bytes) -> web.Response:
-    session: aiohttp.ClientSession = request.app[PROXY_SESSION]
-    target = url.rstrip("/") + request.path_qs
-    headers = {PROXIED: "1", "Content-Type": request.headers.get("Content-Type", "application/json")}
-    if "Authorization" in request.headers:  # the owner checks the same token again
-        headers["Authorization"] = request.headers["Authorization"]
-    try:
-        async with session.request(request.method, target, data=raw or None, headers=headers) as answer:
-            body = await answer.read()
-            extra = {k: v for k, v in answer.headers.items() if k in ("Retry-After",)}
-            return web.Response(
-                body=body, status=answer.status, content_type=answer.content_type, headers=extra
-            )
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        return unavailable(f"the owner of this key ({url}) did not answer: {type(exc).__name__}")
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -168,7 +152,7 @@ def adapt(
                 url = owner_url(exc.service, exc.partition)
             if url is None:
                 return unavailable(f"{exc}; no owner is known right now (partitions are moving)")
-            return await _proxy(request, url, raw)
+            return await forward(request, url, f"the owner of this key ({url})", {PROXIED: "1"})
         except TimeoutError:
             return unavailable(f"the request did not finish within {limits.timeout_s:g}s")
         except Exception as exc:  # a handler bug must not kill the server
@@ -248,16 +232,11 @@ def make_app(
     async def auth_script_handler(_: web.Request) -> web.Response:
         return web.Response(text=AUTH_SCRIPT, content_type="text/javascript", charset="utf-8")
 
-    async def session_context(app: web.Application):  # type: ignore[no-untyped-def]
-        app[PROXY_SESSION] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-        yield
-        await app[PROXY_SESSION].close()
-
     async def tokens_context(_: web.Application):  # type: ignore[no-untyped-def]
         async with security.following():
             yield
 
-    app.cleanup_ctx.append(session_context)
+    forwards(app, PROXY_TIMEOUT_S)
     app.cleanup_ctx.append(tokens_context)
     app.router.add_get("/health", health_handler)
     app.router.add_get("/ready", ready_handler)
