@@ -7,13 +7,21 @@ what the ranker trains on, so they share its checkpoints). Every 5 labels the he
 ``--invert A B``: labels A..B-1 get their grades turned upside down (a synthetic corruption, 2 - g),
 to see how long an ungated service would serve what they taught. Deterministic per ``--seed``.
 
+Probation: two more rankers learn the same stream behind the default gate (``--margins`` and
+``--queries`` do not apply to them), one with probation and automatic rollback
+(:meth:`~rankers.promotion.RankGate.watch` before every retrain) and one without; a rollback
+quarantines labels, so each needs its own ranker. For each rollback the table says which version
+was rolled back and how many labeled queries it served from its promotion to the rollback.
+
     .venv/bin/python bench/rank_gate.py                         # clean stream, seed 0
     .venv/bin/python bench/rank_gate.py --invert 100 140        # 40 inverted labels
+    .venv/bin/python bench/rank_gate.py --invert 100 125 --batch 5   # five labels per retrain
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,6 +47,37 @@ class Tally:
     ndcg: list[float] = field(default_factory=list)
 
 
+@dataclass
+class Probed:
+    """A ranker of its own behind the default gate, with or without probation, and its rollbacks."""
+
+    probation: bool
+    ranker: LambdaMARTRanker
+    gate: RankGate = field(default_factory=RankGate)
+    ndcg: list[float] = field(default_factory=list)
+    #: Label index at which each serving version was promoted.
+    promoted_at: dict[int, int] = field(default_factory=dict)
+    #: (rolled-back version, label index of its promotion, label index of the rollback).
+    rollbacks: list[tuple[int, int, int]] = field(default_factory=list)
+
+    def learn(self, batch: QueryBatch, i: int) -> None:
+        was = self.gate.serving_version
+        if self.probation and self.gate.watch(self.ranker, batch).get("gate_rolled_back"):
+            self.rollbacks.append((was, self.promoted_at[was], i))
+        self.ranker.learn(batch)
+        if self.gate.retrained(self.ranker, batch, {"labels:0": i}, float(i)).get("gate_promoted") == 1.0:
+            self.promoted_at[self.gate.serving_version] = i
+
+
+def labeled(data: QueryBatch, q: list[int], inverted: bool) -> QueryBatch:
+    """Queries ``q`` of ``data``, their grades turned upside down when ``inverted`` (synthetic)."""
+    batch = data.select(q)
+    if not inverted:
+        return batch
+    assert batch.grades is not None
+    return QueryBatch(batch.features, batch.offsets, batch.query_ids, MQ2008_MAX_GRADE - batch.grades)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--labels", type=int, default=240, help="labeled queries streamed")
@@ -46,6 +85,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--margins", type=float, nargs="+", default=[0.02, 0.05, 0.1])
     parser.add_argument("--queries", type=int, nargs="+", default=[10, 20], help="promotion_queries")
+    parser.add_argument("--batch", type=int, default=1, help="labeled queries per retrain")
     args = parser.parse_args()
     data = load_mq2008()
     order = np.random.default_rng(args.seed).permutation(data.n_queries)
@@ -57,31 +97,41 @@ def main() -> None:
         for q in args.queries
     }
     ranker = LambdaMARTRanker(rounds=100, committee_size=4, seed=args.seed)
+    probed = [
+        Probed(on, LambdaMARTRanker(rounds=100, committee_size=4, seed=args.seed)) for on in (True, False)
+    ]
     newest: list[float] = []
-    for i, q in enumerate(stream):
-        batch = data.select([q])
-        if args.invert[0] <= i < args.invert[1]:
-            assert batch.grades is not None
-            flipped = MQ2008_MAX_GRADE - batch.grades
-            batch = QueryBatch(batch.features, batch.offsets, batch.query_ids, flipped)
+    for start in range(0, len(stream), args.batch):
+        i = min(start + args.batch, len(stream)) - 1  # the batch's last label
+        batch = labeled(data, list(stream[start : i + 1]), args.invert[0] <= start < args.invert[1])
         ranker.learn(batch)
         for tally in tallies.values():
             decided = tally.gate.retrained(ranker, batch, {"labels:0": i}, float(i)).get("gate_promoted")
             tally.promoted += decided == 1.0
             tally.rejected += decided == 0.0
-        if i % EVERY == EVERY - 1:
+        for run in probed:
+            run.learn(batch, i)
+        if (i + 1) // EVERY > start // EVERY:  # the batch crossed a multiple of EVERY labels
             newest.append(mean_metrics(test, ranker.predict(test))["ndcg@10"])
             for tally in tallies.values():
                 assert tally.gate.snapshot is not None
                 scores = ranker.score_with(tally.gate.snapshot[0], test)
                 tally.ndcg.append(mean_metrics(test, scores)["ndcg@10"])
+            for run in probed:
+                assert run.gate.snapshot is not None
+                run.ndcg.append(
+                    mean_metrics(test, run.ranker.score_with(run.gate.snapshot[0], test))["ndcg@10"]
+                )
     report(args, newest, tallies)
+    report_probation(args, probed)
 
 
 def report(args: argparse.Namespace, newest: list[float], tallies: dict[tuple[float, int], Tally]) -> None:
     a, b = args.invert
     hurt = slice(a // EVERY, (b + 40) // EVERY)  # the inverted stretch and 40 labels after it
-    print(f"MQ2008, {args.labels} labels one per batch, seed {args.seed}, inverted labels [{a}, {b})")
+    print(
+        f"MQ2008, {args.labels} labels {args.batch} per batch, seed {args.seed}, inverted labels [{a}, {b})"
+    )
     print(f"held-out NDCG@10 ({TEST_QUERIES} queries), mean over evaluations every {EVERY} labels")
     print("| serving | promoted | rejected | whole run | labels a..b+40 | final |")
     print("|---|---|---|---|---|---|")
@@ -90,6 +140,27 @@ def report(args: argparse.Namespace, newest: list[float], tallies: dict[tuple[fl
     for (margin, queries), t in tallies.items():
         print(f"| gate margin {margin:g}, {queries} queries | {t.promoted} | {t.rejected} "
               f"| {np.mean(t.ndcg):.4f} | {np.mean(t.ndcg[hurt]):.4f} | {t.ndcg[-1]:.4f} |")  # fmt: skip
+
+
+def report_probation(args: argparse.Namespace, probed: list[Probed]) -> None:
+    a, b = args.invert
+    hurt = slice(a // EVERY, (b + 40) // EVERY)
+    config = GateConfig()
+    print(
+        f"\ndefault gate and probation (rollback_margin {config.rollback_margin:g}, rollback_queries "
+        f"{config.rollback_queries}, probation_queries {config.probation_queries}); "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        "| serving | rollbacks (version: labels from its promotion to the rollback) | whole run "
+        "| labels a..b+40 | final |"
+    )
+    print("|---|---|---|---|---|")
+    for run in probed:
+        rolled = ", ".join(f"v{v}: {end - start} (labels {start}-{end})" for v, start, end in run.rollbacks)
+        name = "gate + probation" if run.probation else "gate only"
+        print(f"| {name} | {rolled or '-'} | {np.mean(run.ndcg):.4f} | {np.mean(run.ndcg[hurt]):.4f} "
+              f"| {run.ndcg[-1]:.4f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""The rank service's promotion gate: a retrained booster serves ``POST /rank`` only once it has done no
-worse than the serving booster on labeled queries that neither of them trained on.
+"""The rank service's model lifecycle: a promotion gate, probation with automatic rollback, drift
+alarms and boosters served by hand.
 
 **Shadow window.** Every label batch retrains the ranker, which makes a new checkpoint. One of them at a
 time is the *candidate*: the newest checkpoint when the previous decision was made. Each later label
@@ -21,6 +21,40 @@ nothing serves, so the first checkpoint serves at once (a model beats a 503). No
 for it, so its evidence says so: metric ``train ndcg@10`` (its NDCG on the labels it trained on),
 ``serving`` None and a window of 0 held-back queries.
 
+**Probation** (the rule is :mod:`streams.probation`, shared by every family). A promoted booster with
+a predecessor is scored beside that predecessor on every later label batch, before the ranker learns
+it (neither booster ever trains on it): the loss is 1 - NDCG@10 per judged query. When its mean over
+the last ``rollback_queries`` judged queries exceeds the predecessor's by more than
+``rollback_margin`` (relative), the predecessor serves again and the rollback is recorded with both
+means; after ``probation_queries`` judged queries the booster is trusted. As in CTR, a batch is
+judged at the next label batch, once the runner's drift alarm has seen its error.
+
+**The bad update is not repeated.** A booster is a function of the labels it was fitted on, so the
+trainer continues from the good version by its labels: the labels the ranker learned since the
+predecessor was trained (those that made the bad booster, the ones it was gated on, and the probation
+labels before the rollback) are *quarantined*, dropped from the ranker's training set, and the
+predecessor's booster becomes the newest committee member (what ``mode="continue"`` trains on from);
+the candidate, trained on them, is dropped too. The next retrain is the predecessor's labels plus the
+batch at hand, and it must pass the gate like any other. The lineage's rollback evidence names how
+many labeled queries were quarantined and their offsets (``after`` the predecessor's, ``to`` the last
+learned), so they can be found on the labels topic. The price: clean labels in that stretch go too
+(at most the labels of one promotion window and one probation); a label set that keeps them would
+need to know which labels were bad, which nothing here knows.
+
+**A changed world is no bad update.** On labels from a changed world (concept drift, or a lasting
+inversion of the grades) old boosters do worse too, and the better fit of the old world can do
+worse than its predecessor. A drift alarm (:meth:`RankGate.on_drift`) therefore holds the running
+probation while the predecessor does worse too (its mean loss over the window exceeds its own on the
+gate's window by more than ``rollback_margin``); a held probation decides nothing and resumes once
+the predecessor does as before. Rank adapts nothing else on an alarm (``faster`` and
+``warm-restart`` are CTR's).
+
+**By hand.** ``POST /models/rank/promote|rollback`` serves one of the last ``keep_versions``
+boosters that served (:mod:`rankers.by_hand`); it ends a running probation, restarts the candidate's
+window against the new serving booster and touches no label: an admin picks which booster serves,
+which says nothing about which labels were wrong, and what the ranker learns next passes the gate
+against the booster chosen.
+
 **Committee.** The selector's committee stays what the ranker keeps: its last ``committee_size``
 checkpoints, whether they passed the gate or not. The committee chooses what to label next, so it
 should reflect what the newest labels taught: a promoted-only committee would lag by a shadow window
@@ -29,11 +63,13 @@ labels (another bagging draw), whose disagreement with the others is what query-
 The gate protects the users of ``/rank``, not the selector.
 
 **Replay.** Everything here is a function of the label stream (windows count queries, not seconds) and
-lives in the service state, serving and candidate boosters included, so a replay decides alike.
+lives in the service state, kept boosters, probation and quarantine marks included, so a replay
+decides alike.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -41,31 +77,57 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 
+from rankers.by_hand import ServeByHand
 from rankers.data import QueryBatch
 from rankers.lambdamart import LambdaMARTRanker
 from rankers.metrics import mean_metrics, query_ndcg
 from streams.lineage import GateEvidence, Lineage
 from streams.option_config import OptionConfig
+from streams.probation import Probation, RollbackRule, Verdict
+
+log = logging.getLogger(__name__)
 
 #: NDCG cut-off the gate compares (the metric the rankers are judged by throughout).
 NDCG_K = 10
 METRIC = f"ndcg@{NDCG_K}"
+#: What probation compares, lower is better.
+LOSS = f"1 - {METRIC}"
 
 
 @dataclass(frozen=True)
 class GateConfig(OptionConfig):
-    """``--option rank.KEY=VALUE`` settings of the gate."""
+    """``--option rank.KEY=VALUE`` settings of the gate, the probation and the kept boosters."""
 
     #: A candidate may have up to this much (relative) lower NDCG@10 than serving and still serve.
     promotion_margin: float = 0.05
     #: Judged held-back queries (with at least one relevant document) a decision needs.
     promotion_queries: int = 10
+    #: A promoted booster counts as worse when its mean 1 - NDCG@10 exceeds its predecessor's by
+    #: this much (relative) ...
+    rollback_margin: float = 0.1
+    #: ... over the last this many judged labeled queries: then the predecessor serves again.
+    rollback_queries: int = 40
+    #: Judged labeled queries a promoted booster is compared with its predecessor before it is trusted.
+    probation_queries: int = 200
+    #: Boosters that served kept to serve again (a rollback, or by hand), the serving one included.
+    keep_versions: int = 3
 
     def __post_init__(self) -> None:
         if not 0 <= self.promotion_margin < 1:
             raise ValueError(f"rank promotion_margin must lie in [0, 1), got {self.promotion_margin}")
         if self.promotion_queries < 1:
             raise ValueError(f"rank promotion_queries must be >= 1, got {self.promotion_queries}")
+        if self.keep_versions < 2:
+            raise ValueError(f"rank keep_versions must be >= 2 (a rollback needs a predecessor), got "
+                             f"{self.keep_versions}")  # fmt: skip
+        self.rule()
+
+    def rule(self) -> RollbackRule:
+        """The probation's rule; a ValueError names the rank options when they do not make one."""
+        try:
+            return RollbackRule(self.rollback_margin, self.rollback_queries, self.probation_queries)
+        except ValueError as exc:
+            raise ValueError(f"rank rollback_margin, rollback_queries, probation_queries: {exc}") from None
 
 
 @dataclass
@@ -94,12 +156,15 @@ class Window:
 
 @dataclass
 class Checkpoint:
-    """One booster the gate holds (serving or candidate), with its version and what it learned from."""
+    """One booster the gate holds (serving, kept or candidate), with its version and what it learned from."""
 
     version: int
     model: str
     offsets: dict[str, int]
     trained_at: float
+    #: Where its labels end in the ranker's label sequence: how many it trained on, the quarantined
+    #: ones not counted (what a rollback to it cuts the label set back to).
+    labels: int = 0
     booster: lgb.Booster = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -107,18 +172,36 @@ class Checkpoint:
 
     def state_dict(self) -> dict[str, Any]:
         return {"version": self.version, "model": self.model, "offsets": dict(self.offsets),
-                "trained_at": self.trained_at}  # fmt: skip
+                "trained_at": self.trained_at, "labels": self.labels}  # fmt: skip
+
+
+class NotKept(LookupError):
+    """No kept booster fits a request to serve one by hand (the route answers 409)."""
 
 
 class RankGate:
-    """Which booster serves ``/rank``, the candidate in its shadow window, and the lineage of decisions."""
+    """Which booster serves ``/rank``: the gate's candidate in its shadow window, the promoted booster on
+    probation, the kept boosters and the lineage of every decision."""
 
     def __init__(self, config: GateConfig | None = None) -> None:
         self.config = config or GateConfig()
+        self.rule = self.config.rule()
         self.lineage = Lineage()
         self.serving: Checkpoint | None = None
         self.candidate: Checkpoint | None = None
         self.window = Window()
+        #: The last ``keep_versions`` boosters that served, oldest version first (serving included).
+        self.kept: list[Checkpoint] = []
+        self.probation: Probation | None = None
+        #: Labeled queries learned so far (never decreases; what a serve by hand waits for on replay).
+        self.learned = 0
+        #: The end of the ranker's label sequence (:attr:`Checkpoint.labels`): ``learned`` less the
+        #: quarantined labels.
+        self.labels = 0
+        #: Offsets of everything learned so far.
+        self.learned_offsets: dict[str, int] = {}
+        #: Serves by hand replayed before the ranker learned what it had when they were decided.
+        self.pending: list[ServeByHand] = []
         #: ``(booster, version)`` of the serving checkpoint, replaced whole on a promotion so that
         #: ``/rank`` can read it without the service lock while a retrain runs.
         self.snapshot: tuple[lgb.Booster, int] | None = None
@@ -127,12 +210,80 @@ class RankGate:
     def serving_version(self) -> int:
         return 0 if self.serving is None else self.serving.version
 
+    # -- probation and automatic rollback (before the ranker learns a batch) ----------------------
+    def watch(self, ranker: LambdaMARTRanker, batch: QueryBatch) -> dict[str, float]:
+        """Roll back when the batches scored so far say so, else score the booster on probation and
+        its predecessor on ``batch`` (judged at the next batch, once the drift alarm saw it). Call
+        before ``ranker`` learns ``batch``: a rollback cuts its label set back first."""
+        probation = self.probation
+        if probation is None:
+            return {}
+        serving, predecessor = self.serving, self._kept(probation.predecessor)
+        if serving is None or serving.version != probation.version or predecessor is None:
+            self.probation = None  # served over by hand, or the predecessor is no longer kept
+            return {}
+        verdict = probation.verdict(self.rule)
+        if verdict is Verdict.ROLL_BACK:
+            self._roll_back(ranker, serving, predecessor, probation)
+            return {"gate_rolled_back": 1.0}
+        if verdict is Verdict.TRUSTED:
+            self.probation = None
+            return {}
+        both = Window()
+        both.add(
+            batch, ranker.score_with(serving.booster, batch), ranker.score_with(predecessor.booster, batch)
+        )
+        if both.judged:
+            new, old = (1 - total / both.judged for total in (both.candidate, both.serving))
+            probation.add(both.judged, new, old, self.rule)
+        return {"probation_judged": float(probation.evaluated)}
+
+    def _roll_back(
+        self, ranker: LambdaMARTRanker, bad: Checkpoint, good: Checkpoint, probation: Probation
+    ) -> None:
+        evidence = probation.evidence(LOSS, self.rule)
+        judged, new, old = evidence.pop("samples"), evidence["serving"], evidence["predecessor"]
+        dropped = quarantine(ranker, good, self.labels - good.labels)
+        self.labels = good.labels
+        for kept in self.kept:  # what they trained on beyond the cut is no longer in the label set
+            kept.labels = min(kept.labels, self.labels)
+        evidence["window"] = {"judged": judged, "after": None, "to": dict(self.learned_offsets)}
+        evidence["quarantined"] = {
+            "queries": dropped,
+            "after": dict(good.offsets),
+            "to": dict(self.learned_offsets),
+        }
+        self._adopt(good)
+        self.candidate = None  # trained on the quarantined labels
+        reason = (
+            f"v{bad.version} did worse than v{good.version} on the same last {judged} judged queries "
+            f"({LOSS} {new:.4f} > {old:.4f} + {self.rule.margin:.0%}); v{good.version} serves again and "
+            f"the {dropped} labeled queries learned since it are quarantined"
+        )
+        self._record(good, "rolled_back", reason, evidence)
+        log.warning("rank: automatic rollback: %s", reason)
+
+    def on_drift(self, action: str) -> None:
+        """A drift alarm (any action): the running probation is held while its predecessor does worse
+        too (see the module docstring); rank adapts nothing else."""
+        probation = self.probation
+        if probation is not None and probation.hear_alarm(self.rule):
+            log.warning(
+                "rank: drift alarm (%s): v%d's probation against v%d is held (old boosters do worse too)",
+                action,
+                probation.version,
+                probation.predecessor,
+            )
+
+    # -- the gate (after the ranker learned a batch) ---------------------------------------------
     def retrained(
         self, ranker: LambdaMARTRanker, batch: QueryBatch, offsets: dict[str, int], now: float
     ) -> dict[str, float]:
         """After ``ranker`` learned ``batch``: score the candidate and the serving booster on it,
         decide when the window is full, and take the new checkpoint as candidate when none waits.
         Returns the batch's gate metrics."""
+        self.learned += batch.n_queries
+        self.labels += batch.n_queries
         metrics: dict[str, float] = {}
         if self.candidate is not None and self.serving is not None:
             self.window.add(
@@ -142,17 +293,19 @@ class RankGate:
             )
             metrics["gate_window_judged"] = float(self.window.judged)
             if self.window.judged >= self.config.promotion_queries:
-                metrics["gate_promoted"] = float(self._decide(offsets))
+                metrics["gate_promoted"] = float(self._decide(offsets, now))
         snapshot = ranker.snapshot()
         if self.candidate is None and snapshot is not None:
-            newest = Checkpoint(snapshot[1], ranker.committee()[-1], dict(offsets), now)
+            newest = Checkpoint(snapshot[1], ranker.committee()[-1], dict(offsets), now, self.labels)
             if self.serving is None:
                 metrics["gate_promoted"] = float(self._first(newest, ranker, batch))
             else:
                 self.candidate = newest
+        self.learned_offsets = dict(offsets)
+        self._serve_due()
         return metrics
 
-    def _decide(self, offsets: dict[str, int]) -> bool:
+    def _decide(self, offsets: dict[str, int], now: float) -> bool:
         candidate, serving, window = self.candidate, self.serving, self.window
         assert candidate is not None and serving is not None
         evidence = GateEvidence(
@@ -169,7 +322,11 @@ class RankGate:
             },
             lower_is_better=False,
         )
-        return self._gate(candidate, evidence)
+        passed = self._gate(candidate, evidence)
+        if passed:
+            assert evidence.serving is not None
+            self.probation = Probation(candidate.version, serving.version, now, 1 - evidence.serving)
+        return passed
 
     def _first(self, newest: Checkpoint, ranker: LambdaMARTRanker, batch: QueryBatch) -> bool:
         """The first version serves at once; its only NDCG is on its own training labels (0 when
@@ -190,39 +347,130 @@ class RankGate:
     def _gate(self, candidate: Checkpoint, evidence: GateEvidence) -> bool:
         passed = self.lineage.gate(candidate.version, candidate.trained_at, candidate.offsets, evidence)
         if passed:
-            self._serve(candidate)
+            self._adopt(candidate)
         self.candidate, self.window = None, Window()
         return passed
 
-    def _serve(self, checkpoint: Checkpoint) -> None:
-        self.serving = checkpoint
+    def _adopt(self, checkpoint: Checkpoint) -> None:
+        """Serve ``checkpoint`` (one reference swap for ``/rank``) and keep it; the oldest other kept
+        boosters go beyond ``keep_versions``; a running probation ends and the candidate's window
+        restarts against it."""
+        others = [c for c in self.kept if c.version != checkpoint.version]
+        kept = sorted([*others, checkpoint], key=lambda c: c.version)
+        while len(kept) > self.config.keep_versions:
+            kept.remove(next(c for c in kept if c is not checkpoint))
+        self.kept, self.serving = kept, checkpoint
         self.snapshot = (checkpoint.booster, checkpoint.version)
+        self.probation, self.window = None, Window()
+
+    def _kept(self, version: int) -> Checkpoint | None:
+        return next((c for c in self.kept if c.version == version), None)
+
+    def _record(self, checkpoint: Checkpoint, action: str, reason: str, evidence: dict[str, Any]) -> None:
+        """Record that ``checkpoint`` serves again (it may have left the lineage's last records)."""
+        if self.lineage.find(checkpoint.version) is None:
+            self.lineage.add(checkpoint.version, checkpoint.trained_at, checkpoint.offsets, {})
+        self.lineage.record(checkpoint.version, action, reason, evidence)
+
+    # -- served by hand --------------------------------------------------------------------------
+    def manual_target(self, action: str, number: int | None) -> Checkpoint:
+        """The kept booster an admin's ``action`` serves: ``number``, else the one kept before the
+        serving one for a rollback and the newest for a promote; :class:`NotKept` when there is none."""
+        numbers = [c.version for c in self.kept]
+        if number is not None:
+            found = self._kept(number)
+            if found is None:
+                raise NotKept(f"version {number} is not kept (kept: {numbers}); it cannot serve")
+            return found
+        if action == "rolled_back":
+            older = [c for c in self.kept if c.version < self.serving_version]
+            if not older:
+                raise NotKept(f"no version older than {self.serving_version} is kept (kept: {numbers})")
+            return older[-1]
+        if not self.kept or self.kept[-1] is self.serving:
+            raise NotKept(f"no kept version newer than the serving one (kept: {numbers})")
+        return self.kept[-1]
+
+    def serve_by_hand(self, serve: ServeByHand) -> None:
+        """Apply an admin's serve (idempotent); on a replay that has not learned as many labels as
+        when it was decided, it waits for them (in the state)."""
+        if self.learned < serve.learned:
+            self.pending = [*self.pending, serve]
+        else:
+            self._serve_by_hand(serve)
+
+    def _serve_due(self) -> None:
+        due = [s for s in self.pending if s.learned <= self.learned]
+        self.pending = [s for s in self.pending if s.learned > self.learned]
+        for serve in due:
+            self._serve_by_hand(serve)
+
+    def _serve_by_hand(self, serve: ServeByHand) -> None:
+        text = serve.text()
+        checkpoint = self._kept(serve.version)
+        if checkpoint is None or checkpoint.model != text:  # a replay numbered its boosters otherwise
+            checkpoint = Checkpoint(serve.version, text, serve.offsets, serve.trained_at, self.labels)
+        if self.serving is not checkpoint:
+            self._adopt(checkpoint)
+        reason = f"by hand: v{serve.version} serves instead of v{serve.was}"
+        self._record(checkpoint, serve.action, reason, {})
 
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
             "lineage": self.lineage.state_dict(),
             "serving": None if self.serving is None else self.serving.state_dict(),
+            "kept": [c.state_dict() for c in self.kept if c is not self.serving],
             "candidate": None if self.candidate is None else self.candidate.state_dict(),
             "window": asdict(self.window),
+            "probation": None if self.probation is None else self.probation.state_dict(),
+            "learned": self.learned,
+            "labels": self.labels,
+            "learned_offsets": dict(self.learned_offsets),
+            "pending": [s.data() for s in self.pending],
         }
 
     def load_state_dict(self, state: dict[str, Any] | None, ranker: LambdaMARTRanker) -> None:
-        """Load the gate's state; None (a checkpoint from before the gate): the ranker's newest
-        checkpoint serves, as it did then, recorded as such in a fresh lineage."""
-        self.lineage, self.candidate, self.window = Lineage(), None, Window()
+        """Load the gate's state. None (a checkpoint from before the gate): the ranker's newest
+        checkpoint serves, as it did then, recorded as such in a fresh lineage. A state from before
+        probation has no kept boosters but the serving one, and counts every label the ranker holds
+        as learned by each of its boosters."""
+        held = 0 if ranker.labeled is None else ranker.labeled.n_queries
+        state = {} if state is None else state
+        self.lineage, self.window, self.probation = Lineage(), Window(**state.get("window", {})), None
+        self.learned, self.labels = int(state.get("learned", held)), int(state.get("labels", held))
+        self.learned_offsets = dict(state.get("learned_offsets", {}))
+        self.pending = [ServeByHand(**data) for data in state.get("pending", [])]
+
+        def checkpoint(saved: dict[str, Any] | None) -> Checkpoint | None:
+            return None if saved is None else Checkpoint(**{"labels": self.labels, **saved})
+
+        self.candidate = checkpoint(state.get("candidate"))
         self.serving = self.snapshot = None
-        if state is None:
-            snapshot = ranker.snapshot()
-            if snapshot is not None:
-                self._serve(Checkpoint(snapshot[1], ranker.committee()[-1], {}, 0.0))
-                self.lineage.add(snapshot[1], 0.0, {}, {})
-                reason = "served before the promotion gate existed (loaded from an older checkpoint)"
-                self.lineage.record(snapshot[1], "promoted", reason, {})
-            return
-        self.lineage.load_state_dict(state["lineage"])
-        if state["serving"] is not None:
-            self._serve(Checkpoint(**state["serving"]))
-        if state["candidate"] is not None:
-            self.candidate = Checkpoint(**state["candidate"])
-        self.window = Window(**state["window"])
+        self.kept = [c for c in map(checkpoint, state.get("kept", [])) if c is not None]
+        serving = checkpoint(state.get("serving"))
+        if "lineage" in state:
+            self.lineage.load_state_dict(state["lineage"])
+            self.probation = Probation.from_state(state.get("probation"))
+        elif ranker.snapshot() is not None:
+            serving = Checkpoint(ranker.snapshot()[1], ranker.committee()[-1], {}, 0.0, self.labels)  # type: ignore[index]
+            self.lineage.add(serving.version, 0.0, {}, {})
+            reason = "served before the promotion gate existed (loaded from an older checkpoint)"
+            self.lineage.record(serving.version, "promoted", reason, {})
+        if serving is not None:
+            self.kept = sorted([*self.kept, serving], key=lambda c: c.version)
+            self.serving, self.snapshot = serving, (serving.booster, serving.version)
+
+
+def quarantine(ranker: LambdaMARTRanker, good: Checkpoint, drop: int) -> int:
+    """Restart ``ranker`` from ``good``: drop the last ``drop`` labeled queries it holds (those
+    learned since ``good`` was trained) and make ``good``'s booster its newest committee member.
+    Returns how many were dropped (fewer when its label cap already let the oldest go)."""
+    labeled = ranker.labeled
+    held = 0 if labeled is None else labeled.n_queries
+    drop = min(max(drop, 0), held)
+    state = ranker.state_dict()
+    state["members"] = [*state["members"], good.model]
+    ranker.load_state_dict(state)
+    ranker.labeled = labeled.select(range(held - drop)) if labeled is not None and held > drop else None
+    return drop

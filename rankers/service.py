@@ -53,12 +53,13 @@ from pydantic import ValidationError
 from models.checkpoints import CheckpointStore
 from rankers.agreement import Agreement, consensus
 from rankers.budget import BudgetUnit, LabelingBudget
+from rankers.by_hand import SERVE, ServeByHand
 from rankers.data import MAX_GRADE
 from rankers.gold import GoldScores, gold_due, load_gold
 from rankers.holdback import Held, HoldBack
 from rankers.labeling_queue import Entry, LabelingQueue
 from rankers.lambdamart import LambdaMARTRanker, UpdateMode
-from rankers.promotion import GateConfig, RankGate
+from rankers.promotion import GateConfig, NotKept, RankGate
 from rankers.records import query_batch
 from rankers.selectors import PercentileScale, Selector, make_selector
 from streams.schemas import DeadLetter, Label, LabelingTask, Outcome, Query, Record
@@ -348,7 +349,8 @@ class RankService(ModelService):
         before, gate_before = self.ranker.state_dict(), self.gate.state_dict()
         try:
             batch = query_batch(queries, [consensus(e.labels) for e in complete])
-            result.metrics = self.ranker.learn(batch)
+            watched = self.gate.watch(self.ranker, batch)  # a rollback cuts the label set back first
+            result.metrics = {**self.ranker.learn(batch), **watched}
             result.metrics.update(self.gate.retrained(self.ranker, batch, self.batch_offsets, self.clock()))
         except Exception as exc:  # whatever failed the retrain: undo it, requeue its tasks, say why
             self.ranker.load_state_dict(before)
@@ -376,7 +378,7 @@ class RankService(ModelService):
         applied = 0
         for outcome in self.control_records(records):
             try:
-                if self.queue.knows(outcome.key):
+                if self.queue.knows(outcome.key) or outcome.kind == SERVE:
                     applied += self.apply_outcome_once(outcome)
                     continue
                 self._outcome_terms(outcome)  # one that no task could take is refused now, not later
@@ -390,7 +392,11 @@ class RankService(ModelService):
         return result
 
     def apply_outcome(self, outcome: Outcome) -> None:
-        """A lease or skip on task ``outcome.key``: a pure function of the queue and the outcome."""
+        """A lease or skip on task ``outcome.key``, or a booster served by hand: a pure function of
+        the state and the outcome."""
+        if outcome.kind == SERVE:
+            self.gate.serve_by_hand(ServeByHand.of(outcome))
+            return
         annotator, expires_at = self._outcome_terms(outcome)
         if expires_at is None:
             self.queue.apply_skip(outcome.key, annotator)
@@ -667,8 +673,28 @@ class RankService(ModelService):
         return self.gate.lineage.body()
 
     async def serve_version(self, action: str, number: int | None) -> dict[str, Any]:
-        """Only the gate picks the serving booster: no booster is kept to serve again by hand."""
-        raise ApiError(409, "rank serves what its promotion gate passed; no version serves by hand")
+        """``POST /models/rank/{promote,rollback}``: serve a kept booster by hand, answered once the
+        control topic has the decision (:mod:`rankers.by_hand`)."""
+        outcome = await self.run_locked(self._decide_serve, number, action)
+        await self.publish_outcome(outcome)
+        return {"serving": outcome.data["version"], "was": outcome.data["was"], "action": action}
+
+    def _decide_serve(self, number: int | None, action: str) -> Outcome:
+        """The outcome serving kept booster ``number`` (default: the one before the serving one for a
+        rollback, the newest for a promote), applied here at once; 409 when none is kept."""
+        try:
+            target = self.gate.manual_target(action, number)
+        except NotKept as exc:
+            raise ApiError(409, str(exc)) from None
+        serve = ServeByHand.encode(
+            target.version, target.model, was=self.model_version(), learned=self.gate.learned,
+            offsets=target.offsets, trained_at=target.trained_at, action=action,
+        )  # fmt: skip
+        return self.new_outcome(SERVE, key=self.name, data=serve.data(), ts=self.clock())
+
+    def on_drift(self, action: str) -> None:
+        """A drift alarm (:class:`streams.drift.Adapts`): see :meth:`RankGate.on_drift`."""
+        self.gate.on_drift(action)
 
 
 def _body(request: ApiRequest) -> dict[str, Any]:
