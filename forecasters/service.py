@@ -14,12 +14,17 @@ the ``horizon`` rows that just completed). The update cadence then adapts to loa
 After training, all touched series with a full look-back are forecast in one batch; the forecasts go
 to the forecasts topic and into the table that ``GET /forecast/{series}`` reads. They come from the
 version that serves, which the promotion gate (:mod:`forecasters.promotion`) replaces only by a frozen
-copy of the learner that did no worse on held-back windows; before any version serves, from the learner.
+copy of the learner that did no worse on held-back windows, and which probation rolls back when it does
+worse than its predecessor; before any version serves, from the learner. An admin may serve a kept
+version by hand (``POST /models/forecast/promote|rollback``): an outcome on the control topic, durable
+before the answer and applied once (:mod:`forecasters.by_hand`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,15 +33,17 @@ import numpy as np
 import torch
 
 from forecasters.batch import WindowBatch, calendar_marks
+from forecasters.by_hand import SERVE, ServeByHand, VersionStore
 from forecasters.data import Scaler
 from forecasters.learner import Forecaster
 from forecasters.pretrained import load_pretrained
-from forecasters.promotion import ForecastGate, PromotionConfig
+from forecasters.promotion import ForecastGate, NotKept, PromotionConfig
 from forecasters.routes import ForecastRoutes
 from forecasters.windows import Extended, RowStore, SeriesWindows
 from forecasters.zoo import ForecasterSpec, build_forecaster
+from streams.config import Settings
 from streams.expiry import check_ttl, silent_keys
-from streams.schemas import Forecast, Observation, Record
+from streams.schemas import Forecast, Observation, Outcome, Record, parse_record
 from streams.service import (
     ApiError,
     BatchResult,
@@ -46,6 +53,8 @@ from streams.service import (
     Subscription,
 )
 from streams.topics import topic_name
+
+log = logging.getLogger(__name__)
 
 CALENDAR_FEATURES = 4
 #: Default cap on one series' pairs per update when the worker is behind: on ETTh2 (bench/forecast_cadence.py)
@@ -93,6 +102,7 @@ class ForecastService(ModelService):
         series_ttl_s: float | None = None,
         batch_window_s: float = BATCH_WINDOW_S,
         promotion: PromotionConfig | None = None,
+        checkpoint_root: Path | None = None,
     ) -> None:
         super().__init__()
         if spec.marks not in (0, CALENDAR_FEATURES):
@@ -121,9 +131,17 @@ class ForecastService(ModelService):
         self.series_ttl_s = check_ttl(series_ttl_s)
         self.table: dict[str, LatestForecast] = {}
         self.updates = 0
+        #: Where versions served by hand are written before their outcome goes out (the
+        #: deployment's checkpoint store, which every worker that may replay the decision reaches).
+        self.versions = VersionStore(checkpoint_root or Settings.from_env().checkpoint_root)
+        #: Outcomes replayed before training reached their decision point, by seq.
+        self.pending: dict[int, Outcome] = {}
 
     def subscriptions(self) -> list[Subscription]:
-        return [Subscription(topic_name("observations"), Observation, self.batch_size, self.batch_window_s)]
+        return [
+            Subscription(topic_name("observations"), Observation, self.batch_size, self.batch_window_s),
+            Subscription(topic_name("control"), Outcome),
+        ]
 
     def model_version(self) -> int:
         """The serving version (the learner's starting one until a candidate passes the gate)."""
@@ -213,7 +231,7 @@ class ForecastService(ModelService):
         """One test-then-train ``learn`` per round; progressive metrics averaged over every pair."""
         totals: dict[str, float] = {}
         trained = 0
-        self.gate.before_batch(self.learner)
+        rolled_back = self.gate.before_batch(self.learner)
         for round_ in rounds:
             values, times = store.windows(round_.starts, self.windows.capacity)
             batch = self._batch(round_.keys, values, times, training=True)
@@ -225,14 +243,18 @@ class ForecastService(ModelService):
         self.updates += len(rounds)
         averages = {key: total / trained for key, total in totals.items()} if trained else {}
         decision = self.gate.after_batch(trained, self.batch_offsets)
-        return {**averages, "trained_windows": float(trained), "train_steps": float(len(rounds)), **decision}
+        steps = {"trained_windows": float(trained), "train_steps": float(len(rounds))}
+        return {**averages, **steps, **rolled_back, **decision}
 
     def process(self, topic: str, records: list[Record]) -> BatchResult:
         with self.lock:
+            if topic == topic_name("control"):
+                return self._apply_control(records)
             rejected: dict[int, str] = {}
             extended = self._append(records, rejected)
             store = RowStore(extended)
             metrics = self._train(store, self._rounds(store, extended))
+            self._apply_due()
             ready = [s for s, rows in extended.items() if rows.count >= self.spec.seq_len]
             outputs = self._forecast(store, ready)
             metrics["forecasts"] = float(len(outputs))
@@ -305,18 +327,85 @@ class ForecastService(ModelService):
             )
         return self._record(series, entry, self.spec.horizon)
 
-    # -- lineage (GET /models) -------------------------------------------------------------------
+    # -- lifecycle: lineage (GET /models), drift alarms, versions served by hand -----------------
     def lineage_body(self) -> dict[str, Any]:
-        """Every gated candidate with its decision and evidence (called holding the lock)."""
+        """Every gated candidate with its decision and evidence, rollbacks and versions served by
+        hand (called holding the lock)."""
         return self.gate.lineage.body()
 
+    def on_drift(self, action: str) -> None:
+        """A drift alarm (:class:`streams.drift.Adapts`), any action: the running probation is held
+        while the predecessor does worse too (:meth:`ForecastGate.hear_alarm`); nothing else adapts."""
+        self.gate.hear_alarm()
+
     async def serve_version(self, action: str, number: int | None) -> dict[str, Any]:
-        """Forecast versions change only through the gate: a manual promote or rollback is a 409."""
-        raise ApiError(
-            409,
-            "forecast versions serve only by passing the promotion gate (see GET /models): "
-            "the forecast service has no manual promote or rollback",
-        )
+        """``POST /models/forecast/{promote,rollback}``: serve a kept version by hand; answered once
+        the control topic has the decision (409 for a version that is not kept, or none to serve)."""
+        outcome = await self.run_locked(self._decide_serve, action, number)
+        await self.publish_outcome(outcome)
+        return {"serving": outcome.data["version"], "was": outcome.data["was"], "action": action}
+
+    def _decide_serve(self, action: str, number: int | None) -> Outcome:
+        """The outcome serving ``number`` (default: the version before the serving one, or for
+        ``promoted`` the newest kept), applied here at once; its weights are stored first."""
+        try:
+            target = self.gate.target(action, number)
+        except NotKept as exc:
+            raise ApiError(409, str(exc)) from None
+        observations = topic_name("observations")
+        trained = {
+            tp: offset
+            for tp, offset in self.gate.learned_offsets.items()
+            if tp.rsplit(":", 1)[0] == observations
+        }
+        was = None if self.gate.serving is None else self.gate.serving.version
+        stored = self.versions.save(target)
+        serve = ServeByHand(target.version, target.trained_at, was, trained, stored, action)
+        return self.new_outcome(SERVE, key=self.name, data=serve.data(), ts=time.time())
+
+    def apply_outcome(self, outcome: Outcome) -> None:
+        """Serve the version an outcome names and train on from it (idempotent); on a replay that
+        reaches it before the observations learned before the decision, it waits in the state."""
+        if outcome.kind != SERVE:
+            super().apply_outcome(outcome)  # refuses kinds this service does not take
+        serve = ServeByHand.of(outcome)
+        if self._learned(serve.trained):
+            self._serve(serve)
+        else:
+            self.pending = {**self.pending, outcome.seq: outcome}
+
+    def _learned(self, offsets: dict[str, int]) -> bool:
+        learned = self.gate.learned_offsets
+        return all(learned.get(tp, -1) >= offset for tp, offset in offsets.items())
+
+    def _serve(self, serve: ServeByHand) -> None:
+        kept = self.gate.find(serve.version)
+        if kept is None or kept.trained_at != serve.trained_at:  # a replay froze another namesake
+            kept = self.versions.load(serve, self.learner)
+        self.gate.serve_by_hand(kept, serve.action, self.learner)
+
+    def _apply_control(self, records: list[Record]) -> BatchResult:
+        """Apply this service's outcomes once each (its own, decided here, are no-ops)."""
+        position = {id(record): index for index, record in enumerate(records)}
+        rejected: dict[int, str] = {}
+        for outcome in self.control_records(records):
+            try:
+                self.apply_outcome_once(outcome)
+            except ApiError as exc:
+                rejected[position[id(outcome)]] = exc.message
+        return BatchResult(rejected=rejected)
+
+    def _apply_due(self) -> None:
+        """Apply waiting outcomes once training has learned what they were decided after."""
+        for seq, outcome in sorted(self.pending.items()):
+            serve = ServeByHand.of(outcome)
+            if not self._learned(serve.trained):
+                continue
+            del self.pending[seq]
+            try:
+                self._serve(serve)
+            except ApiError as exc:  # its weights are gone: nothing to serve, training goes on
+                log.error("forecast: outcome %d cannot be applied: %s", seq, exc.message)
 
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -330,6 +419,7 @@ class ForecastService(ModelService):
                 "windows": self.windows.state_dict(),
                 "table": {s: (e.ts, e.values, e.weights, e.version) for s, e in self.table.items()},
                 "gate": self.gate.state_dict(),
+                "pending": [o.model_dump(mode="json", by_alias=True) for o in self.pending.values()],
             }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -346,6 +436,10 @@ class ForecastService(ModelService):
             self.gate = ForecastGate(self.version, self.gate.config)
             if "gate" in state:  # absent before the promotion gate: a fresh lineage, the learner serves
                 self.gate.load_state_dict(state["gate"], self.learner)
+            saved = [
+                parse_record(o, Outcome) for o in state.get("pending", [])
+            ]  # absent before by-hand serving
+            self.pending = {o.seq: o for o in saved if isinstance(o, Outcome)}
 
 
 def _table_entry(saved: tuple[Any, ...], version: int) -> LatestForecast:
@@ -369,10 +463,15 @@ def build_service(data_dir: Path, **options: Any) -> ForecastService:
 
     ``options`` are :class:`ForecasterSpec` fields (kind, seq_len, horizon, channels, ...),
     ``batch_size``, ``batch_window_s``, ``max_train_batch``, ``series_ttl_s`` and the promotion
-    gate's (:class:`PromotionConfig`). With a pretrained checkpoint its spec wins; an option
-    contradicting it is an error.
+    gate's and probation's (:class:`PromotionConfig`). With a pretrained checkpoint its spec wins;
+    an option contradicting it is an error. The worker passes ``data_dir = <home>/forecast``;
+    versions served by hand go to the deployment's checkpoint store.
     """
-    service_options: dict[str, Any] = {"promotion": PromotionConfig.pop_from(options)}
+    root = Settings.from_env(home=data_dir.parent).checkpoint_root
+    service_options: dict[str, Any] = {
+        "promotion": PromotionConfig.pop_from(options),
+        "checkpoint_root": root,
+    }
     service_options.update({k: options.pop(k) for k in SERVICE_OPTIONS if k in options})
     spec = ForecasterSpec.from_dict(options)
     found = load_pretrained(Path(data_dir), spec.kind)

@@ -19,8 +19,8 @@ from forecasters.service import ForecastService, build_service
 from forecasters.serving import build_serving
 from forecasters.zoo import ForecasterSpec
 from streams.lifecycle_routes import LifecycleRoutes
-from streams.schemas import Forecast, Observation
-from streams.service import ApiError, ApiRequest, BatchResult
+from streams.schemas import Forecast, Observation, Outcome
+from streams.service import ApiError, ApiRequest, BatchResult, Output
 from streams.topics import topic_name
 
 from .conftest import sine_values
@@ -189,18 +189,46 @@ def test_a_checkpoint_from_before_the_gate_loads_with_a_fresh_lineage() -> None:
     assert events(service) == [(5, "promoted")] and service.model_version() == 5
 
 
-def test_get_models_shows_the_lineage_and_manual_serving_is_refused() -> None:
-    service = ForecastService(SPEC, promotion=GATE)
+def test_get_models_shows_the_lineage_and_kept_versions_serve_by_hand(tmp_path: Path) -> None:
+    service = ForecastService(SPEC, promotion=GATE, checkpoint_root=tmp_path)
+    sent: list[Output] = []
+
+    async def emit(output: Output) -> None:
+        sent.append(output)
+
+    service.emit = emit
     feed(service, range(21))
     routes = {(r.method, r.path): r.handler for r in LifecycleRoutes([service]).routes()}
     models = asyncio.run(routes["GET", "/models"](ApiRequest("GET", {}, {})))
     assert models.body == {"forecast": service.lineage_body()}
     assert models.body["forecast"]["serving"] == 2 and len(models.body["forecast"]["versions"]) == 2
-    for word in ("promote", "rollback"):
-        request = ApiRequest("POST", {"service": "forecast"}, {})
+
+    def post(word: str, body: object = None) -> Any:
+        request = ApiRequest("POST", {"service": "forecast"}, {}, body)
+        return asyncio.run(routes["POST", f"/models/{{service}}/{word}"](request)).body
+
+    for word, body, says in (
+        ("promote", None, "no kept version newer than the serving one (kept: [1, 2])"),
+        ("promote", {"version": 3}, "version 3 is not kept (kept: [1, 2]); it cannot serve"),
+    ):
         with pytest.raises(ApiError) as refused:
-            asyncio.run(routes["POST", f"/models/{{service}}/{word}"](request))
-        assert refused.value.status == 409 and "promotion gate" in refused.value.message
+            post(word, body)
+        assert (refused.value.status, refused.value.message) == (409, says)
+    v1 = copy.deepcopy(service.gate.find(1))
+    assert v1 is not None and not sent
+    assert post("rollback") == {"serving": 1, "was": 2, "action": "rolled_back"}
+    assert service.model_version() == 1 and len(sent) == 1
+    (outcome,) = [output.record for output in sent if output.topic == topic_name("control")]
+    assert isinstance(outcome, Outcome) and outcome.data["trained"] == {PARTITION: 20}
+    assert np.allclose(forecast_from(service.learner, 20), forecast_from(v1.learner, 20), atol=1e-6)
+    with pytest.raises(ApiError) as refused:
+        post("rollback")
+    assert refused.value.status == 409 and "no version older than 1 is kept" in refused.value.message
+    assert post("promote") == {"serving": 2, "was": 1, "action": "promoted"}
+    assert events(service) == [(1, "promoted"), (1, "rolled_back"), (2, "promoted"), (2, "promoted")]
+    assert (
+        service.lineage_body()["versions"][-1]["history"][-1]["reason"] == "by hand: v2 serves instead of v1"
+    )
 
 
 def test_gate_options_come_from_the_worker_options(tmp_path: Path) -> None:
