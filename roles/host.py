@@ -1,5 +1,6 @@
 """What every role's HTTP face shares: the server's start and stop, the common ``/health`` fields,
-and the dashboard page (:mod:`streams.dashboard`).
+the dashboard page (:mod:`streams.dashboard`) and the process's one status board, followed while
+the process serves.
 
 A worker and a serving replica differ in what they run beside HTTP, not in how they answer probes:
 ``/health`` is a 200 liveness answer whose ``status`` is ok or degraded (with the problems), and
@@ -18,6 +19,7 @@ from aiohttp import web
 
 from streams.config import Settings
 from streams.dashboard import attach as attach_dashboard
+from streams.status import StatusBoard
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +43,18 @@ def health_body(
 
 
 @contextlib.asynccontextmanager
-async def serving_http(settings: Settings, app: web.Application, what: str) -> AsyncIterator[None]:
-    """Serve ``app`` (with the dashboard beside its routes) on the settings' host and port for the
-    duration of the block."""
-    attach_dashboard(app, settings.bootstrap)
+async def serving_http(
+    settings: Settings, app: web.Application, what: str, board: StatusBoard
+) -> AsyncIterator[None]:
+    """Serve ``app`` (with the dashboard of ``board`` beside its routes) on the settings' host and
+    port for the duration of the block, following the status topic into ``board`` meanwhile."""
+    attach_dashboard(app, board)
     runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, settings.http_host, settings.http_port).start()
-        log.info("%s: HTTP on %s", what, settings.url)
-        yield
-    finally:
-        await runner.cleanup()
+    async with board.following():
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, settings.http_host, settings.http_port).start()
+            log.info("%s: HTTP on %s", what, settings.url)
+            yield
+        finally:
+            await runner.cleanup()

@@ -8,8 +8,14 @@ swaps it in by one reference assignment. HTTP latency then never competes with t
 trainer runs in another process (``driftline worker``).
 
 A part is caught up once the replica has read every record its topic held when the replica
-started. Until then, and until it has something to serve, ``/ready`` and its query routes answer
-503 with ``Retry-After``; ``/health`` stays a 200 liveness answer with a status field.
+started (:class:`~streams.follower.TopicFollower`). Until then, and until it has something to
+serve, ``/ready`` and its query routes answer 503 with ``Retry-After``; ``/health`` stays a 200
+liveness answer with a status field.
+
+A replica keeps no lineage: ``GET /models`` and ``POST /models/{service}/promote|rollback`` are
+forwarded (:mod:`streams.forwarding`, the caller's token along) to the ready worker that runs the
+service, which the status topic names (:class:`~streams.directory.OwnerDirectory`); while none is
+known they answer 503 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -18,27 +24,28 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable
 from typing import Any, Protocol
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError
+from aiohttp import web
+from aiokafka import ConsumerRecord
 
 from roles.host import STATUS_INTERVAL_S, health_body, serving_http
 from streams.config import Settings
-from streams.http import make_app
+from streams.directory import OwnerDirectory
+from streams.follower import TopicFollower
+from streams.forwarding import MODELS, forward, merged_lineage
+from streams.http import make_app, unavailable
 from streams.kafka_security import client_security
 from streams.metrics import WorkerMetrics
 from streams.schemas import Record, RecordError, ServiceStatus, parse_record
 from streams.service import Route
 from streams.sink import KafkaSink
-from streams.status import collect_rows, publish_status
+from streams.status import StatusBoard, collect_rows, publish_status
 from streams.topics import topic_name
 
 log = logging.getLogger(__name__)
 
-RETRY_S = 1.0
-ASSIGN_TIMEOUT_S = 30.0
 #: How long the thread applying records may hold the GIL while a query waits for it (Python's
 #: default is 5 ms, the whole /forecast p99 target). With a thread loading CTR versions flat out
 #: beside it, the event loop's p99 gap fell from 13.8 to 9.8 ms on one loaded core (measured).
@@ -83,15 +90,24 @@ class ServingRole:
         self.url = settings.url
         self.sink = KafkaSink(settings.bootstrap)
         self.started = time.time()
+        #: Why the last record was not served (None once one is).
         self.problem: str | None = None
         self.records_applied = 0
+        security = client_security(settings)
+        self.follower = TopicFollower(
+            settings.bootstrap, list(self.followers), self._apply, on_caught_up=self._caught_up,
+            apply_in_thread=True, security=security, fetch_max_bytes=64 * 1024**2,
+        )  # fmt: skip
+        #: The status topic's rows: this replica's dashboard, and where the workers are.
+        self.board = StatusBoard(settings.bootstrap, security=security)
+        self.directory = OwnerDirectory(self.board)
 
     def health(self) -> dict[str, Any]:
         return health_body(
             self.role,
             self.instance,
             self.started,
-            [self.problem] if self.problem else [],
+            [p for p in (self.follower.problem, self.problem) if p],
             updates_applied=self.records_applied,
             services={
                 name: {"model_version": part.model_version(), "ready": part.ready(), "partitions": []}
@@ -106,12 +122,11 @@ class ServingRole:
         return True, "every service is caught up and has something to serve"
 
     # -- following -------------------------------------------------------------------------------
-    def _apply(self, batch: Mapping[TopicPartition, Sequence[ConsumerRecord[Any, Any]]]) -> None:
+    def _apply(self, records: list[ConsumerRecord[Any, Any]]) -> None:
         """Apply one fetch (in a thread: loading a model version takes a while)."""
-        for tp, records in batch.items():
-            for part in self.followers[tp.topic]:
-                for record in records:
-                    self._apply_one(part, record.value)
+        for record in records:
+            for part in self.followers[record.topic]:
+                self._apply_one(part, record.value)
 
     def _apply_one(self, part: ServingPart, value: bytes | None) -> None:
         if value is None:
@@ -131,57 +146,9 @@ class ServingRole:
         self.records_applied += 1
         self.metrics.model_version.labels(part.name).set(part.model_version())
 
-    async def _assign(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
-        """Take every partition of the followed topics, from their start; return their end offsets.
-
-        With no consumer group, subscribing assigns every partition of the topics to this consumer.
-        """
-        topics = set(self.followers)
-        consumer.subscribe(topics=sorted(topics))
-        deadline = time.monotonic() + ASSIGN_TIMEOUT_S
-        while {tp.topic for tp in consumer.assignment()} != topics:
-            if time.monotonic() > deadline:
-                raise KafkaError(f"no partitions of {', '.join(sorted(topics))} (run `driftline topics`)")
-            await asyncio.sleep(0.05)
-        ends: dict[TopicPartition, int] = await consumer.end_offsets(list(consumer.assignment()))
-        return ends
-
-    async def _follow(self, stop: asyncio.Event) -> None:
-        """Apply every record of the followed topics, from their start, as it arrives."""
-        waiting = set(self.followers)
-        while not stop.is_set():
-            consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.settings.bootstrap, group_id=None, enable_auto_commit=False,
-                auto_offset_reset="earliest", fetch_max_bytes=64 * 1024**2, **client_security(self.settings),
-            )  # fmt: skip
-            try:
-                await consumer.start()
-                behind = await self._assign(consumer)
-                while not stop.is_set():
-                    batch = await consumer.getmany(timeout_ms=500)
-                    if batch:
-                        await asyncio.to_thread(self._apply, batch)
-                    if waiting:
-                        waiting = await self._still_behind(consumer, behind, waiting)
-            except KafkaError as exc:  # read everything again: parts skip what they hold
-                self.problem = f"reading {', '.join(self.followers)} failed: {exc}"
-                log.warning("%s; retrying", self.problem)
-                await asyncio.sleep(RETRY_S)
-            finally:
-                await consumer.stop()
-
-    async def _still_behind(
-        self, consumer: AIOKafkaConsumer, behind: dict[TopicPartition, int], waiting: set[str]
-    ) -> set[str]:
-        """Drop partitions read up to their start-time end; tell a topic's parts once all its are."""
-        for tp, end in list(behind.items()):
-            if await consumer.position(tp) >= end:
-                del behind[tp]
-        still = {tp.topic for tp in behind}
-        for topic in waiting - still:
-            for part in self.followers[topic]:
-                part.caught_up()
-        return waiting & still
+    def _caught_up(self, topic: str) -> None:
+        for part in self.followers[topic]:
+            part.caught_up()
 
     def status_rows(self) -> list[ServiceStatus]:
         return collect_rows(
@@ -196,13 +163,44 @@ class ServingRole:
         sys.setswitchinterval(GIL_SWITCH_S)  # a replica's process is its own
         await self.sink.start()
         app = make_app(list(self.parts.values()), self.metrics.render, self.health, self.ready)
+        WorkersLineage(self.directory, list(self.parts)).attach(app)
         try:
-            async with serving_http(self.settings, app, f"serving replica {self.instance}"):
+            async with serving_http(self.settings, app, f"serving replica {self.instance}", self.board):
                 status = publish_status(self.sink.producer, self.status_rows, stop, STATUS_INTERVAL_S)
-                tasks = [asyncio.create_task(self._follow(stop)), asyncio.create_task(status)]
+                tasks = [asyncio.create_task(self.follower.run(stop)), asyncio.create_task(status)]
                 try:
                     await stop.wait()
                 finally:
                     await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             await self.sink.stop()
+
+
+class WorkersLineage:
+    """A replica's lineage routes, answered by the workers that train its services (see the module)."""
+
+    def __init__(self, directory: OwnerDirectory, services: list[str]) -> None:
+        self.directory = directory
+        self.services = services
+
+    def attach(self, app: web.Application) -> None:
+        """Serve the routes from ``app`` (made by :func:`streams.http.make_app`, which forwards)."""
+        app.router.add_get(MODELS, self.models)
+        app.router.add_post(MODELS + "/{service}/{action}", self.act)
+
+    async def models(self, request: web.Request) -> web.Response:
+        """``GET /models``: every service's lineage from the workers of this replica's services."""
+        workers = self.directory.worker_urls(self.services)
+        return await merged_lineage(request, workers) if workers else _no_worker(self.services)
+
+    async def act(self, request: web.Request) -> web.Response:
+        """``POST /models/{service}/promote|rollback``: done by the worker that trains the service."""
+        service = request.match_info["service"]
+        workers = self.directory.worker_urls([service])
+        if not workers:
+            return _no_worker([service])
+        return await forward(request, workers[0], f"the worker of {service} at {workers[0]}")
+
+
+def _no_worker(services: Iterable[str]) -> web.Response:
+    return unavailable(f"no worker running {', '.join(services)} is known yet (the status topic names them)")

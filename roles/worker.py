@@ -6,7 +6,8 @@ services (tally) spread their partitions over every worker of the group; shared-
 (forecast, ctr, rank: one trainer per model) run on one member while the others stand by. Beside
 them: HTTP (``/health``, ``/ready``, ``/metrics`` and the services' routes, with requests for keys
 owned elsewhere proxied to their owner), and a status row per service every 2 s on the compacted
-status topic, which is also where this worker learns who owns which partition.
+status topic, which the worker also follows (one board for its dashboard and for learning who
+owns which partition: :class:`~streams.directory.OwnerDirectory`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from typing import Any
 from roles.host import STATUS_INTERVAL_S, health_body, serving_http
 from streams.config import Settings
 from streams.consumer import BatchConsumer
+from streams.directory import OwnerDirectory
 from streams.http import make_app
+from streams.kafka_security import client_security
 from streams.lifecycle_routes import LifecycleRoutes
 from streams.metrics import WorkerMetrics
 from streams.runner import CheckpointPolicy, ServiceRunner
@@ -32,30 +35,6 @@ from streams.sink import KafkaSink
 from streams.status import StatusBoard, collect_rows, publish_status
 
 log = logging.getLogger(__name__)
-
-
-class OwnerDirectory:
-    """Who owns which partition of which service, from the status topic's live rows."""
-
-    def __init__(self, bootstrap: str) -> None:
-        self.board = StatusBoard(bootstrap)
-        self._owners: dict[tuple[str, int], str] = {}
-
-    def refresh(self) -> None:
-        """Read new status rows (blocking briefly: call it from a thread)."""
-        self.board.poll(timeout_s=0.5)
-        owners: dict[tuple[str, int], str] = {}
-        for row in sorted(self.board.rows(), key=lambda r: r.ts):  # the newest claim wins
-            if row.ready and row.url:
-                for tp in row.partitions:
-                    owners[(row.service, int(tp.rsplit(":", 1)[1]))] = row.url
-        self._owners = owners
-
-    def owner_url(self, service: str, partition: int) -> str | None:
-        return self._owners.get((service, partition))
-
-    def close(self) -> None:
-        self.board.close()
 
 
 class WorkerRole:
@@ -85,7 +64,9 @@ class WorkerRole:
             )
             for r in self.runners
         ]
-        self.directory = OwnerDirectory(settings.bootstrap)
+        #: The process's one reader of the status topic: the dashboard's rows and the owner directory.
+        self.board = StatusBoard(settings.bootstrap, security=client_security(settings))
+        self.directory = OwnerDirectory(self.board)
         self.started = time.time()
 
     # -- probes --------------------------------------------------------------------------------
@@ -143,20 +124,15 @@ class WorkerRole:
         self.metrics.render()  # refreshes the events/s gauges the rows read
         return self._rows()
 
-    async def _refresh_directory(self) -> None:
-        await asyncio.to_thread(self.directory.refresh)
-
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then checkpoint every service and close."""
         await self.sink.start()
         services = [*self.services, LifecycleRoutes(self.services)]
         app = make_app(services, self.metrics.render, self.health, self.ready, self.directory.owner_url)
         try:
-            async with serving_http(self.settings, app, f"{self.role} {self.instance}"):
+            async with serving_http(self.settings, app, f"{self.role} {self.instance}", self.board):
                 tasks = [asyncio.create_task(c.run(stop)) for c in self.consumers]
-                status = publish_status(
-                    self.sink.producer, self.status_rows, stop, STATUS_INTERVAL_S, self._refresh_directory
-                )
+                status = publish_status(self.sink.producer, self.status_rows, stop, STATUS_INTERVAL_S)
                 tasks.append(asyncio.create_task(status))
                 try:
                     done, _ = await asyncio.wait(
@@ -170,7 +146,6 @@ class WorkerRole:
                     await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             await self.sink.stop()
-            self.directory.close()
 
 
 def run_until_signalled(role: WorkerRole) -> None:

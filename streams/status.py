@@ -20,17 +20,19 @@ import math
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
+from aiokafka import ConsumerRecord
 from prometheus_client import CollectorRegistry
 from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from streams.kafka_security import client_security
+from streams.follower import TopicFollower, stopped
 from streams.schemas import RecordError, ServiceStatus, parse_record
 
 log = logging.getLogger(__name__)
@@ -132,14 +134,21 @@ def collect_rows(
 class StatusBoard:
     """The newest row per ``instance/service`` key of the status topic, without stale ones.
 
-    Reads the single partition from the beginning with no consumer group (a view must never steal
-    partitions from another view or commit offsets), so a fresh view sees every live process at
-    once thanks to compaction.
+    A :class:`~streams.follower.TopicFollower` feeds it (from the beginning, no consumer group: a
+    view must never steal partitions from another view or commit offsets), so a fresh view sees
+    every live process at once thanks to compaction. A process keeps one board, followed while it
+    serves (:meth:`following`), and every reader of that process (the dashboard's ``/status``, the
+    owner directory) reads it: rows are written and read on that process's event loop only.
     """
 
-    def __init__(self, bootstrap: str, *, stale_s: float = DEFAULT_STALE_S, topic: str | None = None) -> None:
-        from kafka import KafkaConsumer, TopicPartition
-
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        stale_s: float = DEFAULT_STALE_S,
+        topic: str | None = None,
+        security: Mapping[str, Any] | None = None,
+    ) -> None:
         from streams.topics import topic_name
 
         if stale_s <= 0:
@@ -148,25 +157,26 @@ class StatusBoard:
         self.topic = topic or topic_name("status")
         self._rows: dict[str, ServiceStatus] = {}
         self.skipped = 0
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-            auto_offset_reset="earliest", **client_security(),
-        )  # fmt: skip
-        self._consumer.assign([TopicPartition(self.topic, 0)])
+        self.follower = TopicFollower(bootstrap, [self.topic], self._apply_all, security=security)
 
-    def poll(self, timeout_s: float = 0.2) -> int:
-        """Read what arrived since the last call, waiting at most ``timeout_s`` for the first
-        records; return how many records were read."""
-        read = 0
-        batch = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
-        while batch:
-            for records in batch.values():
-                for record in records:
-                    self._apply(record.key, record.value)
-                    read += 1
-            batch = self._consumer.poll(timeout_ms=0)
-        self._forget_stale(time.time())
-        return read
+    @property
+    def caught_up(self) -> bool:
+        """True once every row the topic held when the board started following has been read."""
+        return self.follower.caught_up.is_set()
+
+    def not_read_yet(self) -> str | None:
+        """Why the rows are not complete yet (None once caught up)."""
+        if self.caught_up:
+            return None
+        return self.follower.problem or f"{self.topic} is still being read from its start"
+
+    def following(self) -> AbstractAsyncContextManager[None]:
+        """Follow the topic for the duration of the block."""
+        return self.follower.following()
+
+    def _apply_all(self, records: list[ConsumerRecord[Any, Any]]) -> None:
+        for record in records:
+            self._apply(record.key, record.value)
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         if value is None:  # tombstone: the process said goodbye
@@ -182,23 +192,12 @@ class StatusBoard:
         name = key.decode(errors="replace") if key is not None else status_key(row).decode()
         self._rows[name] = row  # one partition: a later offset is a newer row for the key
 
-    def _forget_stale(self, now: float) -> None:
-        for name in [n for n, row in self._rows.items() if now - row.ts > self.stale_s]:
-            del self._rows[name]
-
     def rows(self, now: float | None = None) -> list[ServiceStatus]:
         """Live rows sorted by service then instance (as of ``now``, default the wall clock)."""
-        self._forget_stale(time.time() if now is None else now)
+        now = time.time() if now is None else now
+        for name in [n for n, row in self._rows.items() if now - row.ts > self.stale_s]:
+            del self._rows[name]
         return sorted(self._rows.values(), key=lambda row: (row.service, row.instance))
-
-    def close(self) -> None:
-        self._consumer.close()
-
-    def __enter__(self) -> StatusBoard:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
 
 
 @dataclass
@@ -310,13 +309,23 @@ def watch(
 ) -> None:
     """Show the status until ``stop`` is set: a live table on a terminal, else a compact plain
     table every ``log_every_s`` seconds so redirected logs stay readable."""
-    console = console or Console()
-    with StatusBoard(bootstrap, stale_s=stale_s) as board:
-        board.poll()
+    board = StatusBoard(bootstrap, stale_s=stale_s)
+    asyncio.run(_watch(board, stop, refresh_s, console or Console(), log_every_s))
+
+
+async def _watch(
+    board: StatusBoard, stop: threading.Event, refresh_s: float, console: Console, log_every_s: float
+) -> None:
+    async def refreshed() -> bool:
+        """Wait ``refresh_s`` (off the loop: ``stop`` is a thread's event); False once stopped."""
+        return not await asyncio.to_thread(stop.wait, refresh_s)
+
+    async with board.following():
+        with contextlib.suppress(TimeoutError):  # the first table shows what is there by then
+            await asyncio.wait_for(board.follower.caught_up.wait(), refresh_s)
         if console.is_terminal:
             with Live(render(board.rows()), console=console, auto_refresh=False) as live:
-                while not stop.wait(refresh_s):
-                    board.poll()
+                while await refreshed():
                     live.update(render(board.rows()), refresh=True)
             return
         next_print = time.monotonic()
@@ -326,9 +335,8 @@ def watch(
                 # Logs have no width to respect, and a wrapped header is harder to grep than a long line.
                 console.print(render(board.rows(), compact=True), width=max(console.width, LOG_WIDTH))
                 next_print += log_every_s
-            if stop.wait(refresh_s):
+            if not await refreshed():
                 return
-            board.poll()
 
 
 async def publish_status(
@@ -336,22 +344,19 @@ async def publish_status(
     make_rows: Callable[[], list[ServiceStatus]],
     stop: asyncio.Event,
     interval_s: float = 2.0,
-    after: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Send ``make_rows()`` to the status topic every ``interval_s`` until ``stop`` (best effort).
 
-    ``producer`` is an aiokafka producer; ``after`` runs after each round (e.g. reading the board).
+    ``producer`` is an aiokafka producer.
     """
     from streams.topics import topic_name
 
     topic = topic_name("status")
-    while not stop.is_set():
+    while True:
         for row in make_rows():
             try:
                 await asyncio.wait_for(producer.send_and_wait(topic, row.to_bytes(), key=status_key(row)), 5)
             except Exception as exc:  # status must never stop the stream
                 log.debug("status row not sent: %s", exc)
-        if after is not None:
-            await after()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval_s)
+        if await stopped(stop, interval_s):
+            return

@@ -1,7 +1,8 @@
 """Keeps every process's :class:`~streams.tokens.TokenStore` current, and the CLI's side of it.
 
-A process follows the compacted ``tokens`` topic from its start (no consumer group: every process
-reads every record, like serving replicas follow ``model-updates``) and re-reads its home's
+A process follows the compacted ``tokens`` topic from its start with a
+:class:`~streams.follower.TopicFollower` (every process reads every record, like serving replicas
+follow ``model-updates``) and re-reads its home's
 ``tokens.jsonl`` when it changes. A record the file holds but the topic lacks (``tokens add`` ran
 while no broker was up) is published once the topic has been read to its end, so workers with
 other homes learn it too. The CLI publishes directly when a broker answers.
@@ -10,15 +11,14 @@ other homes learn it too. The CLI publishes directly when a broker answers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import time
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 
+from streams.follower import TopicFollower, stopped
 from streams.tokens import TokenFile, TokenRecord, TokenStore, parse_token_record
 from streams.topics import topic_name
 
@@ -45,7 +45,16 @@ class TokenSync:
         self.kafka_options = kafka_options or {}
         #: Newest ``ts`` per name seen on (or sent to) the topic.
         self._on_topic: dict[str, float] = {}
-        self.caught_up = asyncio.Event()
+        #: File records the topic may lack, published once the topic has been read to its end.
+        self._pending: list[TokenRecord] = []
+        self._producer: AIOKafkaProducer | None = None
+        self.follower: TopicFollower | None = None
+        if bootstrap:
+            self.follower = TopicFollower(
+                bootstrap, [topic_name("tokens")], self._apply_topic, after_poll=self._after_poll,
+                security=self.kafka_options, retry_s=RETRY_S,
+            )  # fmt: skip
+        self.caught_up = self.follower.caught_up if self.follower is not None else asyncio.Event()
 
     def load_file(self) -> list[TokenRecord]:
         """Apply the file's records if it changed; return them (empty when unchanged)."""
@@ -59,53 +68,34 @@ class TokenSync:
     async def run(self, stop: asyncio.Event) -> None:
         """Until ``stop``: re-read the file every second and follow the topic, reconnecting on errors."""
         self.load_file()
-        if not self.bootstrap:
+        if self.follower is None:
             self.caught_up.set()
-            while not await _stopped(stop, POLL_S):
+            while not await stopped(stop, POLL_S):
                 self.load_file()
             return
-        while not stop.is_set():
-            try:
-                await self._follow(stop)
-            except (KafkaError, OSError, TimeoutError) as exc:
-                log.warning("following the tokens topic failed, retrying: %s: %s", type(exc).__name__, exc)
-                await _stopped(stop, RETRY_S)
-
-    async def _follow(self, stop: asyncio.Event) -> None:
-        tp = TopicPartition(topic_name("tokens"), 0)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-            auto_offset_reset="earliest", **self.kafka_options,
-        )  # fmt: skip
-        producer: AIOKafkaProducer | None = None
-        await consumer.start()
+        self._pending = self.file.read() if self.file is not None else []
         try:
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            end = (await consumer.end_offsets([tp]))[tp]
-            pending = self.file.read() if self.file is not None else []
-            while not stop.is_set():
-                for records in (await consumer.getmany(tp, timeout_ms=int(POLL_S * 1000))).values():
-                    for message in records:
-                        self._apply_topic(message.value)
-                pending += self.load_file()
-                if not self.caught_up.is_set() and await consumer.position(tp) >= end:
-                    self.caught_up.set()
-                if self.caught_up.is_set() and pending:
-                    producer = producer or await _started_producer(self.bootstrap, self.kafka_options)
-                    await self._forward(producer, pending)
-                    pending = []
+            await self.follower.run(stop)
         finally:
-            await consumer.stop()
-            if producer is not None:
-                await producer.stop()
+            if self._producer is not None:
+                await self._producer.stop()
+                self._producer = None
 
-    def _apply_topic(self, value: bytes | None) -> None:
-        record = parse_token_record(value) if value else None
-        if record is None:
-            return
-        self._on_topic[record.name] = max(record.ts, self._on_topic.get(record.name, record.ts))
-        self.store.apply(record)
+    def _apply_topic(self, messages: list[ConsumerRecord[Any, Any]]) -> None:
+        for message in messages:
+            record = parse_token_record(message.value) if message.value else None
+            if record is None:
+                continue
+            self._on_topic[record.name] = max(record.ts, self._on_topic.get(record.name, record.ts))
+            self.store.apply(record)
+
+    async def _after_poll(self) -> None:
+        """Pick up file changes; once caught up, publish what the topic lacks."""
+        self._pending += self.load_file()
+        if self.caught_up.is_set() and self._pending and self.bootstrap:
+            self._producer = self._producer or await _started_producer(self.bootstrap, self.kafka_options)
+            await self._forward(self._producer, self._pending)
+            self._pending = []
 
     async def _forward(self, producer: AIOKafkaProducer, records: list[TokenRecord]) -> None:
         """Publish the file records the topic does not hold yet (newest per name only)."""
@@ -125,13 +115,6 @@ async def _started_producer(bootstrap: str, options: dict[str, Any]) -> AIOKafka
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", request_timeout_ms=10_000, **options)
     await producer.start()
     return producer
-
-
-async def _stopped(stop: asyncio.Event, seconds: float) -> bool:
-    """Wait up to ``seconds``; True once ``stop`` is set."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-    return stop.is_set()
 
 
 # -- the CLI's side: plain blocking clients ----------------------------------------------------------

@@ -22,10 +22,10 @@ from streams.http import make_app
 from streams.producer import make_producer, send_all
 from streams.schemas import ServiceStatus
 from streams.service import ApiRequest, ApiResponse, Handler, Route
-from streams.status import status_key
+from streams.status import StatusBoard, status_key
 from streams.tokens import Role, TokenStore, new_token
 from tests.rankers.test_labeling_page import browser  # noqa: F401 - the shared headless Chromium
-from tests.streams.test_dashboard_routes import serving
+from tests.streams.test_dashboard_routes import followed, serving
 
 pytestmark = [pytest.mark.browser, pytest.mark.kafka]
 
@@ -196,7 +196,9 @@ def test_versions_drift_and_admin_buttons(
     ensure_topics(kafka.bootstrap, partitions=1)
     lineage = StubLineage()
     app = make_app([lineage], health=_health, security=HttpSecurity(store=TokenStore([ADMIN, READER])))
-    attach(app, kafka.bootstrap)
+    board = StatusBoard(kafka.bootstrap)
+    attach(app, board)
+    followed(app, board)
     stop = threading.Event()
     rows = threading.Thread(target=_publish_rows, args=(kafka.bootstrap, stop), daemon=True)
     rows.start()

@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from kafka.errors import KafkaTimeoutError
 
 from streams import dashboard
 from streams.auth import HttpSecurity
 from streams.http import make_app
 from streams.schemas import ServiceStatus
+from streams.status import StatusBoard
 from streams.tokens import Role, TokenStore, new_token
 
 READER_TOKEN, READER = new_token("viewer", Role.READER)
@@ -57,9 +57,8 @@ def fetch(url: str, token: str | None = None) -> tuple[int, dict[str, str], byte
 class FakeBoard:
     """Two instances of ctr and one of forecast, as a StatusBoard would hold them (synthetic)."""
 
-    def __init__(self, bootstrap: str, stale_s: float) -> None:
+    def __init__(self) -> None:
         now = time.time()
-        self.closed = False
         self.live = [
             ServiceStatus(instance="a", role="worker", service="ctr", ts=now, ready=True, events_per_s=150.0,
                           lag=3, metric={"auc": 0.7, "logloss": 0.6}, model_version=4, last_batch_ts=now - 1),
@@ -67,27 +66,34 @@ class FakeBoard:
                           lag=2, metric={"auc": 0.8}, model_version=5),
             ServiceStatus(instance="a", role="worker", service="forecast", ts=now, ready=True),
         ]  # fmt: skip
+        self.waiting: str | None = None
 
-    def poll(self, timeout_s: float) -> int:
-        return 0
+    def not_read_yet(self) -> str | None:
+        return self.waiting
 
     def rows(self) -> list[ServiceStatus]:
         return self.live
 
-    def close(self) -> None:
-        self.closed = True
+
+def followed(app: web.Application, board: StatusBoard) -> None:
+    """Follow the status topic into ``board`` while ``app`` runs, as a role does while it serves."""
+
+    async def follow(_: web.Application):  # type: ignore[no-untyped-def]
+        async with board.following():
+            yield
+
+    app.cleanup_ctx.append(follow)
 
 
-def _app(monkeypatch: pytest.MonkeyPatch, board: Any) -> web.Application:
-    monkeypatch.setattr(dashboard, "StatusBoard", board)
+def _app(board: Any) -> web.Application:
     security = HttpSecurity(store=TokenStore([READER]), queries_open=False)
     app = make_app([], security=security)
-    dashboard.attach(app, "127.0.0.1:1")
+    dashboard.attach(app, board)
     return app
 
 
-def test_the_page_and_its_assets_come_from_this_server_under_a_strict_csp(monkeypatch) -> None:
-    with serving(_app(monkeypatch, FakeBoard)) as base:
+def test_the_page_and_its_assets_come_from_this_server_under_a_strict_csp() -> None:
+    with serving(_app(FakeBoard())) as base:
         code, headers, page = fetch(f"{base}/dashboard")  # a page needs no token
         assert code == 200 and headers["Content-Type"].startswith("text/html")
         assert "script-src 'self'" in headers["Content-Security-Policy"]
@@ -102,19 +108,16 @@ def test_the_page_and_its_assets_come_from_this_server_under_a_strict_csp(monkey
         assert b"uPlot" in fetch(f"{base}/vendor/uPlot.iife.min.js")[2]
 
 
-def test_status_folds_each_service_and_needs_a_reader_when_queries_do(monkeypatch) -> None:
-    boards: list[FakeBoard] = []
-
-    def board(bootstrap: str, stale_s: float) -> FakeBoard:
-        boards.append(FakeBoard(bootstrap, stale_s))
-        return boards[-1]
-
-    with serving(_app(monkeypatch, board)) as base:
+def test_status_folds_each_service_and_needs_a_reader_when_queries_do() -> None:
+    board = FakeBoard()
+    board.waiting = "driftline.status is still being read from its start"
+    with serving(_app(board)) as base:
         assert fetch(f"{base}/status")[0] == 401
-        assert boards == []  # no board until a reader asks
+        code, headers, body = fetch(f"{base}/status", READER_TOKEN)
+        assert (code, headers.get("Retry-After")) == (503, "1")  # half-read rows are never shown
+        assert b"the status topic is not read yet: driftline.status is still being read" in body
+        board.waiting = None
         code, _, body = fetch(f"{base}/status", READER_TOKEN)
-        assert fetch(f"{base}/status", READER_TOKEN)[0] == 200
-    assert len(boards) == 1 and boards[0].closed  # one board, closed with the server
     assert code == 200
     answer = json.loads(body)
     assert answer["ts"] > 0
@@ -132,14 +135,18 @@ def test_status_folds_each_service_and_needs_a_reader_when_queries_do(monkeypatc
     )
 
 
-def test_an_unreachable_status_topic_is_a_clear_503(monkeypatch) -> None:
-    def unreachable(bootstrap: str, stale_s: float) -> FakeBoard:
-        raise KafkaTimeoutError(f"Unable to bootstrap from {bootstrap}")  # what kafka-python raises
-
-    with serving(_app(monkeypatch, unreachable)) as base:
+def test_an_unreachable_status_topic_is_a_clear_503() -> None:
+    board = StatusBoard("127.0.0.1:1", security={})
+    app = _app(board)
+    followed(app, board)
+    with serving(app) as base:
+        deadline = time.monotonic() + 30
         code, headers, body = fetch(f"{base}/status", READER_TOKEN)
+        while b"KafkaConnectionError" not in body and time.monotonic() < deadline:
+            time.sleep(0.1)  # the first answer may come before the first attempt to connect failed
+            code, headers, body = fetch(f"{base}/status", READER_TOKEN)
     assert code == 503 and "Retry-After" in headers
-    assert b"the status topic cannot be read: KafkaTimeoutError: Unable to bootstrap from 127.0.0.1:1" in body
+    assert b"the status topic is not read yet: reading " in body and b"failed: KafkaConnectionError" in body
 
 
 # -- what the dashboard reads through the main job's one port --------------------------------------

@@ -1,17 +1,24 @@
-"""The serving role without Kafka: records go to the parts that follow their topic, catch-up is told once."""
+"""The serving role without Kafka: records go to the parts that follow their topic, catch-up is told
+once, and lineage requests go to the worker that trains the service."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
-from aiokafka import TopicPartition
+from aiohttp import ClientSession, web
 
-from roles.serving import ServingRole
+from roles.serving import ServingRole, WorkersLineage
+from streams.auth import HttpSecurity
 from streams.config import Settings
-from streams.schemas import Forecast, ModelUpdate, Record
+from streams.directory import OwnerDirectory
+from streams.http import make_app
+from streams.schemas import Forecast, ModelUpdate, Record, ServiceStatus
 from streams.service import Route
 from streams.topics import topic_name
+from tests.streams.test_front import serving
 
 
 @dataclass
@@ -44,17 +51,8 @@ class Part:
 
 @dataclass
 class Fetched:
+    topic: str
     value: bytes | None
-
-
-class Positions:
-    """Stands in for the consumer's ``position``."""
-
-    def __init__(self, at: dict[TopicPartition, int]) -> None:
-        self.at = at
-
-    async def position(self, tp: TopicPartition) -> int:
-        return self.at[tp]
 
 
 FORECASTS, UPDATES = topic_name("forecasts"), topic_name("model-updates")
@@ -75,10 +73,10 @@ def role() -> tuple[ServingRole, Part, Part]:
 
 def test_each_record_goes_to_the_parts_that_follow_its_topic() -> None:
     serving, ctr, fc = role()
-    serving._apply({
-        TopicPartition(FORECASTS, 3): [Fetched(forecast("a")), Fetched(None), Fetched(b"not json")],
-        TopicPartition(UPDATES, 0): [Fetched(update()), Fetched(forecast("wrong topic"))],
-    })  # fmt: skip
+    serving._apply([
+        Fetched(FORECASTS, forecast("a")), Fetched(FORECASTS, None), Fetched(FORECASTS, b"not json"),
+        Fetched(UPDATES, update()), Fetched(UPDATES, forecast("wrong topic")),
+    ])  # type: ignore[list-item]  # fmt: skip
     assert [r.series for r in fc.applied] == ["a"]  # type: ignore[attr-defined]
     assert [type(r) for r in ctr.applied] == [ModelUpdate]  # a forecast on model-updates is skipped
     assert serving.records_applied == 2 and serving.health()["status"] == "ok"
@@ -86,24 +84,96 @@ def test_each_record_goes_to_the_parts_that_follow_its_topic() -> None:
 
 def test_a_record_a_part_refuses_degrades_health_until_one_is_served() -> None:
     serving, _, fc = role()
-    serving._apply({TopicPartition(FORECASTS, 0): [Fetched(forecast("poison"))]})
+    serving._apply([Fetched(FORECASTS, forecast("poison"))])  # type: ignore[list-item]
     health = serving.health()
     assert health["status"] == "degraded" and "cannot serve this one" in health["problems"][0]
     assert set(health) >= {"instance", "role", "uptime_s", "updates_applied", "services"}
     assert health["services"]["forecast"] == {"model_version": 0, "ready": False, "partitions": []}
-    serving._apply({TopicPartition(FORECASTS, 0): [Fetched(forecast("b"))]})
+    serving._apply([Fetched(FORECASTS, forecast("b"))])  # type: ignore[list-item]
     assert serving.health()["status"] == "ok" and len(fc.applied) == 1
 
 
-def test_parts_are_told_once_when_every_partition_of_their_topic_reached_its_start_time_end() -> None:
+def test_parts_are_told_once_their_topic_is_caught_up_and_follow_one_follower() -> None:
     serving, ctr, fc = role()
-    ends = {TopicPartition(FORECASTS, 0): 5, TopicPartition(FORECASTS, 1): 0, TopicPartition(UPDATES, 0): 2}
-    behind = dict(ends)
-    consumer = Positions({TopicPartition(FORECASTS, 0): 3, TopicPartition(FORECASTS, 1): 0,
-                          TopicPartition(UPDATES, 0): 2})  # fmt: skip
-    waiting = asyncio.run(serving._still_behind(consumer, behind, {FORECASTS, UPDATES}))  # type: ignore[arg-type]
-    assert waiting == {FORECASTS} and (ctr.told, fc.told) == (1, 0)
+    assert serving.follower.topics == sorted([FORECASTS, UPDATES])
+    serving.follower.on_caught_up(UPDATES)  # type: ignore[misc]  # what the follower calls, once per topic
+    assert (ctr.told, fc.told) == (1, 0)
     assert serving.ready() == (False, "catching up with the topics of forecast")
-    consumer.at[TopicPartition(FORECASTS, 0)] = 5
-    waiting = asyncio.run(serving._still_behind(consumer, behind, waiting))  # type: ignore[arg-type]
-    assert waiting == set() and (ctr.told, fc.told) == (1, 1) and serving.ready()[0]
+    serving.follower.on_caught_up(FORECASTS)  # type: ignore[misc]
+    assert (ctr.told, fc.told) == (1, 1) and serving.ready()[0]
+
+
+def test_a_topic_that_cannot_be_read_degrades_health() -> None:
+    serving, _, _ = role()
+    serving.follower.problem = "reading driftline.forecasts failed: KafkaConnectionError"
+    assert serving.health()["problems"] == ["reading driftline.forecasts failed: KafkaConnectionError"]
+
+
+# -- GET /models on a replica: answered by the worker that trains the service ---------------------
+class Board:
+    """Status rows as a replica's board holds them (synthetic)."""
+
+    def __init__(self, rows: list[ServiceStatus]) -> None:
+        self.live = rows
+
+    def rows(self) -> list[ServiceStatus]:
+        return self.live
+
+
+def trainer(seen: list[tuple[str, str, str | None, bytes]]) -> web.Application:
+    """A ctr worker's lineage routes that record what reached them."""
+
+    async def lineage(request: web.Request) -> web.Response:
+        seen.append(
+            (request.method, request.path, request.headers.get("Authorization"), await request.read())
+        )
+        if request.method == "POST":
+            return web.json_response({"service": "ctr", "action": "rolled_back"})
+        return web.json_response({"ctr": {"serving": 3, "versions": [{"version": 3}]}})
+
+    app = web.Application()
+    app.router.add_route("*", "/models{rest:.*}", lineage)
+    return app
+
+
+async def _replica_lineage() -> dict[str, Any]:
+    seen: list[tuple[str, str, str | None, bytes]] = []
+    board = Board([])
+    app = make_app([], security=HttpSecurity())
+    WorkersLineage(OwnerDirectory(board), ["ctr"]).attach(app)  # type: ignore[arg-type]
+    token = {"Authorization": "Bearer t0k3n"}
+    out: dict[str, Any] = {"seen": seen}
+    async with serving(trainer(seen)) as worker, serving(app) as replica, ClientSession() as client:
+        async with client.get(f"{replica}/models") as answer:
+            out["unknown"] = (answer.status, answer.headers.get("Retry-After"), await answer.json())
+        now = time.time()
+        board.live = [
+            ServiceStatus(instance="t", role="worker", service="ctr", url=worker, ts=now - 1, ready=True,
+                          partitions=["impressions:0"]),
+            ServiceStatus(instance="s", role="worker", service="ctr", url="http://127.0.0.1:1", ts=now,
+                          ready=True),  # a stand-by: no partitions, no lineage of its own
+            ServiceStatus(instance="r", role="serving", service="ctr", url=replica, ts=now, ready=True),
+        ]  # fmt: skip
+        async with client.get(f"{replica}/models", headers=token) as answer:
+            out["models"] = (answer.status, await answer.json())
+        async with client.post(
+            f"{replica}/models/ctr/rollback", json={"version": 2}, headers=token
+        ) as answer:
+            out["rollback"] = (answer.status, await answer.json())
+        async with client.post(f"{replica}/models/rank/rollback", headers=token) as answer:
+            out["no rank"] = (answer.status, answer.headers.get("Retry-After"), await answer.json())
+    return out
+
+
+def test_a_replica_answers_models_from_the_worker_that_trains_its_service() -> None:
+    out = asyncio.run(_replica_lineage())
+    status, retry_after, body = out["unknown"]
+    assert (status, retry_after) == (503, "1") and "no worker running ctr is known yet" in body["error"]
+    assert out["models"] == (200, {"ctr": {"serving": 3, "versions": [{"version": 3}]}})
+    assert out["rollback"] == (200, {"service": "ctr", "action": "rolled_back"})
+    assert out["seen"] == [
+        ("GET", "/models", "Bearer t0k3n", b""),  # the trainer, not the stand-by nor the replica itself
+        ("POST", "/models/ctr/rollback", "Bearer t0k3n", b'{"version": 2}'),
+    ]
+    status, retry_after, body = out["no rank"]
+    assert (status, retry_after) == (503, "1") and "no worker running rank" in body["error"]

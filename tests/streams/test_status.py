@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import threading
 import time
@@ -14,6 +15,7 @@ from rich.console import Console
 from streams.schemas import ServiceStatus
 from streams.status import StatusBoard, collect_rows, main_metric, render, status_key, watch
 from tests.streams.helpers import wait_until
+from tests.streams.test_follower import eventually
 
 
 def _registry() -> CollectorRegistry:
@@ -164,9 +166,15 @@ def test_status_board_keeps_the_newest_row_per_key_and_drops_stale_ones(kafka, t
         _row("gone", "rank", now - 1),
         (b"gone/rank", None),  # tombstone: that process left cleanly
     ])  # fmt: skip
-    board = StatusBoard(kafka.bootstrap, stale_s=15.0)
-    try:
-        wait_until(lambda: board.poll(timeout_s=0.5) == 0 and len(board.rows()) == 3, 30, "status rows")
+    asyncio.run(_board_reads(kafka.bootstrap, topic, now))
+
+
+async def _board_reads(bootstrap: str, topic: str, now: float) -> None:
+    board = StatusBoard(bootstrap, stale_s=15.0)
+    assert board.not_read_yet() == f"{topic} is still being read from its start"
+    async with board.following():
+        await asyncio.wait_for(board.follower.caught_up.wait(), 30)  # every row the topic held, read
+        assert board.not_read_yet() is None
         rows = board.rows()
         assert _keys(rows) == [("ctr", "w1"), ("ctr", "w2"), ("forecast", "w1")]
         assert (rows[0].events_per_s, rows[0].model_version) == (10.0, 2)
@@ -174,11 +182,9 @@ def test_status_board_keeps_the_newest_row_per_key_and_drops_stale_ones(kafka, t
         # Once w2 stops refreshing its row, it ages out too.
         assert _keys(board.rows(now=now + 13.5)) == [("ctr", "w1"), ("forecast", "w1")]
 
-        # A new row arriving later is picked up by the next poll.
-        _produce(kafka.bootstrap, topic, [_row("w3", "rank", time.time(), ready=True)])
-        wait_until(lambda: board.poll() >= 0 and ("rank", "w3") in _keys(board.rows()), 30, "new row")
-    finally:
-        board.close()
+        # A new row arriving later is read without being asked.
+        await asyncio.to_thread(_produce, bootstrap, topic, [_row("w3", "rank", time.time(), ready=True)])
+        await eventually(lambda: ("rank", "w3") in _keys(board.rows()), 30, "the new row")
 
 
 def _watch_until(bootstrap: str, console: Console, done: Callable[[str], bool]) -> str:
