@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -243,8 +244,11 @@ def run_case(case: Case, bootstrap: str, home: Path, options: list[str], load: f
         learned = Poller(lambda: applied(worker, case.service), 0.02)
         served, target = case.served(worker, bootstrap, prefix)
         load_at_start = loadavg()
+        assert worker.process is not None
+        cpu_before, started = cpu_seconds(worker.process.pid), time.time()
         sent = send(producer, topic, paced, rate)
         wait_applied(worker, case.service, case.burst + len(paced), 120)
+        busy = (cpu_seconds(worker.process.pid) - cpu_before) / (time.time() - started)
         time.sleep(3.0)  # the last forecasts and tallies reach their readers
         for poller in (learned, served):
             poller.close()
@@ -260,12 +264,18 @@ def run_case(case: Case, bootstrap: str, home: Path, options: list[str], load: f
             f"{_ms(learn, 50):>9}{_ms(learn, 99):>9}{int(counted.sum()):>8}"
             f"{_ms(serve, 50):>9}{_ms(serve, 99):>9}"
             f"{int(np.isnan(serve).sum()):>7}{batches:>8.0f}{len(paced) / max(batches, 1):>7.0f}"
-            f"{batch_s / max(batches, 1) * 1000:>9,.0f}"
+            f"{batch_s / max(batches, 1) * 1000:>9,.0f}{busy:>6.0%}"
             f"  {load_at_start} -> {loadavg()}"
         )
     finally:
         producer.close()
         worker.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux ``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _ms(delays: np.ndarray, q: float) -> str:
@@ -314,8 +324,8 @@ def main() -> None:
         f"options: {args.option or 'defaults'}; ctr publish interval {swap:g} s"
     )
     print(f"{'service':<9}{'max ev/s':>9}{'rate':>9}{'events':>8}{'learn50':>9}{'learn99':>9}{'counted':>8}"
-          f"{'serve50':>9}{'serve99':>9}{'never':>7}{'batches':>8}{'ev/b':>7}{'batch ms':>9}"
-          "  (ms; ev/b = paced events per batch)")  # fmt: skip
+          f"{'serve50':>9}{'serve99':>9}{'never':>7}{'batches':>8}{'ev/b':>7}{'batch ms':>9}{'cpu':>6}"
+          "  (ms; ev/b: paced events per batch; cpu: the worker's, of one core)")  # fmt: skip
     for row in rows:
         print(row)
     print(f"targets: learned < 1,000 ms; served < interval + 1,000 ms (ctr: {swap * 1000 + 1000:,.0f} ms)")
