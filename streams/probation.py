@@ -7,6 +7,15 @@ When the version's mean loss over a full window exceeds the predecessor's by mor
 ``rollback_margin`` (relative), the update was bad and the predecessor serves again. After
 ``probation_samples`` the version is trusted and probation ends.
 
+**Confirmed, not one window's word** (``RollbackRule.confirm``). A stream's losses are
+autocorrelated: neighbouring steps see the same users and the same moment, so one short window can
+show a version far worse than it is, and a window that slides and is judged at every step gets many
+chances to. The standard error of the paired per-step differences inside the window does not catch
+it (measured on the CTR demo's MovieLens replay: a clean version 10% worse than its predecessor over
+3 steps of 500, the three differences 0.045, 0.077, 0.084, about 6 standard errors, was 3% worse
+over the next 6,000 impressions). With ``confirm=2`` the version must be worse by the margin on each
+of the last two disjoint windows: a bad update stays worse, a fluctuation rarely does twice.
+
 **A changed world is no bad update.** When the world changes (concept drift, or a corrupted stretch
 such as flipped labels) old versions do worse too, and the better fit of the old world can do worse
 than its predecessor: that is no evidence against the update. So a drift alarm *holds* the probation
@@ -35,12 +44,14 @@ class RollbackRule:
     samples: int
     #: ... at any time in its first this many samples; then it is trusted.
     length: int
+    #: Disjoint windows, the newest last, that must each say "worse" (1: the newest window alone).
+    confirm: int = 1
 
     def __post_init__(self) -> None:
-        if not self.margin >= 0 or min(self.samples, self.length) < 1:
+        if not self.margin >= 0 or min(self.samples, self.length, self.confirm) < 1:
             raise ValueError(
-                f"rollback margin must be >= 0 and its sample counts >= 1, got {self.margin!r}, "
-                f"{self.samples!r}, {self.length!r}"
+                f"rollback margin must be >= 0 and its sample counts and confirm >= 1, got "
+                f"{self.margin!r}, {self.samples!r}, {self.length!r}, {self.confirm!r}"
             )
 
 
@@ -69,26 +80,29 @@ class Probation:
 
     def means(self) -> tuple[int, float, float]:
         """Samples in the window and both versions' sample-weighted mean loss (0s when empty)."""
-        samples = int(sum(n for n, _, _ in self.window))
-        if not samples:
-            return 0, 0.0, 0.0
-        new, old = (sum(n * loss[i] for n, *loss in self.window) / samples for i in (0, 1))
-        return samples, new, old
+        return _means(self.window)
+
+    def windows(self, rule: RollbackRule) -> list[tuple[int, float, float]]:
+        """Up to ``rule.confirm`` disjoint windows, newest first, as :meth:`means` gives them (one
+        empty window before the first step)."""
+        return _windows(self.window, rule) or [(0, 0.0, 0.0)]
 
     def verdict(self, rule: RollbackRule) -> Verdict:
         """Judge the steps scored so far; a held probation resumes first if the world is back."""
         if self.held and not self.old_worse_too(rule):
             self.held = False
-        samples, new, old = self.means()
-        if not self.held and samples >= rule.samples and new > old * (1 + rule.margin):
+        windows = self.windows(rule)
+        worse = [samples >= rule.samples and new > old * (1 + rule.margin) for samples, new, old in windows]
+        if not self.held and len(worse) == rule.confirm and all(worse):
             return Verdict.ROLL_BACK
         return Verdict.TRUSTED if self.evaluated >= rule.length else Verdict.WATCH
 
     def add(self, samples: int, new: float, old: float, rule: RollbackRule) -> None:
-        """One scored step: both versions' mean loss over the same ``samples`` events."""
+        """One scored step: both versions' mean loss over the same ``samples`` events; steps no
+        window needs any more are dropped."""
         self.window.append([samples, new, old])
         self.evaluated += samples
-        while sum(n for n, _, _ in self.window[1:]) >= rule.samples:
+        while len(self.window) > 1 and _holds_all(self.window[1:], rule):
             self.window.pop(0)
 
     def hear_alarm(self, rule: RollbackRule) -> bool:
@@ -98,15 +112,17 @@ class Probation:
         return self.held
 
     def old_worse_too(self, rule: RollbackRule) -> bool:
-        """The predecessor does more than the margin worse on the window than on the gate's slice:
-        the world changed under both versions (not only the new one broke)."""
-        samples, _, old = self.means()
+        """The predecessor does more than the margin worse on the newest window than on the gate's
+        slice: the world changed under both versions (not only the new one broke)."""
+        samples, _, old = self.windows(rule)[0]
         return self.baseline is None or (samples > 0 and old > self.baseline * (1 + rule.margin))
 
     def evidence(self, metric: str, rule: RollbackRule) -> dict[str, Any]:
-        """What a rollback records: both means over the window, the margin and the promotion time."""
-        samples, new, old = self.means()
-        return {
+        """What a rollback records: both means over the newest window, the margin and the
+        promotion time; with ``confirm`` > 1 also every window's ``[samples, version, predecessor]``."""
+        windows = self.windows(rule)
+        samples, new, old = windows[0]
+        evidence: dict[str, Any] = {
             "metric": metric,
             "rolled_back_from": self.version,
             "serving": new,
@@ -115,6 +131,9 @@ class Probation:
             "promoted_at": self.since,
             "samples": samples,
         }
+        if rule.confirm > 1:
+            evidence["confirmed_by"] = [list(w) for w in windows]
+        return evidence
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,3 +146,33 @@ class Probation:
         known = {name: state[name] for name in cls.__dataclass_fields__ if name in state}
         known.setdefault("baseline", None)
         return cls(**known)
+
+
+def _means(steps: list[list[float]]) -> tuple[int, float, float]:
+    """Samples in ``steps`` and both versions' sample-weighted mean loss (0s when empty)."""
+    samples = int(sum(n for n, _, _ in steps))
+    if not samples:
+        return 0, 0.0, 0.0
+    new, old = (sum(n * loss[i] for n, *loss in steps) / samples for i in (0, 1))
+    return samples, new, old
+
+
+def _windows(steps: list[list[float]], rule: RollbackRule) -> list[tuple[int, float, float]]:
+    """Up to ``rule.confirm`` disjoint windows of ``steps``, newest first: each the fewest newest
+    steps (before the next window's) that hold ``rule.samples``; the oldest may be short."""
+    found: list[tuple[int, float, float]] = []
+    end = len(steps)
+    while end > 0 and len(found) < rule.confirm:
+        start, samples = end, 0
+        while start > 0 and samples < rule.samples:
+            start -= 1
+            samples += int(steps[start][0])
+        found.append(_means(steps[start:end]))
+        end = start
+    return found
+
+
+def _holds_all(steps: list[list[float]], rule: RollbackRule) -> bool:
+    """``steps`` hold all ``rule.confirm`` windows, the oldest full too."""
+    windows = _windows(steps, rule)
+    return len(windows) == rule.confirm and windows[-1][0] >= rule.samples

@@ -64,3 +64,41 @@ def test_state_round_trips_and_old_checkpoints_load() -> None:
 def test_a_bad_rule_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="rollback margin"):
         RollbackRule(margin=-0.1, samples=10, length=10)
+    with pytest.raises(ValueError, match="confirm >= 1"):
+        RollbackRule(margin=0.1, samples=10, length=10, confirm=0)
+
+
+CONFIRMED = RollbackRule(margin=0.05, samples=100, length=1_000, confirm=2)
+
+
+def test_with_confirm_each_of_the_last_two_disjoint_windows_must_be_worse() -> None:
+    p = probation()
+    p.add(100, 1.2, 1.0, CONFIRMED)
+    assert p.verdict(CONFIRMED) is Verdict.WATCH, "one window says worse: not yet confirmed"
+    p.add(100, 1.2, 1.0, CONFIRMED)
+    assert p.verdict(CONFIRMED) is Verdict.ROLL_BACK
+    evidence = p.evidence("loss", CONFIRMED)
+    assert evidence["confirmed_by"] == [[100, 1.2, 1.0], [100, 1.2, 1.0]]
+    assert evidence["samples"] == 100
+
+
+def test_a_window_within_the_margin_before_a_worse_one_is_no_confirmation() -> None:
+    p = probation()
+    p.add(50, 1.0, 1.0, CONFIRMED)
+    p.add(50, 1.0, 1.0, CONFIRMED)
+    p.add(100, 1.3, 1.0, CONFIRMED)
+    assert p.verdict(CONFIRMED) is Verdict.WATCH, "the window before was as good as the predecessor"
+    assert p.verdict(RULE) is Verdict.ROLL_BACK, "one window alone would have rolled back"
+    p.add(100, 1.3, 1.0, CONFIRMED)
+    assert p.verdict(CONFIRMED) is Verdict.ROLL_BACK, "two worse windows in a row"
+    assert [n for n, _, _ in p.window] == [100, 100], "steps no window needs are dropped"
+
+
+def test_uneven_steps_fill_both_windows_before_any_is_dropped() -> None:
+    p = probation()
+    for samples in (70, 70, 70, 40, 90):
+        p.add(samples, 1.2, 1.0, CONFIRMED)
+    windows = p.windows(CONFIRMED)
+    assert [w[0] for w in windows] == [130, 140], "newest first, each the fewest steps holding 100"
+    assert sum(n for n, _, _ in p.window) == 270, "the oldest step is no window's any more"
+    assert p.verdict(CONFIRMED) is Verdict.ROLL_BACK
