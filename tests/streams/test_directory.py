@@ -9,6 +9,8 @@ from streams.schemas import ServiceStatus
 
 
 class Board:
+    """Status rows as a process's board holds them."""
+
     def __init__(self, rows: list[ServiceStatus]) -> None:
         self.live = rows
 

@@ -18,6 +18,7 @@ from streams.http import make_app
 from streams.schemas import Forecast, ModelUpdate, Record, ServiceStatus
 from streams.service import Route
 from streams.topics import topic_name
+from tests.streams.test_directory import Board
 from tests.streams.test_front import serving
 
 
@@ -110,16 +111,6 @@ def test_a_topic_that_cannot_be_read_degrades_health() -> None:
 
 
 # -- GET /models on a replica: answered by the worker that trains the service ---------------------
-class Board:
-    """Status rows as a replica's board holds them (synthetic)."""
-
-    def __init__(self, rows: list[ServiceStatus]) -> None:
-        self.live = rows
-
-    def rows(self) -> list[ServiceStatus]:
-        return self.live
-
-
 def trainer(seen: list[tuple[str, str, str | None, bytes]]) -> web.Application:
     """A ctr worker's lineage routes that record what reached them."""
 
