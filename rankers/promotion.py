@@ -30,16 +30,24 @@ means; after ``probation_queries`` judged queries the booster is trusted. As in 
 judged at the next label batch, once the runner's drift alarm has seen its error.
 
 **The bad update is not repeated.** A booster is a function of the labels it was fitted on, so the
-trainer continues from the good version by its labels: the labels the ranker learned since the
-predecessor was trained (those that made the bad booster, the ones it was gated on, and the probation
-labels before the rollback) are *quarantined*, dropped from the ranker's training set, and the
-predecessor's booster becomes the newest committee member (what ``mode="continue"`` trains on from);
-the candidate, trained on them, is dropped too. The next retrain is the predecessor's labels plus the
-batch at hand, and it must pass the gate like any other. The lineage's rollback evidence names how
-many labeled queries were quarantined and their offsets (``after`` the predecessor's, ``to`` the last
-learned), so they can be found on the labels topic. The price: clean labels in that stretch go too
-(at most the labels of one promotion window and one probation); a label set that keeps them would
-need to know which labels were bad, which nothing here knows.
+trainer continues from the good version by its labels: the labels that made the bad booster are
+*quarantined*, dropped from the ranker's training set. Those are the labels it learned beyond its
+predecessor and the labels of the window it passed the gate on (they agreed with it: a corrupted
+stretch that taught it also let it through). The labels learned while it was on probation stay:
+they were scored before training and are the evidence against it. The predecessor's booster becomes
+the newest committee member (what ``mode="continue"`` trains on from) and no candidate waits (none is
+taken while a probation runs). So the next retrain is the predecessor's labels, the probation's and
+the batch at hand, and it must pass the gate like any other. The lineage's rollback evidence names
+how many labeled queries were quarantined and their offsets (``after`` the predecessor's, ``to``
+the promotion's), so they can be found on the labels topic. The price: the clean labels among them
+go too, since nothing here knows which labels were bad.
+
+**Probation holds the gate.** While a promoted booster is on probation no candidate is taken: the
+next candidate is the first checkpoint after the probation ends (trusted, or rolled back), and so
+every probation compares a booster with a trusted predecessor. Otherwise, under a steady label
+stream, a promotion every ``promotion_queries`` judged queries would end each probation long before
+its window of ``rollback_queries`` filled. The price is lag: a promotion at most every
+``probation_queries`` plus ``promotion_queries`` judged queries.
 
 **A changed world is no bad update.** On labels from a changed world (concept drift, or a lasting
 inversion of the grades) old boosters do worse too, and the better fit of the old world can do
@@ -104,11 +112,11 @@ class GateConfig(OptionConfig):
     promotion_queries: int = 10
     #: A promoted booster counts as worse when its mean 1 - NDCG@10 exceeds its predecessor's by
     #: this much (relative) ...
-    rollback_margin: float = 0.1
+    rollback_margin: float = 0.15
     #: ... over the last this many judged labeled queries: then the predecessor serves again.
     rollback_queries: int = 40
     #: Judged labeled queries a promoted booster is compared with its predecessor before it is trusted.
-    probation_queries: int = 200
+    probation_queries: int = 60
     #: Boosters that served kept to serve again (a rollback, or by hand), the serving one included.
     keep_versions: int = 3
 
@@ -190,7 +198,8 @@ class RankGate:
         self.serving: Checkpoint | None = None
         self.candidate: Checkpoint | None = None
         self.window = Window()
-        #: The last ``keep_versions`` boosters that served, oldest version first (serving included).
+        #: The last ``keep_versions`` boosters that served, in the order they last served (the serving
+        #: one last), so a rollback's predecessor outlives newer versions that served before it.
         self.kept: list[Checkpoint] = []
         self.probation: Probation | None = None
         #: Labeled queries learned so far (never decreases; what a serve by hand waits for on replay).
@@ -200,6 +209,10 @@ class RankGate:
         self.labels = 0
         #: Offsets of everything learned so far.
         self.learned_offsets: dict[str, int] = {}
+        #: The label mark and offsets when the booster on probation was promoted: the end of what a
+        #: rollback quarantines.
+        self.promoted_labels = 0
+        self.promoted_offsets: dict[str, int] = {}
         #: Serves by hand replayed before the ranker learned what it had when they were decided.
         self.pending: list[ServeByHand] = []
         #: ``(booster, version)`` of the serving checkpoint, replaced whole on a promotion so that
@@ -243,22 +256,23 @@ class RankGate:
     ) -> None:
         evidence = probation.evidence(LOSS, self.rule)
         judged, new, old = evidence.pop("samples"), evidence["serving"], evidence["predecessor"]
-        dropped = quarantine(ranker, good, self.labels - good.labels)
-        self.labels = good.labels
-        for kept in self.kept:  # what they trained on beyond the cut is no longer in the label set
-            kept.labels = min(kept.labels, self.labels)
+        start, end = good.labels, max(good.labels, self.promoted_labels)
+        dropped = quarantine(ranker, good, self.labels - start, self.labels - end)
+        self.labels -= end - start
+        for kept in self.kept:  # marks inside the cut move to its start, those after it shift down
+            kept.labels = kept.labels if kept.labels <= start else max(start, kept.labels - (end - start))
         evidence["window"] = {"judged": judged, "after": None, "to": dict(self.learned_offsets)}
         evidence["quarantined"] = {
             "queries": dropped,
             "after": dict(good.offsets),
-            "to": dict(self.learned_offsets),
+            "to": dict(self.promoted_offsets),
         }
         self._adopt(good)
-        self.candidate = None  # trained on the quarantined labels
         reason = (
             f"v{bad.version} did worse than v{good.version} on the same last {judged} judged queries "
             f"({LOSS} {new:.4f} > {old:.4f} + {self.rule.margin:.0%}); v{good.version} serves again and "
-            f"the {dropped} labeled queries learned since it are quarantined"
+            f"the {dropped} labeled queries v{bad.version} learned beyond it or passed the gate on are "
+            "quarantined"
         )
         self._record(good, "rolled_back", reason, evidence)
         log.warning("rank: automatic rollback: %s", reason)
@@ -295,7 +309,7 @@ class RankGate:
             if self.window.judged >= self.config.promotion_queries:
                 metrics["gate_promoted"] = float(self._decide(offsets, now))
         snapshot = ranker.snapshot()
-        if self.candidate is None and snapshot is not None:
+        if self.candidate is None and self.probation is None and snapshot is not None:
             newest = Checkpoint(snapshot[1], ranker.committee()[-1], dict(offsets), now, self.labels)
             if self.serving is None:
                 metrics["gate_promoted"] = float(self._first(newest, ranker, batch))
@@ -326,6 +340,7 @@ class RankGate:
         if passed:
             assert evidence.serving is not None
             self.probation = Probation(candidate.version, serving.version, now, 1 - evidence.serving)
+            self.promoted_labels, self.promoted_offsets = self.labels, dict(offsets)
         return passed
 
     def _first(self, newest: Checkpoint, ranker: LambdaMARTRanker, batch: QueryBatch) -> bool:
@@ -352,14 +367,12 @@ class RankGate:
         return passed
 
     def _adopt(self, checkpoint: Checkpoint) -> None:
-        """Serve ``checkpoint`` (one reference swap for ``/rank``) and keep it; the oldest other kept
-        boosters go beyond ``keep_versions``; a running probation ends and the candidate's window
-        restarts against it."""
+        """Serve ``checkpoint`` (one reference swap for ``/rank``) and keep it; the kept boosters that
+        served longest ago go beyond ``keep_versions``; a running probation ends and the candidate's
+        window restarts against it."""
         others = [c for c in self.kept if c.version != checkpoint.version]
-        kept = sorted([*others, checkpoint], key=lambda c: c.version)
-        while len(kept) > self.config.keep_versions:
-            kept.remove(next(c for c in kept if c is not checkpoint))
-        self.kept, self.serving = kept, checkpoint
+        self.kept = [*others, checkpoint][-self.config.keep_versions :]
+        self.serving = checkpoint
         self.snapshot = (checkpoint.booster, checkpoint.version)
         self.probation, self.window = None, Window()
 
@@ -376,20 +389,21 @@ class RankGate:
     def manual_target(self, action: str, number: int | None) -> Checkpoint:
         """The kept booster an admin's ``action`` serves: ``number``, else the one kept before the
         serving one for a rollback and the newest for a promote; :class:`NotKept` when there is none."""
-        numbers = [c.version for c in self.kept]
+        by_number = sorted(self.kept, key=lambda c: c.version)
+        numbers = [c.version for c in by_number]
         if number is not None:
             found = self._kept(number)
             if found is None:
                 raise NotKept(f"version {number} is not kept (kept: {numbers}); it cannot serve")
             return found
         if action == "rolled_back":
-            older = [c for c in self.kept if c.version < self.serving_version]
+            older = [c for c in by_number if c.version < self.serving_version]
             if not older:
                 raise NotKept(f"no version older than {self.serving_version} is kept (kept: {numbers})")
             return older[-1]
-        if not self.kept or self.kept[-1] is self.serving:
+        if not by_number or by_number[-1] is self.serving:
             raise NotKept(f"no kept version newer than the serving one (kept: {numbers})")
-        return self.kept[-1]
+        return by_number[-1]
 
     def serve_by_hand(self, serve: ServeByHand) -> None:
         """Apply an admin's serve (idempotent); on a replay that has not learned as many labels as
@@ -427,6 +441,8 @@ class RankGate:
             "learned": self.learned,
             "labels": self.labels,
             "learned_offsets": dict(self.learned_offsets),
+            "promoted_labels": self.promoted_labels,
+            "promoted_offsets": dict(self.promoted_offsets),
             "pending": [s.data() for s in self.pending],
         }
 
@@ -440,6 +456,8 @@ class RankGate:
         self.lineage, self.window, self.probation = Lineage(), Window(**state.get("window", {})), None
         self.learned, self.labels = int(state.get("learned", held)), int(state.get("labels", held))
         self.learned_offsets = dict(state.get("learned_offsets", {}))
+        self.promoted_labels = int(state.get("promoted_labels", self.labels))
+        self.promoted_offsets = dict(state.get("promoted_offsets", {}))
         self.pending = [ServeByHand(**data) for data in state.get("pending", [])]
 
         def checkpoint(saved: dict[str, Any] | None) -> Checkpoint | None:
@@ -458,19 +476,21 @@ class RankGate:
             reason = "served before the promotion gate existed (loaded from an older checkpoint)"
             self.lineage.record(serving.version, "promoted", reason, {})
         if serving is not None:
-            self.kept = sorted([*self.kept, serving], key=lambda c: c.version)
+            self.kept = [*self.kept, serving]
             self.serving, self.snapshot = serving, (serving.booster, serving.version)
 
 
-def quarantine(ranker: LambdaMARTRanker, good: Checkpoint, drop: int) -> int:
-    """Restart ``ranker`` from ``good``: drop the last ``drop`` labeled queries it holds (those
-    learned since ``good`` was trained) and make ``good``'s booster its newest committee member.
-    Returns how many were dropped (fewer when its label cap already let the oldest go)."""
+def quarantine(ranker: LambdaMARTRanker, good: Checkpoint, after: int, until: int) -> int:
+    """Restart ``ranker`` from ``good``: drop the labeled queries it holds from the ``after``-th last
+    to the ``until``-th last (those that made the bad booster) and make ``good``'s booster its newest
+    committee member. Returns how many were dropped (fewer when its label cap already let the oldest
+    go)."""
     labeled = ranker.labeled
     held = 0 if labeled is None else labeled.n_queries
-    drop = min(max(drop, 0), held)
+    start, end = max(held - after, 0), max(held - until, 0)
     state = ranker.state_dict()
     state["members"] = [*state["members"], good.model]
     ranker.load_state_dict(state)
-    ranker.labeled = labeled.select(range(held - drop)) if labeled is not None and held > drop else None
-    return drop
+    keep = [*range(start), *range(end, held)]
+    ranker.labeled = labeled.select(keep) if labeled is not None and keep else None
+    return end - start
