@@ -12,11 +12,13 @@ import os
 import re
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.lifecycle_demo import Injection, Timeline, replay
 from streams.client import get_json
@@ -103,18 +105,44 @@ def _alarms_after_corruption(timeline: Timeline) -> list[float] | None:
     return found or None
 
 
-def _wait_until(seen: Callable[[], T | None], timeline: Timeline, base: str, timeout_s: float = 60.0) -> T:
-    """What ``seen`` finds within ``timeout_s``; else fail with the timeline and the lineage."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+def _wait_until(seen: Callable[[], T | None], timeline: Timeline, base: str, idle_s: float = 60.0) -> T:
+    """What ``seen`` finds while the worker still applies events; once it has applied none for
+    ``idle_s`` (it has read all that was sent, or it is stuck), fail with the timeline and the lineage.
+
+    A loaded machine slows the worker, not the replay: the wait lasts as long as the worker works
+    through what was sent, not a fixed time from the start.
+    """
+    applied, idle_since = -1.0, time.monotonic()
+    while time.monotonic() - idle_since < idle_s:
         found = seen()
         if found:
             return found
-        time.sleep(0.25)
+        now_applied = _events_applied(base)
+        if now_applied is not None and now_applied > applied:
+            applied, idle_since = now_applied, time.monotonic()
+        time.sleep(0.5)
     _, body = get_json(f"{base}/models")
     lineage = [
         (v["version"], h["action"], h["at"], h["reason"])
         for v in body["ctr"]["versions"]
         for h in v["history"]
     ]
-    raise AssertionError(f"the worker never acted on the injected change: {timeline}; lineage {lineage}")
+    raise AssertionError(
+        f"the worker never acted on the injected change ({applied:.0f} events applied, none new for "
+        f"{idle_s:.0f} s): {timeline}; lineage {lineage}"
+    )
+
+
+def _events_applied(base: str) -> float | None:
+    """The ctr events the worker has applied (its ``/metrics``), or None when it did not answer in time."""
+    try:
+        with urllib.request.urlopen(f"{base}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return None
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "driftline_events_total" and sample.labels.get("service") == "ctr"
+    )
