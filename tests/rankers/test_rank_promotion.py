@@ -5,6 +5,7 @@ decision is in the lineage with its evidence."""
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import pytest
@@ -102,7 +103,9 @@ def test_a_better_candidate_is_promoted_after_its_window_with_its_evidence(data)
         "after": {f"{LABELS}:0": 15},
         "to": {f"{LABELS}:0": 20},
     }
-    assert h.service.gate.candidate is not None and h.service.gate.candidate.version == 4  # the next one
+    probation = h.service.gate.probation  # v2 is on probation against v1: no candidate meanwhile
+    assert probation is not None and (probation.version, probation.predecessor) == (2, 1)
+    assert h.service.gate.candidate is None
 
 
 def test_a_candidate_trained_on_inverted_grades_is_rejected_and_rank_keeps_the_old_booster(data) -> None:
@@ -188,7 +191,7 @@ def test_a_gate_that_fails_is_undone_with_the_retrain(data, monkeypatch: pytest.
     assert h.service.ranker.n_updates == 2 and h.service.gate.state_dict() == before
 
 
-def test_gets_models_answers_the_rank_lineage_and_refuses_serving_by_hand(data) -> None:
+def test_gets_models_answers_the_rank_lineage_and_a_rollback_with_nothing_older_is_refused(data) -> None:
     queries, truth = data
     h = gated()
     learn(h, queries[:4], truth, offset=3)
@@ -197,13 +200,30 @@ def test_gets_models_answers_the_rank_lineage_and_refuses_serving_by_hand(data) 
     assert body["rank"] == h.service.lineage_body() and body["rank"]["serving"] == 1
     with pytest.raises(ApiError) as err:
         asyncio.run(routes.rollback(ApiRequest("POST", {"service": "rank"}, {}, None)))
-    assert err.value.status == 409
+    assert err.value.status == 409 and err.value.message == "no version older than 1 is kept (kept: [1])"
 
 
 def test_gate_options_come_from_worker_options(tmp_path: Path) -> None:
-    service = build_service(tmp_path, promotion_margin="0.1", promotion_queries=8, rounds=5)
-    assert service.gate.config == GateConfig(promotion_margin=0.1, promotion_queries=8)
+    service = build_service(
+        tmp_path, promotion_margin="0.1", promotion_queries=8, rollback_margin="0.2", rollback_queries="30",
+        probation_queries=90, keep_versions="4", rounds=5,
+    )  # fmt: skip
+    assert service.gate.config == GateConfig(
+        promotion_margin=0.1, promotion_queries=8, rollback_margin=0.2, rollback_queries=30,
+        probation_queries=90, keep_versions=4,
+    )  # fmt: skip
+    assert service.gate.rule.margin == 0.2 and (service.gate.rule.samples, service.gate.rule.length) == (
+        30,
+        90,
+    )
     assert RankService().gate.config == GateConfig()
-    for bad in ({"promotion_margin": "a lot"}, {"promotion_queries": 0}, {"promotion_margin": 1.5}):
-        with pytest.raises(ValueError, match="promotion_"):
+    for bad, says in (
+        ({"promotion_margin": "a lot"}, "promotion_margin='a lot': expected a number"),
+        ({"promotion_queries": 0}, "promotion_queries must be >= 1"),
+        ({"promotion_margin": 1.5}, "promotion_margin must lie in"),
+        ({"rollback_margin": -0.1}, "rank rollback_margin, rollback_queries, probation_queries"),
+        ({"rollback_queries": "0"}, "rank rollback_margin, rollback_queries, probation_queries"),
+        ({"keep_versions": 1}, "keep_versions must be >= 2"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(says)):
             build_service(tmp_path, **bad)
