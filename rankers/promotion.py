@@ -10,9 +10,10 @@ only train the ranker's newer checkpoints, which are not being judged. Once the 
 not judged), :meth:`streams.lineage.Lineage.gate` decides on the two mean NDCGs with
 ``promotion_margin``; the decision goes into the lineage with its evidence (both NDCGs, the margin,
 the window's query counts and the offsets after which and up to which it was taken). Then the newest
-checkpoint becomes the next candidate. A candidate is not replaced while it waits, so under a steady
-label stream a decision comes every ``promotion_queries`` judged queries; a newer checkpoint that
-arrives meanwhile is skipped, not lost, since the next candidate is trained on its labels too.
+checkpoint becomes the next candidate (after a promotion: once its probation ends). A candidate is
+not replaced while it waits, so under a steady label stream a decision comes every
+``promotion_queries`` judged queries; a newer checkpoint that arrives meanwhile is skipped, not lost,
+since the next candidate is trained on its labels too.
 
 **Too few queries.** With fewer than ``promotion_queries`` judged queries there is no decision: the
 candidate waits for more labels and the serving booster keeps serving (a few queries' NDCG is noisy
@@ -54,8 +55,11 @@ inversion of the grades) old boosters do worse too, and the better fit of the ol
 worse than its predecessor. A drift alarm (:meth:`RankGate.on_drift`) therefore holds the running
 probation while the predecessor does worse too (its mean loss over the window exceeds its own on the
 gate's window by more than ``rollback_margin``); a held probation decides nothing and resumes once
-the predecessor does as before. Rank adapts nothing else on an alarm (``faster`` and
-``warm-restart`` are CTR's).
+the predecessor does as before. Under a lasting change it stays held until it ends trusted after
+``probation_queries`` judged queries, and the next candidate is gated on the changed world. Rank
+adapts nothing else on an alarm (``faster`` and ``warm-restart`` are CTR's). The drift alarm needs
+``DRIFTLINE_DRIFT_WARMUP`` label batches twice over after the start (its baseline, then the test's
+minimum) before it can alarm at all.
 
 **By hand.** ``POST /models/rank/promote|rollback`` serves one of the last ``keep_versions``
 boosters that served (:mod:`rankers.by_hand`); it ends a running probation, restarts the candidate's
