@@ -25,6 +25,8 @@
   the topic like any stream; an outcome whose ``seq`` the state holds is a no-op, so a replay after a
   crash rebuilds exactly the leases and skips that were answered. Expiry is not an outcome: it follows
   from the lease's recorded absolute ``expires_at`` and the clock (see :mod:`rankers.labeling_queue`).
+  A booster served by hand (``POST /models/rank/promote|rollback``) is a ``serve`` outcome keyed by
+  the service name, made the same way (:mod:`rankers.by_hand`, :mod:`rankers.promotion`).
 - A label or outcome for a task not created yet (a replay meets it before its query: Kafka orders
   nothing across topics) is held back in the state (:mod:`rankers.holdback`) and applied when the
   query creates the task: the task's outcomes in arrival order, then its labels, the order they were
