@@ -255,3 +255,138 @@ def test_gate_options_come_from_the_worker_options(tmp_path: Path) -> None:
 def test_bad_gate_options_are_refused_with_a_clear_error(key: str, bad: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         PromotionConfig.pop_from({key: bad})
+
+
+#: GATE with a short probation: a promoted version rolls back when its MSE exceeds its
+#: predecessor's by 10% over 3 windows within 12 windows of its promotion.
+PROBATION = PromotionConfig(
+    candidate_every=4,
+    gate_windows=3,
+    promotion_margin=0.05,
+    rollback_margin=0.1,
+    rollback_windows=3,
+    probation_windows=12,
+)
+
+
+def serving_broken(tmp_path: Path) -> ForecastService:
+    """v2 serves on probation against v1 (promoted after row 20), its frozen copy then broken."""
+    service = ForecastService(SPEC, promotion=PROBATION, checkpoint_root=tmp_path)
+    feed(service, range(21))
+    probation, serving = service.gate.probation, service.gate.serving
+    assert probation is not None and (probation.version, probation.predecessor) == (2, 1)
+    assert serving is not None and serving.version == 2
+    with torch.no_grad():
+        for parameter in serving.learner.net.parameters():  # type: ignore[attr-defined]
+            parameter.mul_(-5.0)
+    return service
+
+
+def test_a_promoted_version_worse_than_its_predecessor_is_rolled_back_and_training_continues_from_it(
+    tmp_path: Path,
+) -> None:
+    service = serving_broken(tmp_path)
+    v1 = copy.deepcopy(service.gate.find(1))
+    assert v1 is not None
+    quiet = feed(service, range(21, 24))  # 3 windows scored; v3 is frozen before row 22 and scored
+    assert all("rolled_back_to" not in r.metrics for r in quiet) and service.model_version() == 2
+    expected = copy.deepcopy(v1.learner)
+    expected.learn(pairs_ending_at(range(24, 25)))  # v1 restored into the learner, then row 24 learned
+    (rolled,) = feed(service, [24])
+    assert rolled.metrics["rolled_back_to"] == 1 and rolled.metrics["rolled_back_from"] == 2
+    assert service.model_version() == 1 and published(rolled).model_version == 1
+    assert np.allclose(published(rolled).values, forecast_from(v1.learner, 24), atol=1e-6)
+    assert np.allclose(forecast_from(service.learner, 24), forecast_from(expected, 24), atol=1e-6)
+    version, event = next((v, e) for v, e in events_with_entries(service) if e["action"] == "rolled_back")
+    assert version == 1 and event["reason"].startswith("v2 did worse than v1 on the same last 3 windows")
+    evidence = event["evidence"]
+    assert evidence["rolled_back_from"] == 2 and evidence["serving"] > evidence["predecessor"] * 1.1
+    assert evidence["window"] == {"samples": 3, "after": None, "to": {PARTITION: 23}}
+    assert service.gate.probation is None and service.gate.trial is None, "v3 learned from v2's time: dropped"
+    feed(service, range(25, 31))  # 4 windows from v1 again, then the next candidate (v3 again) is scored
+    assert events(service)[-1] == (3, "promoted") and service.model_version() == 3
+
+
+def events_with_entries(service: ForecastService) -> list[tuple[int, dict[str, Any]]]:
+    return [(v["version"], e) for v in service.lineage_body()["versions"] for e in v["history"]]
+
+
+def test_probation_state_round_trips_mid_window_and_decides_the_same(tmp_path: Path) -> None:
+    service = serving_broken(tmp_path)
+    feed(service, range(21, 23))
+    assert service.gate.probation is not None and service.gate.probation.evaluated == 2
+    restarted = ForecastService(SPEC, promotion=PROBATION, checkpoint_root=tmp_path)
+    restarted.load_state_dict(copy.deepcopy(service.state_dict()))
+    assert restarted.gate.probation == service.gate.probation
+    assert [f.version for f in restarted.gate.kept] == [1, 2] and restarted.model_version() == 2
+    first, second = feed(service, range(23, 31)), feed(restarted, range(23, 31))
+    assert [r.metrics for r in first] == [r.metrics for r in second]
+    assert any("rolled_back_to" in r.metrics for r in second)
+    assert events(restarted) == events(service)
+
+
+def test_a_drift_alarm_holds_probation_while_the_predecessor_does_worse_too(tmp_path: Path) -> None:
+    service = serving_broken(tmp_path)
+    garbled = VALUES * 8.0  # synthetic: a stretch where every version does far worse than before
+
+    def observe(target: ForecastService, rows: range) -> BatchResult:
+        """``rows`` of the garbled stretch in one micro-batch (a backlog: no candidate is frozen in it)."""
+        target.batch_offsets = {PARTITION: rows[-1]}
+        batch = [Observation(series="a", ts=r * 3600.0, values=garbled[r].tolist()) for r in rows]
+        return target.process(OBSERVATIONS, batch)
+
+    observe(service, range(21, 27))
+    twin = ForecastService(SPEC, promotion=PROBATION, checkpoint_root=tmp_path)
+    twin.load_state_dict(copy.deepcopy(service.state_dict()))  # the same, but hears no alarm
+    service.on_drift("alarm")  # as the runner calls it after the batch
+    probation = service.gate.probation
+    assert probation is not None and probation.held and probation.baseline is not None
+    _, new, old = probation.means()
+    assert new > old * 1.1, "v2 does worse than v1 on the window: a rollback, were it not held"
+    assert old > probation.baseline * 1.1, "and v1 does worse than on the gate's slice: the world changed"
+    held, judged = observe(service, range(27, 28)), observe(twin, range(27, 28))
+    assert "rolled_back_to" not in held.metrics and service.model_version() == 2
+    assert judged.metrics["rolled_back_to"] == 1 and twin.model_version() == 1
+
+
+def test_an_alarm_while_only_the_new_version_breaks_holds_nothing(tmp_path: Path) -> None:
+    service = serving_broken(tmp_path)
+    feed(service, range(21, 23))
+    service.on_drift("warm-restart")
+    assert service.gate.probation is not None and not service.gate.probation.held
+    assert any(r.metrics.get("rolled_back_to") == 1 for r in feed(service, range(23, 25)))
+
+
+def test_a_gate_state_from_before_probation_loads_with_the_serving_version_kept(tmp_path: Path) -> None:
+    service = ForecastService(SPEC, promotion=PROBATION, checkpoint_root=tmp_path)
+    feed(service, range(19))  # v1 serves, v2 is being scored
+    state = copy.deepcopy(service.state_dict())
+    gate = state["gate"]
+    v1 = next(f for f in gate.pop("kept") if f["version"] == 1)
+    del gate["probation"], v1["trained_at"]
+    gate["serving"] = v1  # how the gate saved its serving version before probation
+    old = ForecastService(SPEC, promotion=PROBATION, checkpoint_root=tmp_path)
+    old.load_state_dict(state)
+    assert [f.version for f in old.gate.kept] == [1] and old.model_version() == 1
+    assert old.gate.probation is None and old.gate.trial is not None
+    first, second = feed(service, range(19, 23)), feed(old, range(19, 23))
+    assert [r.metrics for r in first] == [r.metrics for r in second]
+    assert old.gate.probation is not None and (
+        old.gate.probation.version,
+        old.gate.probation.predecessor,
+    ) == (2, 1)
+
+
+def test_a_version_that_does_no_worse_is_trusted_after_its_probation(tmp_path: Path) -> None:
+    config = PromotionConfig(
+        candidate_every=16, gate_windows=3, rollback_margin=1.0, rollback_windows=3, probation_windows=12
+    )
+    service = ForecastService(SPEC, promotion=config, checkpoint_root=tmp_path)
+    feed(service, range(45))  # v1 promoted after row 28, v2 after row 44: on probation from row 45
+    assert events(service) == [(1, "promoted"), (2, "promoted")] and service.gate.probation is not None
+    feed(service, range(45, 57))  # 12 windows scored beside v1
+    probation = service.gate.probation
+    assert probation is not None and probation.evaluated == 12
+    feed(service, [57])
+    assert service.gate.probation is None and service.model_version() == 2
+    assert events(service) == [(1, "promoted"), (2, "promoted")]
