@@ -77,6 +77,8 @@ class Injection:
     #: The newest version when event ``start`` went out, then the one the stretch corrupts.
     armed_at: int | None = None
     corrupting: int | None = None
+    #: The version whose promotion ended the stretch: it learned the flips (the bad update).
+    learned: int | None = None
 
     def flips(self, index: int, timeline: Timeline) -> bool:
         now = time.time()
@@ -93,7 +95,7 @@ class Injection:
             self.corrupting, timeline.corrupt_sent = timeline.newest, now
         if timeline.newest == self.corrupting:
             return True
-        timeline.corrupt_ended = now  # the next version is out: the world is clean again
+        timeline.corrupt_ended, self.learned = now, timeline.newest  # the world is clean again
         return False
 
 
@@ -165,6 +167,28 @@ def replay(
     return timeline
 
 
+def verdicts(timeline: Timeline, injection: Injection) -> list[str]:
+    """Each action judged against the design: the version that learned the corrupted stretch is
+    rolled back, nothing else is; both changes raise the drift alarm (times from each change)."""
+    begun, shift = timeline.corrupt_sent, timeline.shift_sent
+    alarms = [at for at, what in timeline.actions if what.startswith("drift alarm")]
+    lines = []
+    for change, at, until in (("corrupted stretch", begun, shift), ("lasting flip", shift, None)):
+        seen = [a for a in alarms if at and a >= at and (until is None or a < until)]
+        lines.append(f"{change}: " + (f"drift alarm {seen[0] - at:.1f} s in" if seen else "no drift alarm"))
+    learned_rolled = False
+    for entry in timeline.rollbacks:
+        at, bad = entry["at"], entry["evidence"]["rolled_back_from"]
+        if bad == injection.learned and begun and at >= begun and not (shift and at >= shift):
+            learned_rolled = True
+            lines.append(f"as designed: v{bad} (learned the stretch) rolled back {at - begun:.1f} s in")
+        else:
+            lines.append(f"WRONG: v{bad} rolled back ({timeline.since(at)})")
+    if not learned_rolled:
+        lines.append(f"WRONG: v{injection.learned} (learned the corrupted stretch) was not rolled back")
+    return lines
+
+
 def _clock(at: float | None) -> str:
     return time.strftime("%H:%M:%S", time.localtime(at)) if at else "never"
 
@@ -198,10 +222,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{_clock(at)}  {timeline.since(at)}: {what}")
     if not timeline.actions:
         print("no alarm and no rollback seen")
+    for line in verdicts(timeline, injection):
+        print(line)
     begun, ended, shift = timeline.corrupt_sent, timeline.corrupt_ended, timeline.shift_sent
     print(
         f"corrupted stretch sent {_clock(begun)} to {_clock(ended)} "
-        f"(newest version then v{injection.corrupting}); "
+        f"(newest version then v{injection.corrupting}, ended by v{injection.learned}); "
         f"lasting flip from {_clock(shift)}; {timeline.missed_polls} poll(s) unanswered within 5 s"
     )
     return 0

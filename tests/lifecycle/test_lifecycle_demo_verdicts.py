@@ -1,0 +1,38 @@
+"""The demo's own judgement of what the worker did (bench/lifecycle_demo.verdicts), on made-up timelines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.lifecycle_demo import Injection, Timeline, verdicts
+
+
+def rollback(at: float, bad: int) -> dict[str, Any]:
+    return {"action": "rolled_back", "at": at, "reason": "", "evidence": {"rolled_back_from": bad}}
+
+
+def timeline(*rollbacks: dict[str, Any], alarms: tuple[float, ...] = (102.0, 131.5)) -> Timeline:
+    line = Timeline(corrupt_sent=100.0, corrupt_ended=105.0, shift_sent=130.0)
+    line.actions = [(at, f"drift alarm #{i}") for i, at in enumerate(alarms, 1)]
+    line.rollbacks = list(rollbacks)
+    return line
+
+
+def test_the_designed_run_reads_as_designed() -> None:
+    said = verdicts(timeline(rollback(107.3, 11)), Injection(15_000, corrupting=10, learned=11))
+    assert said == [
+        "corrupted stretch: drift alarm 2.0 s in",
+        "lasting flip: drift alarm 1.5 s in",
+        "as designed: v11 (learned the stretch) rolled back 7.3 s in",
+    ]
+
+
+def test_a_clean_rollback_a_kept_bad_version_and_a_flip_rollback_read_wrong() -> None:
+    said = verdicts(
+        timeline(rollback(90.0, 8), rollback(131.7, 13), alarms=(102.5, 147.7)),
+        Injection(15_000, corrupting=10, learned=11),
+    )
+    assert said[:2] == ["corrupted stretch: drift alarm 2.5 s in", "lasting flip: drift alarm 17.7 s in"]
+    assert said[2] == "WRONG: v8 rolled back (before any change)"
+    assert said[3].startswith("WRONG: v13 rolled back (1.7 s after the first shift")
+    assert said[4] == "WRONG: v11 (learned the corrupted stretch) was not rolled back"
