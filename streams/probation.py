@@ -18,10 +18,12 @@ of the last two disjoint windows: a bad update stays worse, a fluctuation rarely
 
 **A changed world is no bad update.** When the world changes (concept drift, or a corrupted stretch
 such as flipped labels) old versions do worse too, and the better fit of the old world can do worse
-than its predecessor: that is no evidence against the update. So a drift alarm *holds* the probation
-while the predecessor does more than ``rollback_margin`` worse on the window than on the gate's
-slice (its ``baseline``); a held probation decides nothing and resumes once the predecessor does as
-before again. Losses are "lower is better" (MSE, logloss, 1 - NDCG).
+than its predecessor: that is no evidence against the update. So after a drift alarm the probation
+is *held* whenever the predecessor does more than ``rollback_margin`` worse on the newest window
+than on the gate's slice (its ``baseline``): judged again at every verdict, since an alarm often
+comes while the window still holds events from before the change, when the predecessor does not
+look worse yet. A held probation decides nothing and resumes once the predecessor does as before
+again. Losses are "lower is better" (MSE, logloss, 1 - NDCG).
 
 Samples are whatever a family counts (impressions, windows, queries), never seconds, and the whole
 probation is plain data in the family's checkpoint, so a replay after a crash decides alike.
@@ -77,6 +79,8 @@ class Probation:
     held: bool = False
     #: ``[samples, version's loss, predecessor's loss]`` per scored step, oldest first.
     window: list[list[float]] = field(default_factory=list)
+    #: A drift alarm was heard: from then on every verdict asks whether the world changed.
+    alarmed: bool = False
 
     def means(self) -> tuple[int, float, float]:
         """Samples in the window and both versions' sample-weighted mean loss (0s when empty)."""
@@ -88,9 +92,10 @@ class Probation:
         return _windows(self.window, rule) or [(0, 0.0, 0.0)]
 
     def verdict(self, rule: RollbackRule) -> Verdict:
-        """Judge the steps scored so far; a held probation resumes first if the world is back."""
-        if self.held and not self.old_worse_too(rule):
-            self.held = False
+        """Judge the steps scored so far; after an alarm, first hold while the world is changed
+        (a held probation resumes once it is back)."""
+        if self.held or self.alarmed:
+            self.held = self.old_worse_too(rule)
         windows = self.windows(rule)
         worse = [samples >= rule.samples and new > old * (1 + rule.margin) for samples, new, old in windows]
         if not self.held and len(worse) == rule.confirm and all(worse):
@@ -107,6 +112,7 @@ class Probation:
 
     def hear_alarm(self, rule: RollbackRule) -> bool:
         """A drift alarm: hold while the predecessor does worse too; True when now held."""
+        self.alarmed = True
         if self.old_worse_too(rule):
             self.held = True
         return self.held
@@ -140,7 +146,8 @@ class Probation:
 
     @classmethod
     def from_state(cls, state: dict[str, Any] | None) -> Probation | None:
-        """Load a checkpointed probation; ones saved before ``baseline``/``held`` existed load too."""
+        """Load a checkpointed probation; ones saved before ``baseline``/``held``/``alarmed``
+        existed load too."""
         if state is None:
             return None
         known = {name: state[name] for name in cls.__dataclass_fields__ if name in state}

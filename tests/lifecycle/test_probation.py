@@ -102,3 +102,13 @@ def test_uneven_steps_fill_both_windows_before_any_is_dropped() -> None:
     assert [w[0] for w in windows] == [130, 140], "newest first, each the fewest steps holding 100"
     assert sum(n for n, _, _ in p.window) == 270, "the oldest step is no window's any more"
     assert p.verdict(CONFIRMED) is Verdict.ROLL_BACK
+
+
+def test_an_alarm_heard_before_the_predecessor_looks_worse_holds_once_it_does() -> None:
+    p = probation(baseline=1.0)
+    p.add(100, 1.02, 1.0, RULE)  # the alarm comes while the window is still from before the change
+    assert not p.hear_alarm(RULE), "the predecessor does as before: nothing to hold yet"
+    p.add(100, 1.6, 1.3, RULE)  # the change reaches the window: both do worse, the new one more
+    assert p.verdict(RULE) is Verdict.WATCH and p.held, "the world changed under both: held"
+    p.add(100, 1.5, 1.0, RULE)  # the world is back and the new version is still worse
+    assert p.verdict(RULE) is Verdict.ROLL_BACK and not p.held
