@@ -34,6 +34,9 @@ SCREENSHOT_VARIABLE = "DRIFTLINE_DASHBOARD_SCREENSHOT"
 #: Small batches and versions every few seconds, so the whole story fits a short test; the drift
 #: threshold is half the default because the corrupted stretch lasts only one swap interval (5 s).
 DRIFT = {"DRIFTLINE_DRIFT_THRESHOLD": "0.5"}
+#: The replay's poller keeps watching the worker this long after the last event is sent (until the
+#: test stops it): a loaded worker lags behind the replay and acts after it has ended.
+WATCH_AFTER_S = 300.0
 OPTIONS = [
     "ctr.batch_size=500",
     "ctr.batch_window_s=0.5",
@@ -61,7 +64,7 @@ def test_an_injected_drift_shows_an_alarm_and_a_rollback_on_the_page(
     sender = threading.Thread(
         target=replay,
         args=(kafka.bootstrap, worker.base, injection),
-        kwargs={"rate": 1000, "limit": 30_000, "settle_s": 0, "stop": stop, "timeline": timeline},
+        kwargs={"rate": 1000, "limit": 30_000, "settle_s": WATCH_AFTER_S, "stop": stop, "timeline": timeline},
     )
     sender.start()
     try:
