@@ -159,14 +159,10 @@ class StatusBoard:
         self.skipped = 0
         self.follower = TopicFollower(bootstrap, [self.topic], self._apply_all, security=security)
 
-    @property
-    def caught_up(self) -> bool:
-        """True once every row the topic held when the board started following has been read."""
-        return self.follower.caught_up.is_set()
-
     def not_read_yet(self) -> str | None:
-        """Why the rows are not complete yet (None once caught up)."""
-        if self.caught_up:
+        """Why the rows are not complete yet: None once every row the topic held when the board
+        started following has been read."""
+        if self.follower.caught_up.is_set():
             return None
         return self.follower.problem or f"{self.topic} is still being read from its start"
 
