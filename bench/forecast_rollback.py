@@ -3,20 +3,27 @@ forecasts served meanwhile.
 
 Real data, synthetic injections. ETTh2's online rows from row 3600 stream through the forecast
 service in its runner (drift alarm included, no Kafka), ``--batch`` observations per micro-batch, a
-DLinear (look-back 60, H=24) warmed up on the train split. Two injections, each on its own copy:
+DLinear (look-back 60, H=24) warmed up on the train split, the default gate and probation options.
+A clean run finds where the gate freezes its first candidate after window ``--after``; then three
+injections, each on its own copy of the stream:
 
-- ``glitch``: the raw values of ``--glitch-rows`` rows (a sensor reporting in other units) are
-  multiplied by ``--factor``, placed so that the stretch covers the last windows a candidate learns
-  and its whole held-back slice: the candidate learns the glitch and passes the gate on glitched
-  windows, then the world is clean again. Probation should roll it back.
-- ``shift``: a lasting level shift of ``--shift`` train-split standard deviations on every channel
-  from the same row on. The drift alarm should rise and nothing be rolled back.
+- ``glitch``: the raw values of the ``--glitch-windows`` windows before that freeze and of the whole
+  held-back slice after it (a sensor reporting in other units) are multiplied by ``--factor`` and
+  trained at ``--boost`` times the learning rate: the candidate learns the glitch and passes the
+  gate on glitched windows, then the world is clean again. Probation should roll it back.
+- ``scale``: no glitch; the same multiplication for good from ``--lasting-after`` windows after
+  that candidate's decision (it is on probation then). Old versions do worse too: the drift alarm
+  should rise, hold that probation, and nothing be rolled back.
+- ``level``: a lasting level shift of ``--shift`` train-split standard deviations on every channel
+  from the same row on (DLinear forecasts relative to its look-back: expect no alarm at all).
 
-Each runs with probation (the default options) and without (``rollback_margin`` infinite). Printed
-per run: alarms (the window each came at), promotions, rollbacks (the window, and windows from the
-bad version's promotion to its rollback), and the MSE of every published forecast against the H
-rows that followed as observed (standardised units), over the whole run and over the windows after
-the injection. One torch thread; obs/s is wall-clock over ``process`` on a shared machine.
+Each runs with probation (the default options) and without (``rollback_margin`` infinite: both
+versions are still scored, nothing is rolled back). Printed per run: alarms (the window each came
+at), promotions, rollbacks (the window, and windows from the bad version's promotion to its
+rollback), the MSE of every published forecast against the H rows that followed as observed
+(standardised units), over the whole run and from the change on (after a glitch: once look-backs
+are clean again), obs/s in ``process`` and the share of it spent freezing and scoring versions.
+One torch thread; wall-clock figures on a shared machine are noisy.
 
     flock /tmp/driftline-bench.lock .venv/bin/python -m bench.forecast_rollback
 """
@@ -38,6 +45,7 @@ import numpy as np
 import torch
 
 from bench.forecast_cadence import SEQ_LEN, TOPIC, etth2_times, load_avg, warm_up
+from bench.forecast_gate import clocked
 from forecasters.data import ETT_SPLIT, Scaler, Series, ett_windows, load_etth2
 from forecasters.learner import Forecaster
 from forecasters.promotion import PromotionConfig
@@ -121,6 +129,8 @@ class Run:
     #: Per published forecast: (its last streamed row, standardised values [H, C]).
     forecasts: list[tuple[int, np.ndarray]] = field(default_factory=list)
     elapsed: float = 0.0
+    #: Seconds in the gate's freezing and scoring (the gate's slice and probation's pairs).
+    gate_time: list[float] = field(default_factory=lambda: [0.0])
 
     @classmethod
     def start(cls, stream: Stream, drift: DriftSettings, **options: Any) -> Run:
@@ -131,7 +141,9 @@ class Run:
         )
         runner = ServiceRunner(service, home / "checkpoints", NullSink(), WorkerMetrics())
         runner.drift = DriftMonitor("forecast", "mse", settings=drift)
-        return cls(service, runner)
+        run = cls(service, runner)
+        clocked(service.gate, ("before_batch", "score"), run.gate_time)
+        return run
 
     @property
     def drift(self) -> DriftMonitor:
@@ -248,7 +260,8 @@ def report(run: Run, raw: np.ndarray, stream: Stream, injection: Injection, prob
         f"promoted {sorted(promoted.items())} rejected {[v for v, _ in run.events('rejected')]} | "
         f"rolled back: {rolled or 'none'} | served MSE {run.served_mse(observed):.4f}, "
         f"after the change {run.served_mse(observed, injection.after):.4f} | "
-        f"{len(raw) / run.elapsed:.0f} obs/s | {load_avg()}"
+        f"{len(raw) / run.elapsed:.0f} obs/s, gate and probation {run.gate_time[0] / run.elapsed:.1%} "
+        f"of it | {load_avg()}"
     )
 
 
