@@ -25,6 +25,13 @@ comes while the window still holds events from before the change, when the prede
 look worse yet. A held probation decides nothing and resumes once the predecessor does as before
 again. Losses are "lower is better" (MSE, logloss, 1 - NDCG).
 
+**A proven version is held by an alarm for good** (``RollbackRule.hold_proven``). A predecessor that
+predicts little (near the base rate) does about as well on a changed world as before, so it cannot
+show the change; the version itself can. Both are frozen: when the version did no worse than the
+margin over a full window before any alarm (*proven*), only the events can have changed when it
+does worse after one. So an alarm holds a proven version's probation until it ends (the next
+promotion, gated on the changed world, replaces it), whatever the predecessor does.
+
 Samples are whatever a family counts (impressions, windows, queries), never seconds, and the whole
 probation is plain data in the family's checkpoint, so a replay after a crash decides alike.
 """
@@ -48,6 +55,8 @@ class RollbackRule:
     length: int
     #: Disjoint windows, the newest last, that must each say "worse" (1: the newest window alone).
     confirm: int = 1
+    #: A drift alarm holds a proven version's probation until it ends (see the module docstring).
+    hold_proven: bool = False
 
     def __post_init__(self) -> None:
         if not self.margin >= 0 or min(self.samples, self.length, self.confirm) < 1:
@@ -81,6 +90,8 @@ class Probation:
     window: list[list[float]] = field(default_factory=list)
     #: A drift alarm was heard: from then on every verdict asks whether the world changed.
     alarmed: bool = False
+    #: A full window said "no worse" before any alarm.
+    proven: bool = False
 
     def means(self) -> tuple[int, float, float]:
         """Samples in the window and both versions' sample-weighted mean loss (0s when empty)."""
@@ -94,9 +105,12 @@ class Probation:
     def verdict(self, rule: RollbackRule) -> Verdict:
         """Judge the steps scored so far; after an alarm, first hold while the world is changed
         (a held probation resumes once it is back)."""
-        if self.held or self.alarmed:
-            self.held = self.old_worse_too(rule)
         windows = self.windows(rule)
+        samples, new, old = windows[0]
+        if not self.alarmed and samples >= rule.samples and new <= old * (1 + rule.margin):
+            self.proven = True
+        if self.held or self.alarmed:
+            self.held = self._changed_world(rule)
         worse = [samples >= rule.samples and new > old * (1 + rule.margin) for samples, new, old in windows]
         if not self.held and len(worse) == rule.confirm and all(worse):
             return Verdict.ROLL_BACK
@@ -113,9 +127,12 @@ class Probation:
     def hear_alarm(self, rule: RollbackRule) -> bool:
         """A drift alarm: hold while the predecessor does worse too; True when now held."""
         self.alarmed = True
-        if self.old_worse_too(rule):
-            self.held = True
+        self.held = self.held or self._changed_world(rule)
         return self.held
+
+    def _changed_world(self, rule: RollbackRule) -> bool:
+        """After an alarm: the predecessor does worse too, or a proven version does worse now."""
+        return self.old_worse_too(rule) or (rule.hold_proven and self.proven)
 
     def old_worse_too(self, rule: RollbackRule) -> bool:
         """The predecessor does more than the margin worse on the newest window than on the gate's
@@ -146,8 +163,8 @@ class Probation:
 
     @classmethod
     def from_state(cls, state: dict[str, Any] | None) -> Probation | None:
-        """Load a checkpointed probation; ones saved before ``baseline``/``held``/``alarmed``
-        existed load too."""
+        """Load a checkpointed probation; ones saved before ``baseline``/``held``/``alarmed``/
+        ``proven`` existed load too."""
         if state is None:
             return None
         known = {name: state[name] for name in cls.__dataclass_fields__ if name in state}

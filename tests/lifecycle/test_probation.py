@@ -112,3 +112,24 @@ def test_an_alarm_heard_before_the_predecessor_looks_worse_holds_once_it_does() 
     assert p.verdict(RULE) is Verdict.WATCH and p.held, "the world changed under both: held"
     p.add(100, 1.5, 1.0, RULE)  # the world is back and the new version is still worse
     assert p.verdict(RULE) is Verdict.ROLL_BACK and not p.held
+
+
+def test_an_alarm_holds_a_proven_version_even_when_the_predecessor_cannot_show_the_change() -> None:
+    proving = RollbackRule(margin=0.05, samples=100, length=1_000, hold_proven=True)
+    for rule, rolls_back in ((RULE, True), (proving, False)):
+        p = probation(baseline=1.0)
+        p.add(100, 0.9, 1.0, rule)  # better than the predecessor on a full window: proven
+        assert p.verdict(rule) is Verdict.WATCH
+        p.add(100, 1.5, 1.0, rule)  # the world changes; the predecessor (near the base rate) does as before
+        assert p.hear_alarm(rule) is not rolls_back
+        assert (p.verdict(rule) is Verdict.ROLL_BACK) is rolls_back
+
+
+def test_an_unproven_version_is_still_rolled_back_after_an_alarm_of_its_own_breakage() -> None:
+    proving = RollbackRule(margin=0.05, samples=100, length=1_000, hold_proven=True)
+    p = probation(baseline=1.0)
+    p.add(50, 1.5, 1.0, proving)
+    assert p.verdict(proving) is Verdict.WATCH and not p.proven, "no full window yet"
+    assert not p.hear_alarm(proving)
+    p.add(50, 1.5, 1.0, proving)
+    assert p.verdict(proving) is Verdict.ROLL_BACK
