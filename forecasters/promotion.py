@@ -222,6 +222,8 @@ class ForecastGate:
 
     # -- probation and automatic rollback --------------------------------------------------------
     def _judge(self, learner: Forecaster) -> dict[str, float]:
+        """The probation's verdict on the pairs scored so far; a rollback serves the predecessor
+        again and restores ``learner`` from it (returned as batch metrics)."""
         probation, serving = self.probation, self.serving
         predecessor = None if probation is None else self.find(probation.predecessor)
         if probation is None or serving is None or predecessor is None:

@@ -436,9 +436,8 @@ class ForecastService(ModelService):
             self.gate = ForecastGate(self.version, self.gate.config)
             if "gate" in state:  # absent before the promotion gate: a fresh lineage, the learner serves
                 self.gate.load_state_dict(state["gate"], self.learner)
-            saved = [
-                parse_record(o, Outcome) for o in state.get("pending", [])
-            ]  # absent before by-hand serving
+            pending = state.get("pending", [])  # absent before versions were served by hand
+            saved = [parse_record(o, Outcome) for o in pending]
             self.pending = {o.seq: o for o in saved if isinstance(o, Outcome)}
 
 
