@@ -17,8 +17,17 @@ class FieldEmbedding(nn.Module):
 
     def __init__(self, fields: int, buckets: int, dim: int, init_std: float) -> None:
         super().__init__()
+        self.fields, self.buckets = fields, buckets
         self.weight = nn.Parameter(torch.randn(fields * buckets, dim) * init_std)
-        self.register_buffer("offsets", torch.arange(fields, dtype=torch.long) * buckets, persistent=False)
+        self.register_buffer("offsets", self.field_offsets(), persistent=False)
+
+    def field_offsets(self) -> torch.Tensor:
+        """The first row of each field, on :attr:`weight`'s device (not saved: derived from the shape).
+
+        A network built on the ``meta`` device and loaded with ``load_state_dict(assign=True)`` has
+        its saved tensors but not these: :func:`models.ctr.serving` sets them again.
+        """
+        return torch.arange(self.fields, dtype=torch.long, device=self.weight.device) * self.buckets
 
     def rows(self, categorical: torch.Tensor) -> torch.Tensor:
         """Row of every ``[batch, field]`` bucket id in :attr:`weight`."""

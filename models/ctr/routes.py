@@ -10,7 +10,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from models.ctr.features import CandidateEncoder, FeatureError, FeatureSpec
+from models.ctr.fast_encoder import FastCandidateEncoder
+from models.ctr.features import FeatureError, FeatureSpec
 from models.ctr.versions import ModelVersion
 from streams.service import ApiError, ApiRequest, ApiResponse, Route
 
@@ -43,7 +44,7 @@ class CtrRoutes:
         inline: bool = False,
     ) -> None:
         self.model = model
-        self.encoder = CandidateEncoder(spec)
+        self.encoder = FastCandidateEncoder(spec)
         self.max_candidates = max_candidates
         self.serving = serving
         self.versions = versions

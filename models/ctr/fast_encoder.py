@@ -1,0 +1,110 @@
+"""``/ctr/score``'s candidates to a :class:`CtrBatch` in a few list passes, for well-formed requests.
+
+:class:`~models.ctr.features.CandidateEncoder` checks and writes each value in a Python loop of its
+own (0.41 ms for 100 MovieLens candidates, measured: a sixth of a replica's CPU per request in hot
+loops). Nearly every request is well formed, so :class:`FastCandidateEncoder` checks whole requests
+at once (key sets, the types of all values in one set, finiteness in one numpy pass) and only hands
+a request that fails a check to ``CandidateEncoder``, whose error names the candidate and field. A
+request it accepts gives the same tensors as ``CandidateEncoder`` would (tested on valid and invalid
+candidates alike).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.ctr.features import CANDIDATE_KEYS, BucketMemo, CandidateEncoder, CtrBatch, FeatureSpec
+
+_EMPTY: dict[str, Any] = {}
+_DICT = frozenset({dict})
+#: What ``json.loads`` gives for a JSON number (``bool`` is no number here, as in CandidateEncoder).
+_NUMBER_TYPES = frozenset({float, int})
+
+
+class FastCandidateEncoder:
+    """:meth:`encode` like ``CandidateEncoder.encode``: same batch, same :class:`FeatureError`."""
+
+    def __init__(self, spec: FeatureSpec, memo_size: int = 1_000_000) -> None:
+        self.spec = spec
+        self.checked = CandidateEncoder(spec, memo_size)  # the slow path: any request it must refuse
+        self._categorical, self._dense = frozenset(spec.categorical), frozenset(spec.dense)
+        self._bucket = BucketMemo(spec.buckets, memo_size)
+
+    def encode(self, candidates: Sequence[Any]) -> CtrBatch:
+        """Encode ``candidates``; raise :class:`FeatureError` starting ``candidate <index>:``."""
+        batch = self._encode_well_formed(candidates)
+        return batch if batch is not None else self.checked.encode(candidates)
+
+    def _encode_well_formed(self, candidates: Sequence[Any]) -> CtrBatch | None:
+        """The batch, or None if any candidate breaks a rule (``CandidateEncoder`` then says which)."""
+        maps = self._feature_maps(candidates)
+        if maps is None:
+            return None
+        ids = self._bucket_ids(maps[0])
+        values = self._dense_values(maps[1])
+        if ids is None or values is None:
+            return None
+        rows = len(candidates)
+        return CtrBatch(
+            torch.from_numpy(np.array(ids, np.int64).reshape(rows, len(self.spec.categorical))),
+            torch.from_numpy(values.astype(np.float32).reshape(rows, len(self.spec.dense))),
+        )
+
+    def _feature_maps(self, candidates: Sequence[Any]) -> tuple[list[Any], list[Any]] | None:
+        """Every candidate's two maps if all have the right shape and field names, else None.
+
+        Checked for the whole request at once (a set of types, a union of key sets): a check per
+        candidate cost as much as the rest of the encoding.
+        """
+        if {type(candidate) for candidate in candidates} != {dict}:
+            return None
+        if not set().union(*candidates) <= CANDIDATE_KEYS:
+            return None
+        categoricals = [candidate.get("categorical", _EMPTY) for candidate in candidates]
+        denses = [candidate.get("dense", _EMPTY) for candidate in candidates]
+        if not {type(m) for m in categoricals} | {type(m) for m in denses} <= _DICT:
+            return None
+        if not (set().union(*categoricals) <= self._categorical and set().union(*denses) <= self._dense):
+            return None
+        if 0 in map(operator.add, map(len, categoricals), map(len, denses)):
+            return None  # a candidate with no feature at all
+        return categoricals, denses
+
+    def _bucket_ids(self, categoricals: list[dict[str, Any]]) -> list[int] | None:
+        """Bucket ids row by row in spec order (0: field missing); None if a value is no string.
+
+        ``dict.get`` gives None both for a missing field and for an explicit JSON null, so a request
+        holding more Nones than missing fields has a null and is refused.
+        """
+        names = self.spec.categorical
+        values = [categorical.get(name) for categorical in categoricals for name in names]
+        missing = len(values) - sum(map(len, categoricals))
+        if values.count(None) != missing:
+            return None
+        known = self._bucket.known  # only strings and None are keys: a hit is a known string
+        try:
+            return [known[value] for value in values]
+        except (KeyError, TypeError):  # a value not seen yet, or one that is no string
+            if any(value is not None and type(value) is not str for value in values):
+                return None
+            return [self._bucket(value) for value in values]
+
+    def _dense_values(self, denses: list[dict[str, Any]]) -> np.ndarray | None:
+        """Dense values row by row in spec order as float64 (NaN: missing); None unless every given
+        value is a finite JSON number."""
+        names = self.spec.dense
+        numbers = [dense.get(name, math.nan) for dense in denses for name in names]
+        if not {type(number) for number in numbers} <= _NUMBER_TYPES:
+            return None
+        try:
+            values = np.array(numbers, np.float64)
+        except OverflowError:  # an integer beyond float range
+            return None
+        given = sum(map(len, denses))
+        return values if int(np.isfinite(values).sum()) == given else None
