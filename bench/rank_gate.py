@@ -1,36 +1,44 @@
 """What the rank promotion gate costs and protects, on MQ2008 (real queries and grades).
 
 A label stream of one query per batch (annotators' labels arrive one by one) trains one
-:class:`~rankers.lambdamart.LambdaMARTRanker`, watched by several gates at once (a gate never changes
-what the ranker trains on, so they share its checkpoints). Every 5 labels the held-back test queries
+:class:`~rankers.lambdamart.LambdaMARTRanker`, watched by several gates at once, without probation
+(``probation_queries=0``: a gate alone never changes what the ranker trains on, so they share its
+checkpoints). Every 5 labels the held-back test queries
 (200, never streamed) are ranked by the newest checkpoint and by each gate's serving booster.
-``--invert A B``: labels A..B-1 get their grades turned upside down (a synthetic corruption, 2 - g),
-to see how long an ungated service would serve what they taught. Deterministic per ``--seed``.
+``--invert A B``: labels A..B-1 get their grades turned upside down (a synthetic corruption, 2 - g;
+with ``--mirror`` each query's grades handed out in reverse order instead,
+:func:`rankers.inversion.mirror_grades`), to see how long an ungated service would serve what they
+taught. Deterministic per ``--seed``.
 
 Probation: two more rankers learn the same stream behind the default gate (``--margins`` and
-``--queries`` do not apply to them), one with probation and automatic rollback
-(:meth:`~rankers.promotion.RankGate.watch` before every retrain) and one without; a rollback
-quarantines labels, so each needs its own ranker. For each rollback the table says which version
-was rolled back and how many labeled queries it served from its promotion to the rollback.
+``--queries`` do not apply to them), one with the default probation and automatic rollback
+(:meth:`~rankers.promotion.RankGate.watch` before every retrain, and a drift alarm on its
+progressive NDCG@10 as the runner feeds it, which holds the probation) and one without
+(``probation_queries=0``); a rollback quarantines labels, so each needs its own ranker. For each
+rollback the table says which version was rolled back and how many labeled queries it served from
+its promotion to the rollback.
 
     .venv/bin/python bench/rank_gate.py                         # clean stream, seed 0
     .venv/bin/python bench/rank_gate.py --invert 100 140        # 40 inverted labels
-    .venv/bin/python bench/rank_gate.py --invert 100 125 --batch 5   # five labels per retrain
+    .venv/bin/python bench/rank_gate.py --invert 100 125 --batch 5 --mirror   # five labels per retrain
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from rankers.data import QueryBatch
+from rankers.inversion import mirror_grades
 from rankers.lambdamart import LambdaMARTRanker
 from rankers.metrics import mean_metrics
 from rankers.mq2008 import load_mq2008
-from rankers.promotion import GateConfig, RankGate
+from rankers.promotion import METRIC, GateConfig, RankGate
+from streams.drift import DriftMonitor, DriftSettings
 
 TEST_QUERIES = 200
 EVERY = 5
@@ -51,9 +59,11 @@ class Tally:
 class Probed:
     """A ranker of its own behind the default gate, with or without probation, and its rollbacks."""
 
-    probation: bool
     ranker: LambdaMARTRanker
-    gate: RankGate = field(default_factory=RankGate)
+    gate: RankGate
+    drift: DriftMonitor = field(default_factory=lambda: DriftMonitor("rank", METRIC, True, DriftSettings()))
+    #: Label index of each drift alarm.
+    alarms: list[int] = field(default_factory=list)
     ndcg: list[float] = field(default_factory=list)
     #: Label index at which each serving version was promoted.
     promoted_at: dict[int, int] = field(default_factory=dict)
@@ -62,20 +72,26 @@ class Probed:
 
     def learn(self, batch: QueryBatch, i: int) -> None:
         was = self.gate.serving_version
-        if self.probation and self.gate.watch(self.ranker, batch).get("gate_rolled_back"):
+        if self.gate.watch(self.ranker, batch).get("gate_rolled_back"):
             self.rollbacks.append((was, self.promoted_at[was], i))
-        self.ranker.learn(batch)
+        metrics = self.ranker.learn(batch)
         if self.gate.retrained(self.ranker, batch, {"labels:0": i}, float(i)).get("gate_promoted") == 1.0:
             self.promoted_at[self.gate.serving_version] = i
+        if self.drift.observe(metrics):  # what the runner does after each batch
+            self.alarms.append(i)
+            self.gate.on_drift(self.drift.settings.action)
 
 
-def labeled(data: QueryBatch, q: list[int], inverted: bool) -> QueryBatch:
-    """Queries ``q`` of ``data``, their grades turned upside down when ``inverted`` (synthetic)."""
-    batch = data.select(q)
-    if not inverted:
-        return batch
+def complement_grades(batch: QueryBatch) -> QueryBatch:
+    """Grades turned upside down as 2 - g (synthetic)."""
     assert batch.grades is not None
     return QueryBatch(batch.features, batch.offsets, batch.query_ids, MQ2008_MAX_GRADE - batch.grades)
+
+
+def labeled(data: QueryBatch, q: list[int], invert: Callable[[QueryBatch], QueryBatch] | None) -> QueryBatch:
+    """Queries ``q`` of ``data``, their grades corrupted by ``invert`` when given."""
+    batch = data.select(q)
+    return batch if invert is None else invert(batch)
 
 
 def main() -> None:
@@ -86,24 +102,28 @@ def main() -> None:
     parser.add_argument("--margins", type=float, nargs="+", default=[0.02, 0.05, 0.1])
     parser.add_argument("--queries", type=int, nargs="+", default=[10, 20], help="promotion_queries")
     parser.add_argument("--batch", type=int, default=1, help="labeled queries per retrain")
+    parser.add_argument("--mirror", action="store_true", help="invert by mirror_grades instead of 2 - g")
     args = parser.parse_args()
     data = load_mq2008()
     order = np.random.default_rng(args.seed).permutation(data.n_queries)
     test = data.select(order[:TEST_QUERIES])
     stream = order[TEST_QUERIES : TEST_QUERIES + args.labels]
     tallies = {
-        (m, q): Tally(RankGate(GateConfig(promotion_margin=m, promotion_queries=q)))
+        (m, q): Tally(RankGate(GateConfig(promotion_margin=m, promotion_queries=q, probation_queries=0)))
         for m in args.margins
         for q in args.queries
     }
     ranker = LambdaMARTRanker(rounds=100, committee_size=4, seed=args.seed)
     probed = [
-        Probed(on, LambdaMARTRanker(rounds=100, committee_size=4, seed=args.seed)) for on in (True, False)
+        Probed(LambdaMARTRanker(rounds=100, committee_size=4, seed=args.seed), RankGate(config))
+        for config in (GateConfig(), GateConfig(probation_queries=0))
     ]
+    invert = mirror_grades if args.mirror else complement_grades
     newest: list[float] = []
     for start in range(0, len(stream), args.batch):
         i = min(start + args.batch, len(stream)) - 1  # the batch's last label
-        batch = labeled(data, list(stream[start : i + 1]), args.invert[0] <= start < args.invert[1])
+        inverted = args.invert[0] <= start < args.invert[1]
+        batch = labeled(data, list(stream[start : i + 1]), invert if inverted else None)
         ranker.learn(batch)
         for tally in tallies.values():
             decided = tally.gate.retrained(ranker, batch, {"labels:0": i}, float(i)).get("gate_promoted")
@@ -129,8 +149,10 @@ def main() -> None:
 def report(args: argparse.Namespace, newest: list[float], tallies: dict[tuple[float, int], Tally]) -> None:
     a, b = args.invert
     hurt = slice(a // EVERY, (b + 40) // EVERY)  # the inverted stretch and 40 labels after it
+    how = "mirrored" if args.mirror else "2 - g"
     print(
-        f"MQ2008, {args.labels} labels {args.batch} per batch, seed {args.seed}, inverted labels [{a}, {b})"
+        f"MQ2008, {args.labels} labels {args.batch} per batch, seed {args.seed}, "
+        f"labels [{a}, {b}) inverted ({how})"
     )
     print(f"held-out NDCG@10 ({TEST_QUERIES} queries), mean over evaluations every {EVERY} labels")
     print("| serving | promoted | rejected | whole run | labels a..b+40 | final |")
@@ -152,15 +174,17 @@ def report_probation(args: argparse.Namespace, probed: list[Probed]) -> None:
         f"load average {os.getloadavg()[0]:.1f}"
     )
     print(
-        "| serving | rollbacks (version: labels from its promotion to the rollback) | whole run "
-        "| labels a..b+40 | final |"
+        "| serving | rollbacks (version: labels from its promotion to the rollback) "
+        "| drift alarms at label | whole run | labels a..b+40 | final |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     for run in probed:
+        probation = run.gate.config.probation_queries > 0
+        alarms = ", ".join(map(str, run.alarms)) if probation else "-"
         rolled = ", ".join(f"v{v}: {end - start} (labels {start}-{end})" for v, start, end in run.rollbacks)
-        name = "gate + probation" if run.probation else "gate only"
-        print(f"| {name} | {rolled or '-'} | {np.mean(run.ndcg):.4f} | {np.mean(run.ndcg[hurt]):.4f} "
-              f"| {run.ndcg[-1]:.4f} |")  # fmt: skip
+        name = "gate + probation" if probation else "gate only"
+        print(f"| {name} | {rolled or '-'} | {alarms or '-'} | {np.mean(run.ndcg):.4f} "
+              f"| {np.mean(run.ndcg[hurt]):.4f} | {run.ndcg[-1]:.4f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -119,7 +119,8 @@ class GateConfig(OptionConfig):
     rollback_margin: float = 0.15
     #: ... over the last this many judged labeled queries: then the predecessor serves again.
     rollback_queries: int = 40
-    #: Judged labeled queries a promoted booster is compared with its predecessor before it is trusted.
+    #: Judged labeled queries a promoted booster is compared with its predecessor before it is trusted
+    #: (0: no probation, the gate alone: a candidate every ``promotion_queries``, no rollback).
     probation_queries: int = 60
     #: Boosters that served kept to serve again (a rollback, or by hand), the serving one included.
     keep_versions: int = 3
@@ -137,7 +138,9 @@ class GateConfig(OptionConfig):
     def rule(self) -> RollbackRule:
         """The probation's rule; a ValueError names the rank options when they do not make one."""
         try:
-            return RollbackRule(self.rollback_margin, self.rollback_queries, self.probation_queries)
+            if self.probation_queries < 0:
+                raise ValueError(f"probation_queries must be >= 0, got {self.probation_queries}")
+            return RollbackRule(self.rollback_margin, self.rollback_queries, max(self.probation_queries, 1))
         except ValueError as exc:
             raise ValueError(f"rank rollback_margin, rollback_queries, probation_queries: {exc}") from None
 
@@ -341,7 +344,7 @@ class RankGate:
             lower_is_better=False,
         )
         passed = self._gate(candidate, evidence)
-        if passed:
+        if passed and self.config.probation_queries:
             assert evidence.serving is not None
             self.probation = Probation(candidate.version, serving.version, now, 1 - evidence.serving)
             self.promoted_labels, self.promoted_offsets = self.labels, dict(offsets)

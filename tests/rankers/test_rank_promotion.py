@@ -224,6 +224,18 @@ def test_gate_options_come_from_worker_options(tmp_path: Path) -> None:
         ({"rollback_margin": -0.1}, "rank rollback_margin, rollback_queries, probation_queries"),
         ({"rollback_queries": "0"}, "rank rollback_margin, rollback_queries, probation_queries"),
         ({"keep_versions": 1}, "keep_versions must be >= 2"),
+        ({"probation_queries": -1}, "probation_queries must be >= 0"),
     ):
         with pytest.raises(ValueError, match=re.escape(says)):
             build_service(tmp_path, **bad)
+
+
+def test_without_probation_the_gate_takes_the_next_candidate_at_once(data) -> None:
+    queries, truth = data
+    h = gated(promotion_margin=0.0, probation_queries=0)  # the gate alone, as before probation
+    learn(h, queries[:1], truth, offset=0)
+    learn(h, queries[1:16], truth, offset=15)
+    learn(h, queries[16:21], truth, offset=20)
+    gate = h.service.gate
+    assert gate.serving_version == 2 and gate.probation is None
+    assert gate.candidate is not None and gate.candidate.version == 3, "the newest checkpoint, at once"
