@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -124,6 +126,22 @@ def _last_offsets(items: Sequence[_Item]) -> dict[str, int]:
     return last
 
 
+@functools.cache
+def _detector_import() -> threading.Thread:
+    """The drift detector's library (river) being imported in a thread, started once per process.
+
+    Imported on first use (1.5 s on a quiet machine), it stalled the batch that ended the detector's
+    warm-up inside the training lock: a quarter of the busy samples of a ctr worker draining
+    50,000 impressions (py-spy). Started with the runner, it overlaps the connection and the group
+    join, and :meth:`ServiceRunner.assign` waits for it: a one-off start-up cost, paid before the
+    first batch. A throwaway monitor builds the detector, so the runners' own keep their state.
+    """
+    spare = DriftMonitor("preload", "error")
+    thread = threading.Thread(target=spare._detector_now, name="drift-import", daemon=True)
+    thread.start()
+    return thread
+
+
 @dataclass(slots=True)
 class _Item:
     event: Event
@@ -197,6 +215,7 @@ class ServiceRunner:
         service.restoring = True
         #: The drift alarm on the service's error stream; its state is checkpointed with the service.
         self.drift = None if self.keyed else DriftMonitor.for_service(service.name)
+        self._detector_import = None if self.drift is None else _detector_import()
 
     # -- restoring -----------------------------------------------------------------------------
     def restore(self) -> int | None:
@@ -252,6 +271,8 @@ class ServiceRunner:
                 # Taking over a shared model: start from what the last owner checkpointed.
                 await asyncio.to_thread(self.restore)
             await asyncio.to_thread(self._take_snapshot)
+            if assigned and self._detector_import is not None:
+                await asyncio.to_thread(self._detector_import.join)
             self.service.owned = self.service.owned | {p for _, p in assigned}
             self.service.restoring = False
         return {

@@ -14,7 +14,7 @@ from streams.keyed import partition_for
 from streams.metrics import WorkerMetrics
 from streams.runner import CheckpointPolicy, Incoming, ServiceRunner
 from streams.schemas import Observation, Record
-from streams.service import BatchResult, Output
+from streams.service import BatchResult, ModelService, Output, Subscription
 from streams.tally import TallyService
 from streams.topics import topic_name
 
@@ -301,3 +301,46 @@ def test_run_locked_waits_for_a_batch_without_blocking_the_event_loop():
     result, ticked = asyncio.run(scenario())
     batch.join()
     assert result == 0 and ticked < 1.0
+
+
+class SharedEcho(ModelService):
+    """A shared (not keyed) service named like one with a drift detector; it learns nothing."""
+
+    name = "forecast"
+
+    def subscriptions(self) -> list[Subscription]:
+        return [Subscription(topic_name("observations"), Observation)]
+
+    def process(self, topic: str, records: list[Record]) -> BatchResult:
+        return BatchResult()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+
+def test_a_shared_service_takes_its_partitions_once_its_drift_detector_is_imported(tmp_path, monkeypatch):
+    """The detector's library (seconds to import) loads before the first batch, not inside the
+    batch that ends the detector's warm-up."""
+    import threading
+
+    import streams.runner as runner_module
+
+    release = threading.Event()
+    importing = threading.Thread(target=release.wait, args=(5,))  # stands in for the slow import
+    importing.start()
+    monkeypatch.setattr(runner_module, "_detector_import", lambda: importing)
+    runner = ServiceRunner(SharedEcho(), tmp_path, ListSink(), WorkerMetrics(), EVERY_BATCH)
+    assert runner.drift is not None
+
+    async def scenario() -> dict[tuple[str, int], int | None]:
+        assigned = asyncio.ensure_future(runner.assign([(topic_name("observations"), 0)], 1))
+        await asyncio.sleep(0.2)
+        assert not assigned.done() and not runner.service.owned
+        release.set()
+        return await asyncio.wait_for(assigned, 5)
+
+    assert run(scenario()) == {(topic_name("observations"), 0): None}
+    assert runner.service.owned == {0}
