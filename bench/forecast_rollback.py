@@ -25,7 +25,9 @@ rollback), the MSE of every published forecast against the H rows that followed 
 are clean again), obs/s in ``process`` and the share of it spent freezing and scoring versions.
 One torch thread; wall-clock figures on a shared machine are noisy.
 
-    flock /tmp/driftline-bench.lock .venv/bin/python -m bench.forecast_rollback
+    flock /tmp/driftline-bench.lock .venv/bin/python -m bench.forecast_rollback   # ~1 min at load ~8
+    # false rollbacks on clean data at other settings, e.g.:
+    .venv/bin/python -m bench.forecast_rollback --rows 6000 --only clean --probation 0.05/48
 """
 
 from __future__ import annotations
@@ -265,6 +267,12 @@ def report(run: Run, raw: np.ndarray, stream: Stream, injection: Injection, prob
     )
 
 
+def probation_options(text: str) -> dict[str, float]:
+    """``MARGIN/WINDOWS`` as probation options."""
+    margin, _, windows = text.partition("/")
+    return {"rollback_margin": float(margin), "rollback_windows": int(windows)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -280,6 +288,13 @@ def main() -> None:
     parser.add_argument("--lasting-after", type=int, default=23, help="windows after the glitch's decision")
     parser.add_argument("--shift", type=float, default=2.0, help="level shift in train-split std")
     parser.add_argument("--epochs", type=int, default=1, help="warm-up epochs")
+    parser.add_argument(
+        "--probation",
+        type=probation_options,
+        default={},
+        help="MARGIN/WINDOWS: rollback_margin and rollback_windows of the runs with probation",
+    )
+    parser.add_argument("--only", nargs="+", help="only these runs (clean, glitch, scale, level)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     stream = Stream.load(args.epochs)
@@ -294,9 +309,11 @@ def main() -> None:
     freeze = next(w for w in frozen if w > args.after)
     print(f"glitch around the candidate frozen at window {freeze}", flush=True)
     for injection in injections(stream, freeze, args):
+        if args.only and injection.name not in args.only:
+            continue
         raw = stream.values(row_of(args.rows) + 1, injection.change)
         for probation in (True, False):
-            run = Run.start(stream, DRIFT, **({} if probation else NO_PROBATION))
+            run = Run.start(stream, DRIFT, **(args.probation if probation else NO_PROBATION))
             run.feed(stream, raw, args.batch, injection.boosted, args.boost)
             print(report(run, raw, stream, injection, probation), flush=True)
 
