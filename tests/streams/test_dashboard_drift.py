@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.lifecycle_demo import Injection, Timeline, replay
 from streams.client import get_json
 from tests.rankers.test_labeling_page import browser  # noqa: F401 - the shared headless Chromium
-from tests.streams.test_dashboard import SERVICE_STATE, _wait_for
+from tests.streams.test_dashboard import SERVICE_STATE
 
 T = TypeVar("T")
 
@@ -66,15 +66,18 @@ def test_an_injected_drift_shows_an_alarm_and_a_rollback_on_the_page(
         args=(kafka.bootstrap, worker.base, injection),
         kwargs={"rate": 1000, "limit": 30_000, "settle_s": WATCH_AFTER_S, "stop": stop, "timeline": timeline},
     )
+    page = PageWatch(browser)
     sender.start()
     try:
         bad = _wait_until(lambda: _bad_update_rolled_back(timeline), timeline, worker.base)
         alarms = _wait_until(lambda: _alarms_after_corruption(timeline), timeline, worker.base)
-        stop.set()  # no more batches: the alarm stays in force (it holds for a number of batches)
-        seen = _wait_for(browser, SERVICE_STATE, lambda s: bad["reason"] in s["versions"], "ctr")
-        seen = _wait_for(browser, SERVICE_STATE, lambda s: s["drift"].startswith("drift alarm"), "ctr")
+        stop.set()  # no more events: the worker has acted on the stretch
+        seen = page.first(lambda state: bad["reason"] in state["versions"])
+        page.first(lambda state: state["drift"].startswith("drift alarm"))  # the badge, while it held
+        page.stop()
         assert browser.save_screenshot(os.environ.get(SCREENSHOT_VARIABLE) or str(tmp_path / "drift.png"))
     finally:
+        page.stop()
         stop.set()
         sender.join(30)
     assert "rolled_back at" in seen["versions"]
@@ -93,6 +96,46 @@ def test_an_injected_drift_shows_an_alarm_and_a_rollback_on_the_page(
         f"the flips) promoted at {evidence['promoted_at'] - begun:.1f} s, "
         f"rolled back at {bad['at'] - begun:.1f} s"
     )
+
+
+class PageWatch:
+    """Every state of ``ctr`` on the page, read every 0.5 s from a thread of its own until :meth:`stop`.
+
+    The drift badge says "drift alarm" while the alarm holds, a number of batches: a worker that
+    lags behind the replay applies them quickly once the replay stops, possibly before the test
+    looks. So every state read is kept, and the test asks whether one of them showed the badge.
+    """
+
+    def __init__(self, browser_: Any) -> None:
+        self.browser = browser_
+        self.states: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            state = self.browser.execute_script(SERVICE_STATE, "ctr")
+            if state is not None:
+                self.states.append(state)
+
+    def first(self, shows: Callable[[dict[str, Any]], bool], timeout_s: float = 60.0) -> dict[str, Any]:
+        """The first state read since the watch began that ``shows``; fail if none has in ``timeout_s``."""
+        deadline, checked = time.monotonic() + timeout_s, 0
+        while True:
+            read = self.states[checked:]
+            found = next((state for state in read if shows(state)), None)
+            if found is not None:
+                return found
+            checked += len(read)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the page never got there; last seen: {self.states[-1:]}")
+            time.sleep(0.25)
+
+    def stop(self) -> None:
+        """Stop reading the page (the browser is the caller's again once this returns)."""
+        self._stop.set()
+        self._thread.join(10)
 
 
 def _bad_update_rolled_back(timeline: Timeline) -> dict[str, Any] | None:
