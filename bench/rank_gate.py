@@ -67,13 +67,13 @@ class Probed:
     ndcg: list[float] = field(default_factory=list)
     #: Label index at which each serving version was promoted.
     promoted_at: dict[int, int] = field(default_factory=dict)
-    #: (rolled-back version, label index of its promotion, label index of the rollback).
+    #: (rolled-back version, last label learned when it was promoted, last when it was rolled back).
     rollbacks: list[tuple[int, int, int]] = field(default_factory=list)
 
     def learn(self, batch: QueryBatch, i: int) -> None:
         was = self.gate.serving_version
         if self.gate.watch(self.ranker, batch).get("gate_rolled_back"):
-            self.rollbacks.append((was, self.promoted_at[was], i))
+            self.rollbacks.append((was, self.promoted_at[was], i - batch.n_queries))
         metrics = self.ranker.learn(batch)
         if self.gate.retrained(self.ranker, batch, {"labels:0": i}, float(i)).get("gate_promoted") == 1.0:
             self.promoted_at[self.gate.serving_version] = i
@@ -181,7 +181,9 @@ def report_probation(args: argparse.Namespace, probed: list[Probed]) -> None:
     for run in probed:
         probation = run.gate.config.probation_queries > 0
         alarms = ", ".join(map(str, run.alarms)) if probation else "-"
-        rolled = ", ".join(f"v{v}: {end - start} (labels {start}-{end})" for v, start, end in run.rollbacks)
+        rolled = ", ".join(
+            f"v{v}: {end - start} (labels {start + 1}-{end})" for v, start, end in run.rollbacks
+        )
         name = "gate + probation" if probation else "gate only"
         print(f"| {name} | {rolled or '-'} | {alarms or '-'} | {np.mean(run.ndcg):.4f} "
               f"| {np.mean(run.ndcg[hurt]):.4f} | {run.ndcg[-1]:.4f} |")  # fmt: skip
