@@ -19,6 +19,7 @@ from forecasters.service import ForecastService, build_service
 from forecasters.serving import build_serving
 from forecasters.zoo import ForecasterSpec
 from streams.lifecycle_routes import LifecycleRoutes
+from streams.probation import RollbackRule
 from streams.schemas import Forecast, Observation, Outcome
 from streams.service import ApiError, ApiRequest, BatchResult, Output
 from streams.topics import topic_name
@@ -232,9 +233,21 @@ def test_get_models_shows_the_lineage_and_kept_versions_serve_by_hand(tmp_path: 
 
 
 def test_gate_options_come_from_the_worker_options(tmp_path: Path) -> None:
-    options = {"candidate_every": "100", "gate_windows": 16, "promotion_margin": "0.1"}
-    service = build_service(tmp_path, kind="dlinear", seq_len=8, horizon=3, channels=2, **options)
-    assert service.gate.config == PromotionConfig(candidate_every=100, gate_windows=16, promotion_margin=0.1)
+    options = {"candidate_every": "100", "gate_windows": 16, "promotion_margin": "0.1", "keep_versions": "4"}
+    probation = {"rollback_margin": "0.2", "rollback_windows": "50", "probation_windows": 300}
+    service = build_service(
+        tmp_path, kind="dlinear", seq_len=8, horizon=3, channels=2, **options, **probation
+    )
+    assert service.gate.config == PromotionConfig(
+        candidate_every=100,
+        gate_windows=16,
+        promotion_margin=0.1,
+        rollback_margin=0.2,
+        rollback_windows=50,
+        probation_windows=300,
+        keep_versions=4,
+    )
+    assert service.gate.rule == RollbackRule(margin=0.2, samples=50, length=300)
     assert build_service(tmp_path, kind="dlinear", seq_len=8, horizon=3, channels=2).gate.config == (
         PromotionConfig()
     )
@@ -250,6 +263,10 @@ def test_gate_options_come_from_the_worker_options(tmp_path: Path) -> None:
         ("candidate_every", True, "candidate_every must be an integer >= 1, got True"),
         ("promotion_margin", "-0.1", "promotion_margin must be a number >= 0, got -0.1"),
         ("promotion_margin", "nan", "promotion_margin must be a number >= 0, got nan"),
+        ("rollback_margin", "-0.5", "rollback_margin must be a number >= 0, got -0.5"),
+        ("rollback_windows", "0", "rollback_windows must be an integer >= 1, got 0"),
+        ("probation_windows", 1.5, "probation_windows must be an integer >= 1, got 1.5"),
+        ("keep_versions", "1", "keep_versions must be an integer >= 2, got 1"),
     ],
 )
 def test_bad_gate_options_are_refused_with_a_clear_error(key: str, bad: object, message: str) -> None:
