@@ -14,7 +14,7 @@ import torch
 
 from forecasters.batch import WindowBatch
 from forecasters.learner import Forecaster, forecast_errors
-from forecasters.promotion import PromotionConfig
+from forecasters.promotion import NotKept, PromotionConfig
 from forecasters.service import ForecastService, build_service
 from forecasters.serving import build_serving
 from forecasters.zoo import ForecasterSpec
@@ -407,3 +407,12 @@ def test_a_version_that_does_no_worse_is_trusted_after_its_probation(tmp_path: P
     feed(service, [57])
     assert service.gate.probation is None and service.model_version() == 2
     assert events(service) == [(1, "promoted"), (2, "promoted")]
+
+
+def test_only_the_last_keep_versions_promoted_versions_are_kept(tmp_path: Path) -> None:
+    service = ForecastService(SPEC, promotion=GATE, checkpoint_root=tmp_path)
+    feed(service, range(37))
+    promoted = [v for v, action in events(service) if action == "promoted"]
+    assert promoted == [1, 2, 4, 5, 6] and [f.version for f in service.gate.kept] == [4, 5, 6]
+    with pytest.raises(NotKept, match=r"version 2 is not kept \(kept: \[4, 5, 6\]\)"):
+        service.gate.target("promoted", 2)
