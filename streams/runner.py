@@ -118,12 +118,14 @@ def _excerpt(value: bytes) -> str:
 
 
 def _last_offsets(items: Sequence[_Item]) -> dict[str, int]:
-    """The highest offset per ``topic:partition`` among ``items``."""
-    last: dict[str, int] = {}
+    """The highest offset per ``topic:partition`` among ``items`` (one key string per partition)."""
+    last: dict[tuple[str, int], int] = {}
     for item in items:
-        key = tp_key(item.event.topic, item.event.partition)
-        last[key] = max(last.get(key, -1), item.event.offset)
-    return last
+        event = item.event
+        tp = (event.topic, event.partition)
+        if event.offset > last.get(tp, -1):
+            last[tp] = event.offset
+    return {tp_key(*tp): offset for tp, offset in last.items()}
 
 
 @functools.cache
