@@ -8,17 +8,25 @@ import pytest
 
 from forecasters.service import ForecastService, build_service
 from forecasters.zoo import ForecasterSpec
+from streams.service import Subscription
+from streams.topics import topic_name
 
 SPEC = dict(kind="dlinear", seq_len=8, horizon=3, channels=2)
 
 
+def observations(service: ForecastService) -> Subscription:
+    """The service's subscription to observations (it also follows ``control`` for outcomes)."""
+    (subscription,) = [s for s in service.subscriptions() if s.topic == topic_name("observations")]
+    return subscription
+
+
 def test_by_default_a_batch_waits_for_no_window_so_its_size_follows_the_load() -> None:
-    (subscription,) = ForecastService(ForecasterSpec(**SPEC)).subscriptions()
+    subscription = observations(ForecastService(ForecasterSpec(**SPEC)))
     assert subscription.batch_window_s == 0.0
 
 
 def test_the_window_is_an_option_of_the_service(tmp_path: Path) -> None:
-    (subscription,) = build_service(tmp_path, batch_window_s=0.2, batch_size=64, **SPEC).subscriptions()
+    subscription = observations(build_service(tmp_path, batch_window_s=0.2, batch_size=64, **SPEC))
     assert (subscription.batch_window_s, subscription.batch_size) == (0.2, 64)
 
 
