@@ -80,8 +80,9 @@ class Injection:
     #: The version whose promotion ended the stretch: it learned the flips (the bad update).
     learned: int | None = None
 
-    def flips(self, index: int, timeline: Timeline) -> bool:
-        now = time.time()
+    def flips(self, index: int, timeline: Timeline, now: float | None = None) -> bool:
+        """Whether event ``index``, sent at ``now`` (default: the wall clock), is flipped."""
+        now = time.time() if now is None else now
         if self.shift_at is not None and index >= self.shift_at:
             timeline.shift_sent = timeline.shift_sent or now
             return True
@@ -184,7 +185,9 @@ def verdicts(timeline: Timeline, injection: Injection) -> list[str]:
             lines.append(f"as designed: v{bad} (learned the stretch) rolled back {at - begun:.1f} s in")
         else:
             lines.append(f"WRONG: v{bad} rolled back ({timeline.since(at)})")
-    if not learned_rolled:
+    if injection.learned is None:
+        lines.append("no version learned the corrupted stretch alone: none was promoted before it ended")
+    elif not learned_rolled:
         lines.append(f"WRONG: v{injection.learned} (learned the corrupted stretch) was not rolled back")
     return lines
 

@@ -3,21 +3,22 @@
 The real ratings keep their order; only the injected flips (clicked -> 1 - clicked on chosen
 batches) are synthetic. One batch is 500 impressions and one tick of the service clock, so with
 ``swap_interval_s=10`` a candidate is considered every 10 batches. :func:`feed_live` instead replays
-the clean start of the lifecycle demo's stream with the varying batches a live worker sees.
+the lifecycle demo's clean stream with the varying batches a live worker sees
+(:class:`bench.lifecycle_replay.LiveStream`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-import random
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.lifecycle_replay import LiveStream, feed
 from models.ctr import movielens
 from models.ctr.promotion import scale_learning_rates
 from models.ctr.service import CtrService, build_service
@@ -38,18 +39,6 @@ OPTIONS: dict[str, Any] = {
     "rollback_samples": 1500,
     "rollback_margin": 0.08,
     "faster_steps": 20,
-}
-
-
-#: The lifecycle demo's worker options (README, "Watch it on the page"; the model's sizes as served).
-DEMO_OPTIONS: dict[str, Any] = {
-    "batch_size": BATCH,
-    "swap_interval_s": 5,
-    "rollback_samples": 1500,
-    "rollback_margin": 0.08,
-    "warmup_samples": 0,
-    "embed_lr": 1e-2,
-    "dense_lr": 1e-2,
 }
 
 
@@ -134,55 +123,8 @@ def trainer(
     return Trainer(service, runner, clock)
 
 
-@dataclass(frozen=True)
-class LiveStream:
-    """The clean stream of the lifecycle demo as its worker sees it, on a simulated clock.
-
-    ``driftline run`` replays MovieLens at 200 events/s from time 0 and the demo adds its own replay
-    at 1,000/s from ``demo_at`` (both from the first rating). The worker takes up to ``BATCH``
-    events, or what arrived within ``window_s``, then is busy for a time that grows with the batch
-    and varies by a factor 0.6-1.8 (a shared, loaded machine). So batches are about 100 events
-    before the demo and 500 during it, and their sizes and the swap times vary from run to run as
-    live; ``seed`` fixes one run.
-    """
-
-    seed: int
-    demo_at: float
-    window_s: float = 0.5
-
-    def arrivals(self, until: float) -> list[tuple[float, int]]:
-        """(arrival time, MovieLens row) of every event sent before ``until``, in arrival order."""
-        main = [(i / 200, i) for i in range(int(until * 200))]
-        demo = [(self.demo_at + j / 1000, j) for j in range(max(0, int((until - self.demo_at) * 1000)))]
-        return sorted(main + demo)
-
-    def batches(self, until: float) -> Iterator[tuple[float, list[int]]]:
-        """(dispatch time, rows) of each batch the worker takes, until events stop coming."""
-        rng = random.Random(self.seed)
-        events, free, next_event = self.arrivals(until), 0.0, 0
-        while next_event < len(events):
-            start = max(free, events[next_event][0])
-            due = start + self.window_s
-            arrived = [row for at, row in events[next_event : next_event + BATCH] if at <= due]
-            full = len(arrived) == BATCH
-            dispatch = max(start, events[next_event + BATCH - 1][0]) if full else due
-            yield dispatch, arrived
-            next_event += len(arrived)
-            free = dispatch + (0.05 + 0.0005 * len(arrived)) * rng.uniform(0.6, 1.8)
-
 
 def feed_live(run: Trainer, rows: list[Impression], stream: LiveStream, until: float) -> None:
     """Apply ``stream``'s batches until ``until`` seconds, the service clock at each dispatch time."""
-    asyncio.run(_feed_live(run, rows, stream, until))
-
-
-async def _feed_live(run: Trainer, rows: list[Impression], stream: LiveStream, until: float) -> None:
-    topic = run.service.subscriptions()[0]
-    offset = 0
-    for number, (dispatch, chunk) in enumerate(stream.batches(until)):
-        run.clock[0] = dispatch
-        events = [Incoming(topic.topic, 0, offset + i, None, rows[r].to_bytes()) for i, r in enumerate(chunk)]
-        offset += len(events)
-        result = await run.runner.apply(topic, events)
-        assert result is not None
-        run.log.append((number, result.metrics["logloss"], run.service.model_version(), time.time()))
+    for number, (_, metrics) in enumerate(feed(run.runner, run.clock, rows, stream, until)):
+        run.log.append((number, metrics["logloss"], run.service.model_version(), time.time()))

@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
+from bench.lifecycle_replay import DEMO_OPTIONS, LiveStream
 from models.ctr.promotion import LifecycleConfig
 from models.ctr.service import CtrService
 from streams.drift import DriftSettings
 from streams.schemas import Impression
-from tests.lifecycle.scenario import BATCH, DEMO_OPTIONS, LiveStream, feed_live, rows, trainer
+from tests.lifecycle.scenario import BATCH, feed_live, rows, trainer
 
 CLEAN = DriftSettings(action="alarm")
 

@@ -36,3 +36,14 @@ def test_a_clean_rollback_a_kept_bad_version_and_a_flip_rollback_read_wrong() ->
     assert said[2] == "WRONG: v8 rolled back (before any change)"
     assert said[3].startswith("WRONG: v13 rolled back (1.7 s after the first shift")
     assert said[4] == "WRONG: v11 (learned the corrupted stretch) was not rolled back"
+
+
+def test_a_stretch_that_ran_into_the_lasting_flip_has_no_version_to_roll_back() -> None:
+    line = timeline(alarms=(101.7,))
+    line.corrupt_ended = None
+    said = verdicts(line, Injection(15_000, corrupting=6))
+    assert said == [
+        "corrupted stretch: drift alarm 1.7 s in",
+        "lasting flip: no drift alarm",
+        "no version learned the corrupted stretch alone: none was promoted before it ended",
+    ]
