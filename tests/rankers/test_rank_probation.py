@@ -184,3 +184,12 @@ def test_probation_round_trips_mid_way_and_older_checkpoints_load(
     assert gate.labels == gate.learned == before.service.ranker.labeled.n_queries  # type: ignore[union-attr]
     before.feed(range(200, 220))
     assert before.service.gate.candidate is not None, "the next retrain is the next candidate"
+
+
+def test_mirrored_grades_keep_each_querys_grades_in_reverse_order_of_relevance() -> None:
+    batch = QueryBatch.from_queries(
+        ["a", "b"], [np.zeros((4, 2), np.float32), np.zeros((3, 2), np.float32)], [[0, 2, 0, 1], [1, 1, 0]]
+    )
+    assert mirror_grades(batch).grades.tolist() == [2, 0, 1, 0, 1, 0, 1]  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="needs a labeled batch"):
+        mirror_grades(QueryBatch.from_queries(["a"], [np.zeros((2, 2), np.float32)], None))
