@@ -27,7 +27,8 @@ a predecessor is scored beside that predecessor on every later label batch, befo
 it (neither booster ever trains on it): the loss is 1 - NDCG@10 per judged query. When its mean over
 the last ``rollback_queries`` judged queries exceeds the predecessor's by more than
 ``rollback_margin`` (relative), the predecessor serves again and the rollback is recorded with both
-means; after ``probation_queries`` judged queries the booster is trusted. As in CTR, a batch is
+means (with ``rollback_confirm`` > 1, each of that many disjoint windows must say so, as CTR's
+two); after ``probation_queries`` judged queries the booster is trusted. As in CTR, a batch is
 judged at the next label batch, once the runner's drift alarm has seen its error.
 
 **The bad update is not repeated.** A booster is a function of the labels it was fitted on, so the
@@ -54,8 +55,10 @@ its window of ``rollback_queries`` filled. The price is lag: a promotion at most
 inversion of the grades) old boosters do worse too, and the better fit of the old world can do
 worse than its predecessor. A drift alarm (:meth:`RankGate.on_drift`) therefore holds the running
 probation while the predecessor does worse too (its mean loss over the window exceeds its own on the
-gate's window by more than ``rollback_margin``); a held probation decides nothing and resumes once
-the predecessor does as before. Under a lasting change it stays held until it ends trusted after
+gate's window by more than ``rollback_margin``), or for good once the booster was *proven* (no worse
+over a full window before the alarm: only the labels can have changed when it does worse after it;
+``hold_proven`` of the shared rule, as CTR); a held probation decides nothing and resumes once the
+predecessor does as before. Under a lasting change it stays held until it ends trusted after
 ``probation_queries`` judged queries, and the next candidate is gated on the changed world. Rank
 adapts nothing else on an alarm (``faster`` and ``warm-restart`` are CTR's). The drift alarm needs
 ``DRIFTLINE_DRIFT_WARMUP`` label batches twice over after the start (its baseline, then the test's
@@ -117,8 +120,10 @@ class GateConfig(OptionConfig):
     #: A promoted booster counts as worse when its mean 1 - NDCG@10 exceeds its predecessor's by
     #: this much (relative) ...
     rollback_margin: float = 0.15
-    #: ... over the last this many judged labeled queries: then the predecessor serves again.
+    #: ... over the last this many judged labeled queries (on each of the last ``rollback_confirm``
+    #: disjoint windows of them): then the predecessor serves again.
     rollback_queries: int = 40
+    rollback_confirm: int = 1
     #: Judged labeled queries a promoted booster is compared with its predecessor before it is trusted
     #: (0: no probation, the gate alone: a candidate every ``promotion_queries``, no rollback).
     probation_queries: int = 60
@@ -140,9 +145,20 @@ class GateConfig(OptionConfig):
         try:
             if self.probation_queries < 0:
                 raise ValueError(f"probation_queries must be >= 0, got {self.probation_queries}")
-            return RollbackRule(self.rollback_margin, self.rollback_queries, max(self.probation_queries, 1))
+            if 0 < self.probation_queries < self.rollback_confirm * self.rollback_queries:
+                needed = self.rollback_confirm * self.rollback_queries
+                raise ValueError(
+                    f"probation_queries={self.probation_queries} is shorter than rollback_confirm x "
+                    f"rollback_queries = {needed}: no rollback could be confirmed"
+                )
+            length = max(self.probation_queries, 1)
+            return RollbackRule(
+                self.rollback_margin, self.rollback_queries, length, self.rollback_confirm, hold_proven=True
+            )
         except ValueError as exc:
-            raise ValueError(f"rank rollback_margin, rollback_queries, probation_queries: {exc}") from None
+            raise ValueError(
+                f"rank rollback_margin, rollback_queries, rollback_confirm, probation_queries: {exc}"
+            ) from None
 
 
 @dataclass

@@ -206,23 +206,28 @@ def test_gets_models_answers_the_rank_lineage_and_a_rollback_with_nothing_older_
 def test_gate_options_come_from_worker_options(tmp_path: Path) -> None:
     service = build_service(
         tmp_path, promotion_margin="0.1", promotion_queries=8, rollback_margin="0.2", rollback_queries="30",
-        probation_queries=90, keep_versions="4", rounds=5,
+        rollback_confirm="2", probation_queries=90, keep_versions="4", rounds=5,
     )  # fmt: skip
     assert service.gate.config == GateConfig(
         promotion_margin=0.1, promotion_queries=8, rollback_margin=0.2, rollback_queries=30,
-        probation_queries=90, keep_versions=4,
+        rollback_confirm=2, probation_queries=90, keep_versions=4,
     )  # fmt: skip
-    assert service.gate.rule.margin == 0.2 and (service.gate.rule.samples, service.gate.rule.length) == (
-        30,
-        90,
-    )
+    rule = service.gate.rule
+    assert (rule.margin, rule.samples, rule.length, rule.confirm, rule.hold_proven) == (0.2, 30, 90, 2, True)
     assert RankService().gate.config == GateConfig()
     for bad, says in (
         ({"promotion_margin": "a lot"}, "promotion_margin='a lot': expected a number"),
         ({"promotion_queries": 0}, "promotion_queries must be >= 1"),
         ({"promotion_margin": 1.5}, "promotion_margin must lie in"),
-        ({"rollback_margin": -0.1}, "rank rollback_margin, rollback_queries, probation_queries"),
-        ({"rollback_queries": "0"}, "rank rollback_margin, rollback_queries, probation_queries"),
+        (
+            {"rollback_margin": -0.1},
+            "rank rollback_margin, rollback_queries, rollback_confirm, probation_queries",
+        ),
+        ({"rollback_queries": "0"}, "rollback margin must be >= 0 and its sample counts and confirm >= 1"),
+        (
+            {"rollback_confirm": 2},
+            "probation_queries=60 is shorter than rollback_confirm x rollback_queries = 80",
+        ),
         ({"keep_versions": 1}, "keep_versions must be >= 2"),
         ({"probation_queries": -1}, "probation_queries must be >= 0"),
     ):
