@@ -242,16 +242,17 @@ class CtrLifecycle:
 
     # -- drift actions ---------------------------------------------------------------------------
     def on_drift(self, action: str) -> None:
-        """A drift alarm: the running probation is held while its predecessor does worse too (see
-        the module docstring); then ``faster`` boosts the learning rates for a while and
-        ``warm-restart`` trains on from the serving version (the last that passed the gate);
-        ``alarm`` adapts nothing."""
+        """A drift alarm: the running probation is held while its predecessor does worse too, or
+        for good when the version was proven (see the module docstring); then ``faster`` boosts
+        the learning rates for a while and ``warm-restart`` trains on from the serving version (the
+        last that passed the gate); ``alarm`` adapts nothing."""
         probation = self.probation
         if probation is not None and probation.hear_alarm(self.rule):
             log.warning(
-                "ctr: drift alarm: v%d's probation against v%d is held (old versions do worse too)",
+                "ctr: drift alarm: v%d's probation against v%d is held (%s)",
                 probation.version,
                 probation.predecessor,
+                "old versions do worse too" if probation.old_worse_too(self.rule) else "proven before",
             )
         learner, serving = self.service.learner, self.service.history.serving
         if action == "faster" and not self.faster_left:
