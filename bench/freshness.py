@@ -216,18 +216,12 @@ def batch_totals(worker: Role, service: str) -> tuple[float, float]:
     )
 
 
-def wait_applied(worker: Role, service: str, count: int, timeout_s: float) -> tuple[np.ndarray, np.ndarray]:
-    """Poll the applied count every 20 ms until it reaches ``count``: (answer times, counts)."""
+def wait_applied(worker: Role, service: str, count: int, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    times: list[float] = []
-    counts: list[float] = []
-    while not counts or counts[-1] < count:
+    while applied(worker, service) < count:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{service} did not apply {count} events within {timeout_s:.0f}s")
-        time.sleep(0.02)
-        counts.append(applied(worker, service))
-        times.append(time.time())
-    return np.array(times), np.array(counts)
+        time.sleep(0.05)
 
 
 def run_case(case: Case, bootstrap: str, home: Path, options: list[str], load: float, seconds: float) -> str:
@@ -239,8 +233,11 @@ def run_case(case: Case, bootstrap: str, home: Path, options: list[str], load: f
     try:
         wait_ready(worker)
         burst = list(itertools.islice(case.records, case.burst))
+        progress = Poller(lambda: applied(worker, case.service), 0.02)  # while the burst is sent too
         send(producer, topic, burst)
-        max_rate = drain_rate(*wait_applied(worker, case.service, case.burst, 600))
+        wait_applied(worker, case.service, case.burst, 600)
+        progress.close()
+        max_rate = drain_rate(np.array(progress.times), np.array(progress.values))
         rate = max_rate * load
         paced = list(itertools.islice(case.records, int(rate * seconds)))
         batches_before = batch_totals(worker, case.service)
