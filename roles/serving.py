@@ -35,6 +35,7 @@ from streams.config import Settings
 from streams.directory import OwnerDirectory
 from streams.follower import TopicFollower
 from streams.forwarding import MODELS, forward, merged_lineage
+from streams.heap import settle_heap
 from streams.http import make_app, unavailable
 from streams.kafka_security import client_security
 from streams.metrics import WorkerMetrics
@@ -161,6 +162,7 @@ class ServingRole:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set."""
         sys.setswitchinterval(GIL_SWITCH_S)  # a replica's process is its own
+        settle_heap()  # imports and built parts: out of the collector's full passes
         await self.sink.start()
         app = make_app(list(self.parts.values()), self.metrics.render, self.health, self.ready)
         WorkersLineage(self.directory, list(self.parts)).attach(app)

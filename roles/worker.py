@@ -24,7 +24,7 @@ from roles.host import STATUS_INTERVAL_S, health_body, serving_http
 from streams.config import Settings
 from streams.consumer import BatchConsumer
 from streams.directory import OwnerDirectory
-from streams.heap import settle_heap
+from streams.heap import WORKER_YOUNG_ALLOCATIONS, settle_heap
 from streams.http import make_app
 from streams.kafka_security import client_security
 from streams.lifecycle_routes import LifecycleRoutes
@@ -127,6 +127,7 @@ class WorkerRole:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then checkpoint every service and close."""
+        settle_heap(WORKER_YOUNG_ALLOCATIONS)  # imports and built services: out of full GC passes
         await self.sink.start()
         services = [*self.services, LifecycleRoutes(self.services)]
         app = make_app(services, self.metrics.render, self.health, self.ready, self.directory.owner_url)
@@ -155,7 +156,6 @@ def run_until_signalled(role: WorkerRole) -> None:
     # Training threads hold the GIL for long stretches; a short switch interval keeps the event
     # loop (HTTP, heartbeats, status) answering while a batch trains.
     sys.setswitchinterval(0.0005)
-    settle_heap()  # imports and built services: out of the collector's full passes
 
     async def main() -> None:
         stop = asyncio.Event()

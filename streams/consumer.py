@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -40,8 +39,6 @@ SESSION_TIMEOUT_MS = 8_000
 HEARTBEAT_INTERVAL_MS = 1_000
 #: Join metadata of a member that owns a shared service's partitions (see one_owner_assignor).
 OWNER = b"owner"
-#: Allocations between the garbage collector's young collections in a worker (Python's default: 700).
-YOUNG_COLLECTION_ALLOCATIONS = 50_000
 
 
 def one_owner_assignor(owner: BatchConsumer) -> type[AbstractPartitionAssignor]:
@@ -233,15 +230,6 @@ class BatchConsumer:
     # -- the loop ------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         """Consume, apply and checkpoint until ``stop`` is set; then checkpoint and leave."""
-        # What exists by now (imports, models) lives as long as the process: kept out of the
-        # collector's full scans, which otherwise stall a batch for tenths of a second each time
-        # parsed records pile up (measured on the ctr worker: 280k objects, every ~6 s).
-        gc.freeze()
-        # A batch's records and events (several objects each) live until the batch is applied: with
-        # the default 700 allocations between young collections each is scanned on its way to the
-        # old generation. A larger young generation lets most die first (runner path, 50k
-        # impressions, 3 pairs: 6-13% less CPU).
-        gc.set_threshold(YOUNG_COLLECTION_ALLOCATIONS, *gc.get_threshold()[1:])
         self.consumer = consumer = self._make_consumer()
         consumer.subscribe(list(self.subscriptions), listener=_Listener(self))
         self.runner.commit = self._commit

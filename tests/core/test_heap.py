@@ -46,3 +46,15 @@ def test_garbage_made_after_settling_is_still_collected() -> None:
     later = cycle()
     gc.collect()
     assert later() is None
+
+
+@pytest.mark.usefixtures("unfrozen")
+def test_a_worker_widens_the_young_generation_and_a_replica_keeps_it() -> None:
+    before = gc.get_threshold()
+    try:
+        settle_heap()
+        assert gc.get_threshold() == before
+        settle_heap(50_000)
+        assert gc.get_threshold() == (50_000, *before[1:])
+    finally:
+        gc.set_threshold(*before)
