@@ -165,8 +165,7 @@ class DriftMonitor:
 
     def _detector_now(self) -> Any:
         if self._detector is None:
-            from river.drift import PageHinkley  # ~1.5 s: only once a service has warmed up
-
+            PageHinkley = detector_class()
             s = self.settings
             self._detector = PageHinkley(
                 min_instances=s.warmup, delta=s.delta, threshold=s.threshold, alpha=1.0, mode="up"
@@ -210,6 +209,14 @@ class DriftMonitor:
 
 
 _PH_FIELDS = ("_sum_increase", "_sum_decrease", "_min_increase", "_max_decrease", "_drift_detected")
+
+
+def detector_class() -> type:
+    """river's Page-Hinkley test, imported on first call (~1.5 s, scipy included): a runner starts
+    it in a thread at start-up (``streams.runner``) so no batch pays for it."""
+    from river.drift import PageHinkley
+
+    return PageHinkley
 
 
 def _page_hinkley_state(detector: Any) -> dict[str, Any]:

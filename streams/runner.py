@@ -40,7 +40,7 @@ from typing import Any, Protocol
 
 from models.checkpoints import Checkpoint, CheckpointError, CheckpointStore, serialize
 from streams import faults
-from streams.drift import Adapts, DriftMonitor
+from streams.drift import Adapts, DriftMonitor, detector_class
 from streams.keyed import KeyedService
 from streams.metrics import WorkerMetrics
 from streams.schemas import DeadLetter, Record, RecordError, parse_record
@@ -136,10 +136,9 @@ def _detector_import() -> threading.Thread:
     warm-up inside the training lock: a quarter of the busy samples of a ctr worker draining
     50,000 impressions (py-spy). Started with the runner, it overlaps the connection and the group
     join, and :meth:`ServiceRunner.assign` waits for it: a one-off start-up cost, paid before the
-    first batch. A throwaway monitor builds the detector, so the runners' own keep their state.
+    first batch.
     """
-    spare = DriftMonitor("preload", "error")
-    thread = threading.Thread(target=spare._detector_now, name="drift-import", daemon=True)
+    thread = threading.Thread(target=detector_class, name="drift-import", daemon=True)
     thread.start()
     return thread
 
