@@ -140,7 +140,9 @@ class ForecastService(ModelService):
     def subscriptions(self) -> list[Subscription]:
         return [
             Subscription(topic_name("observations"), Observation, self.batch_size, self.batch_window_s),
-            Subscription(topic_name("control"), Outcome),
+            # The consumer batches by the largest size of a service's subscriptions: the same as
+            # observations', so forecast.batch_size caps a batch.
+            Subscription(topic_name("control"), Outcome, self.batch_size, self.batch_window_s),
         ]
 
     def model_version(self) -> int:

@@ -66,11 +66,6 @@ def _rank_replays(data: Path) -> list[Replay]:
     return [Replay("queries", queries, len(queries), label)]
 
 
-#: Service options the job starts with; a user's ``--option`` of the same key wins. CTR's batch
-#: window goes from its 0.5 s default to 0.1 s: at 200 impressions/s the default window alone kept
-#: up to 100 events waiting, half the lag budget (bench/main_job_lag.py, docs/streams.md).
-KEEP_UP_OPTIONS = ("ctr.batch_window_s=0.1",)
-
 #: service name -> the real data replayed for it.
 REPLAYS: dict[str, Callable[[Path], list[Replay]]] = {
     "forecast": _forecast_replays,
@@ -193,7 +188,7 @@ def run_main_job(
         from streams.token_cli import print_run_tokens
 
         print_run_tokens(settings)
-        workers = spawn_workers(settings, names, [*KEEP_UP_OPTIONS, *options])
+        workers = spawn_workers(settings, names, list(options))
         front = Front(settings.http_host, settings.http_port, {w.service: w.base for w in workers})
         front.start()
         for worker in workers:

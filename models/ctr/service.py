@@ -107,7 +107,7 @@ class CtrService(ModelService):
         self,
         learner: CtrLearner,
         batch_size: int = 4096,
-        batch_window_s: float = 0.5,
+        batch_window_s: float = 0.1,
         swap_interval_s: float = 30.0,
         keep_versions: int = 3,
         max_candidates: int = 10_000,

@@ -34,3 +34,10 @@ def test_the_window_is_an_option_of_the_service(tmp_path: Path) -> None:
 def test_a_bad_window_is_refused_with_a_clear_error(tmp_path: Path, bad: object) -> None:
     with pytest.raises(ValueError, match="batch_window_s must be a number of seconds >= 0"):
         build_service(tmp_path, batch_window_s=bad, **SPEC)
+
+
+def test_every_subscription_takes_the_batch_size_so_it_caps_a_batch(tmp_path: Path) -> None:
+    """The consumer batches by the largest size among a service's subscriptions: control's must not
+    keep its default of 256 when ``forecast.batch_size`` asks for less."""
+    service = build_service(tmp_path, batch_size=64, **SPEC)
+    assert {s.batch_size for s in service.subscriptions()} == {64}
