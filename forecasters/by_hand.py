@@ -21,12 +21,9 @@ from typing import Any
 from forecasters.learner import Forecaster
 from forecasters.promotion import Frozen, thaw_learner
 from models.checkpoints import CheckpointError, CheckpointStore
+from streams.lifecycle_routes import HAND_ACTIONS
 from streams.schemas import Outcome
 from streams.service import ApiError
-
-#: The kind of a forecast outcome serving a kept version.
-SERVE = "serve"
-ACTIONS = ("promoted", "rolled_back")
 
 
 @dataclass(frozen=True)
@@ -47,8 +44,8 @@ class ServeByHand:
         data = outcome.data
         try:
             action = str(data["action"])
-            if action not in ACTIONS:
-                raise ValueError(f"action must be one of {ACTIONS}, got {action!r}")
+            if action not in HAND_ACTIONS:
+                raise ValueError(f"action must be one of {HAND_ACTIONS}, got {action!r}")
             was = data["was"]
             return cls(
                 int(data["version"]),

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from forecasters.batch import WindowBatch, calendar_marks
-from forecasters.by_hand import SERVE, ServeByHand, VersionStore
+from forecasters.by_hand import ServeByHand, VersionStore
 from forecasters.data import Scaler
 from forecasters.learner import Forecaster
 from forecasters.pretrained import load_pretrained
@@ -43,6 +43,7 @@ from forecasters.windows import Extended, RowStore, SeriesWindows
 from forecasters.zoo import ForecasterSpec, build_forecaster
 from streams.config import Settings
 from streams.expiry import check_ttl, silent_keys
+from streams.lifecycle_routes import SERVE
 from streams.schemas import Forecast, Observation, Outcome, Record, parse_record
 from streams.service import (
     ApiError,

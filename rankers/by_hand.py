@@ -18,13 +18,10 @@ import zlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from streams.lifecycle_routes import HAND_ACTIONS
 from streams.schemas import Outcome, record_limits
 from streams.service import ApiError
 
-#: The outcome kind on the control topic (key: the service name).
-SERVE = "serve"
-#: How the lineage records a serve by hand: the route's word as a lineage action.
-HAND_ACTIONS = ("promoted", "rolled_back")
 #: Room an outcome's envelope (service, kind, key, seq, ts, the other data fields) takes beside the
 #: booster's text.
 ENVELOPE_BYTES = 4_096

@@ -55,7 +55,7 @@ from pydantic import ValidationError
 from models.checkpoints import CheckpointStore
 from rankers.agreement import Agreement, consensus
 from rankers.budget import BudgetUnit, LabelingBudget
-from rankers.by_hand import SERVE, ServeByHand
+from rankers.by_hand import ServeByHand
 from rankers.data import MAX_GRADE
 from rankers.gold import GoldScores, gold_due, load_gold
 from rankers.holdback import Held, HoldBack
@@ -64,6 +64,7 @@ from rankers.lambdamart import LambdaMARTRanker, UpdateMode
 from rankers.promotion import GateConfig, NotKept, RankGate
 from rankers.records import query_batch
 from rankers.selectors import PercentileScale, Selector, make_selector
+from streams.lifecycle_routes import SERVE
 from streams.schemas import DeadLetter, Label, LabelingTask, Outcome, Query, Record
 from streams.service import (
     ApiError,

@@ -20,6 +20,10 @@ from streams.service import ApiError, ApiRequest, ApiResponse, ModelService, Rou
 
 #: The route word and the lineage action it records.
 ACTIONS = {"promote": "promoted", "rollback": "rolled_back"}
+#: The lineage actions a serve by hand records.
+HAND_ACTIONS = tuple(ACTIONS.values())
+#: The control-topic outcome kind of a forecast or rank serve by hand (key: the service name).
+SERVE = "serve"
 
 
 @runtime_checkable
