@@ -123,7 +123,6 @@ def trainer(
     return Trainer(service, runner, clock)
 
 
-
 def feed_live(run: Trainer, rows: list[Impression], stream: LiveStream, until: float) -> None:
     """Apply ``stream``'s batches until ``until`` seconds, the service clock at each dispatch time."""
     for number, (_, metrics) in enumerate(feed(run.runner, run.clock, rows, stream, until)):
