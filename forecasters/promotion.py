@@ -41,6 +41,7 @@ from typing import Any
 
 from forecasters.batch import WindowBatch
 from forecasters.learner import Forecaster, forecast_errors
+from streams.lifecycle_routes import kept_target
 from streams.lineage import GateEvidence, Lineage
 from streams.option_config import OptionConfig
 from streams.probation import Probation, RollbackRule, Verdict
@@ -85,10 +86,6 @@ class PromotionConfig(OptionConfig):
 
     def rule(self) -> RollbackRule:
         return RollbackRule(self.rollback_margin, self.rollback_windows, self.probation_windows)
-
-
-class NotKept(LookupError):
-    """A version asked for by hand that is not kept (or no older/newer one is)."""
 
 
 @dataclass
@@ -261,23 +258,8 @@ class ForecastGate:
 
     # -- serving a kept version (automatic rollback, or by hand) ---------------------------------
     def target(self, action: str, number: int | None) -> Frozen:
-        """The kept version an admin's ``action`` serves: ``number``, else the one before the
-        serving version for a rollback and the newest for a promote; :class:`NotKept` when none."""
-        kept = [f.version for f in self.kept]
-        if number is not None:
-            found = self.find(number)
-            if found is None:
-                raise NotKept(f"version {number} is not kept (kept: {kept}); it cannot serve")
-            return found
-        current = None if self.serving is None else self.serving.version
-        if action == "rolled_back":
-            older = [f for f in self.kept if current is not None and f.version < current]
-            if not older:
-                raise NotKept(f"no version older than {current} is kept (kept: {kept})")
-            return older[-1]
-        if not self.kept or self.kept[-1] is self.serving:
-            raise NotKept(f"no kept version newer than the serving one (kept: {kept})")
-        return self.kept[-1]
+        """The kept version an admin's ``action`` serves (:func:`streams.lifecycle_routes.kept_target`)."""
+        return kept_target(self.kept, self.serving, action, number, lambda f: f.version)
 
     def serve_by_hand(self, frozen: Frozen, action: str, learner: Forecaster) -> None:
         """Serve ``frozen`` (kept, or loaded from an admin's durable decision) and continue

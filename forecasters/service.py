@@ -37,13 +37,13 @@ from forecasters.by_hand import ServeByHand, VersionStore
 from forecasters.data import Scaler
 from forecasters.learner import Forecaster
 from forecasters.pretrained import load_pretrained
-from forecasters.promotion import ForecastGate, NotKept, PromotionConfig
+from forecasters.promotion import ForecastGate, PromotionConfig
 from forecasters.routes import ForecastRoutes
 from forecasters.windows import Extended, RowStore, SeriesWindows
 from forecasters.zoo import ForecasterSpec, build_forecaster
 from streams.config import Settings
 from streams.expiry import check_ttl, silent_keys
-from streams.lifecycle_routes import SERVE
+from streams.lifecycle_routes import SERVE, NotKept
 from streams.schemas import Forecast, Observation, Outcome, Record, parse_record
 from streams.service import (
     ApiError,

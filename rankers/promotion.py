@@ -96,6 +96,7 @@ from rankers.by_hand import ServeByHand
 from rankers.data import QueryBatch
 from rankers.lambdamart import LambdaMARTRanker
 from rankers.metrics import mean_metrics, query_ndcg
+from streams.lifecycle_routes import kept_target
 from streams.lineage import GateEvidence, Lineage
 from streams.option_config import OptionConfig
 from streams.probation import Probation, RollbackRule, Verdict
@@ -204,10 +205,6 @@ class Checkpoint:
     def state_dict(self) -> dict[str, Any]:
         return {"version": self.version, "model": self.model, "offsets": dict(self.offsets),
                 "trained_at": self.trained_at, "labels": self.labels}  # fmt: skip
-
-
-class NotKept(LookupError):
-    """No kept booster fits a request to serve one by hand (the route answers 409)."""
 
 
 class RankGate:
@@ -410,23 +407,8 @@ class RankGate:
 
     # -- served by hand --------------------------------------------------------------------------
     def manual_target(self, action: str, number: int | None) -> Checkpoint:
-        """The kept booster an admin's ``action`` serves: ``number``, else the one kept before the
-        serving one for a rollback and the newest for a promote; :class:`NotKept` when there is none."""
-        by_number = sorted(self.kept, key=lambda c: c.version)
-        numbers = [c.version for c in by_number]
-        if number is not None:
-            found = self._kept(number)
-            if found is None:
-                raise NotKept(f"version {number} is not kept (kept: {numbers}); it cannot serve")
-            return found
-        if action == "rolled_back":
-            older = [c for c in by_number if c.version < self.serving_version]
-            if not older:
-                raise NotKept(f"no version older than {self.serving_version} is kept (kept: {numbers})")
-            return older[-1]
-        if not by_number or by_number[-1] is self.serving:
-            raise NotKept(f"no kept version newer than the serving one (kept: {numbers})")
-        return by_number[-1]
+        """The kept booster an admin's ``action`` serves (:func:`streams.lifecycle_routes.kept_target`)."""
+        return kept_target(self.kept, self.serving, action, number, lambda c: c.version)
 
     def serve_by_hand(self, serve: ServeByHand) -> None:
         """Apply an admin's serve (idempotent); on a replay that has not learned as many labels as

@@ -61,10 +61,10 @@ from rankers.gold import GoldScores, gold_due, load_gold
 from rankers.holdback import Held, HoldBack
 from rankers.labeling_queue import Entry, LabelingQueue
 from rankers.lambdamart import LambdaMARTRanker, UpdateMode
-from rankers.promotion import GateConfig, NotKept, RankGate
+from rankers.promotion import GateConfig, RankGate
 from rankers.records import query_batch
 from rankers.selectors import PercentileScale, Selector, make_selector
-from streams.lifecycle_routes import SERVE
+from streams.lifecycle_routes import SERVE, NotKept
 from streams.schemas import DeadLetter, Label, LabelingTask, Outcome, Query, Record
 from streams.service import (
     ApiError,

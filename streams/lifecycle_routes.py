@@ -12,8 +12,8 @@ the newest. A service without versions answers 409.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from streams.lineage import single_version
 from streams.service import ApiError, ApiRequest, ApiResponse, ModelService, Route
@@ -24,6 +24,40 @@ ACTIONS = {"promote": "promoted", "rollback": "rolled_back"}
 HAND_ACTIONS = tuple(ACTIONS.values())
 #: The control-topic outcome kind of a forecast or rank serve by hand (key: the service name).
 SERVE = "serve"
+
+Kept = TypeVar("Kept")
+
+
+class NotKept(LookupError):
+    """No kept version fits a request to serve one by hand (the route answers 409)."""
+
+
+def kept_target(
+    kept: Iterable[Kept],
+    serving: Kept | None,
+    action: str,
+    number: int | None,
+    number_of: Callable[[Kept], int],
+) -> Kept:
+    """The kept version an admin's ``action`` serves, for every family: ``number``, else the one kept
+    just before the serving one for a rollback and the newest for a promote; :class:`NotKept` when
+    there is none. ``number_of`` reads a version's number."""
+    by_number = sorted(kept, key=number_of)
+    numbers = [number_of(v) for v in by_number]
+    if number is not None:
+        found = next((v for v in by_number if number_of(v) == number), None)
+        if found is None:
+            raise NotKept(f"version {number} is not kept (kept: {numbers}); it cannot serve")
+        return found
+    if action == ACTIONS["rollback"]:
+        current = None if serving is None else number_of(serving)
+        older = [v for v in by_number if current is not None and number_of(v) < current]
+        if not older:
+            raise NotKept(f"no version older than {current} is kept (kept: {numbers})")
+        return older[-1]
+    if not by_number or by_number[-1] is serving:
+        raise NotKept(f"no kept version newer than the serving one (kept: {numbers})")
+    return by_number[-1]
 
 
 @runtime_checkable

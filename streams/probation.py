@@ -93,13 +93,9 @@ class Probation:
     #: A full window said "no worse" before any alarm.
     proven: bool = False
 
-    def means(self) -> tuple[int, float, float]:
-        """Samples in the window and both versions' sample-weighted mean loss (0s when empty)."""
-        return _means(self.window)
-
     def windows(self, rule: RollbackRule) -> list[tuple[int, float, float]]:
-        """Up to ``rule.confirm`` disjoint windows, newest first, as :meth:`means` gives them (one
-        empty window before the first step)."""
+        """Up to ``rule.confirm`` disjoint windows, newest first, each as ``(samples, version's mean
+        loss, predecessor's mean loss)`` (one empty window before the first step)."""
         return _windows(self.window, rule) or [(0, 0.0, 0.0)]
 
     def verdict(self, rule: RollbackRule) -> Verdict:

@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any
 from models.ctr.features import CtrBatch
 from models.ctr.learner import CtrLearner, CtrScorer
 from models.ctr.metrics import log_loss
-from models.ctr.versions import ModelVersion, NoOlderVersion, VersionHistory
+from models.ctr.versions import ModelVersion
 from streams.lineage import GateEvidence, Lineage
 from streams.option_config import OptionConfig
 from streams.probation import Probation, RollbackRule, Verdict
@@ -275,22 +275,6 @@ class CtrLifecycle:
         self.probation = Probation.from_state(state["probation"])
         self.learned_offsets = dict(state["learned_offsets"])
         self.faster_left = int(state["faster_left"])
-
-
-def manual_target(history: VersionHistory, action: str, number: int | None) -> ModelVersion:
-    """The kept version an admin's ``action`` serves: ``number``, else the previous one for a
-    rollback and the newest for a promote; :class:`NoOlderVersion` (a 409) when there is none."""
-    if number is None:
-        if action == "rolled_back":
-            return history.previous()
-        newest = max(history.versions, key=lambda v: v.number, default=None)
-        if newest is None or newest is history.serving:
-            raise NoOlderVersion(f"no kept version newer than the serving one (kept: {history.numbers()})")
-        return newest
-    found = next((v for v in history.versions if v.number == number), None)
-    if found is None:
-        raise NoOlderVersion(f"version {number} is not kept (kept: {history.numbers()}); it cannot serve")
-    return found
 
 
 def scale_learning_rates(learner: CtrLearner, factor: float) -> None:

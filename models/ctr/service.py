@@ -26,13 +26,12 @@ from models.ctr import movielens
 from models.ctr.click_labels import ClickLabels
 from models.ctr.features import CtrBatch, FeatureError, FeatureSpec, RowEncoder
 from models.ctr.learner import CtrConfig, CtrLearner
-from models.ctr.promotion import CtrLifecycle, LifecycleConfig, manual_target
+from models.ctr.promotion import CtrLifecycle, LifecycleConfig
 from models.ctr.registry import learner_class
 from models.ctr.routes import CtrRoutes, versions_body
 from models.ctr.versions import (
     INLINE_LIMIT,
     ModelVersion,
-    NoOlderVersion,
     UpdateError,
     VersionHistory,
     encode_update,
@@ -40,6 +39,7 @@ from models.ctr.versions import (
     version_from_update,
 )
 from streams.config import Settings
+from streams.lifecycle_routes import NotKept, kept_target
 from streams.schemas import Click, Impression, ModelUpdate, Outcome, Record, RecordError, parse_record
 from streams.service import ApiError, BatchResult, ModelService, Output, Route, Subscription
 from streams.topics import topic_name
@@ -299,8 +299,9 @@ class CtrService(ModelService):
         than the decision, versions renumbered by a re-batched replay) restores the same model.
         """
         try:
-            target = manual_target(self.history, action, number)
-        except NoOlderVersion as exc:
+            history = self.history
+            target = kept_target(history.versions, history.serving, action, number, lambda v: v.number)
+        except NotKept as exc:
             raise ApiError(409, str(exc)) from None
         update = encode_update(self.name, target, self._update_info(True), self.update_store / "rollbacks", 0)
         rollback = Rollback(target.number, self.model_version(), self.learner.samples_seen, update, action)

@@ -34,10 +34,6 @@ from streams.schemas import ModelUpdate
 INLINE_LIMIT = 1_000_000
 
 
-class NoOlderVersion(LookupError):
-    """Rollback asked for while no older version is kept."""
-
-
 class UpdateError(ValueError):
     """A model update that cannot be served: bad encoding, unreadable file, hash or model mismatch."""
 
@@ -96,14 +92,6 @@ class VersionHistory:
         self.versions = [*self.versions, version][-self.keep :]
         self.serving = version
         return version
-
-    def previous(self) -> ModelVersion:
-        """The kept version published just before the serving one (what a rollback serves)."""
-        older = [v for v in self.versions if self.serving is not None and v.number < self.serving.number]
-        if not older:
-            current = self.serving.number if self.serving else None
-            raise NoOlderVersion(f"no version older than {current} is kept (kept: {self.numbers()})")
-        return older[-1]
 
     def adopt(self, version: ModelVersion, last_number: int) -> None:
         """Serve ``version`` (one reference swap), a kept one or one loaded from elsewhere.

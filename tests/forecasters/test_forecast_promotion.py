@@ -14,11 +14,11 @@ import torch
 
 from forecasters.batch import WindowBatch
 from forecasters.learner import Forecaster, forecast_errors
-from forecasters.promotion import NotKept, PromotionConfig
+from forecasters.promotion import PromotionConfig
 from forecasters.service import ForecastService, build_service
 from forecasters.serving import build_serving
 from forecasters.zoo import ForecasterSpec
-from streams.lifecycle_routes import LifecycleRoutes
+from streams.lifecycle_routes import LifecycleRoutes, NotKept
 from streams.probation import RollbackRule
 from streams.schemas import Forecast, Observation, Outcome
 from streams.service import ApiError, ApiRequest, BatchResult, Output
@@ -358,7 +358,7 @@ def test_a_drift_alarm_holds_probation_while_the_predecessor_does_worse_too(tmp_
     service.on_drift("alarm")  # as the runner calls it after the batch
     probation = service.gate.probation
     assert probation is not None and probation.held and probation.baseline is not None
-    _, new, old = probation.means()
+    _, new, old = probation.windows(service.gate.rule)[0]
     assert new > old * 1.1, "v2 does worse than v1 on the window: a rollback, were it not held"
     assert old > probation.baseline * 1.1, "and v1 does worse than on the gate's slice: the world changed"
     held, judged = observe(service, range(27, 28)), observe(twin, range(27, 28))
