@@ -282,9 +282,7 @@ class ForecastGate:
         self.since_candidate = 0
 
     def _record(self, frozen: Frozen, action: str, reason: str, evidence: dict[str, Any]) -> None:
-        if self.lineage.find(frozen.version) is None:  # trimmed from the lineage, or older than it
-            self.lineage.add(frozen.version, frozen.trained_at, {}, {})
-        self.lineage.record(frozen.version, action, reason, evidence)
+        self.lineage.serve_again(frozen.version, frozen.trained_at, {}, action, reason, evidence)
 
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -401,9 +401,8 @@ class RankGate:
 
     def _record(self, checkpoint: Checkpoint, action: str, reason: str, evidence: dict[str, Any]) -> None:
         """Record that ``checkpoint`` serves again (it may have left the lineage's last records)."""
-        if self.lineage.find(checkpoint.version) is None:
-            self.lineage.add(checkpoint.version, checkpoint.trained_at, checkpoint.offsets, {})
-        self.lineage.record(checkpoint.version, action, reason, evidence)
+        c = checkpoint
+        self.lineage.serve_again(c.version, c.trained_at, c.offsets, action, reason, evidence)
 
     # -- served by hand --------------------------------------------------------------------------
     def manual_target(self, action: str, number: int | None) -> Checkpoint:

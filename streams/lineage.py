@@ -128,6 +128,21 @@ class Lineage:
         self.record(version, "promoted" if passed else "rejected", evidence.reason(), body)
         return passed
 
+    def serve_again(
+        self,
+        version: int,
+        trained_at: float,
+        offsets: dict[str, int],
+        action: str,
+        reason: str,
+        evidence: dict[str, Any],
+    ) -> None:
+        """Record that a kept ``version`` serves again (rolled back to, or served by hand); a version
+        that left the last records (trimmed, or older than them) is entered again first."""
+        if self.find(version) is None:
+            self.add(version, trained_at, offsets, {})
+        self.record(version, action, reason, evidence)
+
     def find(self, version: int) -> VersionRecord | None:
         return next((r for r in self.records if r.version == version), None)
 

@@ -220,7 +220,7 @@ class CtrLifecycle:
             + (f", as on the {before} window(s) before" if before > 0 else "")
             + f"; v{good.number} serves again"
         )
-        self.lineage.record(good.number, "rolled_back", reason, evidence)
+        self.lineage.serve_again(good.number, good.created, {}, "rolled_back", reason, evidence)
         log.warning("ctr: automatic rollback: %s", reason)
         return self.service.update_output(good, rollback=True)
 
@@ -234,11 +234,8 @@ class CtrLifecycle:
 
     def served_by_hand(self, version: ModelVersion, action: str, was: int) -> None:
         """Record an admin's promote or rollback (an outcome from the control topic)."""
-        if self.lineage.find(version.number) is None:  # trimmed from the lineage, or older than it
-            self.lineage.add(version.number, version.created, {}, {})
-        self.lineage.record(
-            version.number, action, f"by hand: v{version.number} serves instead of v{was}", {}
-        )
+        reason = f"by hand: v{version.number} serves instead of v{was}"
+        self.lineage.serve_again(version.number, version.created, {}, action, reason, {})
 
     # -- drift actions ---------------------------------------------------------------------------
     def on_drift(self, action: str) -> None:

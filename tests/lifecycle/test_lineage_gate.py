@@ -62,3 +62,20 @@ def test_a_diverged_candidate_is_recorded_as_rejected_with_a_null_score() -> Non
     assert rejected["validation"]["candidate"] is None  # the body stays valid JSON
     assert "not a finite score" in rejected["history"][0]["reason"]
     assert lineage.serving == 1
+
+
+def test_a_version_trimmed_from_the_lineage_can_still_serve_again() -> None:
+    lineage = Lineage(keep=3)
+    lineage.add(1, 10.0, {"impressions:0": 5}, {})
+    lineage.record(1, "promoted", "first", {})
+    for version in (2, 3, 4):
+        lineage.add(version, 20.0 + version, {}, {})
+        lineage.record(version, "promoted", "better", {})
+    assert lineage.find(1) is None, "v1 left the last 3 records"
+    lineage.serve_again(1, 10.0, {"impressions:0": 5}, "rolled_back", "v4 did worse", {"metric": "logloss"})
+    again = lineage.find(1)
+    assert lineage.serving == 1 and again is not None and again.trained_at == 10.0
+    assert [e["action"] for e in again.history] == ["rolled_back"]
+    kept_before = lineage.find(4)
+    lineage.serve_again(4, 24.0, {}, "promoted", "by hand", {})
+    assert lineage.find(4) is kept_before and lineage.serving == 4, "a kept record is not entered twice"
