@@ -252,7 +252,7 @@ class ForecastService(ModelService):
     def process(self, topic: str, records: list[Record]) -> BatchResult:
         with self.lock:
             if topic == topic_name("control"):
-                return self._apply_control(records)
+                return BatchResult(rejected=self.apply_control(records)[1])  # its own: no-ops
             rejected: dict[int, str] = {}
             extended = self._append(records, rejected)
             store = RowStore(extended)
@@ -386,17 +386,6 @@ class ForecastService(ModelService):
         if kept is None or kept.trained_at != serve.trained_at:  # a replay froze another namesake
             kept = self.versions.load(serve, self.learner)
         self.gate.serve_by_hand(kept, serve.action, self.learner)
-
-    def _apply_control(self, records: list[Record]) -> BatchResult:
-        """Apply this service's outcomes once each (its own, decided here, are no-ops)."""
-        position = {id(record): index for index, record in enumerate(records)}
-        rejected: dict[int, str] = {}
-        for outcome in self.control_records(records):
-            try:
-                self.apply_outcome_once(outcome)
-            except ApiError as exc:
-                rejected[position[id(outcome)]] = exc.message
-        return BatchResult(rejected=rejected)
 
     def _apply_due(self) -> None:
         """Apply waiting outcomes once training has learned what they were decided after."""

@@ -218,6 +218,21 @@ class ModelService(ABC):
         """The outcomes of a control-topic batch that belong to this service."""
         return [r for r in records if isinstance(r, Outcome) and r.service == self.name]
 
+    def apply_control(self, records: list[Record]) -> tuple[list[Outcome], dict[int, str]]:
+        """Apply this service's outcomes in a control-topic batch once each; the outcomes applied,
+        and the refused ones by position in ``records`` with the reason. Call holding :attr:`lock`."""
+        position = {id(record): index for index, record in enumerate(records)}
+        applied: list[Outcome] = []
+        rejected: dict[int, str] = {}
+        for outcome in self.control_records(records):
+            try:
+                self.apply_outcome_once(outcome)
+            except ApiError as exc:
+                rejected[position[id(outcome)]] = exc.message
+                continue
+            applied.append(outcome)
+        return applied, rejected
+
     @abstractmethod
     def state_dict(self) -> dict[str, Any]:
         """The whole service state (models, rolling windows, queues) for a checkpoint."""

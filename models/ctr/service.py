@@ -230,17 +230,8 @@ class CtrService(ModelService):
         the worker crashed right after the answer, and a swap since then (whose own update is newer)
         suppresses it.
         """
-        position = {id(record): index for index, record in enumerate(records)}
-        rejected: dict[int, str] = {}
-        rollbacks: list[Rollback] = []
-        for outcome in self.control_records(records):
-            try:
-                self.apply_outcome_once(outcome)
-            except ApiError as exc:
-                rejected[position[id(outcome)]] = exc.message
-                continue
-            if outcome.kind == ROLLBACK and outcome.seq not in self.pending:
-                rollbacks.append(Rollback.of(outcome))
+        applied, rejected = self.apply_control(records)
+        rollbacks = [Rollback.of(o) for o in applied if o.kind == ROLLBACK and o.seq not in self.pending]
         outputs = [self._announce(rollbacks[-1])] if rollbacks and self._serves(rollbacks[-1]) else []
         return BatchResult(outputs=outputs, rejected=rejected)
 
