@@ -19,6 +19,7 @@ import argparse
 import copy
 import itertools
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -155,12 +156,19 @@ def warm_up(
     seed: int,
     device: torch.device,
 ) -> tuple[Forecaster, Row]:
-    """A fresh ``spec`` model fitted on the train origins (early stopping on ``val``), and what it took."""
+    """A fresh ``spec`` model fitted on the train origins (early stopping on ``val``), and what it took
+    and chose: ``gain_prior`` is the gain's prior (None without one; "inf", no gain, as JSON has no
+    infinity)."""
     torch.manual_seed(seed)
     learner = build_forecaster(spec, device)
     started = time.perf_counter()
     report = fit(learner, windows, train, val, epochs=epochs, seed=seed)
-    return learner, {"warmup_epochs": report.epochs, "warmup_s": time.perf_counter() - started}
+    prior = report.gain_prior
+    return learner, {
+        "warmup_epochs": report.epochs,
+        "warmup_s": time.perf_counter() - started,
+        "gain_prior": "inf" if prior is not None and math.isinf(prior) else prior,
+    }
 
 
 def evaluate(
@@ -262,7 +270,19 @@ def print_table(rows: list[Row], title: str) -> None:
     for row in rows:
         groups.setdefault((row["model"], row["protocol"], row["horizon"]), []).append(row)
     table = Table(title=title)
-    for name in ("model", "protocol", "H", "steps", "seeds", "MSE", "MAE", "steps/s", "steps/CPU-s"):
+    columns = (
+        "model",
+        "protocol",
+        "H",
+        "steps",
+        "seeds",
+        "MSE",
+        "MAE",
+        "steps/s",
+        "steps/CPU-s",
+        "gain prior",
+    )
+    for name in columns:
         table.add_column(name, justify="left" if name in ("model", "protocol") else "right")
 
     def cell(values: list[float]) -> str:
@@ -278,11 +298,18 @@ def print_table(rows: list[Row], title: str) -> None:
             cell([r["mse"] for r in group]),
             cell([r["mae"] for r in group]),
             *(f"{np.mean([r[key] for r in group]):.1f}" for key in ("steps_per_s", "steps_per_cpu_s")),
+            prior_cell(group),
         )
     console = Console(file=sys.stdout)
     if not console.is_terminal:
         console.width = 140
     console.print(table)
+
+
+def prior_cell(group: list[Row]) -> str:
+    """The gain priors a group's seeds chose (e.g. ``0`` or ``inf``); - for a model without one."""
+    chosen = {row.get("gain_prior") for row in group} - {None}
+    return " ".join(sorted(p if isinstance(p, str) else f"{p:g}" for p in chosen)) or "-"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from forecasters.batch import WindowBatch
+from forecasters.data import Windows
 from forecasters.ensemble import build_ensemble, moments
 from forecasters.gain import GAIN_PRIOR, ResidualGain
 from forecasters.learner import Forecaster, behaves_same_in_train_mode, forecast_errors, loss_named
@@ -73,7 +74,7 @@ class OneNet(Forecaster):
         loss: str = "huber",
         ocp: str = "eg",
         gain: bool = True,
-        gain_prior: float = GAIN_PRIOR,
+        gain_prior: float | None = GAIN_PRIOR,
     ) -> None:
         self.device = device or default_device()
         self.horizon = horizon
@@ -110,15 +111,33 @@ class OneNet(Forecaster):
         """sigma(logit(p) + b_prev): branch 1's share per row and variable, [B, C]."""
         return torch.sigmoid(self._logit()[None, :] + self._previous_bias(batch))
 
-    def predict(self, batch: WindowBatch) -> torch.Tensor:
-        batch = batch.to(self.device)
+    def _mix(self, batch: WindowBatch) -> torch.Tensor:
+        """The branches mixed by their shares, before the gain; ``batch`` on this model's device."""
         y1, y2 = self._branch_outputs(batch)
         share = self._share(batch)[:, None, :]
-        forecast = share * y1 + (1 - share) * y2
+        return share * y1 + (1 - share) * y2
+
+    def predict(self, batch: WindowBatch) -> torch.Tensor:
+        batch = batch.to(self.device)
+        forecast = self._mix(batch)
         last = batch.x[:, -1:, :]
         if self.gain is not None:
             forecast = last + self.gain.gain().to(self.device) * (forecast - last)
         return forecast
+
+    def choose_gain_prior(self, windows: Windows, origins: np.ndarray) -> dict[float, float] | None:
+        """Pick the gain's prior on the held-out ``origins`` (in time order) if none was given
+        (:meth:`ResidualGain.choose_prior`, replayed under delayed labels with the networks as they are
+        now); returns each candidate's MSE, or None when there is nothing to choose."""
+        if self.gain is None or self.gain.prior is not None:
+            return None
+        residual, wanted = [], []
+        for batch in windows.batches(origins, 256):
+            batch = batch.to(self.device)
+            last = batch.x[:, -1:, :]
+            residual.append(self._mix(batch) - last)
+            wanted.append(batch.target - last)
+        return self.gain.choose_prior(torch.cat(residual), torch.cat(wanted), lag=self.horizon - 1)
 
     def mixing_weights(self, batch: WindowBatch) -> dict[str, list[list[float]]]:
         share = self._share(batch.to(self.device)).cpu()

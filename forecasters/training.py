@@ -10,6 +10,7 @@ import numpy as np
 
 from forecasters.data import Windows
 from forecasters.learner import Forecaster, StatelessForecaster, forecast_errors
+from forecasters.onenet import OneNet
 
 Progress = Callable[[int, float, float], None]
 #: Online learning rate as a share of the warm-up's. OneNet under delayed labels on ETTh2 (first 1,000
@@ -20,11 +21,13 @@ ONLINE_LR_SCALE = 0.1
 
 @dataclass(frozen=True)
 class FitReport:
-    """Epochs run, the best validation MSE and the epoch it came from."""
+    """Epochs run, the best validation MSE and the epoch it came from, and the gain prior the
+    validation split chose (None: the model has none to choose)."""
 
     epochs: int
     best_val_mse: float
     best_epoch: int
+    gain_prior: float | None = None
 
 
 def validation_mse(
@@ -54,7 +57,8 @@ def fit(
     """Train on shuffled ``train`` origins; keep the state with the best validation MSE (OneNet's warm-up).
 
     The kept state's learning rates are then multiplied by ``online_lr_scale`` for the online phase
-    (they stay in its optimizer state, so a pretrained checkpoint carries them to the service).
+    (they stay in its optimizer state, so a pretrained checkpoint carries them to the service), and a
+    OneNet without a fixed gain prior picks one on ``val`` (kept in its state, so in the checkpoint too).
     """
     if not 0 < online_lr_scale <= 1:
         raise ValueError(f"online_lr_scale must be in (0, 1], got {online_lr_scale}")
@@ -74,4 +78,12 @@ def fit(
             break
     learner.load_state_dict(best_state)
     learner.scale_lr(online_lr_scale)
-    return FitReport(epoch, best, best_epoch)
+    return FitReport(epoch, best, best_epoch, chosen_gain_prior(learner, windows, val))
+
+
+def chosen_gain_prior(learner: Forecaster, windows: Windows, val: np.ndarray) -> float | None:
+    """The gain prior of a OneNet, chosen on the ``val`` origins unless it was fixed; else None."""
+    if not isinstance(learner, OneNet) or learner.gain is None:
+        return None
+    learner.choose_gain_prior(windows, val)
+    return learner.gain.prior

@@ -28,13 +28,13 @@ class ForecasterSpec:
     lr: float = 1e-3
     #: OneNet only: the branches' training loss (``huber`` | ``mse``), the OCP form (``eg`` scale-free |
     #: ``eg-mse`` | ``adam``), each window's normalisation (``last`` | ``revin``), the residual gain and its
-    #: ridge prior towards last-value (forecasters/gain.py).
+    #: ridge prior towards last-value (forecasters/gain.py; None: chosen on the validation split by ``fit``).
     #: Defaults are the measured best under delayed labels (docs/forecasters.md).
     loss: str = "huber"
     ocp: str = "eg"
     norm: str = "last"
     gain: bool = True
-    gain_prior: float = GAIN_PRIOR
+    gain_prior: float | None = GAIN_PRIOR
 
     @classmethod
     def from_dict(cls, values: dict[str, object]) -> ForecasterSpec:
@@ -44,9 +44,13 @@ class ForecasterSpec:
             raise ValueError(f"unknown forecaster options {sorted(unknown)}; known: {sorted(known)}")
         for name, value in values.items():
             default = getattr(cls, name)
-            want: tuple[type, ...] = (int, float) if isinstance(default, float) else (type(default),)
+            if default is None and value is None:  # an optional number left to be chosen (gain_prior)
+                continue
+            number = isinstance(default, float) or default is None
+            want: tuple[type, ...] = (int, float) if number else (type(default),)
             if not isinstance(value, want) or (isinstance(value, bool) and not isinstance(default, bool)):
-                raise ValueError(f"forecaster option {name}={value!r}: expected {type(default).__name__}")
+                expected = "float" if number else type(default).__name__
+                raise ValueError(f"forecaster option {name}={value!r}: expected {expected}")
         return cls(**values)  # type: ignore[arg-type]
 
     def card_config(self) -> CARDConfig:
