@@ -9,11 +9,13 @@ The JSON limits are checked on the text, before decoding, wherever the text sett
 :func:`json_depth` (a vectorised scan, 0.06-0.13 ms for a 33 KB score request against 0.42-0.46 ms for
 walking its ~1,900 decoded values), and the count because every value takes at least one byte of
 its own. Only bodies the text does not settle (not UTF-8, or longer than ``max_json_items`` bytes)
-are walked after decoding (:func:`check_shape`).
+are walked after decoding (:func:`check_shape`). UTF-8 text is decoded by orjson (0.34 ms for that
+request against the standard library's 0.82, measured), other encodings by :mod:`json`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -23,6 +25,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
+import orjson
 
 from streams.config import Settings
 
@@ -58,11 +61,12 @@ def _reject_constant(name: str) -> Any:
 
 def parse_json(raw: bytes, limits: Limits) -> Any:
     """Decode ``raw`` as strict JSON within ``limits``; raise :class:`BadJson` saying what is wrong."""
-    settled_by_text = json.detect_encoding(raw).startswith("utf-8")
+    encoding = json.detect_encoding(raw)
+    settled_by_text = encoding.startswith("utf-8")
     if settled_by_text and json_depth(raw) > limits.max_json_depth:
         raise BadJson(_too_deep(limits))
     try:
-        value = json.loads(raw, parse_constant=_reject_constant)
+        value = _loads(raw, encoding)
     except RecursionError:
         raise BadJson(_too_deep(limits)) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -70,6 +74,16 @@ def parse_json(raw: bytes, limits: Limits) -> Any:
     if not settled_by_text or len(raw) > limits.max_json_items:
         check_shape(value, limits)
     return value
+
+
+def _loads(raw: bytes, encoding: str) -> Any:
+    """orjson for UTF-8; the standard library for other encodings and for any text orjson refuses,
+    so the error says what is wrong (``NaN is not valid JSON``) and the texts accepted stay the same
+    (orjson decodes an integer past 64 bits as a float)."""
+    if encoding == "utf-8":
+        with contextlib.suppress(orjson.JSONDecodeError):
+            return orjson.loads(raw)
+    return json.loads(raw, parse_constant=_reject_constant)
 
 
 def _too_deep(limits: Limits) -> str:
