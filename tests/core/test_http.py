@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import json
+import math
 
+import numpy as np
 from aiohttp import ClientSession, web
 
 from streams.auth import HttpSecurity
-from streams.http import make_app
+from streams.http import json_bytes, make_app
 from streams.service import ApiError, ApiRequest, ApiResponse, NotOwner, Route
 from streams.tally import TallyService
 from streams.tokens import Role, TokenStore, new_token
@@ -146,3 +150,15 @@ def test_keys_owned_elsewhere_are_proxied_once_or_answered_503():
     assert out[1] == (200, None, {"answered_by": "owner", "partition": 1})
     assert out[2][:2] == (503, "1") and "no owner is known" in out[2][2]["error"]
     assert out[3][:2] == (503, "1") and "no owner is known" in out[3][2]["error"]
+
+
+def test_answers_are_json_even_for_numpy_numbers_nan_and_odd_keys() -> None:
+    when = datetime.datetime(2026, 11, 26, 12, 0)
+    body = {"score": np.float64(0.25), "count": np.int64(3), "row": np.arange(3), "gap": math.nan, 7: when}
+    assert json.loads(json_bytes(body)) == {
+        "score": 0.25,
+        "count": 3,
+        "row": [0, 1, 2],
+        "gap": None,
+        "7": str(when),
+    }
