@@ -12,10 +12,11 @@ import pandas as pd
 import pytest
 import torch
 
-from forecasters.data import Windows
+from forecasters.data import Scaler, Windows
 from forecasters.evaluate import main
 from forecasters.gain import PRIOR_CANDIDATES, ResidualGain
 from forecasters.onenet import OneNet
+from forecasters.pretrained import load_pretrained, save_pretrained
 from forecasters.training import fit
 from forecasters.zoo import ForecasterSpec, build_forecaster
 
@@ -63,9 +64,10 @@ def test_choose_prior_refuses_bad_input() -> None:
     assert gain.prior is None
 
 
-def test_fit_chooses_the_prior_on_validation_and_the_state_carries_it() -> None:
+def test_fit_chooses_the_prior_on_validation_and_the_checkpoint_carries_it(tmp_path: Path) -> None:
     """A random walk's validation windows say the model's move has no skill: after the warm-up the
-    forecast is the last value exactly; on sines it has, and the forecast is the model's."""
+    forecast is the last value exactly, and so it is for the service warm-starting from the pretrained
+    checkpoint; on sines the model has skill, and the forecast is the model's."""
     walk = Windows(random_walk(600, 3), None, seq_len=32, horizon=4)
     origins = walk.origins(0, 600)
     learner = onenet()
@@ -73,9 +75,11 @@ def test_fit_chooses_the_prior_on_validation_and_the_state_carries_it() -> None:
     assert report.gain_prior == learner.gain.prior == math.inf  # type: ignore[union-attr]
     probe = walk.batch(origins[-50:])
     assert torch.equal(learner.predict(probe), probe.x[:, -1:, :].expand(-1, 4, -1))
-    restored = onenet()
-    restored.load_state_dict(learner.state_dict())
-    assert restored.gain.prior == math.inf  # type: ignore[union-attr]
+    spec = ForecasterSpec(seq_len=32, horizon=4, channels=3)
+    save_pretrained(tmp_path, spec, learner, Scaler(np.zeros(3), np.ones(3)), {})
+    loaded = load_pretrained(tmp_path, "onenet")
+    assert loaded is not None and loaded[0].gain_prior is None
+    assert isinstance(loaded[1], OneNet) and loaded[1].gain is not None and loaded[1].gain.prior == math.inf
 
     sines = Windows(sine_values(600, 3), None, seq_len=32, horizon=4)
     learner = onenet()
