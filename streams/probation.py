@@ -32,6 +32,19 @@ margin over a full window before any alarm (*proven*), only the events can have 
 does worse after one. So an alarm holds a proven version's probation until it ends (the next
 promotion, gated on the changed world, replaces it), whatever the predecessor does.
 
+**The baseline is the last proven version** (:meth:`Probation.succeeded_by`). A family that gates
+its next candidate on a clock, not on the probation (CTR), can promote a version while the one
+before is still on probation. That probation does not end there: the new version takes it over,
+judged against the same predecessor (the last version that *passed* its probation), on the same
+window (the steps scored for the replaced version count toward its confirmation: they judged the
+updates since that predecessor) and the same ``baseline``, with any drift alarm still heard. So a bad
+update that a quick promotion replaced is still rolled back, to the version before it, skipping
+every unproven one (``skipped``). A replaced version *passed* (:meth:`Probation.passed`) when its own
+steps filled every confirming window and none said worse, or when an alarm held it as proven: then
+the new version starts a fresh probation against it. A version that was trusted (``length``), rolled
+back to, or served by hand is proven too. Families that take no candidate while a probation runs
+(forecast, rank) never hand one over.
+
 Samples are whatever a family counts (impressions, windows, queries), never seconds, and the whole
 probation is plain data in the family's checkpoint, so a replay after a crash decides alike.
 """
@@ -84,14 +97,18 @@ class Probation:
     since: float
     #: The predecessor's loss on the gate's slice: how it did before the window's events.
     baseline: float | None
+    #: Samples scored for this version itself (inherited steps not counted): ``length`` trusts it.
     evaluated: int = 0
     held: bool = False
     #: ``[samples, version's loss, predecessor's loss]`` per scored step, oldest first.
     window: list[list[float]] = field(default_factory=list)
     #: A drift alarm was heard: from then on every verdict asks whether the world changed.
     alarmed: bool = False
-    #: A full window said "no worse" before any alarm.
+    #: A full window of this version's own steps said "no worse" before any alarm.
     proven: bool = False
+    #: Unproven versions this probation judged before ``version`` took it over, oldest first: a
+    #: rollback serves ``predecessor`` again over them.
+    skipped: list[int] = field(default_factory=list)
 
     def windows(self, rule: RollbackRule) -> list[tuple[int, float, float]]:
         """Up to ``rule.confirm`` disjoint windows, newest first, each as ``(samples, version's mean
@@ -101,13 +118,13 @@ class Probation:
     def verdict(self, rule: RollbackRule) -> Verdict:
         """Judge the steps scored so far; after an alarm, first hold while the world is changed
         (a held probation resumes once it is back)."""
-        windows = self.windows(rule)
-        samples, new, old = windows[0]
-        if not self.alarmed and samples >= rule.samples and new <= old * (1 + rule.margin):
+        own = _windows(self._own(), rule)
+        if not self.alarmed and own and _no_worse(own[0], rule):
             self.proven = True
+        windows = self.windows(rule)
         if self.held or self.alarmed:
             self.held = self._changed_world(rule)
-        worse = [samples >= rule.samples and new > old * (1 + rule.margin) for samples, new, old in windows]
+        worse = [w[0] >= rule.samples and not _no_worse(w, rule) for w in windows]
         if not self.held and len(worse) == rule.confirm and all(worse):
             return Verdict.ROLL_BACK
         return Verdict.TRUSTED if self.evaluated >= rule.length else Verdict.WATCH
@@ -119,6 +136,38 @@ class Probation:
         self.evaluated += samples
         while len(self.window) > 1 and _holds_all(self.window[1:], rule):
             self.window.pop(0)
+
+    def passed(self, rule: RollbackRule) -> bool:
+        """Whether the version, replaced now, passed its probation (see the module docstring):
+        its own steps fill every confirming window and none says worse, or an alarm holds it as
+        proven (``hold_proven``)."""
+        if self.held:
+            return rule.hold_proven and self.proven
+        own = _windows(self._own(), rule)
+        return len(own) == rule.confirm and all(_no_worse(w, rule) for w in own)
+
+    def succeeded_by(self, version: int, since: float) -> Probation:
+        """The probation of ``version``, promoted while this one's version had not passed: the
+        same predecessor, baseline, window and alarm state; ``version`` must earn ``proven`` and
+        trust (``evaluated``) on its own steps."""
+        return Probation(
+            version,
+            self.predecessor,
+            since,
+            self.baseline,
+            held=self.held,
+            window=[list(step) for step in self.window],
+            alarmed=self.alarmed,
+            skipped=[*self.skipped, self.version],
+        )
+
+    def _own(self) -> list[list[float]]:
+        """The window's newest steps scored for ``version`` itself (its ``evaluated`` samples)."""
+        start, samples = len(self.window), 0
+        while start > 0 and samples < self.evaluated:
+            start -= 1
+            samples += int(self.window[start][0])
+        return self.window[start:]
 
     def hear_alarm(self, rule: RollbackRule) -> bool:
         """A drift alarm: hold while the predecessor does worse too; True when now held."""
@@ -138,7 +187,8 @@ class Probation:
 
     def evidence(self, metric: str, rule: RollbackRule) -> dict[str, Any]:
         """What a rollback records: both means over the newest window, the margin and the
-        promotion time; with ``confirm`` > 1 also every window's ``[samples, version, predecessor]``."""
+        promotion time; with ``confirm`` > 1 also every window's ``[samples, version, predecessor]``;
+        after a hand-over the unproven versions ``skipped``."""
         windows = self.windows(rule)
         samples, new, old = windows[0]
         evidence: dict[str, Any] = {
@@ -152,6 +202,8 @@ class Probation:
         }
         if rule.confirm > 1:
             evidence["confirmed_by"] = [list(w) for w in windows]
+        if self.skipped:
+            evidence["skipped"] = list(self.skipped)
         return evidence
 
     def state_dict(self) -> dict[str, Any]:
@@ -160,7 +212,7 @@ class Probation:
     @classmethod
     def from_state(cls, state: dict[str, Any] | None) -> Probation | None:
         """Load a checkpointed probation; ones saved before ``baseline``/``held``/``alarmed``/
-        ``proven`` existed load too."""
+        ``proven``/``skipped`` existed load too."""
         if state is None:
             return None
         known = {name: state[name] for name in cls.__dataclass_fields__ if name in state}
@@ -175,6 +227,12 @@ def _means(steps: list[list[float]]) -> tuple[int, float, float]:
         return 0, 0.0, 0.0
     new, old = (sum(n * loss[i] for n, *loss in steps) / samples for i in (0, 1))
     return samples, new, old
+
+
+def _no_worse(window: tuple[int, float, float], rule: RollbackRule) -> bool:
+    """A full window in which the version's mean loss is within the margin of the predecessor's."""
+    samples, new, old = window
+    return samples >= rule.samples and new <= old * (1 + rule.margin)
 
 
 def _windows(steps: list[list[float]], rule: RollbackRule) -> list[tuple[int, float, float]]:

@@ -17,6 +17,15 @@ one window of three batches did 2.1% better over the next 10,000 impressions), t
 serves again, training restarts from it (so the bad update is not simply repeated) and
 the rollback is recorded.
 
+**Against the last proven version.** Swaps come on a clock (``swap_interval_s``), so a version can be
+promoted before its predecessor's probation could judge it (two windows): then the new version takes
+that probation over (:meth:`streams.probation.Probation.succeeded_by`), judged against the same
+last proven version on the same window, and a rollback serves that version again over every
+unproven one. Before, the swap ended the probation: a corrupted version replaced 5 s after its
+promotion became the next version's predecessor and was never rolled back (the lifecycle demo's
+escape). The proven version is held here (:attr:`CtrLifecycle.last_good`, checkpointed) because the
+version history may trim it meanwhile (``keep_versions``).
+
 **A changed world is no bad update.** On events from a changed world (concept drift, or a corrupted
 stretch such as a run of flipped labels) old versions do worse too, and the better fit of the old
 world can do worse than its predecessor: that is no evidence against the update. So:
@@ -128,6 +137,9 @@ class CtrLifecycle:
         self.lineage = Lineage()
         #: The version on probation, its predecessor, and the counts that decide a rollback.
         self.probation: Probation | None = None
+        #: The version the running probation judges against (its ``predecessor``): the last that
+        #: passed its probation; a rollback serves it again.
+        self.last_good: ModelVersion | None = None
         #: Offsets of everything trained on so far (the batch being processed excluded).
         self.learned_offsets: dict[str, int] = {}
         self.faster_left = 0
@@ -166,8 +178,18 @@ class CtrLifecycle:
         version = history.publish(candidate.scorer, candidate.samples_seen, candidate.steps, metrics)
         assert version.number == number, "the lineage names the version publish numbers"
         if serving is not None:
-            self.probation = Probation(version.number, serving.number, time.time(), evidence.serving)
+            self._start_probation(version, serving, evidence.serving)
         return [self.service.update_output(version)]
+
+    def _start_probation(self, version: ModelVersion, serving: ModelVersion, loss: float | None) -> None:
+        """Put ``version`` on probation against ``serving`` when that passed its own (or had none),
+        else hand it the running probation against the same last proven version."""
+        running = self.probation
+        if running is not None and running.version == serving.number and not running.passed(self.rule):
+            self.probation = running.succeeded_by(version.number, time.time())
+            return
+        self.last_good = serving
+        self.probation = Probation(version.number, serving.number, time.time(), loss)
 
     def published(self, version: ModelVersion, evidence: dict[str, Any], reason: str) -> None:
         """Record ``version`` as trained on the learned offsets and promoted."""
@@ -185,19 +207,17 @@ class CtrLifecycle:
     def watch(self, batch: CtrBatch) -> list[Output]:
         """Roll back when the batches scored so far say so, else score the version on probation
         and its predecessor on ``batch`` (judged at the next batch, once the drift alarm saw it)."""
-        probation, history = self.probation, self.service.history
+        probation, serving, predecessor = self.probation, self.service.history.serving, self.last_good
         if probation is None:
             return []
-        serving = history.serving
-        predecessor = next((v for v in history.versions if v.number == probation.predecessor), None)
         if serving is None or serving.number != probation.version or predecessor is None:
-            self.probation = None  # served over by hand, or the predecessor is no longer kept
+            self._end_probation()  # served over by hand, or a legacy predecessor no longer kept
             return []
         verdict = probation.verdict(self.rule)
         if verdict is Verdict.ROLL_BACK:
             return [self._roll_back(serving, predecessor, probation)]
         if verdict is Verdict.TRUSTED:
-            self.probation = None
+            self._end_probation()
             return []
         scored = batch.slice(0, min(len(batch), self.config.probation_rows))
         probation.add(
@@ -212,17 +232,22 @@ class CtrLifecycle:
         evidence["window"] = {"samples": samples, "after": None, "to": dict(self.learned_offsets)}
         history.adopt(good, bad.number)
         learner.restore(good.scorer)
-        self.probation = None
+        self._end_probation()
         before = len(evidence.get("confirmed_by", [])) - 1
+        skipped = ", ".join(f"v{number}" for number in probation.skipped)
         reason = (
             f"v{bad.number} did worse than v{good.number} on the same last {samples:,} impressions "
             f"(logloss {new:.4f} > {old:.4f} + {self.config.rollback_margin:.0%})"
             + (f", as on the {before} window(s) before" if before > 0 else "")
             + f"; v{good.number} serves again"
+            + (f", skipping unproven {skipped}" if skipped else "")
         )
         self.lineage.serve_again(good.number, good.created, {}, "rolled_back", reason, evidence)
         log.warning("ctr: automatic rollback: %s", reason)
         return self.service.update_output(good, rollback=True)
+
+    def _end_probation(self) -> None:
+        self.probation, self.last_good = None, None
 
     def learned(self) -> None:
         """After a batch: its offsets are learned; a ``faster`` boost counts down."""
@@ -263,15 +288,37 @@ class CtrLifecycle:
         return {
             "lineage": self.lineage.state_dict(),
             "probation": None if self.probation is None else self.probation.state_dict(),
+            "last_good": self._last_good_state(),
             "learned_offsets": dict(self.learned_offsets),
             "faster_left": self.faster_left,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore (call after the version history); a state from before ``last_good`` takes the
+        probation's predecessor from the history."""
         self.lineage.load_state_dict(state["lineage"])
         self.probation = Probation.from_state(state["probation"])
+        self.last_good = self._load_last_good(state.get("last_good"))
         self.learned_offsets = dict(state["learned_offsets"])
         self.faster_left = int(state["faster_left"])
+
+    def _last_good_state(self) -> dict[str, Any] | None:
+        """``last_good``'s info, with its weights only when the history no longer keeps it."""
+        good = self.last_good
+        if good is None:
+            return None
+        kept = any(v is good for v in self.service.history.versions)
+        return good.info() if kept else {**good.info(), "scorer": good.scorer.state_dict()}
+
+    def _load_last_good(self, state: dict[str, Any] | None) -> ModelVersion | None:
+        history = self.service.history
+        if state is None:
+            legacy = self.probation.predecessor if self.probation is not None else None
+            return next((v for v in history.versions if v.number == legacy), None)
+        kept = history.find(int(state["version"]), float(state["created"]))
+        if kept is not None:
+            return kept
+        return ModelVersion.from_info(state, self.service.learner.scorer_from(state["scorer"]))
 
 
 def scale_learning_rates(learner: CtrLearner, factor: float) -> None:

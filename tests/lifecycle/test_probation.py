@@ -133,3 +133,92 @@ def test_an_unproven_version_is_still_rolled_back_after_an_alarm_of_its_own_brea
     assert not p.hear_alarm(proving)
     p.add(50, 1.5, 1.0, proving)
     assert p.verdict(proving) is Verdict.ROLL_BACK
+
+
+# -- a version promoted while the one before is on probation (CTR's swaps on a clock) ---------------
+def test_a_bad_version_replaced_before_its_verdict_is_still_rolled_back_to_the_proven_one() -> None:
+    p = probation()  # v2 against the proven v1
+    p.add(100, 1.3, 1.0, CONFIRMED)
+    assert p.verdict(CONFIRMED) is Verdict.WATCH and not p.passed(CONFIRMED), "one window: unjudged"
+    p = p.succeeded_by(3, since=1.0)  # v3, trained on from v2, is promoted
+    assert (p.version, p.predecessor, p.skipped, p.evaluated) == (3, 1, [2], 0)
+    p.add(100, 1.25, 1.0, CONFIRMED)  # v3 is still worse than v1
+    assert p.verdict(CONFIRMED) is Verdict.ROLL_BACK, "v2's window and v3's confirm each other"
+    evidence = p.evidence("loss", CONFIRMED)
+    assert evidence["rolled_back_from"] == 3 and evidence["skipped"] == [2]
+    assert evidence["confirmed_by"] == [[100, 1.25, 1.0], [100, 1.3, 1.0]]
+
+
+def test_a_chain_of_quick_swaps_stays_on_probation_against_the_proven_version() -> None:
+    p = probation()
+    for version in (3, 4, 5):  # each version replaced after 50 samples, never judged in full
+        p.add(50, 1.3, 1.0, CONFIRMED)
+        assert p.verdict(CONFIRMED) is Verdict.WATCH and not p.passed(CONFIRMED)
+        p = p.succeeded_by(version, since=float(version))
+    p.add(50, 1.3, 1.0, CONFIRMED)
+    assert p.verdict(CONFIRMED) is Verdict.ROLL_BACK
+    assert (p.version, p.predecessor, p.skipped) == (5, 1, [2, 3, 4]), "every unproven one is skipped"
+
+
+def test_good_versions_replaced_by_swaps_are_never_rolled_back_and_become_the_baseline() -> None:
+    p = probation()
+    for version in range(3, 9):  # quick swaps: 50 samples each, all as good as the predecessor
+        p.add(50, 1.0, 1.02, CONFIRMED)
+        assert p.verdict(CONFIRMED) is Verdict.WATCH
+        assert not p.passed(CONFIRMED), "its own steps do not fill both windows"
+        p = p.succeeded_by(version, since=float(version))
+    assert p.predecessor == 1 and p.skipped == [2, 3, 4, 5, 6, 7]
+    for _ in range(4):  # v8 lives long enough to be judged on both windows of its own
+        p.add(50, 1.0, 1.02, CONFIRMED)
+        assert p.verdict(CONFIRMED) is Verdict.WATCH
+    assert p.passed(CONFIRMED), "no worse on both own windows: v8 is the next one's baseline"
+
+
+def test_a_replaced_version_worse_on_its_newest_window_has_not_passed() -> None:
+    p = probation()
+    p.add(100, 1.0, 1.0, CONFIRMED)
+    p.add(100, 1.2, 1.0, CONFIRMED)
+    assert p.verdict(CONFIRMED) is Verdict.WATCH, "one worse window: not confirmed"
+    assert not p.passed(CONFIRMED), "but not found no worse either"
+    p.add(100, 1.0, 1.0, CONFIRMED)
+    p.add(100, 1.0, 1.0, CONFIRMED)
+    assert p.passed(CONFIRMED)
+
+
+def test_a_successor_is_trusted_and_proven_on_its_own_steps_only() -> None:
+    proving = RollbackRule(margin=0.05, samples=100, length=300, confirm=2, hold_proven=True)
+    p = probation()
+    for _ in range(5):
+        p.add(50, 1.0, 1.0, proving)
+    assert p.verdict(proving) is Verdict.WATCH and p.proven
+    p = p.succeeded_by(3, since=1.0)
+    assert p.verdict(proving) is Verdict.WATCH and not p.proven, "v2's windows do not prove v3"
+    p.add(50, 1.0, 1.0, proving)
+    assert p.verdict(proving) is Verdict.WATCH and not p.proven, "half a window of its own"
+    p.add(50, 1.0, 1.0, proving)
+    assert p.verdict(proving) is Verdict.WATCH and p.proven
+    for _ in range(4):
+        p.add(50, 1.0, 1.0, proving)
+    assert p.verdict(proving) is Verdict.TRUSTED, "300 samples of its own"
+
+
+def test_a_successor_keeps_the_alarm_and_the_baseline_so_a_changed_world_stays_held() -> None:
+    p = probation(baseline=1.0)
+    p.add(100, 1.8, 1.6, CONFIRMED)  # the world changed: v1 does worse than on the gate's slice too
+    assert p.hear_alarm(CONFIRMED)
+    assert not p.passed(CONFIRMED), "a held probation judged nothing"
+    p = p.succeeded_by(3, since=1.0)
+    assert p.alarmed and p.held and p.baseline == 1.0
+    p.add(100, 1.9, 1.6, CONFIRMED)
+    assert p.verdict(CONFIRMED) is Verdict.WATCH and p.held, "v1 still worse than before: held"
+
+
+def test_a_held_proven_version_passed_and_the_hand_over_round_trips() -> None:
+    proving = RollbackRule(margin=0.05, samples=100, length=1_000, confirm=2, hold_proven=True)
+    p = probation(baseline=1.0)
+    p.add(100, 0.9, 1.0, proving)
+    assert p.verdict(proving) is Verdict.WATCH and p.proven
+    p.add(100, 1.5, 1.0, proving)  # the world changes; an alarm holds the proven version
+    assert p.hear_alarm(proving) and p.passed(proving)
+    handed = p.succeeded_by(3, since=2.0)
+    assert Probation.from_state(handed.state_dict()) == handed
