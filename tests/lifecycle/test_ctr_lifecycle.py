@@ -117,8 +117,8 @@ def test_a_corrupted_update_replaced_before_its_verdict_is_still_rolled_back_to_
     confirmed = lifecycle.config.rollback_confirm * lifecycle.config.rollback_samples // BATCH
     assert 81 <= acted <= 81 + confirmed, acted
     print(
-        f"\ncorrupted v8 replaced by v{min(promoted)} 1,000 impressions later: rolled back to v7 at batch {acted} "
-        f"from v{evidence['rolled_back_from']}, skipping {evidence['skipped']}"
+        f"\ncorrupted v8 replaced by v{min(promoted)} 1,000 impressions later: rolled back to v7 "
+        f"at batch {acted} from v{evidence['rolled_back_from']}, skipping {evidence['skipped']}"
     )
 
 
