@@ -16,7 +16,7 @@ from models.ctr.promotion import LifecycleConfig
 from models.ctr.service import CtrService
 from streams.drift import DriftSettings
 from streams.schemas import Impression
-from tests.lifecycle.scenario import BATCH, feed_live, rows, trainer
+from tests.lifecycle.scenario import BATCH, Trainer, feed_live, rows, trainer
 
 CLEAN = DriftSettings(action="alarm")
 
@@ -92,19 +92,30 @@ def test_a_corrupted_update_that_passes_the_gate_is_rolled_back(
 def test_a_corrupted_update_replaced_before_its_verdict_is_still_rolled_back_to_the_proven_version(
     stream: list[Impression], warmed: tuple[dict[str, Any], dict[str, Any]]
 ) -> None:
-    run = trainer(CLEAN, warmed)
-    run.feed(stream, range(60, 81), lambda b: 72 <= b <= 80, boost=3)  # bad v8 promoted at batch 80
-    assert run.service.model_version() == 8
-    probation = run.service.lifecycle.probation
+    first = trainer(CLEAN, warmed)
+    first.feed(stream, range(60, 81), lambda b: 72 <= b <= 80, boost=3)  # bad v8 promoted at batch 80
+    assert first.service.model_version() == 8
+    probation = first.service.lifecycle.probation
     assert probation is not None and (probation.version, probation.predecessor) == (8, 7)
-    # A swap every 2 batches from now on: each version is replaced after 1,000 impressions, before the
-    # two windows of 1,500 could judge it (the live demo's escape: a swap 5 s after v11's promotion).
-    # Here the learner, still recovering from the flips, does worse than v8 for a while; a wide
-    # promotion margin lets its versions through as the live gate let v12 through.
-    run.service.swap_interval_s = 2
-    lifecycle = run.service.lifecycle
-    lifecycle.config = replace(lifecycle.config, promotion_margin=0.25)
-    run.feed(stream, range(81, 95), lambda b: False)
+
+    def swap_quickly(run: Trainer) -> None:
+        """A swap every 2 batches: each version is replaced after 1,000 impressions, before the two
+        windows of 1,500 could judge it (the live demo's escape: a swap 5 s after v11's promotion).
+        The learner, still recovering from the flips, does worse than v8 for a while: a wide
+        promotion margin lets its versions through, as the live gate let v12 through."""
+        run.service.swap_interval_s = 2
+        lifecycle = run.service.lifecycle
+        lifecycle.config = replace(lifecycle.config, promotion_margin=0.25)
+
+    swap_quickly(first)
+    first.feed(stream, range(81, 86), lambda b: False)
+    probation = first.service.lifecycle.probation
+    assert probation is not None and probation.predecessor == 7 and 8 in probation.skipped
+    assert 7 not in first.service.history.numbers(), "the history no longer keeps the proven version"
+    # A restart from the checkpoint goes on with the same probation and the same proven version.
+    run = trainer(CLEAN, (first.service.state_dict(), first.drift.state_dict()))
+    swap_quickly(run)
+    run.feed(stream, range(86, 95), lambda b: False)
     promoted = [v for v, _ in run.events("promoted") if v > 8]
     rollbacks = run.events("rolled_back")
     assert rollbacks, "the bad update must be rolled back although a swap replaced it"
@@ -114,8 +125,8 @@ def test_a_corrupted_update_replaced_before_its_verdict_is_still_rolled_back_to_
     assert evidence["rolled_back_from"] in promoted and 8 in evidence["skipped"], evidence
     assert "skipping unproven v8" in event["reason"]
     acted = run.batch_at(event["at"])
-    confirmed = lifecycle.config.rollback_confirm * lifecycle.config.rollback_samples // BATCH
-    assert 81 <= acted <= 81 + confirmed, acted
+    config = run.service.lifecycle.config
+    assert acted <= 81 + config.rollback_confirm * config.rollback_samples // BATCH, acted
     print(
         f"\ncorrupted v8 replaced by v{min(promoted)} 1,000 impressions later: rolled back to v7 "
         f"at batch {acted} from v{evidence['rolled_back_from']}, skipping {evidence['skipped']}"
