@@ -45,7 +45,8 @@ class Timeline:
     shift_sent: float | None = None
     #: (wall time seen, what): alarms from ``/health``, rollbacks from ``/models``.
     actions: list[tuple[float, str]] = field(default_factory=list)
-    #: The ``rolled_back`` lineage entries seen, in the order seen.
+    #: The ``rolled_back`` lineage entries seen, in the order seen, each with the ``version`` it
+    #: served again.
     rollbacks: list[dict[str, Any]] = field(default_factory=list)
     #: Polls the worker did not answer in time (a busy worker answers late).
     missed_polls: int = 0
@@ -130,7 +131,7 @@ def poll(url: str, service: str, timeline: Timeline, stop: threading.Event, toke
         for version, entry in history:
             if entry["action"] == "rolled_back" and (version, entry["at"]) not in events:
                 events.add((version, entry["at"]))
-                timeline.rollbacks.append(entry)
+                timeline.rollbacks.append({**entry, "version": version})
                 timeline.actions.append((now, f"rollback: {entry['reason']}"))
 
 
@@ -170,7 +171,8 @@ def replay(
 
 def verdicts(timeline: Timeline, injection: Injection) -> list[str]:
     """Each action judged against the design: the version that learned the corrupted stretch is
-    rolled back, nothing else is; both changes raise the drift alarm (times from each change)."""
+    rolled back (itself, or skipped as unproven when a version promoted after it is), nothing else
+    is; both changes raise the drift alarm (times from each change)."""
     begun, shift = timeline.corrupt_sent, timeline.shift_sent
     alarms = [at for at, what in timeline.actions if what.startswith("drift alarm")]
     lines = []
@@ -180,9 +182,14 @@ def verdicts(timeline: Timeline, injection: Injection) -> list[str]:
     learned_rolled = False
     for entry in timeline.rollbacks:
         at, bad = entry["at"], entry["evidence"]["rolled_back_from"]
-        if bad == injection.learned and begun and at >= begun and not (shift and at >= shift):
+        over = [bad, *entry["evidence"].get("skipped", [])]
+        if injection.learned in over and begun and at >= begun and not (shift and at >= shift):
             learned_rolled = True
-            lines.append(f"as designed: v{bad} (learned the stretch) rolled back {at - begun:.1f} s in")
+            lines.append(
+                f"as designed: v{injection.learned} (learned the stretch) rolled back to v{entry['version']} "
+                f"{at - begun:.1f} s in"
+                + (f", with v{bad} promoted after it" if bad != injection.learned else "")
+            )
         else:
             lines.append(f"WRONG: v{bad} rolled back ({timeline.since(at)})")
     if injection.learned is None:

@@ -153,7 +153,7 @@ def replay(
                 if entry["action"] == "promoted":
                     seen.append((dispatch + rng.uniform(0.05, 0.35), record.version))
                 elif entry["action"] == "rolled_back":
-                    timeline.rollbacks.append({**entry, "at": dispatch})
+                    timeline.rollbacks.append({**entry, "at": dispatch, "version": record.version})
                     timeline.actions.append((dispatch, f"rollback: {entry['reason']}"))
         if runner.drift.alarms > alarms:
             alarms = runner.drift.alarms
