@@ -17,7 +17,9 @@ processes. Sections (``--sections``, default all):
               ``--impressions`` MovieLens-100K impressions) against ``CtrService.process`` on the
               same impressions in batches of the same size in this process, run after run
               (``--repeats`` pairs, each Kafka drain in a fresh consumer group); the ratio per pair
-              and the median
+              and the median. ``--before REV`` adds, in each repeat, a drain by a worker of git
+              revision REV (its tree exported with ``git archive``; the checkout is not touched),
+              so a change is compared with what it changes on the same broker, load and records
   recovery    SIGKILL a tally worker mid-stream and restart it at once on the same port (same
               static member); seconds from restart to ``/ready`` and until applied events grow
   inprocess   ``CtrService.process`` alone, ``--repeats`` times, on the device the models pick
@@ -25,7 +27,7 @@ processes. Sections (``--sections``, default all):
               runs on a GPU machine that has no Java. Not part of the default sections.
 
 Usage: python bench/runner_throughput.py [--events 1000000] [--impressions 50000] [--repeats 3]
-       [--sections throughput,checkpoint,ctr,recovery]
+       [--sections throughput,checkpoint,ctr,recovery] [--before REV]
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import gc
 import itertools
 import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -46,6 +49,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (
+    ROOT,
     Worker,
     broker,
     load,
@@ -56,7 +60,7 @@ from bench.common import (
     table,
     wait_for,
 )
-from streams.config import Settings
+from streams.config import Settings, shared_data_dir
 from streams.producer import send_all
 
 BEFORE = {"DRIFTLINE_CHECKPOINT_EVENTS": "1", "DRIFTLINE_CHECKPOINT_INTERVAL_S": "0"}
@@ -145,16 +149,20 @@ def drain_rate(worker: Worker, service: str, total: int) -> float:
 
 
 def policy_run(
-    bootstrap: str, tmp: Path, service: str, policy: str, total: int, tag: str = ""
+    bootstrap: str, tmp: Path, service: str, policy: str, total: int, tag: str = "", tree: Path | None = None
 ) -> list[object]:
     """One worker of ``service`` with ``policy`` draining ``total`` events; its checkpoint figures.
 
-    ``tag`` makes the worker's consumer group (and checkpoint store) a fresh one."""
+    ``tag`` makes the worker's consumer group (and checkpoint store) a fresh one; ``tree`` runs
+    the worker from that source tree (:func:`exported`) instead of this checkout."""
     before = policy.startswith("before")
     name = f"{service}-{'before' if before else 'after'}{tag}"
     env = {**(BEFORE if before else {}), "DRIFTLINE_CHECKPOINT_STORE": str(tmp / f"store-{name}")}
-    say(f"checkpoint bytes: {service}, {policy}")
+    say(f"checkpoint bytes: {service}, {policy}{f', worker from {tree.name}' if tree else ''}")
     worker = Worker(bootstrap, tmp / name, service, env=env, app_id=name)
+    if tree is not None:  # ``python -m`` imports from the working directory first
+        worker.command = ["env", "-C", str(tree), *worker.command]
+        worker.env = {**worker.env, "DRIFTLINE_DATA_DIR": str(shared_data_dir())}
     with running([worker], wait=False):
         rate = drain_rate(worker, service, total)
         # The last checkpoint is written in the background (before), or when the interval comes
@@ -179,20 +187,39 @@ def checkpoint_bytes(bootstrap: str, tmp: Path, events: int, impressions: int) -
     )
 
 
-def ctr_ratio(bootstrap: str, tmp: Path, records: list, repeats: int) -> None:
-    """CTR samples/s through Kafka and in process, one after the other, ``repeats`` times."""
+def exported(rev: str, into: Path) -> Path:
+    """The source tree of git revision ``rev`` under ``into`` (``git archive``: no checkout changes)."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
+
+
+def ctr_ratio(bootstrap: str, tmp: Path, records: list, repeats: int, before: str | None = None) -> None:
+    """CTR samples/s through Kafka and in process, one after the other, ``repeats`` times; with
+    ``before``, also through Kafka by a worker of that git revision, in the same repeat."""
+    tree = exported(before, tmp / f"tree-{before}") if before else None
     rows: list[list[object]] = []
     for attempt in range(1, repeats + 1):
-        kafka = policy_run(bootstrap, tmp, "ctr", "after: defaults", len(records), f"run{attempt}")
-        kafka_rate, kafka_load = float(kafka[5]), kafka[6]  # type: ignore[arg-type]
+        kafka = [
+            policy_run(bootstrap, tmp, "ctr", "after: defaults", len(records), f"run{attempt}-{i}", source)
+            for i, source in enumerate([None, tree] if tree else [None])
+        ]
         in_process = ctr_in_process(tmp / f"run{attempt}", records)
-        rows.append([attempt, in_process, load(), kafka_rate, kafka_load, kafka_rate / in_process])
-    ratios = [float(r[5]) for r in rows]  # type: ignore[arg-type]
-    rows.append(["median", "", "", "", "", statistics.median(ratios)])
+        row: list[object] = [attempt, in_process, load()]
+        for drain in kafka:
+            rate = float(drain[5])  # type: ignore[arg-type]
+            row += [rate, drain[6], rate / in_process]
+        rows.append(row)
+    medians = [statistics.median(float(r[i]) for r in rows) for i in range(5, len(rows[0]), 3)]  # type: ignore[arg-type]
+    rows.append(["median", "", "", *itertools.chain.from_iterable(("", "", m) for m in medians)])
+    drains = ["through Kafka: worker drain", "load", "ratio"]
+    if before:
+        drains += [f"through Kafka: worker of {before}", "load", f"ratio of {before}"]
     table(
         f"CTR samples/s, {len(records):,} MovieLens-100K impressions, default ctr options "
         f"(DeepFM, batch 4096), CPU, {CORES} cores",
-        ["run", "in process: CtrService.process", "load", "through Kafka: worker drain", "load", "ratio"],
+        ["run", "in process: CtrService.process", "load", *drains],
         rows,
     )
 
@@ -362,6 +389,7 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3, help="Kafka / in-process pairs for ctr")
     parser.add_argument("--sections", default="throughput,checkpoint,ctr,recovery")
+    parser.add_argument("--before", metavar="REV", help="ctr: also drain with a worker of this git revision")
     args = parser.parse_args()
     sections = set(args.sections.split(","))
     if "inprocess" in sections:
@@ -389,7 +417,7 @@ def main() -> None:
             if "checkpoint" in sections:
                 checkpoint_bytes(node.bootstrap, tmp, args.events, len(records))
             if "ctr" in sections:
-                ctr_ratio(node.bootstrap, tmp, records, args.repeats)
+                ctr_ratio(node.bootstrap, tmp, records, args.repeats, args.before)
         if "recovery" in sections:
             recovery(node.bootstrap, tmp, args.kills)
 

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.cluster import ClusterMetadata
@@ -28,7 +29,7 @@ from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment, Cons
 from aiokafka.errors import KafkaError
 
 from streams.kafka_security import client_security
-from streams.runner import ServiceRunner
+from streams.runner import Parsed, ServiceRunner, parse_events
 from streams.service import Subscription
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,22 @@ class _Listener(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         await self.owner.assigned(assigned)
+
+
+@dataclass
+class _Taken:
+    """A batch taken from Kafka: the owned partitions' records per topic, each topic's parse
+    running ahead (:func:`streams.runner.parse_events`), and the assignment generation it was
+    taken in."""
+
+    generation: int
+    records: dict[str, list]
+    parsed: dict[str, asyncio.Future[Parsed]]
+
+    def drop(self) -> None:
+        """Not applied after all: stop waiting for its parses (a parse that runs finishes unused)."""
+        for future in self.parsed.values():
+            future.cancel()
 
 
 class BatchConsumer:
@@ -236,16 +253,14 @@ class BatchConsumer:
         await consumer.start()
         log.info("%s: %s connected; joining group %s", self.runner.service.name, self.instance, self.group)
         lag_task = asyncio.create_task(self._track_lag(stop))
+        ahead: _Taken | None = None
         try:
             while not stop.is_set():
-                generation = self._generation
-                batch = await self._take(consumer, stop)
-                if batch:
-                    await self._apply(batch, generation)
-                elif self._catch_up:
-                    await self._idle_catch_up(consumer)
+                ahead = await self._step(consumer, stop, ahead)
                 await self.runner.maybe_checkpoint()
         finally:
+            if ahead is not None:
+                ahead.drop()
             lag_task.cancel()
             with contextlib.suppress(Exception):
                 await self.runner.close()
@@ -270,26 +285,67 @@ class BatchConsumer:
                 deadline = time.monotonic() + self.window_s
         return taken
 
-    async def _apply(self, batch: dict[TopicPartition, list], generation: int) -> None:
-        """Apply a batch unless the assignment changed since it was fetched.
+    async def _step(
+        self, consumer: AIOKafkaConsumer, stop: asyncio.Event, ahead: _Taken | None
+    ) -> _Taken | None:
+        """Apply the batch taken before (``ahead``) while the next one is taken and parsed; return
+        that next one, or None when nothing came.
 
-        Records taken across an assignment change may come from a position the fetcher had
-        before the seek to the checkpoint's offsets: such a batch is dropped and every owned
-        partition is read again from its applied offset, so nothing is skipped either way.
+        Taking and parsing change no state, so they overlap the batch before: its processing runs
+        in a thread that mostly leaves the GIL free (torch), while parsing needs it. A batch taken
+        across an assignment change or a seek may come from a position the fetcher had before
+        that seek: it is dropped and every owned partition is read again from its applied offset
+        before the next take, so nothing is skipped either way (the runner still drops what was
+        applied already, by offset, at apply time).
         """
-        if generation != self._generation:
+        if ahead is not None and ahead.generation != self._generation:
+            ahead.drop()
+            ahead = None
             self._read_again_from_applied()
-            return
+        taking = asyncio.create_task(self._take_ahead(consumer, stop))
+        try:
+            if ahead is not None:
+                await self._apply(ahead)
+            taken = await taking
+        finally:
+            taking.cancel()
+        if taken is None and ahead is None and self._catch_up:
+            await self._idle_catch_up(consumer)
+        return taken
+
+    async def _take_ahead(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> _Taken | None:
+        """The next batch, its parse started as soon as it is taken; None when nothing came."""
+        generation = self._generation
+        batch = await self._take(consumer, stop)
+        return self._prepare(batch, generation) if batch else None
+
+    def _prepare(self, batch: dict[TopicPartition, list], generation: int) -> _Taken:
+        """The owned partitions' records per topic, each topic's parse started in a thread."""
         by_topic: dict[str, list] = {}
         for tp, records in batch.items():
             if (tp.topic, tp.partition) in self.owned:
                 by_topic.setdefault(tp.topic, []).extend(records)
-        for topic, records in by_topic.items():
+        parsed = {
+            topic: asyncio.ensure_future(
+                asyncio.to_thread(parse_events, self.subscriptions[topic].record_type, records)
+            )
+            for topic, records in by_topic.items()
+        }
+        return _Taken(generation, by_topic, parsed)
+
+    async def _apply(self, taken: _Taken) -> None:
+        """Apply a batch taken and parsed ahead, topic by topic, unless a seek or an assignment
+        change came meanwhile (then it is dropped and read again, see :meth:`_step`)."""
+        for topic, records in taken.records.items():
             try:
                 applied = await self.runner.apply(
-                    self.subscriptions[topic], records, lambda: generation == self._generation
+                    self.subscriptions[topic],
+                    records,
+                    lambda: taken.generation == self._generation,
+                    await taken.parsed[topic],
                 )
                 if applied is None:
+                    taken.drop()
                     self._read_again_from_applied()
                     return
                 if self._catch_up:
@@ -298,6 +354,7 @@ class BatchConsumer:
                 # Not a bad event (those are dead-lettered) but a fault of ours: go back to the
                 # restore point and read again from there, rather than skip past anything.
                 log.exception("%s: applying a batch failed; rewinding to the last restore point", topic)
+                taken.drop()
                 self._seek(await self.runner.rewind(self.owned))
                 return
 
@@ -306,8 +363,10 @@ class BatchConsumer:
         self._seek(self.runner.next_offsets(self.owned))
 
     def _seek(self, positions: Mapping[tuple[str, int], int]) -> None:
+        """Read ``positions`` next; a batch taken before the seek is dropped (see :meth:`_step`)."""
         consumer = self.consumer
         assert consumer is not None
+        self._generation += 1
         for (topic, partition), offset in positions.items():
             consumer.seek(TopicPartition(topic, partition), offset)
 

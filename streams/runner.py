@@ -4,13 +4,14 @@ The protocol, for each batch of raw events (any objects with ``topic``, ``partit
 ``key`` and ``value``, such as aiokafka's records):
 
 1. drop events at or below the applied offset of their partition (redelivery);
-2. validate the rest; what fails is dead-lettered with the reason;
+2. validate the rest (or take their results from a parse done ahead, while the batch before was
+   processed: parsing is pure); what fails is dead-lettered with the reason;
 3. let the service process the records (a worker thread, holding the service lock). If it raises,
    the state is restored from the last in-memory snapshot, the batches since then are replayed,
    and the failed batch is bisected until the records that make it raise are isolated and
    dead-lettered: a failed batch leaves no trace in state;
 4. send outputs and dead letters and wait until the broker has every one. A send that fails is
-   retried until it succeeds; meanwhile nothing else is consumed and nothing is checkpointed. An
+   retried until it succeeds; meanwhile nothing else is applied and nothing is checkpointed. An
    output the broker refuses for good (larger than it takes, say) is dead-lettered instead;
 5. advance the applied offsets.
 
@@ -147,6 +148,44 @@ def _detector_import() -> threading.Thread:
 class _Item:
     event: Event
     record: Record
+
+
+#: What parsing each event of a batch gave, in the batch's order: its record, or why it is unusable.
+Parsed = list[Record | str]
+
+
+def parse_events(record_type: type[Record], events: Sequence[Event]) -> Parsed:
+    """Validate ``events`` as ``record_type`` records; pure (no state is read or changed).
+
+    Being pure, it may run ahead of the batch before it (:class:`streams.consumer.BatchConsumer`
+    parses the next batch while the runner applies one): the runner still decides at apply time
+    which events are fresh, and dead-letters the unusable ones among those.
+    """
+    parsed: Parsed = []
+    for event in events:
+        if event.value is None:
+            parsed.append("empty event (no value)")
+            continue
+        try:
+            parsed.append(record_type.model_validate_json(event.value))
+        except ValueError:
+            try:  # the slow path says precisely what is wrong
+                parsed.append(parse_record(event.value, record_type))
+            except RecordError as exc:
+                parsed.append(str(exc))
+    return parsed
+
+
+def _split(events: Sequence[Event], parsed: Parsed) -> tuple[list[_Item], list[tuple[Event, str]]]:
+    """The usable records with their events, and the unusable events with their reasons."""
+    items: list[_Item] = []
+    dead: list[tuple[Event, str]] = []
+    for event, result in zip(events, parsed, strict=True):
+        if isinstance(result, str):
+            dead.append((event, result))
+        else:
+            items.append(_Item(event, result))
+    return items, dead
 
 
 #: The batches applied since the snapshot, as raw events with their subscription: replayed (parsed
@@ -361,23 +400,32 @@ class ServiceRunner:
         subscription: Subscription,
         events: Sequence[Event],
         still_valid: Callable[[], bool] = lambda: True,
+        parsed: Parsed | None = None,
     ) -> BatchResult | None:
         """Apply one micro-batch of ``subscription``'s topic; see the module docstring.
 
         ``still_valid`` is asked once the batch lock is held: a consumer whose assignment changed
         meanwhile (a seek to the checkpoint's offsets) says no, the batch is not applied and the
         answer is None (the consumer then reads from the applied offsets again).
+
+        ``parsed`` is :func:`parse_events` of ``events`` done ahead, or None to parse here. Either
+        way only the fresh events' results are used, chosen now against the applied offsets.
         """
         async with self._batch_lock:
             if not still_valid():
                 return None
             started = time.perf_counter()
-            fresh, last = self._fresh(events)
-            if not fresh:
+            positions, last = self._fresh(events)
+            if not positions:
                 return BatchResult()
             if self._snapshot is None:
                 await asyncio.to_thread(self._take_snapshot)
-            items, dead = await asyncio.to_thread(self._parse, subscription, fresh)  # off the event loop
+            fresh = [events[i] for i in positions]
+            if parsed is None:  # off the event loop
+                results = await asyncio.to_thread(parse_events, subscription.record_type, fresh)
+            else:
+                results = [parsed[i] for i in positions]
+            items, dead = _split(fresh, results)
             applied = _Applied(dead=dead)
             if items:
                 processed = await asyncio.to_thread(self._process_safely, subscription, items)
@@ -393,42 +441,22 @@ class ServiceRunner:
             self.metrics.batch_seconds.labels(self.service.name).observe(time.perf_counter() - started)
             return BatchResult(applied.outputs, applied.metrics, {})
 
-    def _fresh(self, events: Sequence[Event]) -> tuple[list[Event], dict[tuple[str, int], int]]:
-        """The events not applied yet, and the new last offset of each partition they touch."""
+    def _fresh(self, events: Sequence[Event]) -> tuple[list[int], dict[tuple[str, int], int]]:
+        """The positions of the events not applied yet, and the new last offset of each partition
+        they touch."""
         applied: dict[tuple[str, int], int] = {}
-        fresh: list[Event] = []
-        for event in events:
+        fresh: list[int] = []
+        for position, event in enumerate(events):
             tp = (event.topic, event.partition)
             last = applied.get(tp)
             if last is None:
                 last = self.offsets.get(tp_key(*tp), -1)
             if event.offset > last:
-                fresh.append(event)
+                fresh.append(position)
                 last = event.offset
             applied[tp] = last
         moved = {tp: o for tp, o in applied.items() if o > self.offsets.get(tp_key(*tp), -1)}
         return fresh, moved
-
-    def _parse(
-        self, subscription: Subscription, events: list[Event]
-    ) -> tuple[list[_Item], list[tuple[Event, str]]]:
-        record_type = subscription.record_type
-        items: list[_Item] = []
-        dead: list[tuple[Event, str]] = []
-        for event in events:
-            if event.value is None:
-                dead.append((event, "empty event (no value)"))
-                continue
-            try:
-                record = record_type.model_validate_json(event.value)
-            except ValueError:
-                try:  # the slow path says precisely what is wrong
-                    record = parse_record(event.value, record_type)
-                except RecordError as exc:
-                    dead.append((event, str(exc)))
-                    continue
-            items.append(_Item(event, record))
-        return items, dead
 
     def _process_safely(self, subscription: Subscription, items: list[_Item]) -> _Applied:
         """Process under the lock; on an exception restore, replay, and isolate what raised."""
@@ -473,7 +501,8 @@ class ServiceRunner:
         assert self._snapshot is not None
         self._load(self._snapshot)
         for subscription, events in replay:
-            items, _ = self._parse(subscription, events)  # the same records: parsing is pure
+            parsed = parse_events(subscription.record_type, events)  # the same records: it is pure
+            items, _ = _split(events, parsed)
             self._process(subscription.topic, items)
         for outcome in self.service.decided:
             self.service.apply_outcome_once(outcome)
