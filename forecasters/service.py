@@ -235,14 +235,16 @@ class ForecastService(ModelService):
         totals: dict[str, float] = {}
         trained = 0
         rolled_back = self.gate.before_batch(self.learner)
-        for round_ in rounds:
-            values, times = store.windows(round_.starts, self.windows.capacity)
-            batch = self._batch(round_.keys, values, times, training=True)
-            self.gate.score(batch)  # a held-back slice is scored before the learner trains on it
+        batches = [
+            self._batch(r.keys, *store.windows(r.starts, self.windows.capacity), training=True)
+            for r in rounds
+        ]
+        self.gate.score(batches)  # held-back slice and probation, before the learner trains on any
+        for batch in batches:
             metrics = self.learner.learn(batch)
             for key, value in metrics.items():
-                totals[key] = totals.get(key, 0.0) + value * len(round_.keys)
-            trained += len(round_.keys)
+                totals[key] = totals.get(key, 0.0) + value * len(batch.x)
+            trained += len(batch.x)
         self.updates += len(rounds)
         averages = {key: total / trained for key, total in totals.items()} if trained else {}
         decision = self.gate.after_batch(trained, self.batch_offsets)
