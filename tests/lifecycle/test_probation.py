@@ -202,23 +202,26 @@ def test_a_successor_is_trusted_and_proven_on_its_own_steps_only() -> None:
     assert p.verdict(proving) is Verdict.TRUSTED, "300 samples of its own"
 
 
-def test_a_successor_keeps_the_alarm_and_the_baseline_so_a_changed_world_stays_held() -> None:
+def test_a_successor_keeps_the_alarm_heard_and_the_baseline() -> None:
     p = probation(baseline=1.0)
-    p.add(100, 1.8, 1.6, CONFIRMED)  # the world changed: v1 does worse than on the gate's slice too
-    assert p.hear_alarm(CONFIRMED)
-    assert not p.passed(CONFIRMED), "a held probation judged nothing"
+    p.add(100, 1.3, 1.0, CONFIRMED)  # v2 breaks; v1 does as on the gate's slice
+    assert not p.hear_alarm(CONFIRMED), "only the new version broke: nothing held"
     p = p.succeeded_by(3, since=1.0)
-    assert p.alarmed and p.held and p.baseline == 1.0
-    p.add(100, 1.9, 1.6, CONFIRMED)
-    assert p.verdict(CONFIRMED) is Verdict.WATCH and p.held, "v1 still worse than before: held"
+    assert p.alarmed and not p.held and p.baseline == 1.0
+    p.add(100, 1.9, 1.6, CONFIRMED)  # then the world changes: v1 does worse than before too
+    assert p.verdict(CONFIRMED) is Verdict.WATCH and p.held, "two worse windows, but a changed world"
+    assert p.verdict(RULE) is Verdict.WATCH
 
 
-def test_a_held_proven_version_passed_and_the_hand_over_round_trips() -> None:
-    proving = RollbackRule(margin=0.05, samples=100, length=1_000, confirm=2, hold_proven=True)
-    p = probation(baseline=1.0)
-    p.add(100, 0.9, 1.0, proving)
-    assert p.verdict(proving) is Verdict.WATCH and p.proven
-    p.add(100, 1.5, 1.0, proving)  # the world changes; an alarm holds the proven version
-    assert p.hear_alarm(proving) and p.passed(proving)
+def test_a_held_version_passed_so_the_next_is_judged_against_it() -> None:
+    for rule in (
+        CONFIRMED,
+        RollbackRule(margin=0.05, samples=100, length=1_000, confirm=2, hold_proven=True),
+    ):
+        p = probation(baseline=1.0)
+        p.add(100, 0.9, 1.0, rule)
+        assert p.verdict(rule) is Verdict.WATCH
+        p.add(100, 1.8, 1.6, rule)  # the world changes under both versions
+        assert p.hear_alarm(rule) and p.passed(rule), "nothing against it, its world is gone"
     handed = p.succeeded_by(3, since=2.0)
     assert Probation.from_state(handed.state_dict()) == handed
