@@ -7,6 +7,7 @@ service and its runner, with those timings drawn from a seed, so a run that went
 replayed and a fix checked across seeds::
 
     python -m bench.lifecycle_replay 1 2 3 4
+    python -m bench.lifecycle_replay --swap-interval-s 3 1 2 3 4   # swaps before two windows
 
 Each seed prints the actions and :func:`bench.lifecycle_demo.verdicts`, times in simulated seconds.
 """
@@ -110,9 +111,14 @@ def feed(
 
 
 def replay(
-    seed: int, rows: list[Impression], corrupt_from: int = 15_000, shift_at: int = 35_000
+    seed: int,
+    rows: list[Impression],
+    corrupt_from: int = 15_000,
+    shift_at: int = 35_000,
+    swap_interval_s: float = DEMO_OPTIONS["swap_interval_s"],
 ) -> tuple[Timeline, Injection]:
-    """The whole demo for one seed: a worker with the demo's options and drift threshold (0.5)."""
+    """The whole demo for one seed: a worker with the demo's options (``swap_interval_s`` apart)
+    and drift threshold (0.5)."""
     from models.ctr.service import build_service
     from streams.drift import DriftMonitor, DriftSettings
     from streams.metrics import WorkerMetrics
@@ -125,7 +131,7 @@ def replay(
     rng = random.Random(seed)
     stream = LiveStream(seed, demo_at=rng.uniform(30, 36))
     home = Path(tempfile.mkdtemp(prefix="driftline-replay-"))
-    service = build_service(home / "ctr", **DEMO_OPTIONS)
+    service = build_service(home / "ctr", **{**DEMO_OPTIONS, "swap_interval_s": swap_interval_s})
     clock = [0.0]
     service.clock = lambda: clock[0]
     runner = ServiceRunner(service, home / "checkpoints", NullSink(), WorkerMetrics())
@@ -164,12 +170,20 @@ def replay(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("seeds", type=int, nargs="+", help="one replay per seed")
+    parser.add_argument(
+        "--swap-interval-s",
+        type=float,
+        default=DEMO_OPTIONS["swap_interval_s"],
+        help="seconds between candidates (shorter: versions replaced before two windows judged them)",
+    )
     args = parser.parse_args(argv)
+    if args.swap_interval_s <= 0:
+        parser.error(f"--swap-interval-s must be > 0, got {args.swap_interval_s}")
     from models.ctr.movielens import load_impressions
 
     rows = load_impressions()
     for seed in args.seeds:
-        timeline, injection = replay(seed, rows)
+        timeline, injection = replay(seed, rows, swap_interval_s=args.swap_interval_s)
         print(f"seed {seed}:")
         for at, what in timeline.actions:
             print(f"  {at:6.1f} s  {timeline.since(at)}: {what}")
