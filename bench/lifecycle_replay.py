@@ -7,7 +7,7 @@ service and its runner, with those timings drawn from a seed, so a run that went
 replayed and a fix checked across seeds::
 
     python -m bench.lifecycle_replay 1 2 3 4
-    python -m bench.lifecycle_replay --swap-interval-s 3 1 2 3 4   # swaps before two windows
+    python -m bench.lifecycle_replay --option rollback_samples=3000 1 2 3 4   # swaps before two windows
 
 Each seed prints the actions and :func:`bench.lifecycle_demo.verdicts`, times in simulated seconds.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import random
 import sys
 import tempfile
@@ -115,9 +116,9 @@ def replay(
     rows: list[Impression],
     corrupt_from: int = 15_000,
     shift_at: int = 35_000,
-    swap_interval_s: float = DEMO_OPTIONS["swap_interval_s"],
+    options: dict[str, Any] | None = None,
 ) -> tuple[Timeline, Injection]:
-    """The whole demo for one seed: a worker with the demo's options (``swap_interval_s`` apart)
+    """The whole demo for one seed: a worker with the demo's options (``options`` replacing some)
     and drift threshold (0.5)."""
     from models.ctr.service import build_service
     from streams.drift import DriftMonitor, DriftSettings
@@ -131,7 +132,7 @@ def replay(
     rng = random.Random(seed)
     stream = LiveStream(seed, demo_at=rng.uniform(30, 36))
     home = Path(tempfile.mkdtemp(prefix="driftline-replay-"))
-    service = build_service(home / "ctr", **{**DEMO_OPTIONS, "swap_interval_s": swap_interval_s})
+    service = build_service(home / "ctr", **{**DEMO_OPTIONS, **(options or {})})
     clock = [0.0]
     service.clock = lambda: clock[0]
     runner = ServiceRunner(service, home / "checkpoints", NullSink(), WorkerMetrics())
@@ -167,23 +168,44 @@ def replay(
     return timeline, injection
 
 
+def _option(text: str) -> tuple[str, int | float]:
+    """``KEY=NUMBER`` as a ctr option (an integer where it reads as one)."""
+    key, sep, value = text.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not (sep and key.strip() and math.isfinite(number)):
+        raise argparse.ArgumentTypeError(f"expected KEY=NUMBER, got {text!r}")
+    return key.strip(), int(number) if number.is_integer() and "." not in value else number
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("seeds", type=int, nargs="+", help="one replay per seed")
     parser.add_argument(
-        "--swap-interval-s",
-        type=float,
-        default=DEMO_OPTIONS["swap_interval_s"],
-        help="seconds between candidates (shorter: versions replaced before two windows judged them)",
+        "--option",
+        action="append",
+        default=[],
+        type=_option,
+        metavar="KEY=NUMBER",
+        help="a ctr option instead of the demo's, e.g. rollback_samples=3000 (repeatable)",
     )
     args = parser.parse_args(argv)
-    if args.swap_interval_s <= 0:
-        parser.error(f"--swap-interval-s must be > 0, got {args.swap_interval_s}")
     from models.ctr.movielens import load_impressions
+    from models.ctr.service import build_service
+
+    options = dict(args.option)
+    try:  # a bad option fails here, before the replays
+        build_service(
+            Path(tempfile.mkdtemp(prefix="driftline-replay-")) / "ctr", **{**DEMO_OPTIONS, **options}
+        )
+    except (TypeError, ValueError) as exc:
+        parser.error(str(exc))
 
     rows = load_impressions()
     for seed in args.seeds:
-        timeline, injection = replay(seed, rows, swap_interval_s=args.swap_interval_s)
+        timeline, injection = replay(seed, rows, options=options)
         print(f"seed {seed}:")
         for at, what in timeline.actions:
             print(f"  {at:6.1f} s  {timeline.since(at)}: {what}")
