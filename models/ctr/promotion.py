@@ -18,13 +18,16 @@ serves again, training restarts from it (so the bad update is not simply repeate
 the rollback is recorded.
 
 **Against the last proven version.** Swaps come on a clock (``swap_interval_s``), so a version can be
-promoted before its predecessor's probation could judge it (two windows): then the new version takes
-that probation over (:meth:`streams.probation.Probation.succeeded_by`), judged against the same
+promoted before the one it replaces has passed its probation (both windows its own and no worse, or
+held by a changed world: :meth:`streams.probation.Probation.passed`): then the new version takes
+that probation over (:meth:`~streams.probation.Probation.succeeded_by`), judged against the same
 last proven version on the same window, and a rollback serves that version again over every
 unproven one. Before, the swap ended the probation: a corrupted version replaced 5 s after its
 promotion became the next version's predecessor and was never rolled back (the lifecycle demo's
-escape). The proven version is held here (:attr:`CtrLifecycle.last_good`, checkpointed) because the
-version history may trim it meanwhile (``keep_versions``).
+escape). Taking no candidate until the verdict (as rank does) judged each version longer and rolled
+a clean v5 back to v3 in ``test_the_demo_stream_rolls_no_clean_version_back``. The proven version is
+held here (:attr:`CtrLifecycle.last_good`, checkpointed) because the version history may trim it
+meanwhile (``keep_versions``).
 
 **A changed world is no bad update.** On events from a changed world (concept drift, or a corrupted
 stretch such as a run of flipped labels) old versions do worse too, and the better fit of the old
