@@ -35,9 +35,10 @@ MISS_CLIP = 10.0
 #: at H=48 (0.60x -> 0.79x) and fails ``test_one_outlier_window_leaves_no_lasting_mark``: one clipped
 #: outlier miss doubles the miss variance, so the ridge. docs/forecasters.md has the measurements.
 GAIN_PRIOR: float | None = None
-#: What :meth:`ResidualGain.choose_prior` picks from. On the validation split of ETTh2 (delayed, 1 warm-up
-#: epoch) 0 wins at H=24/48 and each step up costs; on exchange_rate's MSE falls with every step up to
-#: infinity (the last value), seeds 0-2, H=24/48 (docs/forecasters.md, "a prior chosen on validation").
+#: What :meth:`ResidualGain.choose_prior` picks from; infinity is the last value. On the validation split
+#: (delayed, 1 warm-up epoch, seeds 0-2, H=24/48) ETTh2 chose 0, each step up costing more, and
+#: exchange_rate infinity, its MSE falling with every step up (docs/forecasters.md, "a prior chosen on
+#: the validation split").
 PRIOR_CANDIDATES: tuple[float, ...] = (0.0, 1.0, 4.0, 16.0, 64.0, math.inf)
 
 
