@@ -40,6 +40,11 @@ SESSION_TIMEOUT_MS = 8_000
 HEARTBEAT_INTERVAL_MS = 1_000
 #: Join metadata of a member that owns a shared service's partitions (see one_owner_assignor).
 OWNER = b"owner"
+#: How long the broker holds a fetch that finds no new records (aiokafka's default: 500 ms). The
+#: consumer has one fetch in flight per broker, so a long-poll over idle partitions (a service's
+#: control topic) held back the fetch of a busy topic's consumed partitions: ctr's freshness runs
+#: showed those 0.5 s waits in learned p99 (docs/streams.md). Costs an empty fetch per 50 ms idle.
+FETCH_MAX_WAIT_MS = 50
 
 
 def one_owner_assignor(owner: BatchConsumer) -> type[AbstractPartitionAssignor]:
@@ -129,8 +134,8 @@ class BatchConsumer:
         self.was_owner = False
         #: Offsets to reach before the assignment counts as restored.
         self._catch_up: dict[tuple[str, int], int] = {}
-        #: Bumped by every assignment change: records taken across one may come from a position
-        #: the fetcher had before our seek, so such a batch is dropped and read again.
+        #: Bumped by every assignment change and seek: records taken across one may come from a
+        #: position the fetcher had before it, so such a batch is dropped and read again.
         self._generation = 0
         #: Why the broker cannot be read right now, or None.
         self.problem: str | None = None
@@ -150,6 +155,7 @@ class BatchConsumer:
             max_poll_interval_ms=600_000,
             max_poll_records=self.batch_size,
             max_partition_fetch_bytes=4 * 1024**2,
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             fetch_max_bytes=64 * 1024**2,
             partition_assignment_strategy=(assignor,),
             **client_security(),
