@@ -202,3 +202,30 @@ def test_a_rebalance_while_a_batch_is_taken_ahead_applies_every_event_once(tmp_p
     asyncio.run(consume(runner, kafka, until))
     assert rebalanced == 3
     assert counts(runner) == expected_counts(Observation.model_validate_json(e.value) for e in events)  # type: ignore[arg-type]
+
+
+class SlowFirst(TallyService):
+    """Tally whose first shard takes 0.3 s, noting how many records each shard call gets."""
+
+    def __init__(self) -> None:
+        super().__init__(batch_size=BATCH, batch_window_s=0.0)
+        self.sizes: list[int] = []
+
+    def process_shard(self, topic: str, partition: int, records: list[Record]) -> BatchResult:
+        if not self.sizes:
+            threading.Event().wait(0.3)
+        self.sizes.append(len(records))
+        return super().process_shard(topic, partition, records)
+
+
+def test_with_no_window_the_next_batch_takes_what_arrives_until_the_one_before_is_applied(
+    tmp_path: Path,
+) -> None:
+    events = observations(60)
+    service = SlowFirst()
+    runner = tally_runner(tmp_path, service)
+    kafka = FakeKafka(events, per_fetch=1)  # a trickle: one record a partition per fetch
+    asyncio.run(consume(runner, kafka, applied_all(runner, events)))
+    assert service.sizes[0] == 1  # nothing was being applied: the first batch closed at once
+    assert max(service.sizes) == BATCH // PARTITIONS  # filled while the slow first one was applied
+    assert counts(runner) == expected_counts(Observation.model_validate_json(e.value) for e in events)  # type: ignore[arg-type]
