@@ -1,12 +1,13 @@
 """Query latency with training beside it: one process versus a pinned trainer plus a serving replica.
 
 Open-loop load (``bench.loadgen.open_loop``: fixed schedule, latency from the scheduled time). The
-process answering queries runs on cpu 1; the broker and the feeder run on cpu 0 (with the trainer,
-when it is a separate process); the generator may use both:
+process answering queries runs on cpu 1; the broker runs on cpu 0 (with the trainer, when it is a
+separate process); the generator and the feeder, in this process, may use both. Before a training
+row the feeder sends a backlog (:attr:`Case.backlog`) that the trainer drains flat out during it:
 
   (a) today: ``driftline worker --services ctr`` (``taskset -c 1``) answers ``POST /ctr/score``
       (100 candidates) itself, idle and while it trains flat out on MovieLens-100K impressions;
-  (b) the split: the trainer (``taskset -c 0``) fed flat out, and ``driftline serve --services ctr``
+  (b) the split: the trainer (``taskset -c 0``) training flat out, and ``driftline serve --services ctr``
       (``taskset -c 1``) following its model updates and answering the same query.
   forecast: ``GET /forecast/{series}`` while the forecast worker trains on ETTh2 flat out, (a) on
       the worker itself and (b) on ``driftline serve --services forecast`` (``taskset -c 1``)
@@ -30,7 +31,6 @@ import contextlib
 import io
 import itertools
 import math
-import multiprocessing
 import os
 import subprocess
 import sys
@@ -83,57 +83,31 @@ def on_cpu0() -> Iterator[None]:
 
 
 class Feeder:
-    """Produces records to a topic: a first batch now, then flat out from a child process while resumed.
+    """Produces a service's records to its topic from this process, each call going on where the
+    last one stopped (a forecast series' timestamps must increase).
 
-    Flat out, the producer is pure Python busy with the GIL: in the load generator's process it
-    starved the generator's event loop (requests sent seconds late), so it runs in its own process.
-    One child serves every training row (a second one would send the same records again: a
-    forecast series' timestamps must increase); between rows it is paused.
+    A training row gets its backlog sent before it starts (:attr:`Case.backlog`), and the trainer
+    drains it flat out during the row. A feeder producing flat out during the row instead, pinned
+    to cpu 0 with the trainer and the broker, left the trainer 0-72 events/s (measured: the
+    producer and the broker's threads took that core), so those rows measured no training.
     """
 
-    PAUSED, RUNNING, STOPPING = 0, 1, 2
-
     def __init__(self, bootstrap: str, prefix: str, topic: str, records: Iterator[Record]) -> None:
-        self.bootstrap, self.topic, self.records = bootstrap, prefix + topic, records
-        context = multiprocessing.get_context("fork")  # the child goes on where send() stopped
-        self.state = context.Value("i", self.PAUSED, lock=False)  # read per record: no lock
-        self.process = context.Process(target=self._send, args=(None,), daemon=True)
-
-    def _send(self, count: int | None) -> None:
         from streams.producer import key_of
 
-        producer = make_producer(self.bootstrap)
-        try:
-            for record in itertools.islice(self.records, count):
-                while count is None and self.state.value == self.PAUSED:
-                    producer.flush()
-                    time.sleep(0.05)
-                if self.state.value == self.STOPPING:
-                    break
-                key = key_of(record)
-                producer.send(self.topic, value=record.to_bytes(), key=key.encode() if key else None)
-            producer.flush()
-        finally:
-            producer.close()
+        self.key_of = key_of
+        self.producer = make_producer(bootstrap)
+        self.topic, self.records = prefix + topic, records
 
     def send(self, count: int) -> None:
-        """Send ``count`` records now (synchronously)."""
-        self._send(count)
+        """Send the next ``count`` records and wait until the broker has them."""
+        for record in itertools.islice(self.records, count):
+            key = self.key_of(record)
+            self.producer.send(self.topic, value=record.to_bytes(), key=key.encode() if key else None)
+        self.producer.flush()
 
-    def resume(self) -> None:
-        """Feed flat out (from cpu 0, the trainer's) until :meth:`pause` or :meth:`stop`."""
-        self.state.value = self.RUNNING
-        if self.process.pid is None:
-            with on_cpu0():
-                self.process.start()
-
-    def pause(self) -> None:
-        self.state.value = self.PAUSED
-
-    def stop(self) -> None:
-        self.state.value = self.STOPPING
-        if self.process.pid is not None:
-            self.process.join()
+    def close(self) -> None:
+        self.producer.close()
 
 
 def wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -180,6 +154,7 @@ class Case:
     topic: str
     records: Callable[[], Iterator[Record]]
     first: int  # records trained before measuring (a first version or forecast to serve)
+    backlog: int  # records sent before a training row: more than the trainer drains in the row
     method: str
     path: str
     body: Any
@@ -261,7 +236,7 @@ def run_case(
                 server.stop()
     finally:
         if feeder is not None:
-            feeder.stop()
+            feeder.close()
         trainer.stop()
     return rows
 
@@ -281,12 +256,8 @@ def measure_rows(
         measure(f"{name}, idle, {idle_rate:g}/s", trainer, case.service, at(idle_rate)),
         measure(f"{name}, idle, {case.rate:g}/s", trainer, case.service, at(case.rate)),
     ]
-    feeder.resume()
-    try:
-        time.sleep(3)  # training under way
-        rows.append(measure(f"{name}, training, {case.rate:g}/s", trainer, case.service, at(case.rate)))
-    finally:
-        feeder.pause()
+    feeder.send(case.backlog)
+    rows.append(measure(f"{name}, training, {case.rate:g}/s", trainer, case.service, at(case.rate)))
     _, health = get_json(f"{server.base}/health")
     version = health["services"][case.service]["model_version"]
     rows.append((f"  ({name}: model v{version} at the end)", ""))
@@ -330,9 +301,10 @@ def main() -> None:
             broker.start()
         try:
             cases = [
-                Case("ctr", "impressions", impressions, 5000, "POST", "/ctr/score", ctr_query(), 200,
+                Case("ctr", "impressions", impressions, 5000, 200_000, "POST", "/ctr/score", ctr_query(), 200,
                      (f"ctr.swap_interval_s={args.swap_interval_s}",)),
-                Case("forecast", "observations", observations, 2000, "GET", "/forecast/ETTh2-p0", None, 1000),
+                Case("forecast", "observations", observations, 2000, 20_000, "GET", "/forecast/ETTh2-p0",
+                     None, 1000),
             ]  # fmt: skip
             for case in cases:
                 if case.service not in skip:
@@ -344,7 +316,8 @@ def main() -> None:
             broker.stop()
     print(
         f"Serving latency, open loop ({args.seconds:.0f} s per row, latency from the scheduled send), "
-        f"CPU only, ctr.swap_interval_s={args.swap_interval_s}; training rows: topic fed flat out"
+        f"CPU only, ctr.swap_interval_s={args.swap_interval_s}; training rows: the trainer drains a "
+        "backlog sent before the row"
     )
     print("one process: the worker (cpu 1) trains and answers; replica: a serving replica (cpu 1) beside the")
     print(
