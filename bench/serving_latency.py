@@ -49,7 +49,7 @@ from bench.loadgen import HEADER, LoadReport, open_loop
 from streams.broker import EmbeddedBroker
 from streams.client import get_json
 from streams.config import Settings, shared_data_dir
-from streams.producer import make_producer, observations_from_csv
+from streams.producer import key_of, make_producer, observations_from_csv
 from streams.schemas import Observation, Record
 
 
@@ -93,16 +93,13 @@ class Feeder:
     """
 
     def __init__(self, bootstrap: str, prefix: str, topic: str, records: Iterator[Record]) -> None:
-        from streams.producer import key_of
-
-        self.key_of = key_of
         self.producer = make_producer(bootstrap)
         self.topic, self.records = prefix + topic, records
 
     def send(self, count: int) -> None:
         """Send the next ``count`` records and wait until the broker has them."""
         for record in itertools.islice(self.records, count):
-            key = self.key_of(record)
+            key = key_of(record)
             self.producer.send(self.topic, value=record.to_bytes(), key=key.encode() if key else None)
         self.producer.flush()
 
