@@ -45,6 +45,15 @@ def say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message} ({load()})", file=sys.stderr, flush=True)
 
 
+def exported(rev: str, into: Path) -> Path:
+    """The source tree of git revision ``rev`` under ``into`` (``git archive``: no checkout changes),
+    for a bench to run an older revision beside the working tree."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
+
+
 @contextlib.contextmanager
 def broker(partitions: int = 12) -> Iterator[tuple[EmbeddedBroker, Path]]:
     """A fresh embedded broker with the project's topics, and a scratch directory beside it."""

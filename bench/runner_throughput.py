@@ -37,7 +37,6 @@ import gc
 import itertools
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -49,9 +48,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (
-    ROOT,
     Worker,
     broker,
+    exported,
     load,
     observations,
     produce,
@@ -185,14 +184,6 @@ def checkpoint_bytes(bootstrap: str, tmp: Path, events: int, impressions: int) -
         ["service", "policy", "events", "checkpoint bytes", "bytes/event", "drain ev/s", "load after"],
         rows,
     )
-
-
-def exported(rev: str, into: Path) -> Path:
-    """The source tree of git revision ``rev`` under ``into`` (``git archive``: no checkout changes)."""
-    into.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True)
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
-    return into
 
 
 def ctr_ratio(bootstrap: str, tmp: Path, records: list, repeats: int, before: str | None = None) -> None:

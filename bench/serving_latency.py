@@ -28,13 +28,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import itertools
 import math
 import os
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -44,7 +42,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, Worker, load, scrape, start_role, total, wait_ready
+from bench.common import ROOT, Worker, exported, load, scrape, start_role, total, wait_ready
 from bench.loadgen import HEADER, LoadReport, open_loop
 from streams.broker import EmbeddedBroker
 from streams.client import get_json
@@ -178,14 +176,10 @@ REQUEST_PATH = (
 
 def tree_with_request_path_of(rev: str, into: Path) -> Path:
     """HEAD's code with :data:`REQUEST_PATH` as of ``rev``, written to ``into``."""
-
-    def git(*args: str) -> bytes:
-        return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True).stdout
-
-    with tarfile.open(fileobj=io.BytesIO(git("archive", "HEAD"))) as archive:
-        archive.extractall(into, filter="data")
+    exported("HEAD", into)
     for path in REQUEST_PATH:
-        (into / path).write_bytes(git("show", f"{rev}:{path}"))
+        shown = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, check=True, capture_output=True)
+        (into / path).write_bytes(shown.stdout)
     return into
 
 
