@@ -32,6 +32,7 @@ from forecasters.data import Windows
 from forecasters.ensemble import build_ensemble, moments
 from forecasters.gain import GAIN_PRIOR, ResidualGain
 from forecasters.learner import Forecaster, behaves_same_in_train_mode, forecast_errors, loss_named
+from forecasters.recall import RevealedResidual
 from models.device import default_device
 
 BRANCHES = ("cross_time", "cross_variable")
@@ -75,6 +76,7 @@ class OneNet(Forecaster):
         ocp: str = "eg",
         gain: bool = True,
         gain_prior: float | None = GAIN_PRIOR,
+        recall: bool = False,
     ) -> None:
         self.device = device or default_device()
         self.horizon = horizon
@@ -87,6 +89,7 @@ class OneNet(Forecaster):
         self.loss_fn = loss_named(loss)
         self.weights = build_ensemble(ocp, channels, eta)
         self.gain = ResidualGain(horizon, channels, prior=gain_prior) if gain else None
+        self.recall = RevealedResidual(horizon, channels) if recall else None
         #: The bias from each series' previous step: {series: [C] float32}.
         self.last_bias: dict[str, np.ndarray] = {}
 
@@ -123,6 +126,8 @@ class OneNet(Forecaster):
         last = batch.x[:, -1:, :]
         if self.gain is not None:
             forecast = last + self.gain.gain().to(self.device) * (forecast - last)
+        if self.recall is not None:
+            forecast = forecast + self.recall.correction(batch)
         return forecast
 
     def choose_gain_prior(self, windows: Windows, origins: np.ndarray) -> dict[float, float] | None:
@@ -162,6 +167,20 @@ class OneNet(Forecaster):
         gain = _per_step(self.gain.moments(residual, y - last), step, self.gain.gain, self.gain.update)
         return last + gain.to(self.device) * residual
 
+    def _advance_recall(
+        self, batch: WindowBatch, forecast: torch.Tensor, step: np.ndarray, previous: np.ndarray
+    ) -> torch.Tensor:
+        """``forecast`` plus each row's recalled correction, with the coefficient taken before the update
+        of the row's step and the residual of the row's predecessor; then each series' residual is kept."""
+        if self.recall is None:
+            return forecast
+        residual = batch.target - forecast
+        earlier, known = self.recall.previous(batch, residual, previous)
+        stats = self.recall.moments(earlier, residual, known)
+        coefficient = _per_step(stats, step, self.recall.coefficient, self.recall.update)
+        self.recall.remember(batch, residual)
+        return forecast + coefficient.to(self.device) * earlier
+
     def learn(self, batch: WindowBatch) -> dict[str, float]:
         batch = batch.to(self.device)
         y = batch.target
@@ -186,7 +205,7 @@ class OneNet(Forecaster):
         )
         share = torch.sigmoid(logit + previous_bias)[:, None, :]
         forecast = self._advance_gain(share * y1 + (1 - share) * y2, batch.x[:, -1:, :], y, step)
-        metrics = forecast_errors(forecast, y)
+        metrics = forecast_errors(self._advance_recall(batch, forecast, step, previous), y)
 
         branch_loss = sum(self.loss_fn(out, y) for out in outputs)
         self.optimizer.zero_grad(set_to_none=True)
@@ -218,6 +237,7 @@ class OneNet(Forecaster):
             "weights": self.weights.state_dict(),
             "last_bias": dict(self.last_bias),
             "gain": None if self.gain is None else self.gain.state_dict(),
+            "recall": None if self.recall is None else self.recall.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -229,6 +249,8 @@ class OneNet(Forecaster):
         self.last_bias = dict(state["last_bias"])
         if self.gain is not None and state.get("gain") is not None:
             self.gain.load_state_dict(state["gain"])
+        if self.recall is not None and state.get("recall") is not None:
+            self.recall.load_state_dict(state["recall"])
 
 
 def _per_step(

@@ -35,6 +35,9 @@ class ForecasterSpec:
     norm: str = "last"
     gain: bool = True
     gain_prior: float | None = GAIN_PRIOR
+    #: OneNet only: add a fitted share of each series' latest revealed residual (forecasters/recall.py),
+    #: the paper protocol's look-ahead; wrong under delayed labels, so never the service's default.
+    recall: bool = False
 
     @classmethod
     def from_dict(cls, values: dict[str, object]) -> ForecasterSpec:
@@ -70,6 +73,7 @@ def _onenet(spec: ForecasterSpec, cross_time: torch.nn.Module, device: torch.dev
         ocp=spec.ocp,
         gain=spec.gain,
         gain_prior=spec.gain_prior,
+        recall=spec.recall,
     )
 
 
