@@ -6,7 +6,9 @@ step of the short-term bias MLP, (3) an update of the per-variable branch weight
 :mod:`forecasters.ensemble`) on each branch's error at this step, (4) an update of the residual gain
 (:mod:`forecasters.gain`). The mix is sigma(w + b) * y1 + (1 - sigma(...)) * y2 where w is branch 1's
 OCP logit and b the bias the MLP produced at the series' previous step (it needs the truth, so it lags
-one step); the forecast is last + g * (mix - last), g the gain per horizon step and variable.
+one step); the forecast is last + g * (mix - last), g the gain per horizon step and variable. With
+``recall`` (a paper-protocol variant, :mod:`forecasters.recall`) a fitted share of the series' latest
+revealed residual is added to that.
 
 A ``sequential`` batch holds consecutive steps of its series (the service's chunks when it is behind,
 see :meth:`WindowBatch.steps`). The cheap per-step parts then still advance step by step inside it: the

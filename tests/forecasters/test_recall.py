@@ -116,3 +116,10 @@ def test_recall_state_round_trips(sine_windows: Windows) -> None:
     assert validation_mse(learner, sine_windows, origins[100:110]) == pytest.approx(
         validation_mse(twin, sine_windows, origins[100:110])
     )
+
+
+def test_onenet_paper_is_onenet_with_recall_and_the_default_has_none() -> None:
+    paper = build_forecaster(ForecasterSpec(kind="onenet-paper", seq_len=32, horizon=4, channels=3))
+    default = build_forecaster(ForecasterSpec(kind="onenet", seq_len=32, horizon=4, channels=3))
+    assert isinstance(paper, OneNet) and isinstance(default, OneNet)
+    assert paper.recall is not None and default.recall is None
