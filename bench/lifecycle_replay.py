@@ -8,6 +8,7 @@ replayed and a fix checked across seeds::
 
     python -m bench.lifecycle_replay 1 2 3 4
     python -m bench.lifecycle_replay --option rollback_samples=3000 1 2 3 4   # swaps before two windows
+    python -m bench.lifecycle_replay --scenario dashboard 1 2 3 4   # tests/streams/test_dashboard_drift.py
 
 Each seed prints the actions and :func:`bench.lifecycle_demo.verdicts`, times in simulated seconds.
 """
@@ -47,6 +48,36 @@ MAIN, DEMO = 0, 1  # the main job's clean replay (200/s) and the demo's (1,000/s
 
 
 @dataclass(frozen=True)
+class Scenario:
+    """A worker and the stream it sees: the demo beside ``driftline run``, or the dashboard test."""
+
+    options: dict[str, Any]
+    #: Events/s of the main job's clean replay (0: a bare ``driftline worker``, no main job).
+    main_rate: float
+    #: The demo's replay starts this many seconds in (drawn from the seed in this range).
+    demo_at: tuple[float, float]
+    demo_events: int
+    corrupt_from: int
+    shift_at: int | None
+
+
+SCENARIOS = {
+    # README, "Watch it on the page": python -m bench.lifecycle_demo beside driftline run.
+    "demo": Scenario(DEMO_OPTIONS, 200.0, (30.0, 36.0), 50_000, 15_000, 35_000),
+    # tests/streams/test_dashboard_drift.py: a bare worker with a small model, the replay alone
+    # from its start, the stretch after event 12,000, no lasting flip, 30,000 events.
+    "dashboard": Scenario(
+        {**DEMO_OPTIONS, "batch_window_s": 0.5, "embed_dim": 8, "hidden": [32, 32]},
+        0.0,
+        (0.0, 0.0),
+        30_000,
+        12_000,
+        None,
+    ),
+}
+
+
+@dataclass(frozen=True)
 class LiveStream:
     """The demo's stream as its worker sees it, on a simulated clock.
 
@@ -62,10 +93,13 @@ class LiveStream:
     demo_at: float
     window_s: float = 0.5
     demo_events: int = 50_000
+    main_rate: float = 200.0
+    #: The worker's busy time per batch times this (2: a machine twice as loaded).
+    busy: float = 1.0
 
     def arrivals(self, until: float) -> list[tuple[float, int, int]]:
         """(arrival time, source, MovieLens row) of every event sent before ``until``, in order."""
-        main = [(i / 200, MAIN, i) for i in range(int(until * 200))]
+        main = [(i / self.main_rate, MAIN, i) for i in range(int(until * self.main_rate))]
         sent = min(self.demo_events, max(0, int((until - self.demo_at) * 1000)))
         return sorted(main + [(self.demo_at + j / 1000, DEMO, j) for j in range(sent)])
 
@@ -80,7 +114,7 @@ class LiveStream:
             dispatch = max(start, arrived[-1][0]) if len(arrived) == BATCH else due
             yield dispatch, arrived
             next_event += len(arrived)
-            free = dispatch + (0.05 + 0.0005 * len(arrived)) * rng.uniform(0.6, 1.8)
+            free = dispatch + (0.05 + 0.0005 * len(arrived)) * rng.uniform(0.6, 1.8) * self.busy
 
 
 #: Labels an event is trained with: (send time, source, row) -> the impression.
@@ -114,12 +148,12 @@ def feed(
 def replay(
     seed: int,
     rows: list[Impression],
-    corrupt_from: int = 15_000,
-    shift_at: int = 35_000,
     options: dict[str, Any] | None = None,
+    scenario: Scenario = SCENARIOS["demo"],
+    busy: float = 1.0,
 ) -> tuple[Timeline, Injection]:
-    """The whole demo for one seed: a worker with the demo's options (``options`` replacing some)
-    and drift threshold (0.5)."""
+    """The whole ``scenario`` for one seed: a worker with its options (``options`` replacing some),
+    the demo's drift threshold (0.5) and ``busy`` times the usual time per batch."""
     from models.ctr.service import build_service
     from streams.drift import DriftMonitor, DriftSettings
     from streams.metrics import WorkerMetrics
@@ -130,15 +164,18 @@ def replay(
             return None
 
     rng = random.Random(seed)
-    stream = LiveStream(seed, demo_at=rng.uniform(30, 36))
+    demo_at = rng.uniform(*scenario.demo_at)
+    stream = LiveStream(
+        seed, demo_at, demo_events=scenario.demo_events, main_rate=scenario.main_rate, busy=busy
+    )
     home = Path(tempfile.mkdtemp(prefix="driftline-replay-"))
-    service = build_service(home / "ctr", **{**DEMO_OPTIONS, **(options or {})})
+    service = build_service(home / "ctr", **{**scenario.options, **(options or {})})
     clock = [0.0]
     service.clock = lambda: clock[0]
     runner = ServiceRunner(service, home / "checkpoints", NullSink(), WorkerMetrics())
     drift = DriftSettings(threshold=0.5)
     runner.drift = DriftMonitor("ctr", "logloss", settings=drift, clock=lambda: clock[0])
-    injection, timeline = Injection(corrupt_from, shift_at=shift_at), Timeline()
+    injection, timeline = Injection(scenario.corrupt_from, shift_at=scenario.shift_at), Timeline()
     seen: list[tuple[float, int]] = []  # (when the demo's poller sees it, promoted version)
 
     def label(at: float, source: int, row: int) -> Impression:
@@ -189,23 +226,38 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         type=_option,
         metavar="KEY=NUMBER",
-        help="a ctr option instead of the demo's, e.g. rollback_samples=3000 (repeatable)",
+        help="a ctr option instead of the scenario's, e.g. rollback_samples=3000 (repeatable)",
+    )
+    parser.add_argument(
+        "--scenario",
+        choices=sorted(SCENARIOS),
+        default="demo",
+        help="demo: the demo beside driftline run; dashboard: the dashboard drift test's worker",
+    )
+    parser.add_argument(
+        "--busy",
+        type=float,
+        default=1.0,
+        help="the worker's time per batch times this: 2 for a machine twice as loaded (default 1)",
     )
     args = parser.parse_args(argv)
+    if not (math.isfinite(args.busy) and args.busy > 0):
+        parser.error(f"--busy must be a number > 0, got {args.busy}")
+    scenario = SCENARIOS[args.scenario]
     from models.ctr.movielens import load_impressions
     from models.ctr.service import build_service
 
     options = dict(args.option)
     try:  # a bad option fails here, before the replays
         build_service(
-            Path(tempfile.mkdtemp(prefix="driftline-replay-")) / "ctr", **{**DEMO_OPTIONS, **options}
+            Path(tempfile.mkdtemp(prefix="driftline-replay-")) / "ctr", **{**scenario.options, **options}
         )
     except (TypeError, ValueError) as exc:
         parser.error(str(exc))
 
     rows = load_impressions()
     for seed in args.seeds:
-        timeline, injection = replay(seed, rows, options=options)
+        timeline, injection = replay(seed, rows, options, scenario, args.busy)
         print(f"seed {seed}:")
         for at, what in timeline.actions:
             print(f"  {at:6.1f} s  {timeline.since(at)}: {what}")

@@ -48,6 +48,18 @@ new version starts a fresh probation against it. A version that was trusted (``l
 back to, or served by hand is proven too. Families that take no candidate while a probation runs
 (forecast, rank) never hand one over.
 
+**A version gated on a changed world is judged on one window** (``gated_in_changed_world``). A
+version promoted while the running probation is held was validated on a slice of a changed world
+(a corrupted stretch that the version learned, say): the gate's evidence says nothing about the
+world it serves once that is over, so the first full window that says worse rolls it back, without
+waiting for ``confirm`` windows. Its probation also starts as having heard that alarm, so a window
+still holding the changed world's events (where the version that learned them does better) cannot
+prove it. Without this, the dashboard test's stretch version escaped: replayed with the worker a
+little slower than the stream (``bench/lifecycle_replay.py --scenario dashboard --busy 1.5``, seeds
+2-6), it did 1-10% worse than its predecessor on clean windows, about 6% on average, and two
+disjoint windows in a row never both said worse than the 8% margin: nothing was rolled back. A
+version gated on a clean slice keeps ``confirm``: one window's word rolled clean versions back.
+
 Samples are whatever a family counts (impressions, windows, queries), never seconds, and the whole
 probation is plain data in the family's checkpoint, so a replay after a crash decides alike.
 """
@@ -112,6 +124,21 @@ class Probation:
     #: Unproven versions this probation judged before ``version`` took it over, oldest first: a
     #: rollback serves ``predecessor`` again over them.
     skipped: list[int] = field(default_factory=list)
+    #: Promoted while the running probation was held: one window decides (module docstring).
+    gated_in_changed_world: bool = False
+
+    @classmethod
+    def after(
+        cls, running: Probation | None, version: int, predecessor: int, since: float, baseline: float | None
+    ) -> Probation:
+        """A fresh probation of ``version`` against ``predecessor``, promoted while ``running`` (the
+        replaced version's, if any) was as it is now: a held one means the gate saw a changed world."""
+        changed = running is not None and running.held
+        return cls(version, predecessor, since, baseline, alarmed=changed, gated_in_changed_world=changed)
+
+    def confirming(self, rule: RollbackRule) -> int:
+        """How many of the newest disjoint windows must each say worse for a rollback."""
+        return 1 if self.gated_in_changed_world else rule.confirm
 
     def windows(self, rule: RollbackRule) -> list[tuple[int, float, float]]:
         """Up to ``rule.confirm`` disjoint windows, newest first, each as ``(samples, version's mean
@@ -124,11 +151,11 @@ class Probation:
         own = _windows(self._own(), rule)
         if not self.alarmed and own and _no_worse(own[0], rule):
             self.proven = True
-        windows = self.windows(rule)
+        windows = self.windows(rule)[: self.confirming(rule)]
         if self.held or self.alarmed:
             self.held = self._changed_world(rule)
         worse = [w[0] >= rule.samples and not _no_worse(w, rule) for w in windows]
-        if not self.held and len(worse) == rule.confirm and all(worse):
+        if not self.held and len(worse) == self.confirming(rule) and all(worse):
             return Verdict.ROLL_BACK
         return Verdict.TRUSTED if self.evaluated >= rule.length else Verdict.WATCH
 
@@ -161,6 +188,7 @@ class Probation:
             window=[list(step) for step in self.window],
             alarmed=self.alarmed,
             skipped=[*self.skipped, self.version],
+            gated_in_changed_world=self.gated_in_changed_world,
         )
 
     def _own(self) -> list[list[float]]:
@@ -189,9 +217,10 @@ class Probation:
 
     def evidence(self, metric: str, rule: RollbackRule) -> dict[str, Any]:
         """What a rollback records: both means over the newest window, the margin and the
-        promotion time; with ``confirm`` > 1 also every window's ``[samples, version, predecessor]``;
-        after a hand-over the unproven versions ``skipped``."""
-        windows = self.windows(rule)
+        promotion time; when more than one window confirmed it, every confirming window's
+        ``[samples, version, predecessor]``; after a hand-over the unproven versions ``skipped``;
+        ``gated_in_changed_world`` when one window decided for that reason."""
+        windows = self.windows(rule)[: self.confirming(rule)]
         samples, new, old = windows[0]
         evidence: dict[str, Any] = {
             "metric": metric,
@@ -202,10 +231,12 @@ class Probation:
             "promoted_at": self.since,
             "samples": samples,
         }
-        if rule.confirm > 1:
+        if len(windows) > 1:
             evidence["confirmed_by"] = [list(w) for w in windows]
         if self.skipped:
             evidence["skipped"] = list(self.skipped)
+        if self.gated_in_changed_world:
+            evidence["gated_in_changed_world"] = True
         return evidence
 
     def state_dict(self) -> dict[str, Any]:
@@ -214,7 +245,7 @@ class Probation:
     @classmethod
     def from_state(cls, state: dict[str, Any] | None) -> Probation | None:
         """Load a checkpointed probation; ones saved before ``baseline``/``held``/``alarmed``/
-        ``proven``/``skipped`` existed load too."""
+        ``proven``/``skipped``/``gated_in_changed_world`` existed load too."""
         if state is None:
             return None
         known = {name: state[name] for name in cls.__dataclass_fields__ if name in state}

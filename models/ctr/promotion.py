@@ -52,6 +52,10 @@ world can do worse than its predecessor: that is no evidence against the update.
   before the alarm) until it ends, whatever the predecessor does: an early model near the base rate
   does as well on flipped labels as on true ones, so it cannot show the change, while the frozen
   version can only have turned worse because the events did (``hold_proven`` in the shared rule).
+- a version promoted while the running probation is held was gated on a slice of the changed world
+  (the version that learned a corrupted stretch, gated at its end): its first full window that says
+  worse rolls it back, not ``rollback_confirm`` of them (``gated_in_changed_world`` in the shared
+  rule; without it the dashboard test's stretch version, 1-10% worse on clean windows, escaped).
 
 The alarm must come within ``rollback_confirm`` x ``rollback_samples`` impressions of a change for
 this to hold (the confirming window also gives it the time); a slower alarm lets the rollback go
@@ -188,11 +192,13 @@ class CtrLifecycle:
         """Put ``version`` on probation against ``serving`` when that passed its own (or had none),
         else hand it the running probation against the same last proven version."""
         running = self.probation
-        if running is not None and running.version == serving.number and not running.passed(self.rule):
+        if running is not None and running.version != serving.number:
+            running = None  # not the serving version's (served over by hand since)
+        if running is not None and not running.passed(self.rule):
             self.probation = running.succeeded_by(version.number, time.time())
             return
         self.last_good = serving
-        self.probation = Probation(version.number, serving.number, time.time(), loss)
+        self.probation = Probation.after(running, version.number, serving.number, time.time(), loss)
 
     def published(self, version: ModelVersion, evidence: dict[str, Any], reason: str) -> None:
         """Record ``version`` as trained on the learned offsets and promoted."""
@@ -242,6 +248,7 @@ class CtrLifecycle:
             f"v{bad.number} did worse than v{good.number} on the same last {samples:,} impressions "
             f"(logloss {new:.4f} > {old:.4f} + {self.config.rollback_margin:.0%})"
             + (f", as on the {before} window(s) before" if before > 0 else "")
+            + (", promoted on a changed world's slice" if evidence.get("gated_in_changed_world") else "")
             + f"; v{good.number} serves again"
             + (f", skipping unproven {skipped}" if skipped else "")
         )

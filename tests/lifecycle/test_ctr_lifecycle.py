@@ -77,9 +77,11 @@ def test_a_corrupted_update_that_passes_the_gate_is_rolled_back(
     assert (version, event["evidence"]["rolled_back_from"]) == (7, 8)
     acted = run.batch_at(event["at"])
     config = run.service.lifecycle.config
-    confirmed = config.rollback_confirm * config.rollback_samples // BATCH  # batches 81-86 both windows
-    assert 81 <= acted <= 81 + confirmed, acted
-    assert len(event["evidence"]["confirmed_by"]) == config.rollback_confirm == 2
+    # v8 was promoted while v7's probation was held by the stretch's alarm: validated on a changed
+    # world, so its first clean window decides (batches 81-83), not rollback_confirm (2) of them.
+    assert event["evidence"]["gated_in_changed_world"] and "confirmed_by" not in event["evidence"]
+    assert 81 <= acted <= 81 + config.rollback_samples // BATCH, acted
+    assert "promoted on a changed world" in event["reason"]
     assert event["evidence"]["serving"] > event["evidence"]["predecessor"] * 1.08
     assert run.service.lifecycle.lineage.serving == run.service.history.serving.number  # type: ignore[union-attr]
     seconds = event["at"] - promoted[8]["at"]
@@ -104,18 +106,21 @@ def test_a_corrupted_update_replaced_before_its_verdict_is_still_rolled_back_to_
         The learner, still recovering from the flips, does worse than v8 for a while: a wide
         promotion margin lets its versions through, as the live gate let v12 through."""
         run.service.swap_interval_s = 2
+        run.service.history.keep = 2  # the proven v7 leaves the history at the first swap
         lifecycle = run.service.lifecycle
         lifecycle.config = replace(lifecycle.config, promotion_margin=0.25)
 
     swap_quickly(first)
-    first.feed(stream, range(81, 86), lambda b: False)
+    # Batches 81-83, clean: v8 was gated while v7's probation was held, so the first full window
+    # (batch 84's verdict) rolls back; the checkpoint is taken before it.
+    first.feed(stream, range(81, 84), lambda b: False)
     probation = first.service.lifecycle.probation
     assert probation is not None and probation.predecessor == 7 and 8 in probation.skipped
     assert 7 not in first.service.history.numbers(), "the history no longer keeps the proven version"
     # A restart from the checkpoint goes on with the same probation and the same proven version.
     run = trainer(CLEAN, (first.service.state_dict(), first.drift.state_dict()))
     swap_quickly(run)
-    run.feed(stream, range(86, 95), lambda b: False)
+    run.feed(stream, range(84, 95), lambda b: False)
     promoted = [v for v, _ in run.events("promoted") if v > 8]
     rollbacks = run.events("rolled_back")
     assert rollbacks, "the bad update must be rolled back although a swap replaced it"

@@ -225,3 +225,45 @@ def test_a_held_version_passed_so_the_next_is_judged_against_it() -> None:
         assert p.hear_alarm(rule) and p.passed(rule), "nothing against it, its world is gone"
     handed = p.succeeded_by(3, since=2.0)
     assert Probation.from_state(handed.state_dict()) == handed
+
+
+# -- a version promoted while the running probation was held (gated on a changed world) ------------
+def test_a_version_gated_while_the_probation_was_held_is_rolled_back_on_one_clean_window() -> None:
+    """The dashboard test's escape, replayed in process (``bench/lifecycle_replay.py --scenario
+    dashboard --busy 1.5``, seed 2): the stretch's version, gated on a flipped slice, did 1-10% worse
+    than its predecessor on clean windows and two in a row never both passed the margin."""
+    running = probation(baseline=0.6)  # v2 against v1, promoted on a clean slice
+    running.add(100, 0.9, 0.95, CONFIRMED)  # a corrupted stretch: both do worse than before
+    assert running.hear_alarm(CONFIRMED) and running.passed(CONFIRMED), "held: the world changed"
+    p = Probation.after(running, 3, 2, since=1.0, baseline=0.93)  # v3 learned the stretch
+    p.add(100, 0.70, 0.76, CONFIRMED)  # the stretch's tail: v3 does better on flipped events
+    assert p.verdict(CONFIRMED) is Verdict.WATCH and not p.proven, "a changed world's window proves nothing"
+    p.add(100, 0.66, 0.60, CONFIRMED)  # clean again: 10% worse
+    assert p.verdict(CONFIRMED) is Verdict.ROLL_BACK, "its gate validated nothing: one window decides"
+    evidence = p.evidence("loss", CONFIRMED)
+    assert evidence["gated_in_changed_world"] and "confirmed_by" not in evidence
+    assert (evidence["serving"], evidence["predecessor"], evidence["samples"]) == (0.66, 0.60, 100)
+    assert Probation.from_state(p.state_dict()) == p
+
+
+def test_a_version_gated_on_a_clean_slice_still_needs_every_confirming_window() -> None:
+    running = probation(baseline=0.6)
+    running.add(100, 0.6, 0.6, CONFIRMED)  # no alarm, nothing held
+    p = Probation.after(running, 3, 2, since=1.0, baseline=0.6)
+    assert not p.gated_in_changed_world and not p.alarmed
+    p.add(100, 0.6, 0.6, CONFIRMED)
+    p.add(100, 0.66, 0.60, CONFIRMED)
+    assert p.verdict(CONFIRMED) is Verdict.WATCH, "one worse window is a fluctuation until confirmed"
+    assert Probation.after(None, 3, 2, since=1.0, baseline=0.6) == Probation(3, 2, 1.0, 0.6)
+
+
+def test_a_successor_of_a_version_gated_on_a_changed_world_is_judged_alike() -> None:
+    running = probation(baseline=0.6)
+    running.add(100, 0.9, 0.95, CONFIRMED)
+    assert running.hear_alarm(CONFIRMED)
+    p = Probation.after(running, 3, 2, since=1.0, baseline=0.93)
+    p.add(50, 0.66, 0.60, CONFIRMED)
+    p = p.succeeded_by(4, since=2.0)  # v4, trained on from v3, is promoted before a full window
+    p.add(50, 0.66, 0.60, CONFIRMED)
+    assert p.gated_in_changed_world and p.verdict(CONFIRMED) is Verdict.ROLL_BACK
+    assert p.evidence("loss", CONFIRMED)["skipped"] == [3]
