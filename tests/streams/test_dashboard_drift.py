@@ -8,6 +8,7 @@ page must show the drift alarm badge and, in the version timeline, the automatic
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -21,6 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.lifecycle_demo import Injection, Timeline, replay
+from bench.lifecycle_replay import SCENARIOS
 from streams.client import get_json
 from tests.rankers.test_labeling_page import browser  # noqa: F401 - the shared headless Chromium
 from tests.streams.test_dashboard import SERVICE_STATE
@@ -37,22 +39,10 @@ DRIFT = {"DRIFTLINE_DRIFT_THRESHOLD": "0.5"}
 #: The replay's poller keeps watching the worker this long after the last event is sent (until the
 #: test stops it): a loaded worker lags behind the replay and acts after it has ended.
 WATCH_AFTER_S = 300.0
-OPTIONS = [
-    "ctr.batch_size=500",
-    "ctr.batch_window_s=0.5",
-    "ctr.swap_interval_s=5",
-    "ctr.embed_dim=8",
-    "ctr.hidden=[32,32]",
-    "ctr.embed_lr=0.01",
-    "ctr.dense_lr=0.01",
-    "ctr.warmup_samples=0",
-    "ctr.rollback_samples=1500",
-    # One window, as the test was sized: with two (the default) the next swap, 5 s after the
-    # stretch's version, can end its probation before both windows judged it, and nothing is rolled
-    # back (a known escape, issue 15); tests/lifecycle covers the two-window rule.
-    "ctr.rollback_confirm=1",
-    "ctr.rollback_margin=0.08",
-]
+#: The worker's options, also replayed in process by ``python -m bench.lifecycle_replay --scenario
+#: dashboard`` (rollback_confirm and the rest of the lifecycle at their defaults).
+SCENARIO = SCENARIOS["dashboard"]
+OPTIONS = [f"ctr.{key}={json.dumps(value, separators=(',', ':'))}" for key, value in SCENARIO.options.items()]
 
 
 def test_an_injected_drift_shows_an_alarm_and_a_rollback_on_the_page(
@@ -64,11 +54,17 @@ def test_an_injected_drift_shows_an_alarm_and_a_rollback_on_the_page(
     worker = worker_factory("ctr", OPTIONS, env=DRIFT).start()
     browser.set_window_size(1000, 2200)  # the alarm and the rollback in one screenshot
     browser.get(f"{worker.base}/dashboard")
-    injection, timeline, stop = Injection(start=12_000), Timeline(), threading.Event()
+    injection, timeline, stop = Injection(start=SCENARIO.corrupt_from), Timeline(), threading.Event()
     sender = threading.Thread(
         target=replay,
         args=(kafka.bootstrap, worker.base, injection),
-        kwargs={"rate": 1000, "limit": 30_000, "settle_s": WATCH_AFTER_S, "stop": stop, "timeline": timeline},
+        kwargs={
+            "rate": 1000,
+            "limit": SCENARIO.demo_events,
+            "settle_s": WATCH_AFTER_S,
+            "stop": stop,
+            "timeline": timeline,
+        },
     )
     page = PageWatch(browser)
     sender.start()
