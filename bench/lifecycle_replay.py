@@ -9,6 +9,7 @@ replayed and a fix checked across seeds::
     python -m bench.lifecycle_replay 1 2 3 4
     python -m bench.lifecycle_replay --option rollback_samples=3000 1 2 3 4   # swaps before two windows
     python -m bench.lifecycle_replay --scenario dashboard 1 2 3 4   # tests/streams/test_dashboard_drift.py
+    python -m bench.lifecycle_replay --scenario dashboard --busy 1.5 2 3   # a worker behind the stream
 
 Each seed prints the actions and :func:`bench.lifecycle_demo.verdicts`, times in simulated seconds.
 """
