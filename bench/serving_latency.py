@@ -174,6 +174,7 @@ def ctr_query() -> dict[str, Any]:
 REQUEST_PATH = (
     "streams/http.py", "streams/limits.py", "models/ctr/routes.py", "models/ctr/serving.py",
     "models/ctr/layers.py", "forecasters/routes.py", "forecasters/serving.py",
+    "roles/worker.py",  # the event loop (uvloop since d6b76fa)
 )  # fmt: skip
 
 
