@@ -44,7 +44,7 @@ from streams import faults
 from streams.drift import Adapts, DriftMonitor, detector_class
 from streams.keyed import KeyedService
 from streams.metrics import WorkerMetrics
-from streams.schemas import DeadLetter, Record, RecordError, parse_record
+from streams.schemas import DeadLetter, Record, RecordError, parse_record, record_limits
 from streams.service import BatchResult, ModelService, Output, Subscription
 from streams.sink import RecordRefused
 from streams.topics import topic_name
@@ -162,18 +162,43 @@ def parse_events(record_type: type[Record], events: Sequence[Event]) -> Parsed:
     which events are fresh, and dead-letters the unusable ones among those.
     """
     parsed: Parsed = []
+    validate, limit = _validator(record_type)
     for event in events:
-        if event.value is None:
+        value = event.value
+        if value is None:
             parsed.append("empty event (no value)")
             continue
-        try:
-            parsed.append(record_type.model_validate_json(event.value))
-        except ValueError:
-            try:  # the slow path says precisely what is wrong
-                parsed.append(parse_record(event.value, record_type))
-            except RecordError as exc:
-                parsed.append(str(exc))
+        if limit is None or len(value) <= limit:
+            try:
+                parsed.append(validate(value))
+                continue
+            except ValueError:
+                pass
+        parsed.append(_explained(value, record_type))
     return parsed
+
+
+def _validator(record_type: type[Record]) -> tuple[Callable[[bytes], Record], int | None]:
+    """How to parse one event of ``record_type`` on the fast path, and the size limit to check first.
+
+    A type that keeps :meth:`Record.model_validate_json` is parsed by pydantic's validator itself,
+    its size limit read here once a batch: through that method each impression cost 1.7 us more
+    (9.2 against 7.5 us at best, 4,096 MovieLens impressions, 30 rounds, load 13-16). A type that
+    overrides the method is parsed through its own.
+    """
+    parse = record_type.model_validate_json
+    if getattr(parse, "__func__", None) is not Record.model_validate_json.__func__:
+        return parse, None
+    limit = record_limits()[0] if record_type.bounded else None
+    return record_type.__pydantic_validator__.validate_json, limit
+
+
+def _explained(value: bytes, record_type: type[Record]) -> Record | str:
+    """The slow path for an event the fast one refused: the record, or precisely what is wrong."""
+    try:
+        return parse_record(value, record_type)
+    except RecordError as exc:
+        return str(exc)
 
 
 def _split(events: Sequence[Event], parsed: Parsed) -> tuple[list[_Item], list[tuple[Event, str]]]:
