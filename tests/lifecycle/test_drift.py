@@ -92,6 +92,14 @@ def test_settings_from_env() -> None:
     assert DriftSettings.from_env("rank", {"DRIFTLINE_DRIFT_ACTION": "faster"}).action == "faster"
 
 
+def test_forecast_has_its_own_detector_defaults_and_the_environment_overrides_them() -> None:
+    forecast = DriftSettings.from_env("forecast", {})
+    assert (forecast.delta, forecast.threshold) == (0.2, 3.0), "see SERVICE_DEFAULTS"
+    assert DriftSettings.from_env("ctr", {}) == DriftSettings() == DriftSettings.from_env("rank", {})
+    override = DriftSettings.from_env("forecast", {"DRIFTLINE_DRIFT_THRESHOLD": "0.5"})
+    assert (override.delta, override.threshold) == (0.2, 0.5)
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
