@@ -230,8 +230,8 @@ def test_a_held_version_passed_so_the_next_is_judged_against_it() -> None:
 # -- a version promoted while the running probation was held (gated on a changed world) ------------
 def test_a_version_gated_while_the_probation_was_held_is_rolled_back_on_one_clean_window() -> None:
     """The dashboard test's escape, replayed in process (``bench/lifecycle_replay.py --scenario
-    dashboard --busy 1.5``, seed 2): the stretch's version, gated on a flipped slice, did 1-10% worse
-    than its predecessor on clean windows and two in a row never both passed the margin."""
+    dashboard --busy 1.5``, seed 1 with v3 rejected): the stretch's version, gated on a flipped slice,
+    did 1-10% worse than its predecessor on clean windows and two in a row never both passed the margin."""
     running = probation(baseline=0.6)  # v2 against v1, promoted on a clean slice
     running.add(100, 0.9, 0.95, CONFIRMED)  # a corrupted stretch: both do worse than before
     assert running.hear_alarm(CONFIRMED) and running.passed(CONFIRMED), "held: the world changed"
