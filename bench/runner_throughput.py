@@ -17,11 +17,9 @@ processes. Sections (``--sections``, default all):
               ``--impressions`` MovieLens-100K impressions) against ``CtrService.process`` on the
               same impressions in batches of the same size in this process, run after run
               (``--repeats`` pairs, each Kafka drain in a fresh consumer group); the ratio per pair
-              and the median. In process the model runs as the worker runs it (``ctr.threads``,
-              models/ctr/threads.py) and again with a torch thread per core, the ratio to both.
-              ``--before REV`` adds, in each repeat, a drain by a worker of git revision REV (its
-              tree exported with ``git archive``; the checkout is not touched), so a change
-              is compared with what it changes on the same broker, load and records
+              and the median. ``--before REV`` adds, in each repeat, a drain by a worker of git
+              revision REV (its tree exported with ``git archive``; the checkout is not touched),
+              so a change is compared with what it changes on the same broker, load and records
   recovery    SIGKILL a tally worker mid-stream and restart it at once on the same port (same
               static member); seconds from restart to ``/ready`` and until applied events grow
   inprocess   ``CtrService.process`` alone, ``--repeats`` times, on the device the models pick
@@ -61,7 +59,6 @@ from bench.common import (
     table,
     wait_for,
 )
-from models.ctr.threads import trainer_threads, usable_cores
 from streams.config import Settings, shared_data_dir
 from streams.producer import send_all
 
@@ -200,30 +197,26 @@ def ctr_ratio(bootstrap: str, tmp: Path, records: list, repeats: int, before: st
             for i, source in enumerate([None, tree] if tree else [None])
         ]
         in_process = ctr_in_process(tmp / f"run{attempt}", records)
-        every_core = ctr_in_process(tmp / f"run{attempt}-all", records, threads=usable_cores())
-        row: list[object] = [attempt, in_process, every_core, load()]
+        row: list[object] = [attempt, in_process, load()]
         for drain in kafka:
             rate = float(drain[5])  # type: ignore[arg-type]
-            row += [rate, drain[6], rate / in_process, rate / every_core]
+            row += [rate, drain[6], rate / in_process]
         rows.append(row)
-    figures = [1, 2, *(j for i in range(4, len(rows[0]), 4) for j in (i, i + 2, i + 3))]  # not loads
-    medians = {i: statistics.median(float(r[i]) for r in rows) for i in figures}  # type: ignore[arg-type]
-    rows.append(["median", *(medians.get(i, "") for i in range(1, len(rows[0])))])
-    every = f"ratio to {usable_cores()} threads"
-    drains = ["through Kafka: worker drain", "load", "ratio", every]
+    medians = [statistics.median(float(r[i]) for r in rows) for i in range(5, len(rows[0]), 3)]  # type: ignore[arg-type]
+    rows.append(["median", "", "", *itertools.chain.from_iterable(("", "", m) for m in medians)])
+    drains = ["through Kafka: worker drain", "load", "ratio"]
     if before:
-        drains += [f"through Kafka: worker of {before}", "load", f"ratio of {before}", every]
+        drains += [f"through Kafka: worker of {before}", "load", f"ratio of {before}"]
     table(
         f"CTR samples/s, {len(records):,} MovieLens-100K impressions, default ctr options "
-        f"(DeepFM, batch 4096, {trainer_threads()} torch thread(s)), CPU, {CORES} cores",
-        ["run", "in process: CtrService.process", f"in process, {usable_cores()} threads", "load", *drains],
+        f"(DeepFM, batch 4096), CPU, {CORES} cores",
+        ["run", "in process: CtrService.process", "load", *drains],
         rows,
     )
 
 
-def ctr_in_process(tmp: Path, records: list, threads: int | None = None) -> float:
-    """``CtrService.process`` on the worker's batches (default options; ``threads``: the
-    ``ctr.threads`` option, torch's intra-op threads), samples/s.
+def ctr_in_process(tmp: Path, records: list) -> float:
+    """``CtrService.process`` on the worker's batches (default options), samples/s.
 
     The first batch (lazy initialisation, first published version) is not timed, as the Kafka
     drain's clock also starts after the first applied batch. What this process holds (the parsed
@@ -235,7 +228,7 @@ def ctr_in_process(tmp: Path, records: list, threads: int | None = None) -> floa
     from streams.topics import topic_name
 
     os.environ["DRIFTLINE_CHECKPOINT_STORE"] = str(tmp / "store-inprocess")
-    service = build_service(tmp / "inprocess" / "ctr", **({} if threads is None else {"threads": threads}))
+    service = build_service(tmp / "inprocess" / "ctr")
     gc.collect()
     gc.freeze()
     size = service.batch_size

@@ -439,8 +439,8 @@ def build_service(data_dir: Path, **options: Any) -> CtrService:
     Keys: ``model`` (deepfm | dcn), ``batch_size``, ``batch_window_s``, ``swap_interval_s``,
     ``keep_versions``, ``max_candidates``, ``click_window_s`` (seconds of event time an impression
     without ``clicked`` waits for its click on the clicks topic; 0, the default: no join),
-    ``threads`` (torch intra-op threads for training; default: ``OMP_NUM_THREADS`` when set, else
-    one less than the usable cores, :mod:`models.ctr.threads`), ``categorical_fields`` /
+    ``threads`` (torch intra-op threads for training; unset: torch's choice, see
+    :mod:`models.ctr.threads`), ``categorical_fields`` /
     ``dense_fields`` / ``buckets`` (default: the MovieLens-100K impressions), and any
     :class:`CtrConfig` field (``cowclip``, ``embed_lr`` and ``dense_lr`` (default 1e-3 here),
     ``l2``, ``warmup_samples`` (default 100,000), ...). The worker passes ``data_dir = <home>/ctr``;
@@ -448,8 +448,7 @@ def build_service(data_dir: Path, **options: Any) -> CtrService:
     else ``<home>/checkpoints``).
     """
     learner, service_options = learner_from_options(**options)
-    threads = service_options.pop("threads", None)
-    use_trainer_threads(None if threads is None else int(threads))
+    use_trainer_threads(service_options.pop("threads", None))
     root = Settings.from_env(home=data_dir.parent).checkpoint_root
     return CtrService(learner, batch_size=learner.config.batch_size, checkpoint_root=root, **service_options)
 
