@@ -11,6 +11,10 @@ probation should roll back) and a lasting flip (``--shift-at N``: every label fl
 on: a changed world that should raise the drift alarm and no rollback). Meanwhile it polls
 ``/health`` (drift alarms) and ``GET /models`` (rollbacks) and prints each action with the seconds
 since the first corrupted event of its change was sent. Open ``/dashboard`` to watch the same.
+
+The replay keeps its schedule whatever the worker does; ``--max-ahead N`` holds it back while the
+worker has applied more than N events fewer than were sent, so a lagging worker slows the replay
+instead of meeting the corrupted stretch (cut by send time) split between two versions.
 """
 
 from __future__ import annotations
@@ -20,10 +24,14 @@ import itertools
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kafka import KafkaProducer
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -135,6 +143,81 @@ def poll(url: str, service: str, timeline: Timeline, stop: threading.Event, toke
                 timeline.actions.append((now, f"rollback: {entry['reason']}"))
 
 
+def events_applied(url: str, service: str) -> float | None:
+    """The events ``service`` has applied (``driftline_events_total`` on ``url``'s ``/metrics``,
+    every topic), or None when the worker did not answer in time."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return None
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "driftline_events_total" and sample.labels.get("service") == service
+    )
+
+
+class Backpressure:
+    """Holds a replay back while the worker lags more than ``max_ahead`` events behind it.
+
+    Counted from what ``applied`` (the worker's events applied, None when it did not answer)
+    read before the first event was sent, so a worker that ran before the replay holds nothing
+    back. A worker that never applies some sent events (dead letters) holds the replay until
+    ``stop``.
+    """
+
+    #: Seconds between two reads of ``applied`` while held back.
+    POLL_S = 0.2
+
+    def __init__(self, applied: Callable[[], float | None], max_ahead: int, stop: threading.Event) -> None:
+        if max_ahead < 1:
+            raise ValueError(f"max_ahead must be at least 1 event, not {max_ahead}")
+        self.applied, self.max_ahead, self.stop = applied, max_ahead, stop
+        self._base: float | None = None
+        self._seen = 0.0  # applied since the replay began, as last read
+
+    def _ahead(self, sent: int, coming: int) -> bool:
+        return self._base is None or sent + coming - self._seen > self.max_ahead
+
+    def ready(self, sent: int, coming: int) -> bool:
+        """Wait until ``coming`` more events after ``sent`` keep the replay at most ``max_ahead``
+        ahead of the worker; False once ``stop`` is set. Reads the worker only when the last read
+        does not already allow it (what was applied never goes down)."""
+        while self._ahead(sent, coming):
+            count = self.applied()
+            if count is not None:
+                self._base = count if self._base is None else self._base
+                self._seen = count - self._base
+                if not self._ahead(sent, coming):
+                    break
+            if self.stop.wait(self.POLL_S):
+                return False
+        return not self.stop.is_set()
+
+
+def send_held_back(
+    producer: KafkaProducer, records: Iterator[Impression], rate: float, hold: Backpressure
+) -> int:
+    """Send ``records`` in chunks of a quarter of ``hold.max_ahead``, each at ``rate`` and flushed
+    (sent means Kafka holds it) once ``hold`` allows it; the number sent. Each chunk keeps the rate
+    from its own start, so a wait is not made up by a burst after it."""
+    from streams.producer import send_all
+
+    chunk, sent = max(1, hold.max_ahead // 4), 0
+    while hold.ready(sent, chunk):
+        report = send_all(
+            producer, "impressions", itertools.islice(records, chunk), rate=rate, progress=False
+        )
+        if not report.sent:
+            break
+        sent += report.sent
+    return sent
+
+
 def replay(
     bootstrap: str,
     url: str,
@@ -146,9 +229,11 @@ def replay(
     settle_s: float = 10.0,
     stop: threading.Event | None = None,
     timeline: Timeline | None = None,
+    max_ahead: int | None = None,
 ) -> Timeline:
     """Send ``limit`` injected impressions at ``rate`` (until ``stop`` is set), watching ``url``
-    meanwhile and ``settle_s`` after, into ``timeline``: what was sent and seen."""
+    meanwhile and ``settle_s`` after, into ``timeline``: what was sent and seen. With ``max_ahead``,
+    never more than that many events ahead of what the worker has applied (:class:`Backpressure`)."""
     from models.ctr.movielens import iter_impressions
     from streams.producer import make_producer, send_all
 
@@ -160,7 +245,11 @@ def replay(
     try:
         impressions = (r for r in itertools.islice(iter_impressions(), limit) if not stop.is_set())
         records = inject(impressions, injection, timeline)
-        send_all(producer, "impressions", records, rate=rate, total=limit, progress=False)
+        if max_ahead is None:
+            send_all(producer, "impressions", records, rate=rate, total=limit, progress=False)
+        else:
+            hold = Backpressure(lambda: events_applied(url, service), max_ahead, stop)
+            send_held_back(producer, records, rate, hold)
         stop.wait(settle_s)
     finally:
         stop.set()
@@ -220,6 +309,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--shift-at", type=int, default=40_000, help="flip every label from here on")
     parser.add_argument("--token", help="reader token, if the worker's queries need one")
+    parser.add_argument(
+        "--max-ahead",
+        type=int,
+        help="never send more than this many events ahead of what the worker has applied (default: no limit)",
+    )
     args = parser.parse_args(argv)
     bootstrap = Settings.from_env(bootstrap_servers=args.bootstrap_servers).bootstrap
     injection = Injection(args.corrupt_from, shift_at=args.shift_at)
@@ -227,7 +321,11 @@ def main(argv: list[str] | None = None) -> int:
         f"synthetic changes: labels flipped over one swap interval after event {injection.start} and from "
         f"event {injection.shift_at} on; {args.limit} events at {args.rate:.0f}/s; watch {args.url}/dashboard"
     )
-    timeline = replay(bootstrap, args.url, injection, args.rate, args.limit, args.token)
+    if args.max_ahead is not None and args.max_ahead < 1:
+        parser.error("--max-ahead must be at least 1")
+    timeline = replay(
+        bootstrap, args.url, injection, args.rate, args.limit, args.token, max_ahead=args.max_ahead
+    )
     for at, what in timeline.actions:
         print(f"{_clock(at)}  {timeline.since(at)}: {what}")
     if not timeline.actions:

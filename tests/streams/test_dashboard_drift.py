@@ -13,15 +13,13 @@ import os
 import re
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from bench.lifecycle_demo import Injection, Timeline, replay
+from bench.lifecycle_demo import Injection, Timeline, events_applied, replay
 from bench.lifecycle_replay import SCENARIOS
 from streams.client import get_json
 from tests.rankers.test_labeling_page import browser  # noqa: F401 - the shared headless Chromium
@@ -39,6 +37,10 @@ DRIFT = {"DRIFTLINE_DRIFT_THRESHOLD": "0.5"}
 #: The replay's poller keeps watching the worker this long after the last event is sent (until the
 #: test stops it): a loaded worker lags behind the replay and acts after it has ended.
 WATCH_AFTER_S = 300.0
+#: The replay sends at most this many events (about a second of them) ahead of what the worker has
+#: applied: a loaded worker lags behind a fixed schedule, and the corrupted stretch (cut by send
+#: time) would reach it split between two versions, none of them worse than its predecessor.
+MAX_AHEAD = 1_000
 #: The worker's options, also replayed in process by ``python -m bench.lifecycle_replay --scenario
 #: dashboard`` (rollback_confirm and the rest of the lifecycle at their defaults).
 SCENARIO = SCENARIOS["dashboard"]
@@ -64,6 +66,7 @@ def test_an_injected_drift_shows_an_alarm_and_a_rollback_on_the_page(
             "settle_s": WATCH_AFTER_S,
             "stop": stop,
             "timeline": timeline,
+            "max_ahead": MAX_AHEAD,
         },
     )
     page = PageWatch(browser)
@@ -155,15 +158,15 @@ def _wait_until(seen: Callable[[], T | None], timeline: Timeline, base: str, idl
     """What ``seen`` finds while the worker still applies events; once it has applied none for
     ``idle_s`` (it has read all that was sent, or it is stuck), fail with the timeline and the lineage.
 
-    A loaded machine slows the worker, not the replay: the wait lasts as long as the worker works
-    through what was sent, not a fixed time from the start.
+    A loaded machine slows the worker (and the replay held back by it): the wait lasts as long as
+    the worker works through what was sent, not a fixed time from the start.
     """
     applied, idle_since = -1.0, time.monotonic()
     while time.monotonic() - idle_since < idle_s:
         found = seen()
         if found:
             return found
-        now_applied = _events_applied(base)
+        now_applied = events_applied(base, "ctr")
         if now_applied is not None and now_applied > applied:
             applied, idle_since = now_applied, time.monotonic()
         time.sleep(0.5)
@@ -176,19 +179,4 @@ def _wait_until(seen: Callable[[], T | None], timeline: Timeline, base: str, idl
     raise AssertionError(
         f"the worker never acted on the injected change ({applied:.0f} events applied, none new for "
         f"{idle_s:.0f} s): {timeline}; lineage {lineage}"
-    )
-
-
-def _events_applied(base: str) -> float | None:
-    """The ctr events the worker has applied (its ``/metrics``), or None when it did not answer in time."""
-    try:
-        with urllib.request.urlopen(f"{base}/metrics", timeout=5) as answer:
-            text = answer.read().decode()
-    except OSError:
-        return None
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "driftline_events_total" and sample.labels.get("service") == "ctr"
     )
