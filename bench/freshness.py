@@ -23,8 +23,14 @@ count events sent at least an interval + 5 s before the stream stops (later ones
 that only the next batch triggers). Targets (issue 9): learned < 1 s, served < interval + 1 s.
 Each row prints the load average when the paced stream starts and when it ends.
 
+The worker gets ``--threads`` torch threads (``OMP_NUM_THREADS``), 1 by default: what ``driftline run``
+gives each of its three workers on 2 cores. ``--threads 0`` leaves torch's default (one per core),
+which the rows before 26 Nov 16:00 ran with: on 2 shared cores its second thread spins against
+the broker, the producer and other work (in process at load 11, a forecast batch of 50 took 1.6 s of
+CPU with 2 threads against 0.12 s with 1).
+
 Usage: flock /tmp/driftline-bench.lock python bench/freshness.py [--services tally,forecast,ctr]
-       [--option ctr.batch_window_s=0.2 ...] [--load 0.5] [--seconds 30]
+       [--option ctr.batch_window_s=0.2 ...] [--load 0.5] [--seconds 30] [--threads 1]
 """
 
 from __future__ import annotations
@@ -224,10 +230,18 @@ def wait_applied(worker: Role, service: str, count: int, timeout_s: float) -> No
         time.sleep(0.05)
 
 
-def run_case(case: Case, bootstrap: str, home: Path, options: list[str], load: float, seconds: float) -> str:
+def worker_env(threads: int) -> dict[str, str]:
+    """The worker's environment beyond the bench's: its torch threads, unless 0 (torch's default)."""
+    return {"OMP_NUM_THREADS": str(threads)} if threads else {}
+
+
+def run_case(
+    case: Case, bootstrap: str, home: Path, options: list[str], load: float, seconds: float, threads: int
+) -> str:
     prefix = f"fresh{int(time.time() * 1000) % 10**8}."
     own = [o for o in options if o.startswith(case.service + ".")]
-    worker = start_role("worker", case.service, home / prefix, bootstrap, prefix, own)
+    env = worker_env(threads)
+    worker = start_role("worker", case.service, home / prefix, bootstrap, prefix, own, env=env)
     producer = make_producer(bootstrap)
     topic = prefix + case.topic
     try:
@@ -293,7 +307,12 @@ def main() -> None:
         "--seconds", type=float, default=30.0, help="paced stream length (ctr: + interval + 5)"
     )
     parser.add_argument("--option", action="append", default=[], metavar="SERVICE.KEY=VALUE")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="the worker's torch threads (0: torch's default, one per core)"
+    )
     args = parser.parse_args()
+    if args.threads < 0:
+        parser.error(f"--threads must be >= 0, got {args.threads}")
     swap = next(
         (float(o.split("=", 1)[1]) for o in args.option if o.startswith("ctr.swap_interval_s=")), 30.0
     )
@@ -315,13 +334,15 @@ def main() -> None:
                         args.option,
                         args.load,
                         seconds=args.seconds + case.serve_wait_s,
+                        threads=args.threads,
                     )
                 )
         finally:
             broker.stop()
     print(
         f"Freshness at {args.load:.0%} of each service's max rate, CPU only; "
-        f"options: {args.option or 'defaults'}; ctr publish interval {swap:g} s"
+        f"options: {args.option or 'defaults'}; ctr publish interval {swap:g} s; "
+        f"worker torch threads: {args.threads or 'torch default'}"
     )
     print(f"{'service':<9}{'max ev/s':>9}{'rate':>9}{'events':>8}{'learn50':>9}{'learn99':>9}{'counted':>8}"
           f"{'serve50':>9}{'serve99':>9}{'never':>7}{'batches':>8}{'ev/b':>7}{'batch ms':>9}{'cpu':>6}"
