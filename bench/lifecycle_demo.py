@@ -58,6 +58,8 @@ class Timeline:
     rollbacks: list[dict[str, Any]] = field(default_factory=list)
     #: Polls the worker did not answer in time (a busy worker answers late).
     missed_polls: int = 0
+    #: Seconds the replay spent reading and waiting for the worker (``max_ahead``; 0 without it).
+    held_s: float = 0.0
 
     def since(self, at: float) -> str:
         """``at`` relative to the change it answers (the last change sent before it)."""
@@ -179,6 +181,8 @@ class Backpressure:
         self.applied, self.max_ahead, self.stop = applied, max_ahead, stop
         self._base: float | None = None
         self._seen = 0.0  # applied since the replay began, as last read
+        #: Seconds spent reading and waiting for the worker so far.
+        self.held_s = 0.0
 
     def _ahead(self, sent: int, coming: int) -> bool:
         return self._base is None or sent + coming - self._seen > self.max_ahead
@@ -187,6 +191,13 @@ class Backpressure:
         """Wait until ``coming`` more events after ``sent`` keep the replay at most ``max_ahead``
         ahead of the worker; False once ``stop`` is set. Reads the worker only when the last read
         does not already allow it (what was applied never goes down)."""
+        began = time.monotonic()
+        try:
+            return self._wait(sent, coming)
+        finally:
+            self.held_s += time.monotonic() - began
+
+    def _wait(self, sent: int, coming: int) -> bool:
         while self._ahead(sent, coming):
             count = self.applied()
             if count is not None:
@@ -250,6 +261,7 @@ def replay(
         else:
             hold = Backpressure(lambda: events_applied(url, service), max_ahead, stop)
             send_held_back(producer, records, rate, hold)
+            timeline.held_s = hold.held_s
         stop.wait(settle_s)
     finally:
         stop.set()
@@ -336,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"corrupted stretch sent {_clock(begun)} to {_clock(ended)} "
         f"(newest version then v{injection.corrupting}, ended by v{injection.learned}); "
-        f"lasting flip from {_clock(shift)}; {timeline.missed_polls} poll(s) unanswered within 5 s"
+        f"lasting flip from {_clock(shift)}; {timeline.missed_polls} poll(s) unanswered within 5 s; "
+        f"replay held back {timeline.held_s:.1f} s for the worker"
     )
     return 0
 

@@ -26,7 +26,7 @@ def held(
     worker: Callable[[], float | None], max_ahead: int, stop: threading.Event | None = None
 ) -> Backpressure:
     hold = Backpressure(worker, max_ahead, stop or threading.Event())
-    hold.POLL_S = 0.0
+    hold.POLL_S = 0.01
     return hold
 
 
@@ -51,6 +51,7 @@ def test_a_worker_that_applies_nothing_holds_the_replay_until_stopped() -> None:
     assert not hold.ready(100, 1)
     timer.join()
     assert worker.asked > 2
+    assert hold.held_s >= 0.15  # the wait is counted
 
 
 def test_a_replay_stopped_before_it_began_sends_nothing() -> None:

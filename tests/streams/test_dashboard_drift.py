@@ -97,7 +97,7 @@ def test_an_injected_drift_shows_an_alarm_and_a_rollback_on_the_page(
         f"\nsynthetic corrupted stretch (first flipped event sent at 0 s, last at {ended - begun:.1f} s): "
         f"first drift alarm seen at {alarms[0] - begun:.1f} s; v{evidence['rolled_back_from']} (trained on "
         f"the flips) promoted at {evidence['promoted_at'] - begun:.1f} s, "
-        f"rolled back at {bad['at'] - begun:.1f} s"
+        f"rolled back at {bad['at'] - begun:.1f} s; replay held back {timeline.held_s:.1f} s for the worker"
     )
 
 
