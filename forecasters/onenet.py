@@ -84,10 +84,10 @@ class OneNet(Forecaster):
         self.horizon = horizon
         self.channels = channels
         self.branches = nn.ModuleList([cross_time, cross_variable]).to(self.device)
-        self.optimizer = torch.optim.AdamW(self.branches.parameters(), lr=lr)
+        self.optimizer = torch.optim.AdamW(self.branches.parameters(), lr=lr, foreach=True)
         self.single_pass = [behaves_same_in_train_mode(net) for net in self.branches]
         self.bias = BiasMLP(horizon).to(self.device)
-        self.bias_optimizer = torch.optim.Adam(self.bias.parameters(), lr=bias_lr)
+        self.bias_optimizer = torch.optim.Adam(self.bias.parameters(), lr=bias_lr, foreach=True)
         self.loss_fn = loss_named(loss)
         self.weights = build_ensemble(ocp, channels, eta)
         self.gain = ResidualGain(horizon, channels, prior=gain_prior) if gain else None
