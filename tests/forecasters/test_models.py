@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import numpy as np
 import pytest
@@ -180,8 +181,9 @@ def test_window_batch_steps_follow_each_series_in_order() -> None:
     assert independent.tolist() == [0] * 5 and none.tolist() == [-1] * 5
 
 
-def frozen_onenet(channels: int = 3, horizon: int = 4) -> OneNet:
-    """OneNet whose networks never move (lr 0): only the EG weights and the per-series bias evolve."""
+def frozen_onenet(channels: int = 3, horizon: int = 4, **options: Any) -> OneNet:
+    """OneNet whose networks never move (lr 0): only the cheap online parts (EG weights, per-series
+    bias, and whichever ``options`` turn on) evolve."""
     torch.manual_seed(0)
     return OneNet(
         CrossTimeMLP(32, horizon),
@@ -190,6 +192,7 @@ def frozen_onenet(channels: int = 3, horizon: int = 4) -> OneNet:
         horizon,
         lr=0.0,
         bias_lr=0.0,
+        **options,
     )
 
 

@@ -9,28 +9,18 @@ import pytest
 import torch
 
 from forecasters.batch import WindowBatch
-from forecasters.branches import CrossTimeMLP, CrossVariableTCN
 from forecasters.data import Windows
 from forecasters.learner import Forecaster
 from forecasters.onenet import OneNet
 from forecasters.training import validation_mse
 from forecasters.zoo import ForecasterSpec, build_forecaster
 from tests.forecasters.conftest import sine_values
+from tests.forecasters.test_models import frozen_onenet
 
 
-def frozen(recall: bool, channels: int = 3, horizon: int = 4) -> OneNet:
+def frozen(recall: bool) -> OneNet:
     """OneNet whose networks never move (lr 0), so only the cheap online parts can adapt."""
-    torch.manual_seed(0)
-    return OneNet(
-        CrossTimeMLP(32, horizon),
-        CrossVariableTCN(channels, horizon),
-        channels,
-        horizon,
-        lr=0.0,
-        bias_lr=0.0,
-        gain=False,
-        recall=recall,
-    )
+    return frozen_onenet(gain=False, recall=recall)
 
 
 def trend_windows() -> Windows:
