@@ -48,14 +48,6 @@ new version starts a fresh probation against it. A version that was trusted (``l
 back to, or served by hand is proven too. Families that take no candidate while a probation runs
 (forecast, rank) never hand one over.
 
-**A proven version answers for its whole record** (``record``). Once a full window of its own said
-"no worse" before any alarm, a version is rolled back only when the mean over every step scored
-for it is worse by the margin too, not only the last ``confirm`` windows: the windows just after a
-good one can all land on a stretch that suits the predecessor. Measured on the lifecycle demo's
-replay (seed 1, clean, before any injected change): v8, 8% better than v5 on its first window, was
-rolled back on two windows 10.8% and 13% worse; kept serving, it did 7.6% worse over the next
-7,500 impressions, within the 8% margin, and over its whole record it was 4-5% worse.
-
 **A version gated on a changed world is judged on one window** (``gated_in_changed_world``). A
 version promoted while the running probation is held was validated on a slice of a changed world
 (a corrupted stretch that the version learned, say): the gate's evidence says nothing about the
@@ -135,9 +127,6 @@ class Probation:
     skipped: list[int] = field(default_factory=list)
     #: Promoted while the running probation was held: one window decides (module docstring).
     gated_in_changed_world: bool = False
-    #: ``[samples, version's summed loss, predecessor's summed loss]`` over every step scored for
-    #: ``version`` itself: a proven version is rolled back only when this is worse too.
-    record: list[float] = field(default_factory=lambda: [0, 0.0, 0.0])
 
     @classmethod
     def after(
@@ -167,7 +156,7 @@ class Probation:
         if self.held or self.alarmed:
             self.held = self._changed_world(rule)
         worse = [w[0] >= rule.samples and not _no_worse(w, rule) for w in windows]
-        if not self.held and len(worse) == self.confirming(rule) and all(worse) and not self._stands(rule):
+        if not self.held and len(worse) == self.confirming(rule) and all(worse):
             return Verdict.ROLL_BACK
         return Verdict.TRUSTED if self.evaluated >= rule.length else Verdict.WATCH
 
@@ -176,8 +165,6 @@ class Probation:
         window needs any more are dropped."""
         self.window.append([samples, new, old])
         self.evaluated += samples
-        count, new_sum, old_sum = self.record
-        self.record = [count + samples, new_sum + samples * new, old_sum + samples * old]
         while len(self.window) > 1 and _holds_all(self.window[1:], rule):
             self.window.pop(0)
 
@@ -203,15 +190,6 @@ class Probation:
             alarmed=self.alarmed,
             skipped=[*self.skipped, self.version],
             gated_in_changed_world=self.gated_in_changed_world,
-        )
-
-    def _stands(self, rule: RollbackRule) -> bool:
-        """A proven version whose whole record is no worse than the margin stays."""
-        samples, new_sum, old_sum = self.record
-        return (
-            self.proven
-            and samples > 0
-            and _no_worse((int(samples), new_sum / samples, old_sum / samples), rule)
         )
 
     def _own(self) -> list[list[float]]:
@@ -268,7 +246,7 @@ class Probation:
     @classmethod
     def from_state(cls, state: dict[str, Any] | None) -> Probation | None:
         """Load a checkpointed probation; ones saved before ``baseline``/``held``/``alarmed``/
-        ``proven``/``skipped``/``gated_in_changed_world``/``record`` existed load too."""
+        ``proven``/``skipped``/``gated_in_changed_world`` existed load too."""
         if state is None:
             return None
         known = {name: state[name] for name in cls.__dataclass_fields__ if name in state}

@@ -267,26 +267,3 @@ def test_a_successor_of_a_version_gated_on_a_changed_world_is_judged_alike() -> 
     p.add(50, 0.66, 0.60, CONFIRMED)
     assert p.gated_in_changed_world and p.verdict(CONFIRMED) is Verdict.ROLL_BACK
     assert p.evidence("loss", CONFIRMED)["skipped"] == [3]
-
-
-# -- a proven version answers for its whole record ---------------------------------------------------
-def test_a_proven_version_is_not_rolled_back_while_its_whole_record_is_within_the_margin() -> None:
-    """The demo replay's seed 1 (clean): v8, better than v5 on its first window, then two windows
-    10.8% and 13% worse (rolled back before), 4.5% worse over its whole record."""
-    p = probation()
-    p.add(100, 0.88, 1.0, CONFIRMED)
-    assert p.verdict(CONFIRMED) is Verdict.WATCH and p.proven
-    p.add(100, 1.11, 1.0, CONFIRMED)
-    p.add(100, 1.13, 1.0, CONFIRMED)
-    assert p.verdict(RULE) is Verdict.WATCH and p.verdict(CONFIRMED) is Verdict.WATCH, "record: 4% worse"
-    p.add(100, 1.2, 1.0, CONFIRMED)  # it stays worse: now its record is worse too
-    assert p.verdict(CONFIRMED) is Verdict.ROLL_BACK
-    assert p.record == pytest.approx([400, 4.32 * 100, 400.0])
-
-
-def test_an_unproven_version_is_judged_on_its_windows_alone() -> None:
-    p = probation()
-    p.add(100, 1.0, 1.0, RULE)  # no worse, but an alarm came first: not proven
-    assert not p.hear_alarm(RULE) and p.verdict(RULE) is Verdict.WATCH and not p.proven
-    p.add(100, 1.1, 1.0, RULE)
-    assert p.verdict(RULE) is Verdict.ROLL_BACK, "its record (5% worse) does not count"
