@@ -24,7 +24,6 @@ import itertools
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.common import scrape, total  # noqa: E402
 from streams.client import call  # noqa: E402
 from streams.schemas import Impression  # noqa: E402
 
@@ -148,19 +148,10 @@ def poll(url: str, service: str, timeline: Timeline, stop: threading.Event, toke
 def events_applied(url: str, service: str) -> float | None:
     """The events ``service`` has applied (``driftline_events_total`` on ``url``'s ``/metrics``,
     every topic), or None when the worker did not answer in time."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     try:
-        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as answer:
-            text = answer.read().decode()
+        return total(scrape(url, timeout_s=5), "driftline_events_total", service=service)
     except OSError:
         return None
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "driftline_events_total" and sample.labels.get("service") == service
-    )
 
 
 class Backpressure:
