@@ -75,24 +75,32 @@ class Timeline:
 
 @dataclass
 class Injection:
-    """Which events get their label flipped.
+    """Which events get a wrong label, and which.
 
     The corrupted stretch spans one whole swap interval: from the first promotion seen after
-    event ``start`` until the next one, so the version promoted at its end trained on flipped
-    labels only and was validated on a flipped slice (the bad update a gate cannot catch). From
-    event ``shift_at`` (if given) every label is flipped for good.
+    event ``start`` until the next one, so the version promoted at its end trained on corrupted
+    labels only and was validated on a corrupted slice (the bad update a gate cannot catch). Each
+    label of the stretch is flipped, or with ``label`` set, replaced by it (``label=0``: a click
+    log outage, every impression unclicked). From event ``shift_at`` (if given) every label is
+    flipped for good.
     """
 
     start: int
     shift_at: int | None = None
+    #: The label of every event of the corrupted stretch (None: each flipped).
+    label: int | None = None
     #: The newest version when event ``start`` went out, then the one the stretch corrupts.
     armed_at: int | None = None
     corrupting: int | None = None
     #: The version whose promotion ended the stretch: it learned the flips (the bad update).
     learned: int | None = None
 
-    def flips(self, index: int, timeline: Timeline, now: float | None = None) -> bool:
-        """Whether event ``index``, sent at ``now`` (default: the wall clock), is flipped."""
+    def __post_init__(self) -> None:
+        if self.label not in (None, 0, 1):
+            raise ValueError(f"the corrupted stretch's label must be 0 or 1, not {self.label!r}")
+
+    def corrupts(self, index: int, timeline: Timeline, now: float | None = None) -> bool:
+        """Whether event ``index``, sent at ``now`` (default: the wall clock), gets a wrong label."""
         now = time.time() if now is None else now
         if self.shift_at is not None and index >= self.shift_at:
             timeline.shift_sent = timeline.shift_sent or now
@@ -110,13 +118,23 @@ class Injection:
         timeline.corrupt_ended, self.learned = now, timeline.newest  # the world is clean again
         return False
 
+    def apply(
+        self, index: int, record: Impression, timeline: Timeline, now: float | None = None
+    ) -> Impression:
+        """Event ``index`` (``record``), sent at ``now``, as injected: its label flipped by a lasting
+        shift, set to ``label`` or flipped in the corrupted stretch, else as it is."""
+        if not self.corrupts(index, timeline, now):
+            return record
+        clicked = int(record.clicked or 0)
+        shifted = self.shift_at is not None and index >= self.shift_at
+        wrong = 1 - clicked if shifted or self.label is None else self.label
+        return record.model_copy(update={"clicked": wrong})
+
 
 def inject(records: Iterable[Impression], injection: Injection, timeline: Timeline) -> Iterator[Impression]:
-    """``records`` with the injected label flips."""
+    """``records`` with the injected labels."""
     for index, record in enumerate(records):
-        if injection.flips(index, timeline):
-            record = record.model_copy(update={"clicked": 1 - int(record.clicked or 0)})
-        yield record
+        yield injection.apply(index, record, timeline)
 
 
 def poll(url: str, service: str, timeline: Timeline, stop: threading.Event, token: str | None) -> None:

@@ -1,9 +1,9 @@
 """A drift injected into a MovieLens replay, seen on the dashboard of a real worker (headless Chromium).
 
-The replay (``bench/lifecycle_demo.py``) flips the labels of a stretch of events (synthetic
-corrupted update) and then of every event from a later point on (synthetic lasting shift). The
-page must show the drift alarm badge and, in the version timeline, the automatic rollback, which
-``GET /models`` records too.
+The replay (``bench/lifecycle_demo.py``) labels every event of one swap interval's stretch
+unclicked (synthetic click-log outage: a corrupted update the gate cannot catch, as it validates
+on the stretch too). The page must show the drift alarm badge and, in the version timeline, the
+automatic rollback of the version that learned the stretch, which ``GET /models`` records too.
 """
 
 from __future__ import annotations
@@ -32,18 +32,19 @@ pytestmark = [pytest.mark.browser, pytest.mark.kafka]
 #: Set to docs/img/dashboard_drift.png to refresh the docs' screenshot; otherwise it stays in tmp.
 SCREENSHOT_VARIABLE = "DRIFTLINE_DASHBOARD_SCREENSHOT"
 #: Small batches and versions every few seconds, so the whole story fits a short test; the drift
-#: threshold is half the default because the corrupted stretch lasts only one swap interval (5 s).
+#: threshold is half the default because the corrupted stretch lasts only one swap interval (8 s).
 DRIFT = {"DRIFTLINE_DRIFT_THRESHOLD": "0.5"}
 #: The replay's poller keeps watching the worker this long after the last event is sent (until the
 #: test stops it): a loaded worker lags behind the replay and acts after it has ended.
 WATCH_AFTER_S = 300.0
+#: The worker's options and the stream, also replayed in process by ``python -m
+#: bench.lifecycle_replay --scenario dashboard`` (rollback_confirm and the rest of the lifecycle at
+#: their defaults). Why the stretch is an outage over an 8 s swap interval: that module's docstring.
+SCENARIO = SCENARIOS["dashboard"]
 #: The replay sends at most this many events (about a second of them) ahead of what the worker has
 #: applied: a loaded worker lags behind a fixed schedule, and the corrupted stretch (cut by send
 #: time) would reach it split between two versions, none of them worse than its predecessor.
-MAX_AHEAD = 1_000
-#: The worker's options, also replayed in process by ``python -m bench.lifecycle_replay --scenario
-#: dashboard`` (rollback_confirm and the rest of the lifecycle at their defaults).
-SCENARIO = SCENARIOS["dashboard"]
+MAX_AHEAD = SCENARIO.max_ahead
 OPTIONS = [f"ctr.{key}={json.dumps(value, separators=(',', ':'))}" for key, value in SCENARIO.options.items()]
 
 
@@ -56,7 +57,8 @@ def test_an_injected_drift_shows_an_alarm_and_a_rollback_on_the_page(
     worker = worker_factory("ctr", OPTIONS, env=DRIFT).start()
     browser.set_window_size(1000, 2200)  # the alarm and the rollback in one screenshot
     browser.get(f"{worker.base}/dashboard")
-    injection, timeline, stop = Injection(start=SCENARIO.corrupt_from), Timeline(), threading.Event()
+    injection = Injection(start=SCENARIO.corrupt_from, label=SCENARIO.stretch_label)
+    timeline, stop = Timeline(), threading.Event()
     sender = threading.Thread(
         target=replay,
         args=(kafka.bootstrap, worker.base, injection),
@@ -93,11 +95,13 @@ def test_an_injected_drift_shows_an_alarm_and_a_rollback_on_the_page(
     assert evidence["serving"] > evidence["predecessor"] * (1 + evidence["margin"])
     assert timeline.corrupt_sent is not None
     begun, ended = timeline.corrupt_sent, timeline.corrupt_ended or 0.0
+    worse = evidence["serving"] / evidence["predecessor"] - 1
     print(
-        f"\nsynthetic corrupted stretch (first flipped event sent at 0 s, last at {ended - begun:.1f} s): "
+        f"\nsynthetic click-log outage (first unclicked event sent at 0 s, last at {ended - begun:.1f} s): "
         f"first drift alarm seen at {alarms[0] - begun:.1f} s; v{evidence['rolled_back_from']} (trained on "
-        f"the flips) promoted at {evidence['promoted_at'] - begun:.1f} s, "
-        f"rolled back at {bad['at'] - begun:.1f} s; replay held back {timeline.held_s:.1f} s for the worker"
+        f"the stretch) promoted at {evidence['promoted_at'] - begun:.1f} s, "
+        f"rolled back at {bad['at'] - begun:.1f} s, logloss {worse:+.1%} "
+        f"against v{bad['version']}; replay held back {timeline.held_s:.1f} s for the worker"
     )
 
 
@@ -142,7 +146,7 @@ class PageWatch:
 
 
 def _bad_update_rolled_back(timeline: Timeline) -> dict[str, Any] | None:
-    """The rollback of a version promoted after the corrupted stretch began (one trained on flips)."""
+    """The rollback of a version promoted after the corrupted stretch began (one trained on it)."""
     begun = timeline.corrupt_sent
     return next((r for r in timeline.rollbacks if begun and r["evidence"]["promoted_at"] > begun), None)
 
