@@ -75,7 +75,7 @@ class Timeline:
 
 @dataclass
 class Injection:
-    """Which events get a wrong label, and which.
+    """Which events get a wrong label, and what label.
 
     The corrupted stretch spans one whole swap interval: from the first promotion seen after
     event ``start`` until the next one, so the version promoted at its end trained on corrupted
@@ -92,7 +92,7 @@ class Injection:
     #: The newest version when event ``start`` went out, then the one the stretch corrupts.
     armed_at: int | None = None
     corrupting: int | None = None
-    #: The version whose promotion ended the stretch: it learned the flips (the bad update).
+    #: The version whose promotion ended the stretch: it learned the stretch (the bad update).
     learned: int | None = None
 
     def __post_init__(self) -> None:
