@@ -66,20 +66,33 @@ class TokenSync:
         return records
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Until ``stop``: re-read the file every second and follow the topic, reconnecting on errors."""
-        self.load_file()
+        """Until ``stop``: re-read the file every second and follow the topic, reconnecting on errors.
+
+        The file is watched on its own, not after each fetch: while the broker is unreachable the
+        follower only retries, and a token added to this home must still work here at once.
+        """
+        in_file = self.load_file()
         if self.follower is None:
             self.caught_up.set()
-            while not await stopped(stop, POLL_S):
-                self.load_file()
+            await self._watch_file(stop)
             return
-        self._pending = self.file.read() if self.file is not None else []
+        self._pending = in_file  # the whole file: what the topic may lack
+        watching = asyncio.create_task(self._watch_file(stop))
         try:
             await self.follower.run(stop)
         finally:
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
             if self._producer is not None:
                 await self._producer.stop()
                 self._producer = None
+
+    async def _watch_file(self, stop: asyncio.Event) -> None:
+        """Apply the file's changes every second; keep them for the topic when one is followed."""
+        while not await stopped(stop, POLL_S):
+            changed = self.load_file()
+            if self.follower is not None:
+                self._pending += changed
 
     def _apply_topic(self, messages: list[ConsumerRecord[Any, Any]]) -> None:
         for message in messages:
@@ -90,12 +103,15 @@ class TokenSync:
             self.store.apply(record)
 
     async def _after_poll(self) -> None:
-        """Pick up file changes; once caught up, publish what the topic lacks."""
-        self._pending += self.load_file()
+        """Once caught up, publish the file's records that the topic lacks."""
         if self.caught_up.is_set() and self._pending and self.bootstrap:
             self._producer = self._producer or await _started_producer(self.bootstrap, self.kafka_options)
-            await self._forward(self._producer, self._pending)
-            self._pending = []
+            pending, self._pending = self._pending, []  # the file watcher may add more meanwhile
+            try:
+                await self._forward(self._producer, pending)
+            except BaseException:
+                self._pending = pending + self._pending  # sent again after the reconnect
+                raise
 
     async def _forward(self, producer: AIOKafkaProducer, records: list[TokenRecord]) -> None:
         """Publish the file records the topic does not hold yet (newest per name only)."""
