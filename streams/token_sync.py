@@ -69,7 +69,7 @@ class TokenSync:
         """Until ``stop``: re-read the file every second and follow the topic, reconnecting on errors.
 
         The file is watched on its own, not after each fetch: while the broker is unreachable the
-        follower only retries, and a token added to this home must still work here at once.
+        follower only retries, and a token added to this home must still work here within a second.
         """
         in_file = self.load_file()
         if self.follower is None:
