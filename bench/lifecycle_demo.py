@@ -219,6 +219,11 @@ class Backpressure:
         return not self.stop.is_set()
 
 
+def held_chunk(max_ahead: int) -> int:
+    """Events a held-back replay sends between two checks of the worker: a quarter of ``max_ahead``."""
+    return max(1, max_ahead // 4)
+
+
 def send_held_back(
     producer: KafkaProducer, records: Iterator[Impression], rate: float, hold: Backpressure
 ) -> int:
@@ -227,7 +232,7 @@ def send_held_back(
     from its own start, so a wait is not made up by a burst after it."""
     from streams.producer import send_all
 
-    chunk, sent = max(1, hold.max_ahead // 4), 0
+    chunk, sent = held_chunk(hold.max_ahead), 0
     while hold.ready(sent, chunk):
         report = send_all(
             producer, "impressions", itertools.islice(records, chunk), rate=rate, progress=False

@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.lifecycle_demo import Backpressure, Injection, Timeline, verdicts  # noqa: E402
+from bench.lifecycle_demo import Backpressure, Injection, Timeline, held_chunk, verdicts  # noqa: E402
 from streams.schemas import Impression  # noqa: E402
 
 BATCH = 500
@@ -115,7 +115,7 @@ class DemoSender:
     def __init__(self, at: float, events: int, until: float, max_ahead: int | None) -> None:
         self.at, self.max_ahead = at, max_ahead
         self.total = min(events, max(0, int((until - at) * 1000)))
-        self.chunk = self.total if max_ahead is None else max(1, max_ahead // 4)
+        self.chunk = self.total if max_ahead is None else held_chunk(max_ahead)
         self.sent: list[Arrival] = []
         #: (when a batch was done, the demo's events applied by then), oldest first.
         self._applied: list[tuple[float, int]] = []
