@@ -147,7 +147,7 @@ def patch(tree: Path) -> None:
 
 
 def run_reference(checkout: Path, run: Run, deps: Path | None) -> Result:
-    """A patched scratch copy of ``checkout`` run on ETTh2 for ``run.steps`` online steps."""
+    """A patched scratch copy of ``checkout`` run on ETTh2 for ``run.steps`` online steps (0: all of them)."""
     if not (checkout / "exp" / "exp_onenet_fsnet.py").is_file():
         raise ValueError(f"{checkout}: not a checkout of yfzhang114/OneNet (no exp/exp_onenet_fsnet.py)")
     with tempfile.TemporaryDirectory(prefix="onenet-ref-", dir="/tmp") as scratch:
@@ -161,7 +161,7 @@ def run_reference(checkout: Path, run: Run, deps: Path | None) -> Result:
             "--train_epochs", str(run.epochs), "--learning_rate", "1e-3", "--online_learning", "full",
             "--use_adbfgs",
         ]  # fmt: skip
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "ONENET_STEPS": str(run.steps)}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "ONENET_STEPS": str(run.steps or "")}
         env.pop("ONENET_DELAYED", None)
         if run.protocol == "delayed":
             env["ONENET_DELAYED"] = "1"
@@ -209,12 +209,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reference", type=Path, required=True, help="a checkout of yfzhang114/OneNet")
     parser.add_argument("--deps", type=Path, help="a pip --target folder with the reference's extra packages")
     parser.add_argument("--horizon", type=int, nargs="+", default=[24])
-    parser.add_argument("--steps", type=int, default=300, help="online steps for both sides")
+    parser.add_argument("--steps", type=int, default=300, help="online steps for both sides, 0 = all")
     parser.add_argument("--epochs", type=int, default=1, help="warm-up epochs for both sides")
     parser.add_argument("--protocol", choices=["delayed", "paper"], default="delayed")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.epochs < 1 or min(args.horizon) < 1:
-        parser.error("--steps, --epochs and --horizon must be >= 1")
+    if args.steps < 0 or args.epochs < 1 or min(args.horizon) < 1:
+        parser.error("--steps must be >= 0 (0 = the whole online part), --epochs and --horizon >= 1")
     rows = []
     try:
         for horizon in args.horizon:
