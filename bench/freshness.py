@@ -9,15 +9,19 @@ batch to the last, so start-up is not counted as throughput), then gets a paced 
   learned  the state that includes the event is applied: ``driftline_events_total{service}``, which
            the runner advances only after the batch's ``process`` returned (model updated) and its
            outputs were acknowledged, covers the event's position in the stream; polled from
-           /metrics every 20 ms. Exact for tally and forecast (one series, so one partition, applied
-           in order); for ctr (impressions keyed by id over 12 partitions) it assumes batches apply
-           events in produce order, which holds while a batch takes every partition's records up to
-           its fetch, i.e. while batches stay under their cap (ev/b in the table);
+           /metrics every ``--probe-ms`` (100 by default: at 20 ms the poller itself took a third of
+           the forecast worker's rate, 26 Nov). Exact for tally and forecast (one series, so one
+           partition, applied in order); for ctr (impressions keyed by id over 12 partitions) it
+           assumes batches apply events in produce order, which holds while a batch takes every
+           partition's records up to its fetch, i.e. while batches stay under their cap (ev/b in
+           the table);
   served   tally: ``GET /tally/{series}`` counts it; forecast: a forecast of the series with
            ts >= the event's ts arrives on the ``forecasts`` topic; ctr: the version ``GET
            /ctr/versions`` says is serving has ``samples_seen`` >= its position (polled every 50 ms).
 
 A poll's time is when its answer arrived, so each figure is an upper bound within the poll period.
+The paced stream leaves in bursts every ``streams.producer.PACE_TICK_S`` (as ``driftline run``'s
+replays do), each event stamped when it is handed to the producer.
 CTR serves a new version every ``swap_interval_s`` (a publish interval): its served figures only
 count events sent at least an interval + 5 s before the stream stops (later ones wait for a swap
 that only the next batch triggers). Targets (issue 9): learned < 1 s, served < interval + 1 s.
@@ -30,7 +34,7 @@ the broker, the producer and other work (in process at load 11, a forecast batch
 CPU with 2 threads against 0.12 s with 1).
 
 Usage: flock /tmp/driftline-bench.lock python bench/freshness.py [--services tally,forecast,ctr]
-       [--option ctr.batch_window_s=0.2 ...] [--load 0.5] [--seconds 30] [--threads 1]
+       [--option ctr.batch_window_s=0.2 ...] [--load 0.5] [--seconds 30] [--threads 1] [--probe-ms 100]
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ from bench.common import scrape, start_role, total, wait_ready
 from streams.broker import EmbeddedBroker
 from streams.client import get_json
 from streams.config import Settings, shared_data_dir
-from streams.producer import key_of, make_producer, observations_from_csv
+from streams.producer import PACE_TICK_S, key_of, make_producer, observations_from_csv
 from streams.schemas import Observation, Record
 
 
@@ -198,13 +202,14 @@ def applied(worker: Role, service: str) -> float:
 
 
 def send(producer: KafkaProducer, topic: str, records: list[Record], rate: float = 0.0) -> np.ndarray:
-    """Send in order, paced to ``rate``/s (0: flat out); each record's send time (epoch seconds)."""
+    """Send in order, paced to ``rate``/s (0: flat out) in bursts a tick apart as :func:`send_all`
+    does; each record's send time (epoch seconds)."""
     sent = np.zeros(len(records))
     started = time.perf_counter()
     for i, record in enumerate(records):
         if rate:
             ahead = started + i / rate - time.perf_counter()
-            if ahead > 0:
+            if ahead > PACE_TICK_S:
                 time.sleep(ahead)
         key = key_of(record)
         sent[i] = time.time()
@@ -236,7 +241,14 @@ def worker_env(threads: int) -> dict[str, str]:
 
 
 def run_case(
-    case: Case, bootstrap: str, home: Path, options: list[str], load: float, seconds: float, threads: int
+    case: Case,
+    bootstrap: str,
+    home: Path,
+    options: list[str],
+    load: float,
+    seconds: float,
+    threads: int,
+    probe_s: float,
 ) -> str:
     prefix = f"fresh{int(time.time() * 1000) % 10**8}."
     own = [o for o in options if o.startswith(case.service + ".")]
@@ -247,7 +259,7 @@ def run_case(
     try:
         wait_ready(worker)
         burst = list(itertools.islice(case.records, case.burst))
-        progress = Poller(lambda: applied(worker, case.service), 0.02)  # while the burst is sent too
+        progress = Poller(lambda: applied(worker, case.service), probe_s)  # while the burst is sent too
         send(producer, topic, burst)
         wait_applied(worker, case.service, case.burst, 600)
         progress.close()
@@ -255,7 +267,7 @@ def run_case(
         rate = max_rate * load
         paced = list(itertools.islice(case.records, int(rate * seconds)))
         batches_before = batch_totals(worker, case.service)
-        learned = Poller(lambda: applied(worker, case.service), 0.02)
+        learned = Poller(lambda: applied(worker, case.service), probe_s)
         served, target = case.served(worker, bootstrap, prefix)
         load_at_start = loadavg()
         assert worker.process is not None
@@ -310,9 +322,14 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="the worker's torch threads (0: torch's default, one per core)"
     )
+    parser.add_argument(
+        "--probe-ms", type=float, default=100.0, help="how often /metrics is read for learned (ms)"
+    )
     args = parser.parse_args()
     if args.threads < 0:
         parser.error(f"--threads must be >= 0, got {args.threads}")
+    if args.probe_ms <= 0:
+        parser.error(f"--probe-ms must be > 0, got {args.probe_ms:g}")
     swap = next(
         (float(o.split("=", 1)[1]) for o in args.option if o.startswith("ctr.swap_interval_s=")), 30.0
     )
@@ -335,6 +352,7 @@ def main() -> None:
                         args.load,
                         seconds=args.seconds + case.serve_wait_s,
                         threads=args.threads,
+                        probe_s=args.probe_ms / 1000,
                     )
                 )
         finally:
@@ -342,7 +360,7 @@ def main() -> None:
     print(
         f"Freshness at {args.load:.0%} of each service's max rate, CPU only; "
         f"options: {args.option or 'defaults'}; ctr publish interval {swap:g} s; "
-        f"worker torch threads: {args.threads or 'torch default'}"
+        f"worker torch threads: {args.threads or 'torch default'}; learned read every {args.probe_ms:g} ms"
     )
     print(f"{'service':<9}{'max ev/s':>9}{'rate':>9}{'events':>8}{'learn50':>9}{'learn99':>9}{'counted':>8}"
           f"{'serve50':>9}{'serve99':>9}{'never':>7}{'batches':>8}{'ev/b':>7}{'batch ms':>9}{'cpu':>6}"
