@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import sys
 import tempfile
 import threading
@@ -60,6 +59,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from bench.common import Worker as Role
 from bench.common import load as loadavg
 from bench.common import scrape, start_role, total, wait_ready
+from bench.machine import cpu_seconds
 from streams.broker import EmbeddedBroker
 from streams.client import get_json
 from streams.config import Settings, shared_data_dir
@@ -296,12 +296,6 @@ def run_case(
     finally:
         producer.close()
         worker.stop()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (Linux ``/proc/<pid>/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _ms(delays: np.ndarray, q: float) -> str:

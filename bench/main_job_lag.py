@@ -7,7 +7,9 @@ HTTP port (every worker's series) every ``--interval`` seconds and keeps, per se
 of the samples taken while that service's replay was still producing. Prints max and p99 of it and
 whether it stayed under the target (200 events) throughout, then what explains it: per service the
 applied events/s, the batches (count, events per batch, mean and p99 time from
-``driftline_batch_seconds``) and the last online metrics.
+``driftline_batch_seconds``) and the last online metrics, and each process's share of the CPU
+(the job, its broker, each worker) from the first sample until the last replay ended: on 2 cores a
+worker that keeps up needs what the others leave.
 
 Usage: flock /tmp/driftline-bench.lock python bench/main_job_lag.py [--duration 300] [--rate 200]
 """
@@ -31,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import ROOT, Samples, scrape, total
 from bench.common import load as loadavg
+from bench.machine import command_line, cpu_seconds, process_tree
 from roles.main_job import stop_process
 from streams.broker import free_ports
 
@@ -78,6 +81,56 @@ def histogram_row(samples: Samples, service: str) -> str:
     return f"{int(count)} batches of {events / count:.0f} events, mean {mean * 1000:.0f} ms, p99 <= {p99:g} s"
 
 
+def process_label(pid: int, root: int) -> str:
+    """What a process of the job is: the job itself, its broker, or ``worker <services>``."""
+    args = command_line(pid)
+    if pid == root:
+        return "driftline run"
+    if any("kafka.Kafka" in a for a in args):
+        return "broker"
+    if "--services" in args:
+        return f"worker {args[args.index('--services') + 1]}"
+    return " ".join(args)[:40] or str(pid)
+
+
+class CpuShares:
+    """CPU seconds of every process of the job between :meth:`start` and the last :meth:`mark`."""
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self.seconds = 0.0
+        self._started: float | None = None
+
+    def _read(self) -> dict[int, float]:
+        seconds = {}
+        for pid in process_tree(self.root):
+            try:
+                seconds[pid] = cpu_seconds(pid)
+            except OSError:  # exited meanwhile
+                continue
+        return seconds
+
+    def mark(self) -> None:
+        now = time.monotonic()
+        if self._started is None:
+            self.first, self._started = self._read(), now
+            self.labels = {pid: process_label(pid, self.root) for pid in self.first}
+            return
+        self.last, self.seconds = self._read(), now - self._started
+
+    def rows(self) -> list[str]:
+        if not self.seconds:
+            return []
+        shares = sorted(
+            ((self.labels.get(pid, str(pid)), (cpu - self.first.get(pid, 0.0)) / self.seconds)
+             for pid, cpu in self.last.items()),
+            key=lambda row: -row[1],
+        )  # fmt: skip
+        return [f"    {label:<22}{share:.2f}" for label, share in shares if share >= 0.005]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -114,6 +167,7 @@ def main() -> None:
         output = JobOutput(job, ROOT / "var" / f"main_job_lag-{tag}.log")
         base = f"http://127.0.0.1:{http_port}"
         lags: dict[str, list[float]] = {s: [] for s in services}
+        cpu = CpuShares(job.pid)
         #: Per service, the last scrape holding its series (a worker stopping first has none).
         last: dict[str, Samples] = {s: {} for s in services}
         try:
@@ -126,6 +180,8 @@ def main() -> None:
                 except (urllib.error.URLError, OSError):
                     continue
                 now = time.monotonic()
+                if any(s not in output.replay_done for s in services):
+                    cpu.mark()
                 for service in services:
                     if not any(
                         n == "driftline_consumer_lag" and ("service", service) in ls for n, ls in samples
@@ -164,6 +220,8 @@ def main() -> None:
             if lags[service] and max(lags[service]) >= TARGET_LAG:
                 trace = " ".join(f"{v:.0f}" for v in lags[service])
                 print(f"    {service} summed lag, every sample: {trace}")
+        print(f"  CPU, cores, from the first sample until the last replay ended ({cpu.seconds:.0f} s):")
+        print("\n".join(cpu.rows()))
         print(f"  main job log: var/main_job_lag-{tag}.log")
 
 
