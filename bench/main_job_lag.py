@@ -118,7 +118,8 @@ class CpuShares:
             self.first, self._started = self._read(), now
             self.labels = {pid: process_label(pid, self.root) for pid in self.first}
             return
-        self.last, self.seconds = self._read(), now - self._started
+        self.last.update(self._read())  # a worker stopped before the last mark keeps its last reading
+        self.seconds = now - self._started
 
     def rows(self) -> list[str]:
         if not self.seconds:
