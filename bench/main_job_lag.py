@@ -94,12 +94,13 @@ def process_label(pid: int, root: int) -> str:
 
 
 class CpuShares:
-    """CPU seconds of every process of the job between :meth:`start` and the last :meth:`mark`."""
+    """CPU seconds of every process of the job between the first :meth:`mark` and the last."""
 
     def __init__(self, root: int) -> None:
         self.root = root
         self.first: dict[int, float] = {}
         self.last: dict[int, float] = {}
+        self.labels: dict[int, str] = {}
         self.seconds = 0.0
         self._started: float | None = None
 
