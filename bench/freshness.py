@@ -63,7 +63,7 @@ from bench.machine import cpu_seconds
 from streams.broker import EmbeddedBroker
 from streams.client import get_json
 from streams.config import Settings, shared_data_dir
-from streams.producer import PACE_TICK_S, key_of, make_producer, observations_from_csv
+from streams.producer import key_of, make_producer, observations_from_csv, paced
 from streams.schemas import Observation, Record
 
 
@@ -202,15 +202,10 @@ def applied(worker: Role, service: str) -> float:
 
 
 def send(producer: KafkaProducer, topic: str, records: list[Record], rate: float = 0.0) -> np.ndarray:
-    """Send in order, paced to ``rate``/s (0: flat out) in bursts a tick apart as :func:`send_all`
-    does; each record's send time (epoch seconds)."""
+    """Send in order, paced to ``rate``/s (0: flat out) as ``driftline run``'s replays are
+    (:func:`~streams.producer.paced`); each record's send time (epoch seconds)."""
     sent = np.zeros(len(records))
-    started = time.perf_counter()
-    for i, record in enumerate(records):
-        if rate:
-            ahead = started + i / rate - time.perf_counter()
-            if ahead > PACE_TICK_S:
-                time.sleep(ahead)
+    for i, record in enumerate(paced(records, rate)):
         key = key_of(record)
         sent[i] = time.time()
         producer.send(topic, value=record.to_bytes(), key=key.encode() if key else None)

@@ -65,6 +65,19 @@ def key_of(record: Record) -> str | None:
 PACE_TICK_S = 0.1
 
 
+def paced(records: Iterable[Record], rate: float) -> Iterator[Record]:
+    """``records`` in order, each once it is due at ``rate`` per second (0: at once), counted from
+    the first ``next``. It sleeps only once it is :data:`PACE_TICK_S` ahead of that schedule, so
+    records leave in bursts that the producer batches; over any second the rate is the one asked for."""
+    started = time.monotonic()
+    for position, record in enumerate(records):
+        if rate > 0:
+            ahead = started + position / rate - time.monotonic()
+            if ahead > PACE_TICK_S:
+                time.sleep(ahead)
+        yield record
+
+
 @dataclass
 class ReplayReport:
     sent: int
@@ -85,8 +98,7 @@ def send_all(
 ) -> ReplayReport:
     """Send records in order, paced to ``rate`` events/s (0 = as fast as possible), then flush.
 
-    Pacing sleeps only once the replay is :data:`PACE_TICK_S` ahead of its schedule, so records
-    leave in bursts that the producer batches; over any second the rate is the one asked for.
+    Pacing is :func:`paced`'s: records leave in bursts a tick apart.
 
     Raises :class:`DeliveryError` if the broker refused any record (after the others are sent):
     a replay never reports events as sent that Kafka does not hold.
@@ -98,11 +110,7 @@ def send_all(
     sent = 0
     failures: list[BaseException] = []
     with tqdm(total=total, unit="ev", disable=not progress, desc=f"-> {topic}") as bar:
-        for record in records:
-            if rate > 0:
-                ahead = started + sent / rate - time.monotonic()
-                if ahead > PACE_TICK_S:
-                    time.sleep(ahead)
+        for record in paced(records, rate):
             key = key_of(record)
             future = producer.send(topic, value=record.to_bytes(), key=key.encode() if key else None)
             future.add_errback(failures.append)
