@@ -90,6 +90,10 @@ def test_ctr_trains_from_impressions_scores_and_rolls_back(kafka, worker_factory
 
     applied = lambda: metric_value(get_text(f"{worker.base}/metrics"), "driftline_events_total") or 0  # noqa: E731
     wait_until(lambda: applied() == 3000, timeout_s=120, what="3000 impressions trained on")
+    # the unlabelled impression may come in the batch after the last good one
+    letters = "driftline_dead_letters_total"
+    dead = lambda: metric_value(get_text(f"{worker.base}/metrics"), letters, service="ctr")  # noqa: E731
+    wait_until(lambda: dead() is not None, timeout_s=30, what="the unlabelled impression dead-lettered")
     _, versions = get_json(f"{worker.base}/ctr/versions")
     assert versions["serving"] >= 2 and versions["trained_samples"] == 3000
 
