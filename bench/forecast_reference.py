@@ -15,8 +15,11 @@ The bench copies it to a scratch directory under /tmp, applies the small patches
 ``../shared/REFERENCE-RUNS.md`` to that copy (CPU when there is no CUDA, one torch thread, numpy/pandas
 compatibility, no wandb/torchvision, an online step limit, a parseable result line, and the delayed-label
 protocol), runs it with the project's Python, then runs ours through :func:`forecasters.evaluate.evaluate`
-on the same windows (ETTh2, train-split scaling, online rows from 3600), the same number of online steps,
-warm-up epochs and protocol, and prints steps/s, MSE and MAE side by side with the machine load.
+on the same windows (train-split scaling; ETTh2's online rows from 3600, exchange_rate's last 75%), the same
+number of online steps, warm-up epochs and protocol, and prints steps/s, MSE and MAE side by side with the
+machine load. The reference reads exchange_rate as its ``Exchange`` data set (``date``, ``0``..``6``, ``OT``):
+the bench writes that CSV from ``exchange_rate.txt.gz`` into the scratch copy, with made-up daily dates (the
+reference's network does not read the calendar marks; ours runs it with ``--no-date``).
 
     flock /tmp/driftline-bench.lock .venv/bin/python -m bench.forecast_reference \
         --reference /tmp/onenet-ref --deps /tmp/onenet-deps --horizon 24 48 --steps 300
@@ -38,10 +41,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 
 from bench.machine import load
-from forecasters.data import data_dir
+from forecasters.data import data_dir, load_dateless
 from forecasters.evaluate import Dataset, evaluate
 
 #: The line the patched reference prints after its online loop (see PATCHES), parsed by :func:`parse_result`.
@@ -100,14 +105,41 @@ PATCHES: list[tuple[str, str, str]] = [
 
 
 @dataclass(frozen=True)
+class Source:
+    """A data set both sides read: our file in the data folder, the reference's name for it, its frequency."""
+
+    file: str
+    reference_name: str
+    freq: str
+
+    @property
+    def dated(self) -> bool:
+        return self.file.endswith(".csv")
+
+
+#: The data sets the reference knows by name, keyed by ``--data``.
+SOURCES = {
+    "ETTh2": Source("ETTh2.csv", "ETTh2", "h"),
+    "exchange_rate": Source("exchange_rate.txt.gz", "Exchange", "d"),
+}
+
+
+@dataclass(frozen=True)
 class Run:
-    """What both sides run: ETTh2 from ``data``, one horizon, online steps, warm-up epochs, protocol."""
+    """What both sides run: ``source`` from the ``data`` folder, one horizon, online steps, warm-up epochs,
+    protocol, and our model."""
 
     data: Path
+    source: Source
     horizon: int
     steps: int
     epochs: int
     protocol: str
+    model: str = "onenet"
+
+    @property
+    def path(self) -> Path:
+        return self.data / self.source.file
 
 
 @dataclass(frozen=True)
@@ -146,17 +178,33 @@ def patch(tree: Path) -> None:
         path.write_text(text.replace(old, new))
 
 
+def reference_csv(source: Path, target: Path) -> None:
+    """exchange_rate's headerless channels as the reference's ``Exchange`` CSV: a daily ``date`` column, then
+    ``0``..``6`` and the last channel as ``OT``."""
+    values = load_dateless(source).values
+    columns = [str(i) for i in range(values.shape[1] - 1)] + ["OT"]
+    frame = pd.DataFrame(values.astype(np.float64), columns=columns)
+    frame.insert(0, "date", pd.date_range("1990-01-01", periods=len(frame), freq="D"))
+    frame.to_csv(target, index=False)
+
+
 def run_reference(checkout: Path, run: Run, deps: Path | None) -> Result:
-    """A patched scratch copy of ``checkout`` run on ETTh2 for ``run.steps`` online steps (0: all of them)."""
+    """A patched scratch copy of ``checkout`` run on ``run.source`` for ``run.steps`` steps (0: all)."""
     if not (checkout / "exp" / "exp_onenet_fsnet.py").is_file():
         raise ValueError(f"{checkout}: not a checkout of yfzhang114/OneNet (no exp/exp_onenet_fsnet.py)")
     with tempfile.TemporaryDirectory(prefix="onenet-ref-", dir="/tmp") as scratch:
         tree = Path(scratch) / "OneNet"
         shutil.copytree(checkout, tree, ignore=shutil.ignore_patterns(".git", "checkpoints", "result"))
         patch(tree)
+        root = run.data
+        if not run.source.dated:
+            root = Path(scratch) / "data"
+            root.mkdir()
+            reference_csv(run.path, root / "exchange_rate.csv")
         command = [
-            sys.executable, "-u", "main.py", "--method", "onenet_fsnet", "--root_path", f"{run.data}/",
-            "--data", "ETTh2", "--features", "M", "--seq_len", "60", "--label_len", "0",
+            sys.executable, "-u", "main.py", "--method", "onenet_fsnet", "--root_path", f"{root}/",
+            "--data", run.source.reference_name, "--freq", run.source.freq, "--features", "M",
+            "--seq_len", "60", "--label_len", "0",
             "--pred_len", str(run.horizon), "--n_inner", "1", "--test_bsz", "1", "--des", "Exp", "--itr", "1",
             "--train_epochs", str(run.epochs), "--learning_rate", "1e-3", "--online_learning", "full",
             "--use_adbfgs",
@@ -174,19 +222,25 @@ def run_reference(checkout: Path, run: Run, deps: Path | None) -> Result:
 
 
 def run_ours(run: Run) -> Result:
-    """driftline's ``onenet`` through the evaluate command's own loop, seed 0, one thread."""
+    """driftline's ``run.model`` through the evaluate command's own loop, seed 0, one thread."""
     torch.set_num_threads(1)
-    dataset = Dataset.load(run.data / "ETTh2.csv")
+    dataset = Dataset.load(run.path, dated=run.source.dated)
     (row,) = evaluate(
-        dataset, ["onenet"], [run.horizon], [run.protocol], run.steps, run.epochs, progress=False
+        dataset, [run.model], [run.horizon], [run.protocol], run.steps, run.epochs, progress=False
     )
     return Result(row["steps"], row["steps"] / row["steps_per_s"], row["mse"], row["mae"])
 
 
-def table(rows: list[tuple[int, Result, Result, str, str]], protocol: str, epochs: int) -> str:
+def table(
+    rows: list[tuple[int, Result, Result, str, str]],
+    protocol: str,
+    epochs: int,
+    data: str = "ETTh2",
+    model: str = "onenet",
+) -> str:
     """Markdown rows: per horizon, each side's steps/s, MSE, MAE, the steps/s ratio and the load."""
     lines = [
-        f"ETTh2, {protocol} labels, {epochs} warm-up epoch(s), one torch thread, CPU",
+        f"{data}, {protocol} labels, {epochs} warm-up epoch(s), one torch thread, CPU; ours: `{model}`",
         "| H | steps | reference steps/s | ours steps/s | ours / reference | reference MSE / MAE"
         " | ours MSE / MAE | load (reference; ours) |",
         "|---|---:|---:|---:|---:|---|---|---|",
@@ -212,13 +266,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=300, help="online steps for both sides, 0 = all")
     parser.add_argument("--epochs", type=int, default=1, help="warm-up epochs for both sides")
     parser.add_argument("--protocol", choices=["delayed", "paper"], default="delayed")
+    parser.add_argument("--data", choices=sorted(SOURCES), default="ETTh2", help="the data both sides run")
+    parser.add_argument("--model", default="onenet", help="our model (a `forecasters evaluate` model name)")
     args = parser.parse_args(argv)
     if args.steps < 0 or args.epochs < 1 or min(args.horizon) < 1:
         parser.error("--steps must be >= 0 (0 = the whole online part), --epochs and --horizon >= 1")
     rows = []
     try:
         for horizon in args.horizon:
-            run = Run(data_dir() / "timeseries", horizon, args.steps, args.epochs, args.protocol)
+            source = SOURCES[args.data]
+            run = Run(
+                data_dir() / "timeseries", source, horizon, args.steps, args.epochs, args.protocol, args.model
+            )
             ref = run_reference(args.reference, run, args.deps)
             ref_load = load()
             ours = run_ours(run)
@@ -227,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
-    print(table(rows, args.protocol, args.epochs))
+    print(table(rows, args.protocol, args.epochs, args.data, args.model))
     return 0
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from bench.forecast_reference import PATCHES, Result, parse_result, patch, table
+from bench.forecast_reference import PATCHES, Result, parse_result, patch, reference_csv, table
 
 
 def test_parse_result_takes_the_last_bench_line() -> None:
@@ -53,3 +54,21 @@ def test_table_reports_the_speed_ratio_and_both_loads() -> None:
     ref, ours = Result(300, 30.0, 0.9, 0.6), Result(300, 2.0, 0.7, 0.5)
     text = table([(24, ref, ours, "load 1.0", "load 2.0")], "delayed", 1)
     assert "| 24 | 300 | 10.0 | 150.0 | 15.0x | 0.900 / 0.600 | 0.700 / 0.500 | load 1.0; load 2.0 |" in text
+
+
+def test_reference_csv_is_the_exchange_layout_with_the_same_values(tmp_path: Path) -> None:
+    source = tmp_path / "rates.txt"
+    source.write_text("0.5,1.25,2.0\n0.75,1.5,2.25\n1.0,1.75,2.5\n")
+    reference_csv(source, tmp_path / "exchange_rate.csv")
+    frame = pd.read_csv(tmp_path / "exchange_rate.csv")
+    assert list(frame.columns) == ["date", "0", "1", "OT"]
+    rows = [[0.5, 1.25, 2.0], [0.75, 1.5, 2.25], [1.0, 1.75, 2.5]]
+    assert frame[["0", "1", "OT"]].to_numpy().tolist() == rows
+    assert pd.to_datetime(frame["date"]).diff().dropna().eq(pd.Timedelta(days=1)).all()
+
+
+def test_table_names_the_data_set_and_our_model() -> None:
+    ref, ours = Result(5668, 600.0, 0.1, 0.2), Result(5668, 60.0, 0.09, 0.18)
+    text = table([(24, ref, ours, "load 1.0", "load 1.1")], "paper", 15, "exchange_rate", "onenet-paper")
+    assert text.splitlines()[0].startswith("exchange_rate, paper labels, 15 warm-up epoch(s)")
+    assert "ours: `onenet-paper`" in text.splitlines()[0]
