@@ -53,6 +53,7 @@ class JobOutput:
 
     def _read(self, process: subprocess.Popen[str], log: Path) -> None:
         assert process.stdout is not None
+        log.parent.mkdir(parents=True, exist_ok=True)  # var/ is not in a fresh clone
         with open(log, "w") as out:
             for line in process.stdout:
                 out.write(line)
