@@ -34,12 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import ROOT, Samples, scrape, total
 from bench.common import load as loadavg
 from bench.machine import command_line, cpu_seconds, process_tree
-from roles.main_job import stop_process
+from roles.main_job import CTR_REPLAY, FORECAST_REPLAY, RANK_REPLAY, stop_process
 from streams.broker import free_ports
 
 TARGET_LAG = 200
-#: The label ``driftline run`` prints for each replay (``replayed N events of <label>``) -> service.
-REPLAY_LABELS = {"ETTh2": "forecast", "MovieLens": "ctr", "MSLR": "rank"}
+#: The label ``driftline run`` prints for each replay (``replayed N events of <label> at R/s``) -> service.
+#: Whole labels: the ctr and rank replays both start "MovieLens-100K".
+REPLAY_LABELS = {FORECAST_REPLAY: "forecast", CTR_REPLAY: "ctr", RANK_REPLAY: "rank"}
 
 
 class JobOutput:
@@ -59,11 +60,9 @@ class JobOutput:
                 out.write(line)
                 if "worker ready" in line and self.ready_at is None:
                     self.ready_at = time.monotonic()
-                found = re.search(r"replayed \d+ events of (\S+)", line)
-                if found:
-                    for prefix, service in REPLAY_LABELS.items():
-                        if found.group(1).startswith(prefix):
-                            self.replay_done[service] = time.monotonic()
+                found = re.search(r"replayed \d+ events of (.+) at [\d,.]+/s$", line.rstrip())
+                if found and found.group(1) in REPLAY_LABELS:
+                    self.replay_done[REPLAY_LABELS[found.group(1)]] = time.monotonic()
 
 
 def histogram_row(samples: Samples, service: str) -> str:

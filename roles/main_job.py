@@ -45,16 +45,21 @@ class Replay:
     label: str
 
 
+#: Each replay's label, as the job prints it ("replayed N events of <label> at R/s").
+FORECAST_REPLAY = "ETTh2 (hourly, 7 channels)"
+CTR_REPLAY = "MovieLens-100K impressions (rating >= 4 = click)"
+RANK_REPLAY = "MovieLens-100K users as queries (profile + candidate movies) awaiting labels"
+
+
 def _forecast_replays(data: Path) -> list[Replay]:
     path = data / "timeseries" / "ETTh2.csv"
-    return [Replay("observations", observations_from_csv(path, "ETTh2"), 17420, "ETTh2 (hourly, 7 channels)")]
+    return [Replay("observations", observations_from_csv(path, "ETTh2"), 17420, FORECAST_REPLAY)]
 
 
 def _ctr_replays(data: Path) -> list[Replay]:
     from models.ctr.movielens import iter_impressions
 
-    label = "MovieLens-100K impressions (rating >= 4 = click)"
-    return [Replay("impressions", iter_impressions(), 100_000, label)]
+    return [Replay("impressions", iter_impressions(), 100_000, CTR_REPLAY)]
 
 
 def _rank_replays(data: Path) -> list[Replay]:
@@ -63,8 +68,7 @@ def _rank_replays(data: Path) -> list[Replay]:
     from rankers.movielens_queries import movielens_queries
 
     queries, _ = movielens_queries(fetch(), ts0=time.time())
-    label = "MovieLens-100K users as queries (profile + candidate movies) awaiting labels"
-    return [Replay("queries", queries, len(queries), label)]
+    return [Replay("queries", queries, len(queries), RANK_REPLAY)]
 
 
 #: service name -> the real data replayed for it.
