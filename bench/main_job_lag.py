@@ -43,6 +43,12 @@ TARGET_LAG = 200
 REPLAY_LABELS = {FORECAST_REPLAY: "forecast", CTR_REPLAY: "ctr", RANK_REPLAY: "rank"}
 
 
+def replay_ended(line: str) -> str | None:
+    """The service whose replay ``line`` (of the job's output) reports as done, else None."""
+    found = re.search(r"replayed \d+ events of (.+) at [\d,.]+/s$", line.rstrip())
+    return REPLAY_LABELS.get(found.group(1)) if found else None
+
+
 class JobOutput:
     """Reads the main job's stdout: when the worker was ready and when each service's replay ended."""
 
@@ -60,9 +66,9 @@ class JobOutput:
                 out.write(line)
                 if "worker ready" in line and self.ready_at is None:
                     self.ready_at = time.monotonic()
-                found = re.search(r"replayed \d+ events of (.+) at [\d,.]+/s$", line.rstrip())
-                if found and found.group(1) in REPLAY_LABELS:
-                    self.replay_done[REPLAY_LABELS[found.group(1)]] = time.monotonic()
+                service = replay_ended(line)
+                if service is not None:
+                    self.replay_done[service] = time.monotonic()
 
 
 def histogram_row(samples: Samples, service: str) -> str:
