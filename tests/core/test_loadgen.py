@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 from collections.abc import Iterator
@@ -10,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from bench.loadgen import open_loop
+from bench.loadgen import frozen_heap, open_loop
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -63,3 +64,21 @@ def test_only_loopback_targets_and_positive_rates() -> None:
         open_loop("GET", "http://example.com/", rate=1, seconds=1)
     with pytest.raises(ValueError, match="positive"):
         open_loop("GET", "http://127.0.0.1:1/", rate=0, seconds=1)
+
+
+def test_the_callers_heap_is_out_of_the_collectors_passes_only_while_the_schedule_runs() -> None:
+    gc.unfreeze()  # whatever an earlier test in this process froze
+    held = [[i] for i in range(10_000)]  # a bench's data, alive throughout
+    with frozen_heap():
+        assert gc.get_freeze_count() >= len(held)
+    assert gc.get_freeze_count() == 0
+
+
+def test_a_heap_frozen_before_stays_frozen() -> None:
+    gc.freeze()
+    try:
+        with frozen_heap():
+            pass
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
