@@ -23,6 +23,9 @@ reference's network does not read the calendar marks; ours runs it with ``--no-d
 
     flock /tmp/driftline-bench.lock .venv/bin/python -m bench.forecast_reference \
         --reference /tmp/onenet-ref --deps /tmp/onenet-deps --horizon 24 48 --steps 300
+    flock /tmp/driftline-bench.lock .venv/bin/python -m bench.forecast_reference \
+        --reference /tmp/onenet-ref --deps /tmp/onenet-deps --data exchange_rate --protocol paper \
+        --epochs 15 --model onenet-paper --horizon 1 24 48 --steps 0
 
 Delayed labels (the default) mean window i is forecast with no gradient, then the window whose last
 target has just arrived (i - H + 1) is learned; ``--protocol paper`` runs both unpatched in that respect.
@@ -272,9 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.steps < 0 or args.epochs < 1 or min(args.horizon) < 1:
         parser.error("--steps must be >= 0 (0 = the whole online part), --epochs and --horizon >= 1")
     rows = []
+    source = SOURCES[args.data]
     try:
         for horizon in args.horizon:
-            source = SOURCES[args.data]
             run = Run(
                 data_dir() / "timeseries", source, horizon, args.steps, args.epochs, args.protocol, args.model
             )
