@@ -28,6 +28,8 @@ import numpy as np
 import uvloop
 from aiohttp import ClientSession, ClientTimeout, TCPConnector
 
+from streams.heap import settle_heap
+
 Target = str | Callable[[int], str]
 JSON_HEADERS = {"Content-Type": "application/json"}
 #: Seconds before an open-loop request counts as failed.
@@ -193,8 +195,7 @@ def frozen_heap() -> Iterator[None]:
     (``gc.unfreeze`` cannot tell its objects from these).
     """
     frozen_before = gc.get_freeze_count() > 0
-    gc.collect()
-    gc.freeze()
+    settle_heap()
     try:
         yield
     finally:
