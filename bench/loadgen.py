@@ -34,6 +34,10 @@ Target = str | Callable[[int], str]
 JSON_HEADERS = {"Content-Type": "application/json"}
 #: Seconds before an open-loop request counts as failed.
 TIMEOUT_S = 10.0
+#: Open-loop rates up to this many requests/s send on time to the microsecond (``_send_time``).
+PRECISE_RATE = 50.0
+#: How long before a request is due such a schedule stops sleeping and spins.
+SPIN_S = 0.0015
 
 
 @dataclass
@@ -154,12 +158,11 @@ async def _open(method: str, url: Target, body: bytes | None, rate: float, secon
 
     started = time.perf_counter()
     tasks = []
+    precise = rate <= PRECISE_RATE
     try:
         for k in range(count):
             scheduled = started + k / rate
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            await _send_time(scheduled, precise, lambda: len(idle) == len(opened))
             tasks.append(asyncio.create_task(one(k, scheduled)))
         await asyncio.gather(*tasks)
     finally:
@@ -168,6 +171,28 @@ async def _open(method: str, url: Target, body: bytes | None, rate: float, secon
                 connection.close()
     elapsed = time.perf_counter() - started
     return LoadReport(count, int(failed.sum()), elapsed, latencies, send_lag)
+
+
+async def _send_time(scheduled: float, precise: bool, quiet: Callable[[], bool]) -> None:
+    """Return at ``scheduled`` (``time.perf_counter`` seconds); to the microsecond if ``precise``.
+
+    The event loop's timers have millisecond resolution: a request due in 0.3 ms went out up to
+    0.3 ms early or 1 ms late (measured: 0.2-0.34 ms late at p50 at 20 req/s, against a 3 ms
+    answer). Counted from the schedule, that is the generator's error, not the server's latency.
+    A ``precise`` wait sleeps until ``SPIN_S`` before the time and spins the rest, at most 7.5% of
+    a core at ``PRECISE_RATE``; it spins only while ``quiet()`` says no request is in flight (a
+    spin would hold its answer), and else yields to the loop until the time has come.
+    """
+    delay = scheduled - time.perf_counter()
+    if not precise:
+        if delay > 0:
+            await asyncio.sleep(delay)
+        return
+    if delay > SPIN_S:
+        await asyncio.sleep(delay - SPIN_S)
+    while time.perf_counter() < scheduled:
+        if not quiet():
+            await asyncio.sleep(0)
 
 
 def open_loop(
