@@ -1,11 +1,12 @@
 """CowClip at real size: DeepFM on the synthetic Criteo-layout stream, batch 1K to 128K, 3 seeds.
 
 Per seed, the stream's rows ``[0, --rows)`` are generated once (in parallel worker processes) and
-trained on for one epoch in every cell; rows ``[--rows, --rows + --heldout)`` are the held-out rows
-scored after it. Cells: every batch size x {``adam`` (base lr at every batch, no clip), ``cowclip``
-(CowClip + scaling rule)}. The table gives held-out AUC mean ± standard error over seeds, logloss,
-training samples/s, wall seconds of the epoch and the share of looked-up embedding rows CowClip
-clipped. The JSON is rewritten after every finished cell, so a run cut off still leaves its cells.
+trained on in every cell, one pass unless ``--epochs`` asks for more; rows ``[--rows, --rows +
+--heldout)`` are the held-out rows scored after it. Cells: every batch size x {``adam`` (base lr
+at every batch, no clip), ``cowclip`` (CowClip + scaling rule)}. The table gives held-out AUC mean
+± standard error over seeds, logloss, training samples/s, wall seconds of training and the share
+of looked-up embedding rows CowClip clipped. The JSON is rewritten after every finished cell, so a
+run cut off still leaves its cells.
 
 Imports torch, numpy, tqdm, matplotlib and rich only (no Kafka client), so it runs on a bare GPU box:
 
@@ -139,8 +140,9 @@ def measure_step(config: CellConfig, layout: TableLayout, train: Rows, heldout: 
 def estimate_s(args: argparse.Namespace, per_step: float, per_sample: float, generate_s: float) -> float:
     """Seconds the whole grid should take: every seed's data, then steps and samples at the measured
     costs (the cowclip arm's clip adds a little; evaluation is left out)."""
-    steps = sum(-(-args.rows // b) for b in args.batch_list) * len(args.optimizer_list) * args.seeds
-    samples = args.rows * len(args.batch_list) * len(args.optimizer_list) * args.seeds
+    cells = len(args.optimizer_list) * args.seeds * args.epochs
+    steps = sum(-(-args.rows // b) for b in args.batch_list) * cells
+    samples = args.rows * len(args.batch_list) * cells
     return args.seeds * generate_s + steps * per_step + samples * per_sample
 
 
@@ -148,7 +150,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rows", type=int, default=20_000_000, help="training rows (one epoch)")
+    parser.add_argument("--rows", type=int, default=20_000_000, help="training rows (an epoch)")
     parser.add_argument("--heldout", type=int, default=1_000_000, help="later rows scored after training")
     parser.add_argument("--batches", default="1024,8192,65536,131072")
     parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
@@ -173,7 +175,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=CellConfig.embed_scaling,
         help="cowclip arm's embedding lr vs batch (paper: none)",
     )
-    parser.add_argument("--warmup", type=float, default=CellConfig.warmup, help="share of the epoch")
+    parser.add_argument("--warmup", type=float, default=CellConfig.warmup, help="share of the training steps")
+    parser.add_argument("--epochs", type=int, default=CellConfig.epochs, help="passes over the training rows")
     parser.add_argument("--hidden", default="400,400,400", help="DNN widths")
     parser.add_argument("--workers", type=int, default=max(1, min(8, (os.cpu_count() or 1) - 1)))
     parser.add_argument(
@@ -198,8 +201,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     unknown = set(args.optimizer_list) - set(OPTIMIZERS)
     if unknown:
         parser.error(f"unknown optimizers {sorted(unknown)}; choose from {', '.join(OPTIMIZERS)}")
-    if min(args.rows, args.heldout, args.seeds, args.base_batch, *args.batch_list) < 1:
-        parser.error("--rows, --heldout, --seeds, --base-batch and every batch size must be >= 1")
+    if min(args.rows, args.heldout, args.seeds, args.base_batch, args.epochs, *args.batch_list) < 1:
+        parser.error("--rows, --heldout, --seeds, --base-batch, --epochs and every batch size must be >= 1")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but torch sees no CUDA device")
     return args
@@ -225,16 +228,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         zeta=args.zeta,
         warmup=args.warmup,
         embed_scaling=args.embed_scaling,
+        epochs=args.epochs,
     )
+    passes = f"{args.epochs} epoch{'s' if args.epochs > 1 else ''}"
     data = (
-        f"synthetic Criteo layout, {args.rows:,} training rows (1 epoch), {args.heldout:,} held out, "
+        f"synthetic Criteo layout, {args.rows:,} training rows ({passes}), {args.heldout:,} held out, "
         f"{args.device}"
     )
     settings = (
         f"{data}; tables {layout.total:,} rows (per field min(cardinality, {args.max_table_rows:,})), "
         f"dim {base.embed_dim}, DNN {'x'.join(map(str, base.hidden))}; base lr embed {base.embed_lr:g} "
         f"dense {base.dense_lr:g}, L2 {base.l2:g} at batch {base.base_batch}; CowClip r {base.clip_ratio:g} "
-        f"zeta {base.zeta:g}, warm-up {base.warmup:g} epoch, embedding lr scaling {base.embed_scaling}"
+        f"zeta {base.zeta:g}, warm-up {base.warmup:g} of the steps, embedding lr scaling {base.embed_scaling}"
     )
     label = f"{data}, {args.seeds} seeds"
     print(f"{settings}; {load()}", flush=True)
@@ -268,7 +273,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     continue
                 config = replace(base, batch=batch, optimizer=optimizer, seed=seed)
                 desc = f"seed {seed} cell {index + 1}/{cells} batch {batch} {optimizer}"
-                with tqdm(total=len(train), desc=desc, unit="row", unit_scale=True, leave=False) as bar:
+                rows = len(train) * args.epochs
+                with tqdm(total=rows, desc=desc, unit="row", unit_scale=True, leave=False) as bar:
                     result = train_cell(config, layout, train, heldout, bar.update)
                 results.append(result)
                 tqdm.write(

@@ -104,6 +104,17 @@ def test_one_epoch_learns_the_teacher_with_both_optimizers(split) -> None:
     assert results["adam"].clipped == 0.0
 
 
+def test_more_epochs_pass_over_the_same_rows_again(split) -> None:
+    layout, train, heldout = split
+    config = CellConfig(batch=512, optimizer="cowclip", embed_lr=1e-2, dense_lr=1e-3, epochs=2, **SMALL)
+    seen: list[int] = []
+    result = train_cell(config, layout, train, heldout, seen.append)
+    assert result.steps == len(seen) == 2 * 79 and sum(seen) == 2 * len(train)
+    assert seen[:79] == seen[79:]  # the second pass takes the same batches, the last one short
+    with pytest.raises(ValueError, match="epochs"):
+        CellConfig(batch=1024, epochs=0)
+
+
 @pytest.mark.parametrize(
     ("optimizer", "scaling", "embed_lr", "dense_lr", "l2", "clipped"),
     [
