@@ -22,6 +22,7 @@ import math
 import multiprocessing
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -114,7 +115,7 @@ def plot(table: Sequence[dict[str, float | int | str]], path: Path, title: str) 
     axes.set_xscale("log", base=2)
     axes.set_xlabel("batch size")
     axes.set_ylabel("held-out AUC (mean ± s.e. over seeds)")
-    axes.set_title(title, fontsize=9)
+    axes.set_title(textwrap.fill(title, 80), fontsize=9)  # a long label would run off the figure
     axes.grid(alpha=0.3)
     axes.legend()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -241,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"dense {base.dense_lr:g}, L2 {base.l2:g} at batch {base.base_batch}; CowClip r {base.clip_ratio:g} "
         f"zeta {base.zeta:g}, warm-up {base.warmup:g} of the steps, embedding lr scaling {base.embed_scaling}"
     )
-    label = f"{data}, {args.seeds} seeds"
+    label = f"{data}, {args.seeds} seeds, DNN {'x'.join(map(str, base.hidden))}"
     print(f"{settings}; {load()}", flush=True)
     results = finished_cells(args, settings)
     done = {(r.seed, r.batch, r.optimizer) for r in results}
