@@ -141,9 +141,9 @@ def measure_step(config: CellConfig, layout: TableLayout, train: Rows, heldout: 
 def estimate_s(args: argparse.Namespace, per_step: float, per_sample: float, generate_s: float) -> float:
     """Seconds the whole grid should take: every seed's data, then steps and samples at the measured
     costs (the cowclip arm's clip adds a little; evaluation is left out)."""
-    cells = len(args.optimizer_list) * args.seeds * args.epochs
-    steps = sum(-(-args.rows // b) for b in args.batch_list) * cells
-    samples = args.rows * len(args.batch_list) * cells
+    passes = len(args.optimizer_list) * args.seeds * args.epochs  # over each batch size's rows
+    steps = sum(-(-args.rows // b) for b in args.batch_list) * passes
+    samples = args.rows * len(args.batch_list) * passes
     return args.seeds * generate_s + steps * per_step + samples * per_sample
 
 
