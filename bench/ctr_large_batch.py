@@ -128,7 +128,9 @@ def measure_step(config: CellConfig, layout: TableLayout, train: Rows, heldout: 
     """(seconds per step, seconds per sample) on this run's device and data: two probe cells on the
     first rows (after a warm-up cell that pays for CUDA's start-up), fitted as
     ``time = steps * a + samples * b``. Small batches measure the per-step overhead, large ones the
-    per-sample work."""
+    per-sample work. The probes take one pass whatever ``config.epochs`` says: :func:`estimate_s`
+    multiplies by the passes."""
+    config = replace(config, epochs=1)
     probe, scored = train.slice(0, PROBE_ROWS), heldout.slice(0, 1_000)
     train_cell(replace(config, batch=256), layout, probe.slice(0, 2_048), scored)  # warm-up
     small, large = 512, max(len(probe) // 2, 1)

@@ -115,6 +115,27 @@ def test_more_epochs_pass_over_the_same_rows_again(split) -> None:
         CellConfig(batch=1024, epochs=0)
 
 
+def test_the_estimate_probes_one_pass_and_counts_the_passes_once(monkeypatch, split) -> None:
+    """The start-up probe times one pass even for ``--epochs 3``; the estimate multiplies by 3."""
+    import bench.ctr_large_batch as bench
+
+    layout, train, heldout = split
+    probed: list[int] = []
+    real = bench.train_cell
+
+    def recording(config: CellConfig, *args: object, **kwargs: object) -> object:
+        probed.append(config.epochs)
+        return real(config, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "train_cell", recording)
+    bench.measure_step(CellConfig(batch=512, epochs=3, **SMALL), layout, train, heldout)
+    assert probed == [1, 1, 1]
+    grid = ["--rows", "1000", "--batches", "100", "--optimizers", "adam", "--seeds", "1"]
+    once, thrice = bench.parse_args(grid), bench.parse_args([*grid, "--epochs", "3"])
+    costs = (0.01, 0.001, 0.0)  # per step, per sample, data generation
+    assert bench.estimate_s(thrice, *costs) == pytest.approx(3 * bench.estimate_s(once, *costs))
+
+
 @pytest.mark.parametrize(
     ("optimizer", "scaling", "embed_lr", "dense_lr", "l2", "clipped"),
     [
