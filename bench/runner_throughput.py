@@ -19,7 +19,8 @@ processes. Sections (``--sections``, default all):
               (``--repeats`` pairs, each Kafka drain in a fresh consumer group); the ratio per pair
               and the median. ``--before REV`` adds, in each repeat, a drain by a worker of git
               revision REV (its tree exported with ``git archive``; the checkout is not touched),
-              so a change is compared with what it changes on the same broker, load and records
+              so a change is compared with what it changes on the same broker, load and records;
+              ``--ctr-option ctr.threads=1`` (repeatable) builds both sides' model with that option
   recovery    SIGKILL a tally worker mid-stream and restart it at once on the same port (same
               static member); seconds from restart to ``/ready`` and until applied events grow
   inprocess   ``CtrService.process`` alone, ``--repeats`` times, on the device the models pick
@@ -27,7 +28,7 @@ processes. Sections (``--sections``, default all):
               runs on a GPU machine that has no Java. Not part of the default sections.
 
 Usage: python bench/runner_throughput.py [--events 1000000] [--impressions 50000] [--repeats 3]
-       [--sections throughput,checkpoint,ctr,recovery] [--before REV]
+       [--sections throughput,checkpoint,ctr,recovery] [--before REV] [--ctr-option ctr.KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -59,6 +60,7 @@ from bench.common import (
     table,
     wait_for,
 )
+from streams.cli import parse_options
 from streams.config import Settings, shared_data_dir
 from streams.producer import send_all
 
@@ -148,17 +150,25 @@ def drain_rate(worker: Worker, service: str, total: int) -> float:
 
 
 def policy_run(
-    bootstrap: str, tmp: Path, service: str, policy: str, total: int, tag: str = "", tree: Path | None = None
+    bootstrap: str,
+    tmp: Path,
+    service: str,
+    policy: str,
+    total: int,
+    tag: str = "",
+    tree: Path | None = None,
+    options: Sequence[str] = (),
 ) -> list[object]:
     """One worker of ``service`` with ``policy`` draining ``total`` events; its checkpoint figures.
 
     ``tag`` makes the worker's consumer group (and checkpoint store) a fresh one; ``tree`` runs
-    the worker from that source tree (:func:`exported`) instead of this checkout."""
+    the worker from that source tree (:func:`exported`) instead of this checkout; ``options`` are
+    its ``--option`` values."""
     before = policy.startswith("before")
     name = f"{service}-{'before' if before else 'after'}{tag}"
     env = {**(BEFORE if before else {}), "DRIFTLINE_CHECKPOINT_STORE": str(tmp / f"store-{name}")}
     say(f"checkpoint bytes: {service}, {policy}{f', worker from {tree.name}' if tree else ''}")
-    worker = Worker(bootstrap, tmp / name, service, env=env, app_id=name)
+    worker = Worker(bootstrap, tmp / name, service, options, env=env, app_id=name)
     if tree is not None:  # ``python -m`` imports from the working directory first
         worker.command = ["env", "-C", str(tree), *worker.command]
         worker.env = {**worker.env, "DRIFTLINE_DATA_DIR": str(shared_data_dir())}
@@ -186,17 +196,27 @@ def checkpoint_bytes(bootstrap: str, tmp: Path, events: int, impressions: int) -
     )
 
 
-def ctr_ratio(bootstrap: str, tmp: Path, records: list, repeats: int, before: str | None = None) -> None:
+def ctr_ratio(
+    bootstrap: str,
+    tmp: Path,
+    records: list,
+    repeats: int,
+    before: str | None = None,
+    options: Sequence[str] = (),
+) -> None:
     """CTR samples/s through Kafka and in process, one after the other, ``repeats`` times; with
-    ``before``, also through Kafka by a worker of that git revision, in the same repeat."""
+    ``before``, also through Kafka by a worker of that git revision, in the same repeat. Both
+    sides build the model from the same ``ctr.KEY=VALUE`` ``options``."""
     tree = exported(before, tmp / f"tree-{before}") if before else None
     rows: list[list[object]] = []
     for attempt in range(1, repeats + 1):
         kafka = [
-            policy_run(bootstrap, tmp, "ctr", "after: defaults", len(records), f"run{attempt}-{i}", source)
+            policy_run(
+                bootstrap, tmp, "ctr", "after: defaults", len(records), f"run{attempt}-{i}", source, options
+            )
             for i, source in enumerate([None, tree] if tree else [None])
         ]
-        in_process = ctr_in_process(tmp / f"run{attempt}", records)
+        in_process = ctr_in_process(tmp / f"run{attempt}", records, options)
         row: list[object] = [attempt, in_process, load()]
         for drain in kafka:
             rate = float(drain[5])  # type: ignore[arg-type]
@@ -208,15 +228,17 @@ def ctr_ratio(bootstrap: str, tmp: Path, records: list, repeats: int, before: st
     if before:
         drains += [f"through Kafka: worker of {before}", "load", f"ratio of {before}"]
     table(
-        f"CTR samples/s, {len(records):,} MovieLens-100K impressions, default ctr options "
+        f"CTR samples/s, {len(records):,} MovieLens-100K impressions, "
+        f"{' '.join(options) or 'default ctr options'} "
         f"(DeepFM, batch 4096), CPU, {CORES} cores",
         ["run", "in process: CtrService.process", "load", *drains],
         rows,
     )
 
 
-def ctr_in_process(tmp: Path, records: list) -> float:
-    """``CtrService.process`` on the worker's batches (default options), samples/s.
+def ctr_in_process(tmp: Path, records: list, options: Sequence[str] = ()) -> float:
+    """``CtrService.process`` on the worker's batches (``ctr.KEY=VALUE`` ``options``, else the
+    defaults), samples/s.
 
     The first batch (lazy initialisation, first published version) is not timed, as the Kafka
     drain's clock also starts after the first applied batch. What this process holds (the parsed
@@ -228,7 +250,7 @@ def ctr_in_process(tmp: Path, records: list) -> float:
     from streams.topics import topic_name
 
     os.environ["DRIFTLINE_CHECKPOINT_STORE"] = str(tmp / "store-inprocess")
-    service = build_service(tmp / "inprocess" / "ctr")
+    service = build_service(tmp / "inprocess" / "ctr", **parse_options(options).get("ctr", {}))
     gc.collect()
     gc.freeze()
     size = service.batch_size
@@ -381,6 +403,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="Kafka / in-process pairs for ctr")
     parser.add_argument("--sections", default="throughput,checkpoint,ctr,recovery")
     parser.add_argument("--before", metavar="REV", help="ctr: also drain with a worker of this git revision")
+    parser.add_argument(
+        "--ctr-option",
+        action="append",
+        default=[],
+        metavar="ctr.KEY=VALUE",
+        help="ctr: build both sides' model with this worker option (repeatable), e.g. ctr.threads=1",
+    )
     args = parser.parse_args()
     sections = set(args.sections.split(","))
     if "inprocess" in sections:
@@ -408,7 +437,7 @@ def main() -> None:
             if "checkpoint" in sections:
                 checkpoint_bytes(node.bootstrap, tmp, args.events, len(records))
             if "ctr" in sections:
-                ctr_ratio(node.bootstrap, tmp, records, args.repeats, args.before)
+                ctr_ratio(node.bootstrap, tmp, records, args.repeats, args.before, args.ctr_option)
         if "recovery" in sections:
             recovery(node.bootstrap, tmp, args.kills)
 
