@@ -29,6 +29,7 @@ from models.ctr.learner import CtrConfig, CtrLearner
 from models.ctr.promotion import CtrLifecycle, LifecycleConfig
 from models.ctr.registry import learner_class
 from models.ctr.routes import CtrRoutes, versions_body
+from models.ctr.serving_precision import check_precision
 from models.ctr.threads import use_trainer_threads
 from models.ctr.versions import (
     INLINE_LIMIT,
@@ -396,6 +397,7 @@ class CtrService(ModelService):
 
 _SERVICE_OPTIONS = (
     "batch_window_s", "swap_interval_s", "keep_versions", "max_candidates", "click_window_s", "threads",
+    "serving_precision",
 )  # fmt: skip
 _SPEC_OPTIONS = ("model", "categorical_fields", "dense_fields", "buckets")
 
@@ -414,6 +416,7 @@ def learner_from_options(**options: Any) -> tuple[CtrLearner, dict[str, Any]]:
         buckets=int(options.pop("buckets", 8192)),
     )
     service_options = {key: options.pop(key) for key in _SERVICE_OPTIONS if key in options}
+    check_precision(service_options.get("serving_precision", "auto"))
     service_options["lifecycle"] = LifecycleConfig.pop_from(options)
     config_fields = {f.name for f in fields(CtrConfig)}
     unknown = sorted(set(options) - config_fields)
@@ -440,7 +443,8 @@ def build_service(data_dir: Path, **options: Any) -> CtrService:
     ``keep_versions``, ``max_candidates``, ``click_window_s`` (seconds of event time an impression
     without ``clicked`` waits for its click on the clicks topic; 0, the default: no join),
     ``threads`` (torch intra-op threads for training; unset: torch's choice, see
-    :mod:`models.ctr.threads`), ``categorical_fields`` /
+    :mod:`models.ctr.threads`), ``serving_precision`` (the serving replicas' option, checked and
+    ignored here: :mod:`models.ctr.serving_precision`), ``categorical_fields`` /
     ``dense_fields`` / ``buckets`` (default: the MovieLens-100K impressions), and any
     :class:`CtrConfig` field (``cowclip``, ``embed_lr`` and ``dense_lr`` (default 1e-3 here),
     ``l2``, ``warmup_samples`` (default 100,000), ...). The worker passes ``data_dir = <home>/ctr``;
@@ -449,6 +453,7 @@ def build_service(data_dir: Path, **options: Any) -> CtrService:
     """
     learner, service_options = learner_from_options(**options)
     use_trainer_threads(service_options.pop("threads", None))
+    service_options.pop("serving_precision", None)  # the replicas' option
     root = Settings.from_env(home=data_dir.parent).checkpoint_root
     return CtrService(learner, batch_size=learner.config.batch_size, checkpoint_root=root, **service_options)
 

@@ -24,6 +24,7 @@ from models.ctr.layers import FieldEmbedding
 from models.ctr.learner import CtrLearner, CtrScorer
 from models.ctr.routes import CtrRoutes, versions_body
 from models.ctr.service import learner_from_options
+from models.ctr.serving_precision import in_precision, resolve_precision
 from models.ctr.versions import ModelVersion, UpdateError, version_from_update
 from streams.schemas import ModelUpdate, Record
 from streams.service import Route
@@ -44,8 +45,11 @@ class ReplicaScorer(CtrScorer):
         return torch.sigmoid(logits).double().cpu().numpy()
 
 
-def replica_scorer(learner: CtrLearner, state: dict[str, Any]) -> ReplicaScorer:
-    """A :class:`ReplicaScorer` of a saved scorer state, its network built without initialising it.
+def replica_scorer(
+    learner: CtrLearner, state: dict[str, Any], precision: torch.dtype = torch.float32
+) -> ReplicaScorer:
+    """A :class:`ReplicaScorer` of a saved scorer state, its network built without initialising it,
+    its DNN in ``precision`` (:mod:`models.ctr.serving_precision`).
 
     ``CtrLearner.scorer_from`` initialises a fresh network at random and then overwrites every
     weight: 15 ms of CPU per version, taken from the queries a replica answers on the same core.
@@ -61,7 +65,8 @@ def replica_scorer(learner: CtrLearner, state: dict[str, Any]) -> ReplicaScorer:
             table.offsets = table.field_offsets()
     normaliser = RunningNorm(len(learner.spec.dense))
     normaliser.load_state_dict(state["normaliser"])
-    return ReplicaScorer(net.to(learner.device).eval().requires_grad_(False), normaliser, learner.device)
+    net = in_precision(net.to(learner.device), precision).eval().requires_grad_(False)
+    return ReplicaScorer(net, normaliser, learner.device)
 
 
 @dataclass(frozen=True)
@@ -79,10 +84,18 @@ class CtrServing:
     follows = "model-updates"
     record_type = ModelUpdate
 
-    def __init__(self, learner: CtrLearner, checkpoint_root: Path, max_candidates: int = 10_000) -> None:
+    def __init__(
+        self,
+        learner: CtrLearner,
+        checkpoint_root: Path,
+        max_candidates: int = 10_000,
+        precision: torch.dtype = torch.float32,
+    ) -> None:
         #: Builds the network that loaded weights go into; never trained here.
         self.learner = learner
         self.checkpoint_root = checkpoint_root
+        #: What the DNN scores in (``ctr.serving_precision``).
+        self.precision = precision
         self._served: Served | None = None
         self._caught_up = False
         self.api = CtrRoutes(
@@ -136,7 +149,7 @@ class CtrServing:
         log.info("%s: serving v%d%s", self.name, update.version, " (rollback)" if rollback else "")
 
     def _scorer(self, state: dict[str, Any]) -> ReplicaScorer:
-        return replica_scorer(self.learner, state)
+        return replica_scorer(self.learner, state, self.precision)
 
     def _check_model(self, update: ModelUpdate) -> None:
         model, spec = update.info.get("model"), update.info.get("spec")
@@ -171,7 +184,11 @@ def build_serving(checkpoint_root: Path, **options: Any) -> CtrServing:
     ignored, so one option list configures both roles. A replica predicts one request at a time on
     its event loop, with one intra-op thread: a 100-candidate forward pass is too small to gain
     from more, and on a shared machine a second thread made it up to 30x slower (measured).
+    ``serving_precision`` (auto | float32 | bfloat16) is what the DNN scores in.
     """
     torch.set_num_threads(1)
     learner, service_options = learner_from_options(**options)
-    return CtrServing(learner, checkpoint_root, int(service_options.get("max_candidates", 10_000)))
+    precision = resolve_precision(service_options.get("serving_precision", "auto"), learner.device)
+    log.info("ctr replica scores in %s", str(precision).removeprefix("torch."))
+    max_candidates = int(service_options.get("max_candidates", 10_000))
+    return CtrServing(learner, checkpoint_root, max_candidates, precision)

@@ -201,8 +201,12 @@ def test_control_batch_after_a_crash_applies_the_rollback(tmp_path: Path) -> Non
 
 # -- model updates and the serving replica ---------------------------------------------------------
 def replica(tmp_path: Path, **overrides: Any) -> CtrServing:
-    """A replica that has read the (empty) topic to its end, as one started before the trainer."""
-    serving = build_serving(tmp_path / "checkpoints", **{**OPTIONS, **overrides})
+    """A replica that has read the (empty) topic to its end, as one started before the trainer.
+
+    It scores in float32, so its answers are the trainer's bit for bit: that is how these tests tell
+    which version it serves. The bfloat16 default is tested in ``test_ctr_serving_path.py``."""
+    options = {**OPTIONS, "serving_precision": "float32", **overrides}
+    serving = build_serving(tmp_path / "checkpoints", **options)
     serving.caught_up()
     return serving
 
@@ -310,7 +314,7 @@ def test_replica_answers_503_before_any_version_and_409_to_rollback(tmp_path: Pa
 
 def test_replica_serves_from_the_topic_only_once_caught_up(tmp_path: Path) -> None:
     service, updates = trained(tmp_path, versions=2)
-    serving = build_serving(tmp_path / "checkpoints", **OPTIONS)
+    serving = build_serving(tmp_path / "checkpoints", **OPTIONS, serving_precision="float32")
     other = updates[0].model_copy(update={"service": "rank", "version": 9})
     for record in (updates[0], other, updates[1]):  # as the topic holds them: rank's update is skipped
         serving.apply(record)
@@ -329,6 +333,16 @@ def test_build_serving_takes_the_trainer_options(tmp_path: Path) -> None:
     assert serving.name == "ctr" and serving.learner.name == "deepfm"
     with pytest.raises(ValueError, match="swap_intervall"):
         replica(tmp_path, swap_intervall=3)
+
+
+def test_serving_precision_is_the_replicas_option_and_both_roles_check_it(tmp_path: Path) -> None:
+    assert replica(tmp_path, serving_precision="bfloat16").precision == torch.bfloat16
+    assert replica(tmp_path).precision == torch.float32
+    make_service(tmp_path / "trainer", serving_precision="bfloat16")  # accepted, and ignored
+    for build in (lambda: replica(tmp_path, serving_precision="fp8"),
+                  lambda: make_service(tmp_path / "bad", serving_precision="fp8")):  # fmt: skip
+        with pytest.raises(ValueError, match=r"serving_precision must be one of \['auto', 'float32'"):
+            build()
 
 
 # -- through Kafka and a worker process -------------------------------------------------------------

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from models.ctr import serving_precision
 from models.ctr.fast_encoder import FastCandidateEncoder
 from models.ctr.features import CandidateEncoder, FeatureError, FeatureSpec
 from models.ctr.learner import CtrConfig, CtrLearner
 from models.ctr.registry import learner_class
 from models.ctr.serving import replica_scorer
+from models.ctr.serving_precision import resolve_precision
 
 SPEC = FeatureSpec(categorical=("user", "item", "genre"), dense=("age", "price"), buckets=97)
 CONFIG = CtrConfig(embed_dim=4, hidden=(16, 8), batch_size=64, embed_lr=1e-2, dense_lr=1e-2)
@@ -61,6 +63,40 @@ def test_the_replica_scorer_scores_like_the_learner(kind: str) -> None:
         np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-5)
         assert np.ptp(scores) > 1e-3  # the scores depend on the candidates
     assert not scorer.net.training
+
+
+@pytest.mark.parametrize("kind", ["deepfm", "dcn"])
+def test_a_bfloat16_replica_runs_its_dnn_in_bfloat16_and_scores_close_to_the_learner(kind: str) -> None:
+    learner = trained(kind)
+    state = learner.scorer().state_dict()
+    scorer = replica_scorer(learner, state, torch.bfloat16)
+    assert {p.dtype for p in scorer.net.dnn.parameters()} == {torch.bfloat16}
+    assert scorer.net.embedding.weight.dtype == torch.float32  # only the DNN is converted
+    assert scorer.net.embedding.weight.data_ptr() == state["net"]["embedding.weight"].data_ptr()
+    for seed in range(10, 15):
+        batch = FastCandidateEncoder(SPEC).encode(random_candidates(100, seed))
+        scores, expected = scorer.predict(batch), learner.predict(batch)
+        assert scores.dtype == np.float64 and scores.shape == (100,)
+        np.testing.assert_allclose(scores, expected, rtol=0, atol=5e-3)
+        assert not np.array_equal(scores, expected)  # rounded: not the float32 path under another name
+
+
+def test_auto_precision_takes_bfloat16_only_on_a_cpu_where_it_is_faster(monkeypatch) -> None:
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(serving_precision, "bf16_speedup", lambda: 3.0)
+    assert resolve_precision("auto", cpu) == torch.bfloat16
+    assert resolve_precision("auto", gpu) == torch.float32
+    assert resolve_precision("float32", cpu) == torch.float32
+    monkeypatch.setattr(serving_precision, "bf16_speedup", lambda: 0.4)  # bfloat16 emulated
+    assert resolve_precision("auto", cpu) == torch.float32
+    assert resolve_precision("bfloat16", cpu) == torch.bfloat16
+    with pytest.raises(ValueError, match="got 'half'"):
+        resolve_precision("half", cpu)
+
+
+def test_the_speed_probe_compares_real_products() -> None:
+    speedup = serving_precision.bf16_speedup.__wrapped__(rows=8, width=32, repeats=3)
+    assert math.isfinite(speedup) and speedup > 0
 
 
 def test_the_replica_scorer_serves_the_loaded_tensors_and_real_offsets() -> None:
