@@ -62,17 +62,19 @@ class BrokerTls:
         openssl = _tool("openssl", "install openssl (`apt-get install openssl`)")
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o700)
-        (self.root / "store-password").write_text(secrets.token_urlsafe(24) + "\n")
-        password = self.password
+        secret = self.root / "store-password"
+        secret.write_text(secrets.token_urlsafe(24) + "\n")
         ca = str(self.root / "ca.p12")
 
+        # keytool reads the password from its file, never from the command line: its launcher takes
+        # any argument that starts with -J as a JVM option, and one password in 4,096 does.
         def keytool_run(*args: str) -> None:
-            _run([keytool, *_FAST_JVM, *args, "-storepass", password, "-noprompt"])
+            _run([keytool, *_FAST_JVM, *args, "-storepass:file", str(secret), "-noprompt"])
 
         def keypair(store: str, alias: str, name: str, *extra: str) -> None:
             keytool_run("-genkeypair", "-keystore", store, "-storetype", "PKCS12", "-alias", alias,
                         "-keyalg", "RSA", "-keysize", "2048", "-validity", VALID_DAYS,
-                        "-dname", f"CN={name}", "-keypass", password, *extra)  # fmt: skip
+                        "-dname", f"CN={name}", "-keypass:file", str(secret), *extra)  # fmt: skip
 
         def sign(csr: Path, out: Path, *extra: str) -> None:
             keytool_run("-gencert", "-keystore", ca, "-alias", "ca", "-infile", str(csr),
