@@ -262,7 +262,8 @@ class ServiceRunner:
         self.metrics = metrics
         #: Last applied offset per ``topic:partition``.
         self.offsets: dict[str, int] = {}
-        #: The checkpoint version restored at start-up or assignment (None: fresh start).
+        #: The checkpoint version restored at start-up (None: fresh start); for a keyed service, the
+        #: newest among the shards restored on assignment, each shard counting its own versions.
         self.restored_version: int | None = None
         #: Set by the consumer: commits offsets to Kafka (advisory; never ahead of a checkpoint).
         self.commit: Commit | None = None
@@ -302,7 +303,10 @@ class ServiceRunner:
         return checkpoint.version
 
     def _restored(self, checkpoint: Checkpoint) -> None:
-        self.restored_version = checkpoint.version
+        # A keyed service restores its shards one by one, in assignment order: reporting the last
+        # one's version made /health's figure depend on which partition happened to come last.
+        newest = max(checkpoint.version, self.restored_version or 0) if self.keyed else checkpoint.version
+        self.restored_version = newest
         self.metrics.checkpoint_version.labels(self.service.name).set(checkpoint.version)
         self.metrics.model_version.labels(self.service.name).set(self.service.model_version())
         log.info(

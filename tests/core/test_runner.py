@@ -97,6 +97,17 @@ def test_redelivered_events_are_not_applied_twice(tmp_path):
     assert restarted.offsets == {f"{topic_name('observations')}:0": 2}
 
 
+def test_a_keyed_restart_reports_the_newest_shard_it_restored_not_the_last(tmp_path):
+    on = {p: next(f"s{i}" for i in range(100) if partition_for(f"s{i}", 2) == p) for p in (0, 1)}
+    events = stream([(on[0], 1.0), (on[0], 2.0), (on[0], 3.0), (on[1], 1.0)], partitions=2)
+    runner = tally_runner(tmp_path, partitions=2)
+    for event in events:  # one checkpoint per batch, of the shard it touched: p0 v3, p1 v1
+        apply(runner, [event])
+    restarted = tally_runner(tmp_path, partitions=2)  # restores p0, then p1
+    assert restarted.restored_version == 3
+    assert counts(restarted) == {on[0]: (3, 6.0), on[1]: (1, 1.0)}
+
+
 def test_assignment_seeks_to_the_checkpointed_offsets_not_to_committed_ones(tmp_path):
     events = stream([("a", 1), ("b", 1), ("c", 1)] * 3, partitions=4)
     apply(tally_runner(tmp_path, partitions=4), events)
