@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import time
 from functools import cache
+from typing import TypeVar
 
 import torch
 from torch import nn
 
 PRECISIONS = ("auto", "float32", "bfloat16")
+Net = TypeVar("Net", bound=nn.Module)
 #: How much faster a bfloat16 product must be for ``auto`` to choose it.
 BF16_MIN_SPEEDUP = 1.5
 
@@ -73,7 +75,7 @@ class LowPrecisionMlp(nn.Module):
         return self.mlp(x.to(self.dtype)).float()
 
 
-def in_precision(net: nn.Module, dtype: torch.dtype) -> nn.Module:
+def in_precision(net: Net, dtype: torch.dtype) -> Net:
     """``net`` (a DeepFM or DCN-v2 network, whose DNN is ``net.dnn``) with its DNN in ``dtype``."""
     if dtype != torch.float32:
         net.dnn = LowPrecisionMlp(net.dnn, dtype)
