@@ -1,7 +1,9 @@
 """The CTR HTTP API over any source of serving versions: the trainer's service or a serving replica.
 
-Both processes answer ``POST /ctr/score`` and ``GET /ctr/versions`` with the same bodies; only the
-trainer can roll back (a replica follows the trainer's model updates and answers 409 there).
+Both processes answer ``POST /ctr/score`` and ``GET /ctr/versions`` with bodies of the same shape
+(a replica's scores are the trainer's to within bfloat16 rounding where it scores in bfloat16:
+:mod:`models.ctr.serving_precision`); only the trainer can roll back (a replica follows the
+trainer's model updates and answers 409 there).
 """
 
 from __future__ import annotations
