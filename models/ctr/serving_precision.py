@@ -29,11 +29,10 @@ Net = TypeVar("Net", bound=nn.Module)
 BF16_MIN_SPEEDUP = 1.5
 
 
-def check_precision(requested: object) -> str:
-    """``requested`` if it is a ``ctr.serving_precision`` value, else a ValueError naming them."""
+def check_precision(requested: object) -> None:
+    """Raise a ValueError naming the ``ctr.serving_precision`` values unless ``requested`` is one."""
     if requested not in PRECISIONS:
         raise ValueError(f"ctr.serving_precision must be one of {list(PRECISIONS)}, got {requested!r}")
-    return str(requested)
 
 
 def resolve_precision(requested: str, device: torch.device) -> torch.dtype:
