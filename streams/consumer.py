@@ -29,7 +29,7 @@ from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment, Cons
 from aiokafka.errors import KafkaError
 
 from streams.kafka_security import client_security
-from streams.runner import Parsed, ServiceRunner, parse_events
+from streams.runner import Decoded, Parsed, ServiceRunner, parse_batch
 from streams.service import Subscription
 
 log = logging.getLogger(__name__)
@@ -101,12 +101,12 @@ class _Listener(ConsumerRebalanceListener):
 @dataclass
 class _Taken:
     """A batch taken from Kafka: the owned partitions' records per topic, each topic's parse
-    running ahead (:func:`streams.runner.parse_events`), and the assignment generation it was
+    running ahead (:func:`streams.runner.parse_batch`), and the assignment generation it was
     taken in."""
 
     generation: int
     records: dict[str, list]
-    parsed: dict[str, asyncio.Future[Parsed]]
+    parsed: dict[str, asyncio.Future[Parsed | Decoded]]
 
     def drop(self) -> None:
         """Not applied after all: stop waiting for its parses (a parse that runs finishes unused)."""
@@ -349,9 +349,7 @@ class BatchConsumer:
             if (tp.topic, tp.partition) in self.owned:
                 by_topic.setdefault(tp.topic, []).extend(records)
         parsed = {
-            topic: asyncio.ensure_future(
-                asyncio.to_thread(parse_events, self.subscriptions[topic].record_type, records)
-            )
+            topic: asyncio.ensure_future(asyncio.to_thread(parse_batch, self.subscriptions[topic], records))
             for topic, records in by_topic.items()
         }
         return _Taken(generation, by_topic, parsed)

@@ -5,7 +5,9 @@ The protocol, for each batch of raw events (any objects with ``topic``, ``partit
 
 1. drop events at or below the applied offset of their partition (redelivery);
 2. validate the rest (or take their results from a parse done ahead, while the batch before was
-   processed: parsing is pure); what fails is dead-lettered with the reason;
+   processed: parsing is pure); what fails is dead-lettered with the reason. A subscription with a
+   ``decode`` may take a whole batch of usable events in one go instead (:func:`parse_batch`);
+   a batch it does not take, or one only partly fresh, is validated event by event;
 3. let the service process the records (a worker thread, holding the service lock). If it raises,
    the state is restored from the last in-memory snapshot, the batches since then are replayed,
    and the failed batch is bisected until the records that make it raise are isolated and
@@ -118,11 +120,10 @@ def _excerpt(value: bytes) -> str:
     return text if len(value) <= EXCERPT_CHARS else f"{text}... [excerpt of {len(value):,} bytes]"
 
 
-def _last_offsets(items: Sequence[_Item]) -> dict[str, int]:
-    """The highest offset per ``topic:partition`` among ``items`` (one key string per partition)."""
+def _last_offsets(events: Iterable[Event]) -> dict[str, int]:
+    """The highest offset per ``topic:partition`` among ``events`` (one key string per partition)."""
     last: dict[tuple[str, int], int] = {}
-    for item in items:
-        event = item.event
+    for event in events:
         tp = (event.topic, event.partition)
         if event.offset > last.get(tp, -1):
             last[tp] = event.offset
@@ -152,6 +153,26 @@ class _Item:
 
 #: What parsing each event of a batch gave, in the batch's order: its record, or why it is unusable.
 Parsed = list[Record | str]
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A whole batch taken by its subscription's ``decode``: every event in it is usable."""
+
+    value: Any
+
+
+def parse_batch(subscription: Subscription, events: Sequence[Event]) -> Parsed | Decoded:
+    """The batch decoded whole by ``subscription.decode`` if it takes it, else :func:`parse_events`
+    of it; pure either way (both may run ahead of the batch before)."""
+    decode = subscription.decode
+    if decode is not None and events:
+        values = [event.value for event in events]
+        if None not in values:
+            decoded = decode(values)
+            if decoded is not None:
+                return Decoded(decoded)
+    return parse_events(subscription.record_type, events)
 
 
 def parse_events(record_type: type[Record], events: Sequence[Event]) -> Parsed:
@@ -429,7 +450,7 @@ class ServiceRunner:
         subscription: Subscription,
         events: Sequence[Event],
         still_valid: Callable[[], bool] = lambda: True,
-        parsed: Parsed | None = None,
+        parsed: Parsed | Decoded | None = None,
     ) -> BatchResult | None:
         """Apply one micro-batch of ``subscription``'s topic; see the module docstring.
 
@@ -437,8 +458,9 @@ class ServiceRunner:
         meanwhile (a seek to the checkpoint's offsets) says no, the batch is not applied and the
         answer is None (the consumer then reads from the applied offsets again).
 
-        ``parsed`` is :func:`parse_events` of ``events`` done ahead, or None to parse here. Either
-        way only the fresh events' results are used, chosen now against the applied offsets.
+        ``parsed`` is :func:`parse_batch` of ``events`` done ahead, or None to parse here. Either
+        way only the fresh events' results are used, chosen now against the applied offsets: a
+        :class:`Decoded` batch is used only if every event in it is fresh.
         """
         async with self._batch_lock:
             if not still_valid():
@@ -450,15 +472,18 @@ class ServiceRunner:
             if self._snapshot is None:
                 await asyncio.to_thread(self._take_snapshot)
             fresh = [events[i] for i in positions]
-            if parsed is None:  # off the event loop
-                results = await asyncio.to_thread(parse_events, subscription.record_type, fresh)
+            if isinstance(parsed, Decoded) and len(fresh) == len(events):
+                applied = await asyncio.to_thread(self._process_decoded_safely, subscription, fresh, parsed)
             else:
-                results = [parsed[i] for i in positions]
-            items, dead = _split(fresh, results)
-            applied = _Applied(dead=dead)
-            if items:
-                processed = await asyncio.to_thread(self._process_safely, subscription, items)
-                applied = applied.merge(processed)
+                if parsed is None or isinstance(parsed, Decoded):  # off the event loop
+                    results = await asyncio.to_thread(parse_events, subscription.record_type, fresh)
+                else:
+                    results = [parsed[i] for i in positions]
+                items, dead = _split(fresh, results)
+                applied = _Applied(dead=dead)
+                if items:
+                    processed = await asyncio.to_thread(self._process_safely, subscription, items)
+                    applied = applied.merge(processed)
             faults.crash_point("after_apply")
             await self._send(applied.outputs, applied.dead)
             faults.crash_point("after_send")
@@ -493,16 +518,38 @@ class ServiceRunner:
             try:
                 applied = self._process(subscription.topic, items)
             except Exception:
-                log.exception("%s: a batch of %d failed; isolating the cause", self.service.name, len(items))
-                self._recover()
-                return self._isolate(subscription, items)
+                return self._isolate_failed(subscription, items)
             self._journal.append((subscription, [i.event for i in items]))
             return applied
+
+    def _process_decoded_safely(
+        self, subscription: Subscription, events: list[Event], decoded: Decoded
+    ) -> _Applied:
+        """:meth:`_process_safely` for a batch its subscription decoded whole (every event usable,
+        so nothing to dead-letter unless processing raises: then it goes event by event)."""
+        service = self.service
+        with service.lock:
+            try:
+                service.batch_offsets = {**self.offsets, **_last_offsets(events)}
+                result = service.process_decoded(subscription.topic, decoded.value)
+                self._watch_drift(result.metrics)
+            except Exception:
+                items, _ = _split(events, parse_events(subscription.record_type, events))
+                return self._isolate_failed(subscription, items)
+            self._journal.append((subscription, events))
+            return _Applied(list(result.outputs), dict(result.metrics))
+
+    def _isolate_failed(self, subscription: Subscription, items: list[_Item]) -> _Applied:
+        """After a batch raised (holding the lock): back to the state before it, then apply what
+        applies and dead-letter what raises alone."""
+        log.exception("%s: a batch of %d failed; isolating the cause", self.service.name, len(items))
+        self._recover()
+        return self._isolate(subscription, items)
 
     def _process(self, topic: str, items: list[_Item]) -> _Applied:
         service = self.service
         if not isinstance(service, KeyedService):
-            service.batch_offsets = {**self.offsets, **_last_offsets(items)}
+            service.batch_offsets = {**self.offsets, **_last_offsets(i.event for i in items)}
             result = service.process(topic, [i.record for i in items])
             self._watch_drift(result.metrics)
             return self._collect(items, result)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -29,6 +29,11 @@ class Subscription:
     record_type: type[Record]
     batch_size: int = 256
     batch_window_s: float = 0.5
+    #: Optional fast path: a pure function from a whole batch's event values to what the service's
+    #: :meth:`ModelService.process_decoded` takes, or None unless every event in it is usable (the
+    #: runner then parses the batch event by event). What it takes must give the same state change
+    #: as :meth:`ModelService.process` of the same events' records.
+    decode: Callable[[Sequence[bytes]], Any] | None = None
 
 
 @dataclass
@@ -150,6 +155,11 @@ class ModelService(ABC):
     @abstractmethod
     def process(self, topic: str, records: list[Record]) -> BatchResult:
         """Apply one micro-batch from ``topic`` (already validated, never seen before)."""
+
+    def process_decoded(self, topic: str, decoded: Any) -> BatchResult:
+        """Apply one micro-batch from ``topic`` that its subscription's ``decode`` took whole; only
+        a service whose subscription has a ``decode`` is asked."""
+        raise NotImplementedError(f"{self.name} has no decoder for {topic}")
 
     def routes(self) -> list[Route]:
         """HTTP routes this service serves."""

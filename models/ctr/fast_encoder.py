@@ -43,38 +43,40 @@ class FastCandidateEncoder:
 
     def _encode_well_formed(self, candidates: Sequence[Any]) -> CtrBatch | None:
         """The batch, or None if any candidate breaks a rule (``CandidateEncoder`` then says which)."""
-        maps = self._feature_maps(candidates)
-        if maps is None:
-            return None
-        ids = self._bucket_ids(maps[0])
-        values = self._dense_values(maps[1])
-        if ids is None or values is None:
-            return None
-        rows = len(candidates)
-        return CtrBatch(
-            torch.from_numpy(np.array(ids, np.int64).reshape(rows, len(self.spec.categorical))),
-            torch.from_numpy(values.astype(np.float32).reshape(rows, len(self.spec.dense))),
-        )
-
-    def _feature_maps(self, candidates: Sequence[Any]) -> tuple[list[Any], list[Any]] | None:
-        """Every candidate's two maps if all have the right shape and field names, else None.
-
-        Checked for the whole request at once (a set of types, a union of key sets): a check per
-        candidate cost as much as the rest of the encoding.
-        """
         if {type(candidate) for candidate in candidates} != {dict}:
             return None
         if not set().union(*candidates) <= CANDIDATE_KEYS:
             return None
         categoricals = [candidate.get("categorical", _EMPTY) for candidate in candidates]
         denses = [candidate.get("dense", _EMPTY) for candidate in candidates]
+        return self.encode_maps(categoricals, denses)
+
+    def encode_maps(
+        self, categoricals: list[Any], denses: list[Any], labels: torch.Tensor | None = None
+    ) -> CtrBatch | None:
+        """Rows given as their two feature maps (decoded JSON) as a batch, or None if any row breaks
+        a rule: a map that is no dict, a field the spec lacks, a row with no feature, a categorical
+        value that is no string, a dense value that is no finite number.
+
+        Checked for all rows at once (a set of types, a union of key sets): a check per row cost as
+        much as the rest of the encoding.
+        """
         if not {type(m) for m in categoricals} | {type(m) for m in denses} <= _DICT:
             return None
         if not (set().union(*categoricals) <= self._categorical and set().union(*denses) <= self._dense):
             return None
         if 0 in map(operator.add, map(len, categoricals), map(len, denses)):
-            return None  # a candidate with no feature at all
-        return categoricals, denses
+            return None  # a row with no feature at all
+        ids = self._bucket_ids(categoricals)
+        values = self._dense_values(denses)
+        if ids is None or values is None:
+            return None
+        rows = len(categoricals)
+        return CtrBatch(
+            torch.from_numpy(np.array(ids, np.int64).reshape(rows, len(self.spec.categorical))),
+            torch.from_numpy(values.astype(np.float32).reshape(rows, len(self.spec.dense))),
+            labels,
+        )
 
     def _bucket_ids(self, categoricals: list[dict[str, Any]]) -> list[int] | None:
         """Bucket ids row by row in spec order (0: field missing); None if a value is no string.
@@ -87,13 +89,18 @@ class FastCandidateEncoder:
         missing = len(values) - sum(map(len, categoricals))
         if values.count(None) != missing:
             return None
-        known = self._bucket.known  # only strings and None are keys: a hit is a known string
+        known = self._bucket.known.get  # only strings and None are keys: a hit is a known string
         try:
-            return [known[value] for value in values]
-        except (KeyError, TypeError):  # a value not seen yet, or one that is no string
-            if any(value is not None and type(value) is not str for value in values):
-                return None
-            return [self._bucket(value) for value in values]
+            ids = [known(value, -1) for value in values]
+        except TypeError:  # an unhashable value (a JSON list or object)
+            return None
+        if -1 not in ids:
+            return ids
+        # Values not seen yet (a stream shows new ids in most batches): bucket only those.
+        if any(value is not None and type(value) is not str for value in values):
+            return None
+        bucket = self._bucket
+        return [i if i >= 0 else bucket(value) for i, value in zip(ids, values, strict=True)]
 
     def _dense_values(self, denses: list[dict[str, Any]]) -> np.ndarray | None:
         """Dense values row by row in spec order as float64 (NaN: missing); None unless every given

@@ -25,6 +25,7 @@ from typing import Any
 from models.ctr import movielens
 from models.ctr.click_labels import ClickLabels
 from models.ctr.features import CtrBatch, FeatureError, FeatureSpec, RowEncoder
+from models.ctr.impression_decoder import ImpressionDecoder
 from models.ctr.learner import CtrConfig, CtrLearner
 from models.ctr.promotion import CtrLifecycle, LifecycleConfig
 from models.ctr.registry import learner_class
@@ -124,6 +125,9 @@ class CtrService(ModelService):
         self.spec = learner.spec
         #: Encodes the impressions that :meth:`_unusable` passed (it checked them against the spec).
         self.encoder = RowEncoder(self.spec)
+        #: The impressions topic's fast path: a batch of labelled, well-formed impressions to one
+        #: :class:`CtrBatch` with no record objects (the runner runs it ahead, off this lock).
+        self.decoder = ImpressionDecoder(self.spec)
         self.batch_size = batch_size
         self.batch_window_s = batch_window_s
         self.swap_interval_s = swap_interval_s
@@ -157,7 +161,13 @@ class CtrService(ModelService):
     # -- stream ---------------------------------------------------------------------------------
     def subscriptions(self) -> list[Subscription]:
         return [
-            Subscription(topic_name("impressions"), Impression, self.batch_size, self.batch_window_s),
+            Subscription(
+                topic_name("impressions"),
+                Impression,
+                self.batch_size,
+                self.batch_window_s,
+                decode=self.decoder.decode,
+            ),
             Subscription(topic_name("control"), Outcome),
         ] + (
             [Subscription(topic_name("clicks"), Click, self.batch_size, self.batch_window_s)]
@@ -180,7 +190,14 @@ class CtrService(ModelService):
             else:
                 assert isinstance(record, Impression)
                 usable.append(record)
-        batches = self._labelled(usable)
+        return self._train(self._labelled(usable), rejected)
+
+    def process_decoded(self, topic: str, decoded: CtrBatch) -> BatchResult:
+        """A batch of labelled impressions that :class:`ImpressionDecoder` encoded whole: trained
+        as :meth:`process` would train the same impressions' records."""
+        return self._train([decoded, *self._joined_batches()], {})
+
+    def _train(self, batches: list[CtrBatch], rejected: dict[int, str]) -> BatchResult:
         if not batches:
             return BatchResult(metrics=self._join_metrics(), rejected=rejected)
         results = [self._learn(batch) for batch in batches]
@@ -196,7 +213,11 @@ class CtrService(ModelService):
             joined.impressions([r for r in usable if r.clicked is None])
             usable = [r for r in usable if r.clicked is not None]
         batches = [self.encoder.encode(usable, [int(r.clicked or 0) for r in usable])] if usable else []
-        return batches + (joined.batches() if joined is not None else [])
+        return batches + self._joined_batches()
+
+    def _joined_batches(self) -> list[CtrBatch]:
+        """The click join's full batches of joined rows, ready to train."""
+        return self.click_labels.batches() if self.click_labels is not None else []
 
     def _join_metrics(self) -> dict[str, float]:
         return self.click_labels.metrics() if self.click_labels is not None else {}

@@ -1,0 +1,90 @@
+"""A whole batch of impression events, straight from their JSON to one training :class:`CtrBatch`.
+
+Through the per-event path each impression becomes a validated pydantic record, then the service
+checks it against the feature spec and encodes it: about 4 us an impression in pydantic alone. Nearly
+every batch on a stream is well formed and labelled, so :class:`ImpressionDecoder` checks the whole
+batch at once (key sets, the types of all values in one set, finiteness in one numpy pass) and
+encodes it in a few list passes, with no record object per impression. A batch it cannot take whole
+(one event too large, malformed, unlabelled, or anything pydantic might read differently) gives
+None, and the runner parses that batch event by event as before, dead-lettering what is unusable
+with its reason. A batch it takes gives the same tensors as the per-event path (tested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+import torch
+
+from models.ctr.fast_encoder import FastCandidateEncoder
+from models.ctr.features import CtrBatch, FeatureSpec
+from streams.schemas import Impression, record_limits
+
+_EMPTY: dict[str, Any] = {}
+#: The keys an impression may carry on the fast path (``schema_``, pydantic's field name, is read by
+#: pydantic too: a batch holding it goes event by event).
+_KEYS = frozenset({"schema", "id", "ts", "categorical", "dense", "clicked"})
+_SCHEMA = Impression.model_fields["schema_"].default
+_ID_LENGTH = (1, 200)  # Impression.id's bounds
+_LABELS = frozenset({0, 1})
+_NUMBER_TYPES = frozenset({float, int})
+
+
+class ImpressionDecoder:
+    """:meth:`decode` a batch of impression event values into one labelled :class:`CtrBatch`, or None.
+
+    Pure apart from its bucket memo (a cache), so it may run ahead of the batch being trained.
+    """
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        self.encoder = FastCandidateEncoder(spec)
+
+    def decode(self, values: Sequence[bytes]) -> CtrBatch | None:
+        """The batch's training rows, or None unless every value is a labelled impression whose
+        features the spec knows (the per-event path then says what is wrong with which)."""
+        limit = record_limits()[0]
+        if not values or max(map(len, values)) > limit:
+            return None
+        try:
+            events = [orjson.loads(value) for value in values]
+        except orjson.JSONDecodeError:
+            return None
+        if {type(event) for event in events} != {dict} or not set().union(*events) <= _KEYS:
+            return None
+        labels = _labels(events)
+        if labels is None or not _valid_envelopes(events):
+            return None
+        categoricals = [event.get("categorical", _EMPTY) for event in events]
+        denses = [event.get("dense", _EMPTY) for event in events]
+        return self.encoder.encode_maps(categoricals, denses, labels)
+
+
+def _labels(events: list[dict[str, Any]]) -> torch.Tensor | None:
+    """Every event's ``clicked`` as a label tensor, or None if any is missing or not 0/1 (a bool
+    equals 0 or 1 too, hence the type check)."""
+    clicked = [event.get("clicked") for event in events]
+    if {type(label) for label in clicked} != {int} or not set(clicked) <= _LABELS:
+        return None
+    return torch.tensor(clicked, dtype=torch.float32)
+
+
+def _valid_envelopes(events: list[dict[str, Any]]) -> bool:
+    """Whether every event's schema, id and ts are what :class:`Impression` accepts as they are."""
+    if {event.get("schema", _SCHEMA) for event in events} != {_SCHEMA}:
+        return False
+    ids = [event.get("id") for event in events]
+    if {type(i) for i in ids} != {str}:
+        return False
+    lengths = list(map(len, ids))
+    if min(lengths) < _ID_LENGTH[0] or max(lengths) > _ID_LENGTH[1]:
+        return False
+    times = [event.get("ts") for event in events]
+    if not {type(ts) for ts in times} <= _NUMBER_TYPES:
+        return False
+    try:
+        return bool(np.isfinite(np.array(times, np.float64)).all())
+    except OverflowError:  # an integer beyond float range
+        return False
