@@ -534,8 +534,8 @@ class ServiceRunner:
                 result = service.process_decoded(subscription.topic, decoded.value)
                 self._watch_drift(result.metrics)
             except Exception:
-                items, _ = _split(events, parse_events(subscription.record_type, events))
-                return self._isolate_failed(subscription, items)
+                items, dead = _split(events, parse_events(subscription.record_type, events))
+                return _Applied(dead=dead).merge(self._isolate_failed(subscription, items))
             self._journal.append((subscription, events))
             return _Applied(list(result.outputs), dict(result.metrics))
 

@@ -29,10 +29,10 @@ class Subscription:
     record_type: type[Record]
     batch_size: int = 256
     batch_window_s: float = 0.5
-    #: Optional fast path: a pure function from a whole batch's event values to what the service's
-    #: :meth:`ModelService.process_decoded` takes, or None unless every event in it is usable (the
-    #: runner then parses the batch event by event). What it takes must give the same state change
-    #: as :meth:`ModelService.process` of the same events' records.
+    #: Optional fast path of a shared (not keyed) service: a pure function from a whole batch's
+    #: event values to what its :meth:`ModelService.process_decoded` takes, or None unless every
+    #: event in it is usable (the runner then parses the batch event by event). What it takes must
+    #: give the same state change as :meth:`ModelService.process` of the same events' records.
     decode: Callable[[Sequence[bytes]], Any] | None = None
 
 

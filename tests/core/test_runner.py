@@ -355,3 +355,62 @@ def test_a_shared_service_takes_its_partitions_once_its_drift_detector_is_import
 
     assert run(scenario()) == {(topic_name("observations"), 0): None}
     assert runner.service.owned == {0}
+
+
+class DecodingSum(ModelService):
+    """A shared service with a batch decoder that takes every batch, even one holding an event the
+    per-event path refuses; processing such a batch raises after changing the state."""
+
+    name = "sum"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0.0
+        self.decoded_batches = 0
+
+    def subscriptions(self) -> list[Subscription]:
+        return [Subscription(topic_name("observations"), Observation, decode=self.decode)]
+
+    @staticmethod
+    def decode(values: Any) -> list[bytes]:
+        return list(values)
+
+    def process_decoded(self, topic: str, decoded: list[bytes]) -> BatchResult:
+        self.decoded_batches += 1
+        for value in decoded:
+            self.total += json.loads(value)["values"][0]  # raises on the bad event, half-way through
+        return BatchResult()
+
+    def process(self, topic: str, records: list[Record]) -> BatchResult:
+        self.total += sum(r.values[0] for r in records if isinstance(r, Observation))
+        return BatchResult()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"total": self.total}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.total = state["total"]
+
+
+def test_a_decoded_batch_that_fails_goes_event_by_event_and_dead_letters_what_is_unusable(tmp_path):
+    from streams.runner import Decoded, parse_batch
+
+    sink = ListSink()
+    service = DecodingSum()
+    runner = ServiceRunner(
+        service, tmp_path, sink, WorkerMetrics(), CheckpointPolicy(interval_s=60, events=10**6)
+    )
+    run(runner.assign([(topic_name("observations"), 0)], 1))
+    subscription = service.subscriptions()[0]
+    good = stream([("a", 1.0), ("a", 2.0)])
+    run(runner.apply(subscription, good, parsed=parse_batch(subscription, good)))
+    events = [*stream([("a", 10.0)], start=2), Incoming(topic_name("observations"), 0, 3, b"a", b"nope")]
+    events += stream([("a", 100.0)], start=4)
+    decoded = parse_batch(subscription, events)
+    assert isinstance(decoded, Decoded)
+    run(runner.apply(subscription, events, parsed=decoded))
+    assert service.decoded_batches == 2
+    assert service.total == 113.0  # the failed batch's 10 left no trace; 10 and 100 applied once
+    (letter,) = sink.on("dead-letter")
+    assert letter["offset"] == 3 and "not valid JSON" in letter["reason"]
+    assert runner.offsets == {f"{topic_name('observations')}:0": 4}
