@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -414,3 +415,29 @@ def test_a_decoded_batch_that_fails_goes_event_by_event_and_dead_letters_what_is
     (letter,) = sink.on("dead-letter")
     assert letter["offset"] == 3 and "not valid JSON" in letter["reason"]
     assert runner.offsets == {f"{topic_name('observations')}:0": 4}
+
+
+def test_every_batch_is_processed_in_the_runners_one_thread(tmp_path):
+    """One thread starts all of a service's parallel work (one OpenMP team; see _in_applier),
+    whatever else the default executor is running meanwhile, such as the next batch's parse."""
+    import threading
+
+    threads: list[str] = []
+
+    class Recording(TallyService):
+        def process_shard(self, topic: str, partition: int, records: list[Record]) -> BatchResult:
+            threads.append(threading.current_thread().name)
+            return super().process_shard(topic, partition, records)
+
+    runner = ServiceRunner(Recording(), tmp_path, ListSink(), WorkerMetrics(), EVERY_BATCH)
+    run(runner.assign([(topic_name("observations"), 0)], 1))
+
+    async def go() -> None:
+        for start in range(0, 6, 2):
+            busy = asyncio.gather(*(asyncio.to_thread(time.sleep, 0.02) for _ in range(3)))
+            await runner.apply(runner.service.subscriptions()[0], stream([("a", 1), ("a", 2)], start=start))
+            await busy
+
+    run(go())
+    assert len(threads) == 3 and len(set(threads)) == 1
+    assert threads[0].startswith("tally-apply")
