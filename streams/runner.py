@@ -8,7 +8,7 @@ The protocol, for each batch of raw events (any objects with ``topic``, ``partit
    processed: parsing is pure); what fails is dead-lettered with the reason. A subscription with a
    ``decode`` may take a whole batch of usable events in one go instead (:func:`parse_batch`);
    a batch it does not take, or one only partly fresh, is validated event by event;
-3. let the service process the records (a worker thread, holding the service lock). If it raises,
+3. let the service process the records (the runner's own thread, holding the service lock). If it raises,
    the state is restored from the last in-memory snapshot, the batches since then are replayed,
    and the failed batch is bisected until the records that make it raise are isolated and
    dead-lettered: a failed batch leaves no trace in state;
@@ -507,8 +507,8 @@ class ServiceRunner:
         OpenMP keeps a team of threads per thread that starts parallel work, and a team spins for a
         while after each region. With batches processed in whichever of asyncio's default threads
         was free, ctr's training alternated between two teams, and the idle team's spinning took
-        cores from the working one: the worker's threads used 44-46 us of CPU per impression
-        against 41-42 with one processing thread (2 drains each, 100,000 MovieLens impressions).
+        cores from the working one: the worker's threads used 43.6-45.7 us of CPU per impression
+        against 40.8-42.0 with one processing thread (2 drains each, 100,000 MovieLens impressions).
         """
         return asyncio.get_running_loop().run_in_executor(self._applier, fn, *args)
 
