@@ -4,8 +4,9 @@ All on one embedded Kafka broker this script starts on free ports, with real ``d
 processes. Sections (``--sections``, default all):
 
   throughput  no-op ``tally`` worker draining a backlog of ``--events`` SYNTHETIC observations
-              produced before it starts; events/s counted from ``/ready`` (group joined, partitions
-              restored) until every event is applied, and steady state between 10% and 90%;
+              produced before it starts; events/s counted from the moment every worker applies
+              events (group joined, partitions restored) until every event is applied, and steady
+              state between 10% and 90%;
               the same backlog with 1, 2 and 3 workers (fresh consumer groups): events/s, speed-up
               and per-core efficiency (speed-up / min(workers, cores))
   checkpoint  checkpoint bytes per event, "before" (a checkpoint after every batch, as the first
@@ -71,12 +72,19 @@ CORES = os.cpu_count() or 1
 def drain(workers: list[Worker], total: int) -> dict[str, float]:
     """Start tally ``workers`` on a backlog of ``total`` events and time them draining it.
 
-    Counted from ``/ready`` of every worker (the group joined, partitions restored): events
-    applied before that moment are subtracted, so the rate is the joined group's alone.
+    Counted from the moment every worker has applied events (the group joined, each member's
+    partitions restored): events applied before it are subtracted, so the rate is the joined
+    group's alone. Not from ``/ready``: a worker is ready only once it has caught up with what its
+    topics held when it started, which here is the whole backlog.
     """
-    with running(workers):
+    with running(workers, wait=False):
+        wait_for(lambda: all(w.applied() > 0 for w in workers), 300, "every worker applies events", 0.05)
         ready = time.monotonic()
         before = sum(w.applied() for w in workers)
+        if before >= total:
+            raise RuntimeError(
+                f"the {total:,} events were applied before every worker was; use more --events"
+            )
         marks: dict[float, float] = {}
         applied = before
         last_report = ready
@@ -128,7 +136,7 @@ def throughput(bootstrap: str, tmp: Path, events: int, counts: list[int]) -> Non
         rows.append([n, events, int(got["before"]), *figures, load()])
     table(
         f"no-op tally worker(s), SYNTHETIC observations (30 series, 12 partitions), {CORES} cores",
-        ["workers", "events", "applied before ready", "s ready->all", "events/s after ready",
+        ["workers", "events", "applied before joined", "s joined->all", "events/s after joined",
          "steady 10-90% ev/s", "speed-up", "per-core eff.", "load after"],
         rows,
     )  # fmt: skip
