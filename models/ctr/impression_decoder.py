@@ -32,6 +32,9 @@ _SCHEMA = Impression.model_fields["schema_"].default
 _ID_LENGTH = (1, 200)  # Impression.id's bounds
 _LABELS = frozenset({0, 1})
 _NUMBER_TYPES = frozenset({float, int})
+#: Every labelled impression's JSON holds this key as it is (an escaped spelling of it goes the
+#: per-event way, as anything unusual does).
+_CLICKED = b'"clicked"'
 
 
 class ImpressionDecoder:
@@ -49,6 +52,8 @@ class ImpressionDecoder:
         limit = record_limits()[0]
         if not values or max(map(len, values)) > limit:
             return None
+        if not all(_CLICKED in value for value in values):
+            return None  # unlabelled impressions (a click join's stream): not worth decoding twice
         try:
             events = [orjson.loads(value) for value in values]
         except orjson.JSONDecodeError:

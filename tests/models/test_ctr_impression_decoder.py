@@ -225,3 +225,17 @@ def test_a_decoded_batch_that_raises_leaves_no_trace(tmp_path: Path) -> None:
     assert fast.offsets == {f"{topic_name('impressions')}:0": 63}
     state, expected = state_tensors(service), state_tensors(reference_service)
     assert all(torch.equal(state[k], expected[k]) for k in expected)  # learned once, not twice
+
+
+def test_unlabelled_impressions_are_refused_before_any_json_is_decoded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A click join's stream carries no ``clicked``: its batches go event by event anyway, so the
+    decoder must not pay a JSON decode for them first."""
+    decoded: list[bytes] = []
+    real = orjson.loads
+    monkeypatch.setattr(orjson, "loads", lambda value: decoded.append(value) or real(value))
+    unlabelled = orjson.dumps({k: v for k, v in GOOD.items() if k != "clicked"})
+    assert ImpressionDecoder(SPEC).decode([orjson.dumps(GOOD), unlabelled]) is None
+    assert decoded == []
+    assert ImpressionDecoder(SPEC).decode([orjson.dumps(GOOD)]) is not None and len(decoded) == 1
