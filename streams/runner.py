@@ -547,9 +547,9 @@ class ServiceRunner:
         service = self.service
         with service.lock:
             try:
-                service.batch_offsets = {**self.offsets, **_last_offsets(events)}
-                result = service.process_decoded(subscription.topic, decoded.value)
-                self._watch_drift(result.metrics)
+                result = self._process_shared(
+                    events, lambda: service.process_decoded(subscription.topic, decoded.value)
+                )
             except Exception:
                 items, dead = _split(events, parse_events(subscription.record_type, events))
                 return _Applied(dead=dead).merge(self._isolate_failed(subscription, items))
@@ -566,9 +566,8 @@ class ServiceRunner:
     def _process(self, topic: str, items: list[_Item]) -> _Applied:
         service = self.service
         if not isinstance(service, KeyedService):
-            service.batch_offsets = {**self.offsets, **_last_offsets(i.event for i in items)}
-            result = service.process(topic, [i.record for i in items])
-            self._watch_drift(result.metrics)
+            records = [i.record for i in items]
+            result = self._process_shared([i.event for i in items], lambda: service.process(topic, records))
             return self._collect(items, result)
         by_partition: dict[int, list[_Item]] = {}
         for item in items:
@@ -578,6 +577,14 @@ class ServiceRunner:
             result = service.process_shard(topic, partition, [i.record for i in group])
             applied = applied.merge(self._collect(group, result))
         return applied
+
+    def _process_shared(self, events: Iterable[Event], process: Callable[[], BatchResult]) -> BatchResult:
+        """A shared service's step: what it has learned up to (``batch_offsets``), the step itself,
+        and its error fed to the drift alarm."""
+        self.service.batch_offsets = {**self.offsets, **_last_offsets(events)}
+        result = process()
+        self._watch_drift(result.metrics)
+        return result
 
     @staticmethod
     def _collect(items: list[_Item], result: BatchResult) -> _Applied:

@@ -43,13 +43,8 @@ class FastCandidateEncoder:
 
     def _encode_well_formed(self, candidates: Sequence[Any]) -> CtrBatch | None:
         """The batch, or None if any candidate breaks a rule (``CandidateEncoder`` then says which)."""
-        if {type(candidate) for candidate in candidates} != {dict}:
-            return None
-        if not set().union(*candidates) <= CANDIDATE_KEYS:
-            return None
-        categoricals = [candidate.get("categorical", _EMPTY) for candidate in candidates]
-        denses = [candidate.get("dense", _EMPTY) for candidate in candidates]
-        return self.encode_maps(categoricals, denses)
+        maps = feature_maps(candidates, CANDIDATE_KEYS)
+        return None if maps is None else self.encode_maps(*maps)
 
     def encode_maps(
         self, categoricals: list[Any], denses: list[Any], labels: torch.Tensor | None = None
@@ -106,12 +101,27 @@ class FastCandidateEncoder:
         """Dense values row by row in spec order as float64 (NaN: missing); None unless every given
         value is a finite JSON number."""
         names = self.spec.dense
-        numbers = [dense.get(name, math.nan) for dense in denses for name in names]
-        if not {type(number) for number in numbers} <= _NUMBER_TYPES:
-            return None
-        try:
-            values = np.array(numbers, np.float64)
-        except OverflowError:  # an integer beyond float range
+        values = json_floats([dense.get(name, math.nan) for dense in denses for name in names])
+        if values is None:
             return None
         given = sum(map(len, denses))
         return values if int(np.isfinite(values).sum()) == given else None
+
+
+def feature_maps(rows: Sequence[Any], keys: frozenset[str]) -> tuple[list[Any], list[Any]] | None:
+    """Every row's ``categorical`` and ``dense`` maps (``{}`` where absent), if every row is a JSON
+    object whose keys are among ``keys``; else None. The maps themselves are checked later."""
+    if {type(row) for row in rows} != {dict} or not set().union(*rows) <= keys:
+        return None
+    return [row.get("categorical", _EMPTY) for row in rows], [row.get("dense", _EMPTY) for row in rows]
+
+
+def json_floats(numbers: Sequence[Any]) -> np.ndarray | None:
+    """``numbers`` as float64 if every one is a JSON number (``int`` or ``float``, no ``bool``);
+    else None. Finiteness is the caller's to check (a float NaN may stand for a missing value)."""
+    if not {type(number) for number in numbers} <= _NUMBER_TYPES:
+        return None
+    try:
+        return np.array(numbers, np.float64)
+    except OverflowError:  # an integer beyond float range
+        return None

@@ -20,18 +20,22 @@ import numpy as np
 import orjson
 import torch
 
-from models.ctr.fast_encoder import FastCandidateEncoder
+from models.ctr.fast_encoder import FastCandidateEncoder, feature_maps, json_floats
 from models.ctr.features import CtrBatch, FeatureSpec
 from streams.schemas import Impression, record_limits
 
-_EMPTY: dict[str, Any] = {}
-#: The keys an impression may carry on the fast path (``schema_``, pydantic's field name, is read by
-#: pydantic too: a batch holding it goes event by event).
-_KEYS = frozenset({"schema", "id", "ts", "categorical", "dense", "clicked"})
+#: The keys an impression may carry on the fast path, its fields' JSON names read from the schema
+#: (``schema_``, pydantic's own name for one, is read by pydantic too: a batch holding it goes
+#: event by event).
+_KEYS = frozenset(field.alias or name for name, field in Impression.model_fields.items())
 _SCHEMA = Impression.model_fields["schema_"].default
-_ID_LENGTH = (1, 200)  # Impression.id's bounds
+#: Impression.id's length bounds, read from the schema so the two cannot drift apart.
+_ID_META = Impression.model_fields["id"].metadata
+_ID_LENGTH = (
+    next(m.min_length for m in _ID_META if hasattr(m, "min_length")),
+    next(m.max_length for m in _ID_META if hasattr(m, "max_length")),
+)
 _LABELS = frozenset({0, 1})
-_NUMBER_TYPES = frozenset({float, int})
 #: Every labelled impression's JSON holds this key as it is (an escaped spelling of it goes the
 #: per-event way, as anything unusual does).
 _CLICKED = b'"clicked"'
@@ -58,14 +62,13 @@ class ImpressionDecoder:
             events = [orjson.loads(value) for value in values]
         except orjson.JSONDecodeError:
             return None
-        if {type(event) for event in events} != {dict} or not set().union(*events) <= _KEYS:
+        maps = feature_maps(events, _KEYS)
+        if maps is None:
             return None
         labels = _labels(events)
         if labels is None or not _valid_envelopes(events):
             return None
-        categoricals = [event.get("categorical", _EMPTY) for event in events]
-        denses = [event.get("dense", _EMPTY) for event in events]
-        return self.encoder.encode_maps(categoricals, denses, labels)
+        return self.encoder.encode_maps(*maps, labels)
 
 
 def _labels(events: list[dict[str, Any]]) -> torch.Tensor | None:
@@ -87,10 +90,5 @@ def _valid_envelopes(events: list[dict[str, Any]]) -> bool:
     lengths = list(map(len, ids))
     if min(lengths) < _ID_LENGTH[0] or max(lengths) > _ID_LENGTH[1]:
         return False
-    times = [event.get("ts") for event in events]
-    if not {type(ts) for ts in times} <= _NUMBER_TYPES:
-        return False
-    try:
-        return bool(np.isfinite(np.array(times, np.float64)).all())
-    except OverflowError:  # an integer beyond float range
-        return False
+    times = json_floats([event.get("ts") for event in events])
+    return times is not None and bool(np.isfinite(times).all())
